@@ -55,7 +55,12 @@ def load_digits_splits(seed=0, image_size=16, test_fraction=0.2, val_fraction=0.
                                  num_classes=10, augment=aug, seed=seed)
     test = InMemoryImageDataset(images[test_idx], labels[test_idx], (mean,), (std,),
                                 num_classes=10, augment=None, seed=seed)
-    return {"train": train,
-            "train_sub": train.subset(range(n_val, len(train))),
-            "val": train.subset(range(n_val), augment=None),
-            "test": test}
+    splits = {"train": train,
+              "train_sub": train.subset(range(n_val, len(train))),
+              "val": train.subset(range(n_val), augment=None),
+              "test": test}
+    sources = {"train": train_idx, "train_sub": train_idx[n_val:],
+               "val": train_idx[:n_val], "test": test_idx}
+    for name, ds in splits.items():
+        ds.source_index = sources[name]  # positions in sklearn's load_digits()
+    return splits
