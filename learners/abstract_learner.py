@@ -1,0 +1,233 @@
+"""AbstractLearner: what every learner shares (data, optimizer, the loop, saving, reports).
+
+A learner knows the ModelHelper interface, never a particular net, and never reads flags: it
+receives the common ``LearnerConfig``, its own options dataclass and a MultiGpuWrapper.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from learners.callbacks import LoggingCallback, LrScheduleCallback, PeriodicCallback
+from learners.config import LearnerConfig
+from learners.distillation import DistillationCallback
+from learners.trainer import Callback, Trainer
+from nets.abstract_model_helper import AbstractModelHelper
+from utils.checkpoint import CheckpointError, load_file, rng_state, save_file, set_rng_state
+from utils.data_loading import make_eval_loader, make_train_loader
+from utils.model_io import load_model, load_weights, save_model, unwrap
+from utils.model_stats import count_flops, count_params, measure_latency
+from utils.multi_gpu_wrapper import MultiGpuWrapper, SingleProcess
+from utils.report import empty_report, format_report, write_report
+
+log = logging.getLogger("pocketflow")
+
+
+class AbstractLearner(ABC):
+    learner_name = "abstract"
+
+    def __init__(self, helper: AbstractModelHelper, cfg: LearnerConfig, own_cfg=None,
+                 mgw: MultiGpuWrapper | None = None, run_meta: dict | None = None) -> None:
+        self.helper = helper
+        self.cfg = cfg
+        self.own_cfg = own_cfg
+        self.mgw = mgw or SingleProcess()
+        self.device = self.mgw.device(cfg.device)
+        self.run_meta = run_meta or {}
+        self._writer = None
+        self._eval_loader = None
+        self.wall_s: dict[str, float] = {}
+
+    # -- what a learner must provide -------------------------------------------------------
+    @abstractmethod
+    def train(self) -> dict:
+        """Train or compress; save the artifact; return the report."""
+
+    @property
+    def checkpoint_path(self) -> str:
+        """Resumable training state of this learner."""
+        return self.cfg.save_path
+
+    @property
+    def artifact_path(self) -> str:
+        """The final model this learner produces (``report.json`` goes beside it)."""
+        return self.cfg.save_path_eval
+
+    def evaluate(self) -> dict:
+        """``--exec_mode=eval``: evaluate the saved artifact; no search or training is re-run."""
+        if not os.path.isfile(self.artifact_path):
+            raise CheckpointError(f"no saved model at {self.artifact_path}; train first "
+                                  f"(--exec_mode=train) or point the save path at a model artifact")
+        model, _ = load_model(self.artifact_path)
+        metrics = self.run_evaluation(model.to(self.device))
+        if self.mgw.is_primary():
+            log.info("eval %s: loss = %.4f | accuracy = %.4f", self.artifact_path,
+                     metrics["loss"], metrics["accuracy"])
+        return metrics
+
+    # -- data --------------------------------------------------------------------------------
+    def train_loader(self, dataset=None, batch_size: int | None = None):
+        dataset = dataset if dataset is not None else self.helper.build_dataset_train()
+        return make_train_loader(dataset, batch_size or self.helper.cfg.batch_size,
+                                 rank=self.mgw.rank(), world_size=self.mgw.size(),
+                                 seed=self.cfg.seed, nb_threads=self.helper.cfg.nb_threads)
+
+    def eval_loader(self, dataset=None):
+        if dataset is not None:
+            return make_eval_loader(dataset, self.helper.cfg.batch_size_eval, self.mgw.rank(),
+                                    self.mgw.size(), self.helper.cfg.nb_threads)
+        if self._eval_loader is None:
+            self._eval_loader = self.eval_loader(self.helper.build_dataset_eval())
+        return self._eval_loader
+
+    # -- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def run_evaluation(self, model: nn.Module, loader=None) -> dict:
+        """Mean loss and accuracy over the WHOLE eval set (shards summed over ranks)."""
+        model = unwrap(model)
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, correct, n
+        for inputs, labels in loader or self.eval_loader():
+            inputs, labels = inputs.to(self.device), labels.to(self.device)
+            outputs = self.helper.forward_eval(model, inputs)
+            loss, metrics = self.helper.calc_loss(labels, outputs)
+            n = labels.numel()
+            sums += torch.stack([loss.double() * n, metrics["accuracy"].double() * n,
+                                 torch.tensor(float(n), dtype=torch.float64, device=self.device)])
+        model.train(was_training)
+        sums = self.mgw.allreduce(sums)
+        count = max(float(sums[2]), 1.0)
+        return {"loss": float(sums[0]) / count, "accuracy": float(sums[1]) / count}
+
+    # -- training ----------------------------------------------------------------------------
+    def build_optimizer(self, model: nn.Module, lr: float = 0.0) -> torch.optim.Optimizer:
+        """Momentum SGD with the helper's weight decay (lr is set by the schedule)."""
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=self.cfg.momentum,
+                               weight_decay=self.helper.weight_decay)
+
+    def teacher(self) -> nn.Module:
+        """The distillation teacher: ``--dst_model_path`` or the helper's pre-trained model."""
+        path = self.cfg.dst_model_path or self.cfg.save_path_eval
+        if not os.path.isfile(path):
+            raise CheckpointError(f"distillation needs a teacher model artifact at {path}; train "
+                                  "one with --learner=full-prec or set --dst_model_path")
+        model, _ = load_model(path)
+        return model.to(self.device)
+
+    def fit(self, model: nn.Module, schedule, tag: str = "train", spec: dict | None = None,
+            callbacks: Sequence[Callback] = (), teacher: nn.Module | None = None,
+            optimizer: torch.optim.Optimizer | None = None, dataset=None) -> nn.Module:
+        """Run the shared loop over ``schedule.nb_iters`` steps, resuming when asked.
+
+        Checkpoints (tagged with ``tag``) go to ``self.checkpoint_path`` every ``save_step``,
+        and the model is evaluated there; only the primary process logs and writes.
+        """
+        start = time.perf_counter()
+        model.to(self.device)
+        optimizer = optimizer or self.build_optimizer(model)
+        callbacks = [LrScheduleCallback(schedule), *callbacks]
+        if teacher is not None:
+            callbacks.append(DistillationCallback(teacher, self.cfg.loss_w_dst, self.cfg.tempr_dst))
+        start_step = self._maybe_resume(model, optimizer, callbacks, tag)
+        if start_step == 0:
+            self.mgw.broadcast_parameters(model)
+        wrapped = self.mgw.wrap_model(model)
+        optimizer = self.mgw.wrap_optimizer(optimizer, model)
+        loader = self.train_loader(dataset)
+        if self.mgw.is_primary():
+            callbacks.append(LoggingCallback(self.cfg.summ_step,
+                                             self.helper.global_batch(self.mgw.size()),
+                                             self.summary_writer(), prefix=tag))
+        trainer = Trainer(wrapped, optimizer, self.helper.calc_loss, loader, schedule.nb_iters,
+                          self.device, callbacks, forward=self.helper.forward_train,
+                          start_step=start_step)
+
+        def save_and_eval(tr: Trainer, step: int) -> None:
+            self.mgw.broadcast_parameters(model)  # identical BN statistics on every rank
+            self._save_checkpoint(model, optimizer, callbacks, tag, step, spec)
+            metrics = self.run_evaluation(model)
+            if self.mgw.is_primary():
+                log.info("%s step %d | eval loss = %.4f | eval accuracy = %.4f", tag, step,
+                         metrics["loss"], metrics["accuracy"])
+                if self._writer is not None:
+                    self._writer.add_scalar(f"{tag}/eval_accuracy", metrics["accuracy"], step)
+
+        trainer.callbacks.append(PeriodicCallback(self.cfg.save_step, save_and_eval))
+        trainer.fit()
+        self.wall_s[tag] = self.wall_s.get(tag, 0.0) + time.perf_counter() - start
+        return model
+
+    def _save_checkpoint(self, model, optimizer, callbacks, tag, step, spec) -> None:
+        if not self.mgw.is_primary():
+            return
+        save_file(self.checkpoint_path, "checkpoint", {
+            "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "tag": tag,
+            "rng": rng_state(),
+            "callbacks": [cb.state_dict() for cb in callbacks],
+            "meta": {"learner": self.learner_name, "spec": spec, "config": self.run_meta,
+                     **self.helper.describe()},
+        })
+
+    def _maybe_resume(self, model, optimizer, callbacks, tag) -> int:
+        if not (self.cfg.resume and os.path.isfile(self.checkpoint_path)):
+            return 0
+        ckpt = load_file(self.checkpoint_path, kind="checkpoint")
+        if ckpt.get("tag") != tag:
+            return 0
+        load_weights(model, ckpt["model"], self.checkpoint_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        for callback, state in zip(callbacks, ckpt.get("callbacks", [])):
+            callback.load_state_dict(state)
+        if self.mgw.is_primary():
+            log.info("resumed %s from %s at step %d", tag, self.checkpoint_path, ckpt["step"])
+        return int(ckpt["step"])
+
+    def summary_writer(self):
+        if self._writer is None and self.cfg.log_dir and self.mgw.is_primary():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(os.path.join(self.cfg.log_dir, self.learner_name))
+        return self._writer
+
+    # -- outputs -----------------------------------------------------------------------------
+    def save_artifact(self, model: nn.Module, spec: dict, meta: dict | None = None) -> int | None:
+        """Write the final model artifact (primary only); returns its size in bytes."""
+        size = None
+        if self.mgw.is_primary():
+            size = save_model(self.artifact_path, model, spec,
+                              {"learner": self.learner_name, **self.helper.describe(), **(meta or {})})
+        self.mgw.barrier()
+        return size
+
+    def model_report(self, model: nn.Module, side: str, report: dict, size: int | None) -> None:
+        """Fill FLOPs, parameters, bytes on disk and latency of ``model`` as ``side``."""
+        model = unwrap(model)
+        report["flops"][side] = count_flops(model, self.helper.input_shape)
+        report["params"][side] = count_params(model)
+        report["bytes_on_disk"][side] = size
+        if self.cfg.report_latency:
+            report["latency_ms"][side] = measure_latency(model, self.helper.input_shape)
+
+    def new_report(self) -> dict:
+        return empty_report(self.learner_name, self.helper.model_name, self.helper.dataset_name)
+
+    def finish_report(self, report: dict) -> dict:
+        report["wall_s"] = {k: round(v, 2) for k, v in self.wall_s.items()}
+        if self.mgw.is_primary():
+            write_report(os.path.join(os.path.dirname(self.artifact_path) or ".", "report.json"),
+                         report)
+            print(format_report(report), flush=True)
+        if self._writer is not None:
+            self._writer.close()
+        return report

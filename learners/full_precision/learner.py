@@ -1,0 +1,33 @@
+"""full-prec: train the full-precision model with the helper's schedule (optionally distilled)."""
+from __future__ import annotations
+
+import logging
+
+from learners.abstract_learner import AbstractLearner
+from learners.registry import register_learner
+from utils.model_io import load_weights_from
+
+log = logging.getLogger("pocketflow")
+
+
+@register_learner("full-prec")
+class FullPrecLearner(AbstractLearner):
+    """Momentum SGD + weight decay over the helper's LR schedule; saves the model artifact."""
+
+    def train(self) -> dict:
+        model = self.helper.build_model().to(self.device)
+        if self.cfg.enbl_warm_start:
+            path = self.cfg.warm_start_path or self.cfg.save_path_eval
+            load_weights_from(model, path)
+            log.info("warm start from %s", path)
+        teacher = self.teacher() if self.cfg.enbl_dst else None
+        spec = self.helper.net_spec()
+        self.fit(model, self.helper.lr_schedule(self.mgw.size()), tag="train", spec=spec,
+                 teacher=teacher)
+        self.mgw.broadcast_parameters(model)
+        report = self.new_report()
+        report["accuracy"]["full"] = self.run_evaluation(model)["accuracy"]
+        size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["full"]})
+        if self.mgw.is_primary():
+            self.model_report(model, "full", report, size)
+        return self.finish_report(report)

@@ -1,0 +1,91 @@
+"""Glue for entry scripts: define every flag, then build configs and run the chosen learner.
+
+Entry scripts (``nets/*_run.py``) are the only place flags are parsed; they call
+``define_flags(FLAGS, Helper)`` at import and ``main(Helper, FLAGS.flag_values_dict())`` from
+``app.run``. Everything below receives plain dataclasses.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from datasets.errors import DataError
+from learners.config import LearnerConfig
+from learners.registry import learner_class, learner_configs, list_learners
+from learners.trainer import TrainingDivergedError
+from utils.checkpoint import CheckpointError
+from utils.config import ConfigError, define_flags as define_dataclass_flags, from_flag_dict
+from utils.multi_gpu_wrapper import DistributedSetupError, MultiGpuWrapper
+
+log = logging.getLogger("pocketflow")
+
+# Errors that are the user's to fix: printed as one clear message, exit status 2.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, DistributedSetupError,
+               TrainingDivergedError)
+
+
+def define_flags(flag_values: Any, helper_cls: type) -> None:
+    """Flags of the learner framework, of the helper and of every registered learner."""
+    from absl import flags as absl_flags
+
+    absl_flags.DEFINE_enum("learner", "full-prec", list_learners(), "compression learner",
+                           flag_values=flag_values)
+    define_dataclass_flags(LearnerConfig, flag_values)
+    define_dataclass_flags(helper_cls.Config, flag_values)
+    for config_cls in learner_configs().values():
+        define_dataclass_flags(config_cls, flag_values)
+
+
+def setup_logging(primary: bool) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO if primary else logging.WARNING)
+    log.propagate = False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_learner(helper_cls: type, values: dict, mgw: MultiGpuWrapper):
+    """Configs from the flat flag values -> a ready learner (no training yet)."""
+    cfg = from_flag_dict(LearnerConfig, values)
+    helper = helper_cls(from_flag_dict(helper_cls.Config, values), seed=cfg.seed)
+    learner_cls = learner_class(cfg.learner)
+    own_cls = learner_configs().get(cfg.learner)
+    own_cfg = from_flag_dict(own_cls, values) if own_cls else None
+    return learner_cls(helper, cfg, own_cfg, mgw, run_meta=dict(values))
+
+
+def run(helper_cls: type, values: dict) -> dict:
+    """Build everything from flag values and train or evaluate; returns the report/metrics."""
+    mgw = MultiGpuWrapper.create(bool(values.get("enbl_multi_gpu")),
+                                 values.get("mgw_backend", "auto"))
+    setup_logging(mgw.is_primary())
+    try:
+        seed_everything(int(values.get("seed", 0)))
+        learner = build_learner(helper_cls, values, mgw)
+        if learner.cfg.exec_mode == "eval":
+            return learner.evaluate()
+        return learner.train()
+    finally:
+        mgw.shutdown()
+
+
+def main(helper_cls: type, values: dict, argv: list | None = None) -> None:
+    """``app.run`` target: user errors become one message and exit status 2."""
+    if argv is not None and len(argv) > 1:
+        raise SystemExit(f"unexpected positional arguments: {' '.join(argv[1:])}")
+    try:
+        run(helper_cls, values)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

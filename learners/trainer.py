@@ -1,0 +1,145 @@
+"""The one training loop. Learners and compression policies are callbacks over it.
+
+Hooks, in Distiller's order: ``on_train_begin``, ``on_epoch_begin``, ``on_minibatch_begin``,
+``before_backward_pass`` (a callback may add terms to ``state.loss``), ``on_minibatch_end``
+(after the optimizer step), ``on_epoch_end``, ``on_train_end``. Callbacks with state that must
+survive an interruption implement ``state_dict``/``load_state_dict``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class StepState:
+    """What the hooks of one mini-batch see; ``loss`` may be replaced by callbacks."""
+
+    step: int
+    epoch: int
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    outputs: Any = None
+    loss: torch.Tensor | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+class Callback:
+    """No-op base; override the hooks you need."""
+
+    def on_train_begin(self, trainer: "Trainer") -> None: ...
+    def on_epoch_begin(self, trainer: "Trainer", epoch: int) -> None: ...
+    def on_minibatch_begin(self, trainer: "Trainer", state: StepState) -> None: ...
+    def before_backward_pass(self, trainer: "Trainer", state: StepState) -> None: ...
+    def on_minibatch_end(self, trainer: "Trainer", state: StepState) -> None: ...
+    def on_epoch_end(self, trainer: "Trainer", epoch: int) -> None: ...
+    def on_train_end(self, trainer: "Trainer") -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+
+LossFn = Callable[[torch.Tensor, Any], "tuple[torch.Tensor, dict]"]
+ForwardFn = Callable[[nn.Module, torch.Tensor], Any]
+
+
+class Trainer:
+    """Runs ``nb_iters`` optimizer steps over ``loader``, calling the callbacks' hooks.
+
+    The loader's sampler must be resumable (``utils.data_loading.make_train_loader``): the
+    trainer sets its epoch and, when starting mid-epoch, how many batches to skip.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn,
+                 loader: Iterable, nb_iters: int, device: torch.device,
+                 callbacks: Sequence[Callback] = (), forward: ForwardFn | None = None,
+                 start_step: int = 0) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.loader = loader
+        self.nb_iters = nb_iters
+        self.device = device
+        self.callbacks = list(callbacks)
+        self.forward = forward or (lambda m, x: m(x))
+        self.step = start_step
+        self._finite = torch.ones((), dtype=torch.bool, device=device)
+        self.stop_requested = False
+
+    # -- helpers used by callbacks --------------------------------------------------------
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def check_finite(self) -> None:
+        """Raise TrainingDivergedError if any loss since the start was NaN/inf (syncs once)."""
+        if not bool(self._finite):
+            raise TrainingDivergedError(
+                f"the training loss became NaN or infinite before step {self.step}; stopped "
+                "without saving the diverged weights (the last good checkpoint is kept). "
+                "Lower the learning rate (--lrn_rate_init) or check the data.")
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def _set_epoch(self, epoch: int, skip_batches: int) -> None:
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        if hasattr(sampler, "skip_batches"):
+            sampler.skip_batches(skip_batches)
+        elif skip_batches:
+            raise ValueError("resuming mid-epoch needs a resumable sampler (make_train_loader)")
+        dataset = getattr(self.loader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> int:
+        iters_per_epoch = len(self.loader)
+        if iters_per_epoch == 0:
+            raise ValueError("the training loader yields no batch (dataset smaller than a batch?)")
+        self.model.train()
+        self._call("on_train_begin")
+        while self.step < self.nb_iters and not self.stop_requested:
+            epoch, done_in_epoch = divmod(self.step, iters_per_epoch)
+            self._set_epoch(epoch, done_in_epoch)
+            self._call("on_epoch_begin", epoch)
+            for inputs, labels in self.loader:
+                self._train_step(StepState(self.step, epoch, inputs.to(self.device, non_blocking=True),
+                                           labels.to(self.device, non_blocking=True)))
+                if self.step >= self.nb_iters or self.stop_requested:
+                    break
+            if self.step % iters_per_epoch == 0:
+                self._call("on_epoch_end", epoch)
+        self.check_finite()
+        self._call("on_train_end")
+        return self.step
+
+    def _train_step(self, state: StepState) -> None:
+        self._call("on_minibatch_begin", state)
+        state.outputs = self.forward(self.model, state.inputs)
+        state.loss, state.metrics = self.loss_fn(state.labels, state.outputs)
+        self._call("before_backward_pass", state)
+        self._finite &= torch.isfinite(state.loss.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        state.loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        state.step = self.step
+        self._call("on_minibatch_end", state)

@@ -1,0 +1,28 @@
+"""pocketflow-torch: model compression for PyTorch CNNs (PocketFlow, rebuilt)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="pocketflow-torch",
+    version="0.1.0",
+    description="Model compression framework for PyTorch: pruning, quantization, distillation",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["learners*", "nets*", "datasets*", "utils*", "examples*"]),
+    install_requires=[
+        "torch>=2.4,<2.15",
+        "absl-py>=1.0",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "scikit-learn>=1.2",
+        "pillow>=9.0",
+        "tensorboard>=2.12",
+        "pyyaml>=6.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
+        "dev": ["pytest>=7.0", "onnx>=1.15", "onnxruntime>=1.17"],
+        "horovod": ["horovod==0.28.1"],
+    },
+)

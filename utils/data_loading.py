@@ -1,0 +1,48 @@
+"""DataLoaders that shard per rank and can resume in the middle of an epoch."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from datasets.sampler import ShardedSampler, eval_shard_indices
+
+
+class ResumableSampler(Sampler):
+    """Wraps a ShardedSampler; ``skip_batches(k)`` drops the first k batches of the next epoch
+    without loading them, so a resumed run sees exactly the batches it had left."""
+
+    def __init__(self, inner: ShardedSampler, batch_size: int) -> None:
+        self.inner = inner
+        self.batch_size = batch_size
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def skip_batches(self, nb_batches: int) -> None:
+        self._skip = nb_batches * self.batch_size
+
+    def __iter__(self):
+        indices = list(self.inner)[self._skip:]
+        self._skip = 0
+        return iter(indices)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def make_train_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1,
+                      seed: int = 0, nb_threads: int = 0, shuffle: bool = True) -> DataLoader:
+    """Shuffled (seeded per epoch), sharded by rank, incomplete last batch dropped."""
+    sampler = ResumableSampler(
+        ShardedSampler(len(dataset), rank=rank, world_size=world_size, shuffle=shuffle, seed=seed,
+                       drop_last=True), batch_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                      num_workers=nb_threads, pin_memory=torch.cuda.is_available())
+
+
+def make_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1,
+                     nb_threads: int = 0) -> DataLoader:
+    """This rank's share of the eval set; shares are disjoint and cover every sample once."""
+    subset = torch.utils.data.Subset(dataset, eval_shard_indices(len(dataset), rank, world_size))
+    return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=nb_threads)

@@ -1,0 +1,89 @@
+"""Model artifacts: architecture spec + weights, loadable without any training code.
+
+The spec is the plain dict of ``nets.registry.net_spec``; compression steps that change the
+architecture (e.g. physical thinning) append entries to ``spec["transforms"]``, each applied
+by the function registered for its ``type`` with ``register_spec_transform``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from nets.registry import build_from_spec
+from utils.checkpoint import CheckpointError, check_state_dict_fits, load_file, save_file
+
+SpecTransform = Callable[[nn.Module, dict], nn.Module]
+_TRANSFORMS: dict[str, SpecTransform] = {}
+
+
+def register_spec_transform(name: str) -> Callable[[SpecTransform], SpecTransform]:
+    def decorate(fn: SpecTransform) -> SpecTransform:
+        _TRANSFORMS[name] = fn
+        return fn
+
+    return decorate
+
+
+def build_model(spec: dict) -> nn.Module:
+    """Base net from the spec, then every recorded architecture transform in order."""
+    model = build_from_spec(spec)
+    for entry in spec.get("transforms", []):
+        if entry.get("type") not in _TRANSFORMS:
+            raise CheckpointError(f"unknown architecture transform {entry.get('type')!r} in spec; "
+                                  f"known: {', '.join(sorted(_TRANSFORMS)) or 'none'}")
+        model = _TRANSFORMS[entry["type"]](model, entry)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DistributedDataParallel (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def save_model(path: str, model: nn.Module, spec: dict, meta: dict | None = None) -> int:
+    """Write the artifact atomically; returns its size in bytes."""
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    save_file(path, "model", {"spec": spec, "state_dict": state, "meta": meta or {}})
+    return os.path.getsize(path)
+
+
+def load_model(path: str, map_location: Any = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model of an artifact; returns ``(model, file dict)``.
+
+    A training checkpoint is accepted too when it records the architecture spec.
+    """
+    obj = load_file(path, map_location=map_location)
+    if obj["kind"] == "checkpoint":
+        spec = obj.get("meta", {}).get("spec")
+        state_dict = obj.get("model")
+    elif obj["kind"] == "model":
+        spec, state_dict = obj.get("spec"), obj.get("state_dict")
+    else:
+        raise CheckpointError(f"{path} holds a {obj['kind']!r}, not a model")
+    if spec is None or state_dict is None:
+        raise CheckpointError(f"{path} does not record an architecture spec and weights")
+    try:
+        model = build_model(spec)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the architecture: {exc}") from exc
+    load_weights(model, state_dict, path)
+    return model, obj
+
+
+def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
+    """Strict load that names missing, unexpected and mismatched keys on failure."""
+    check_state_dict_fits(model, state_dict, source)
+    model.load_state_dict(state_dict)
+
+
+def load_weights_from(model: nn.Module, path: str) -> dict:
+    """Load an artifact's (or checkpoint's) weights into an existing model of the same shape."""
+    obj = load_file(path)
+    state_dict = obj.get("state_dict") if obj["kind"] == "model" else obj.get("model")
+    if state_dict is None:
+        raise CheckpointError(f"{path} holds no model weights")
+    load_weights(model, state_dict, path)
+    return obj

@@ -1,0 +1,68 @@
+"""The common ``report.json`` every learner writes, and its printed table.
+
+Keys are fixed (see DESIGN.md); a value that was not measured is ``None`` (null), never invented.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+
+def empty_report(learner: str, model: str, dataset: str) -> dict:
+    pair = lambda: {"full": None, "compressed": None}  # noqa: E731
+    return {
+        "learner": learner,
+        "model": model,
+        "dataset": dataset,
+        "accuracy": {"full": None, "compressed_before_finetune": None, "compressed": None},
+        "flops": pair(),
+        "params": pair(),
+        "bytes_on_disk": pair(),
+        "latency_ms": pair(),
+        "wall_s": {},
+    }
+
+
+def write_report(path: str, report: dict) -> None:
+    """Atomic JSON write."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-report-", dir=directory)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(report, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:,}"
+    return str(value)
+
+
+def format_report(report: dict) -> str:
+    """A fixed-width table: one row per metric, columns full / compressed (and ratio)."""
+    lines = [f"== {report['learner']} | {report['model']} @ {report['dataset']} =="]
+    acc = report["accuracy"]
+    lines.append(f"{'metric':<28}{'full':>16}{'compressed':>16}{'ratio':>10}")
+    rows = [("accuracy", acc.get("full"), acc.get("compressed")),
+            ("accuracy before fine-tune", None, acc.get("compressed_before_finetune"))]
+    for key in ("flops", "params", "bytes_on_disk"):
+        rows.append((key, report[key].get("full"), report[key].get("compressed")))
+    latency = report["latency_ms"]
+    for batch in sorted({k for side in latency.values() if side for k in side}):
+        rows.append((f"latency_ms {batch}", (latency.get("full") or {}).get(batch),
+                     (latency.get("compressed") or {}).get(batch)))
+    for name, full, comp in rows:
+        ratio = comp / full if isinstance(full, (int, float)) and isinstance(comp, (int, float)) \
+            and full else None
+        lines.append(f"{name:<28}{_fmt(full):>16}{_fmt(comp):>16}{_fmt(ratio):>10}")
+    for phase, seconds in report["wall_s"].items():
+        lines.append(f"{'wall_s ' + phase:<28}{_fmt(seconds):>16}")
+    return "\n".join(lines)
