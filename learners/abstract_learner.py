@@ -161,8 +161,17 @@ class AbstractLearner(ABC):
 
         trainer.callbacks.append(PeriodicCallback(self.cfg.save_step, save_and_eval))
         trainer.fit()
+        self._check_replicas(model, tag)
         self.wall_s[tag] = self.wall_s.get(tag, 0.0) + time.perf_counter() - start
         return model
+
+    def _check_replicas(self, model: nn.Module, tag: str) -> None:
+        """After multi-process training every rank must hold the same parameters."""
+        if self.mgw.size() == 1:
+            return
+        if not self.mgw.parameters_identical(unwrap(model)):
+            raise RuntimeError(f"{tag}: parameters differ between ranks after training")
+        log.info("%s: parameters identical on all %d ranks", tag, self.mgw.size())
 
     def _save_checkpoint(self, model, optimizer, callbacks, tag, step, spec) -> None:
         if not self.mgw.is_primary():

@@ -9,6 +9,7 @@ Rank 0 takes decisions (channel selection, RL actions, saving) and ``broadcast``
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 from abc import ABC, abstractmethod
 from typing import Any
@@ -123,6 +124,18 @@ class MultiGpuWrapper(ABC):
             return
         state = self.broadcast_object(optimizer.state_dict() if self.rank() == root else None, root)
         optimizer.load_state_dict(state)
+
+    def parameters_identical(self, module: torch.nn.Module) -> bool:
+        """True when every rank holds bit-identical parameters (a digest compared to rank 0's)."""
+        if self.size() == 1:
+            return True
+        digest = hashlib.sha256()
+        for param in module.parameters():
+            digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+        mine = digest.hexdigest()
+        reference = self.broadcast_object(mine if self.rank() == 0 else None)
+        agree = self.allreduce(torch.tensor([1.0 if mine == reference else 0.0]))
+        return int(agree.item()) == self.size()
 
     def shutdown(self) -> None:
         """Leave the process group."""

@@ -1,0 +1,118 @@
+"""Multi-process training through scripts/run_local.sh: torchrun and horovodrun (gloo, CPU)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from utils.multi_gpu_wrapper import horovod_available
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_horovod = pytest.mark.skipif(not horovod_available(),
+                                   reason="Horovod not installed (scripts/install_horovod.sh)")
+BACKENDS = ["torch", pytest.param("horovod", marks=[needs_horovod, pytest.mark.horovod])]
+
+
+def launch(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": ROOT, "PYTHON": sys.executable, **(env or {})}
+    return subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_local.sh"), *args],
+                          cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def results(output: str) -> list[dict]:
+    return sorted((json.loads(line.split("RESULT ", 1)[1]) for line in output.splitlines()
+                   if "RESULT " in line), key=lambda r: r["rank"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rank0_decision_reaches_every_rank(backend):
+    proc = launch("tests/mgw_worker.py", "-n=2", "broadcast", f"--mgw_backend={backend}",
+                  timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = results(proc.stdout)
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["size"] == 2 and r["backend"] == backend for r in ranks)
+    assert ranks[0]["drawn"] != ranks[1]["drawn"]             # they really started different
+    for r in ranks:
+        assert r["received"] == ranks[0]["drawn"]
+        assert r["tensor"] == pytest.approx(ranks[0]["drawn"])
+        assert r["sum"] == 3.0                                # allreduce of rank+1 over 2 ranks
+
+
+@pytest.mark.parametrize("how", ["die-raise", "die-kill"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_dying_rank_stops_the_job(backend, how):
+    start = time.monotonic()
+    proc = launch("tests/mgw_worker.py", "-n=2", how, f"--mgw_backend={backend}", timeout=90)
+    elapsed = time.monotonic() - start
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+    assert re.search(r"rank\D{0,12}1\b", output, re.IGNORECASE), output[-3000:]
+
+
+def test_zero_processes_is_refused():
+    proc = launch("nets/resnet_at_digits_run.py", "-n=0", timeout=30)
+    assert proc.returncode == 2
+    assert "-n must be a positive integer" in proc.stderr
+
+
+def test_horovod_backend_without_horovod_is_refused(tmp_path):
+    fake = tmp_path / "horovod"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('no horovod here')\n")
+    proc = launch("tests/mgw_worker.py", "-n=2", "broadcast", "--mgw_backend=horovod",
+                  env={"PYTHONPATH": f"{tmp_path}:{ROOT}"}, timeout=30)
+    assert proc.returncode == 2
+    assert "Horovod is not installed" in proc.stderr
+    assert "--mgw_backend=torch" in proc.stderr
+
+
+def test_port_in_use_is_refused():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proc = launch("tests/mgw_worker.py", "-n=2", "broadcast", "--mgw_backend=torch",
+                      env={"MASTER_PORT": str(port)}, timeout=30)
+    assert proc.returncode == 2
+    assert f"port {port}" in proc.stderr and "already in use" in proc.stderr
+
+
+def _digits_run(tmp_path, nprocs: int, backend: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    proc = launch("nets/resnet_at_digits_run.py", f"-n={nprocs}", f"--mgw_backend={backend}",
+                  f"--save_path={tmp_path}/ckpt/model.ckpt",
+                  f"--save_path_eval={tmp_path}/eval/model.ckpt", f"--log_dir={tmp_path}/tb",
+                  "--report_latency=false", *extra, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    with open(tmp_path / "eval" / "report.json") as handle:
+        return proc, json.load(handle)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_process_training_only_rank0_writes(tmp_path, backend):
+    proc, report = _digits_run(tmp_path, 2, backend, "--nb_epochs_rat=0.1", "--batch_size=32",
+                               "--save_step=20", "--summ_step=10")
+    assert "parameters identical on all 2 ranks" in proc.stdout
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["model.ckpt"]
+    assert len(glob.glob(str(tmp_path / "tb" / "**" / "events.out.tfevents*"), recursive=True)) == 1
+    assert report["accuracy"]["full"] > 0.3
+    # only rank 0 prints the training log
+    assert len(re.findall(r"train step 20/", proc.stdout)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_processes_match_one_process_accuracy(tmp_path, backend):
+    _, single = _digits_run(tmp_path / "one", 1, backend, "--batch_size=64")
+    _, double = _digits_run(tmp_path / "two", 2, backend, "--batch_size=32")
+    print(f"{backend}: 1 process {single['accuracy']['full']:.4f}, "
+          f"2 processes {double['accuracy']['full']:.4f}")
+    assert abs(single["accuracy"]["full"] - double["accuracy"]["full"]) <= 0.01
