@@ -1,0 +1,68 @@
+"""Shared fixtures: flag values for a very short digits run, and entry-script subprocesses."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_digits_argv(root: Path) -> list[str]:
+    """Flags of a 7-step resnet20 digits run (8x8 inputs) whose outputs all lie under ``root``."""
+    return ["--nb_epochs_rat=0.005", "--batch_size=32", "--resnet_size=20", "--image_size=8",
+            "--log_dir=", "--report_latency=False", "--summ_step=5", "--save_step=10",
+            f"--save_path={root / 'models' / 'model.ckpt'}",
+            f"--save_path_eval={root / 'models_eval' / 'model.ckpt'}"]
+
+
+def digits_flag_values(*argv: str) -> dict:
+    """The full flag dict of ``nets/resnet_at_digits_run.py`` parsed from ``argv`` (no sys.argv)."""
+    from absl import flags
+
+    from learners.launch import define_flags
+    from nets.resnet_at_digits import ModelHelper
+
+    fv = flags.FlagValues()
+    define_flags(fv, ModelHelper)
+    fv(["prog", *argv])
+    return fv.flag_values_dict()
+
+
+@pytest.fixture
+def tiny_digits_values(tmp_path):
+    """Flag values for a very short digits run in tmp_path, run with one intra-op thread (as
+    the entry-script subprocesses are); restores the thread count and the 'pocketflow' logger."""
+    import torch
+
+    logger = logging.getLogger("pocketflow")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield digits_flag_values(*tiny_digits_argv(tmp_path))
+    torch.set_num_threads(threads)
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def start_entry(script: str, *args: str, cwd: Path) -> subprocess.Popen:
+    """Start ``python nets/<script> args`` (cwd: where relative default paths land)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                                    os.environ.get("PYTHONPATH")])),
+           "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}  # tiny nets; runs overlap
+    return subprocess.Popen([sys.executable, str(REPO / "nets" / script), *args], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Wait for ``proc``; its return code, stdout and stderr."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
