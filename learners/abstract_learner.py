@@ -17,7 +17,7 @@ from torch import nn
 from learners.callbacks import LoggingCallback, LrScheduleCallback, PeriodicCallback
 from learners.config import LearnerConfig
 from learners.distillation import DistillationCallback
-from learners.trainer import Callback, Trainer
+from learners.trainer import Callback, Trainer, TrainingDivergedError, model_is_finite
 from nets.abstract_model_helper import AbstractModelHelper
 from utils.checkpoint import CheckpointError, load_file, rng_state, save_file, set_rng_state
 from utils.data_loading import make_eval_loader, make_train_loader
@@ -64,7 +64,13 @@ class AbstractLearner(ABC):
         if not os.path.isfile(self.artifact_path):
             raise CheckpointError(f"no saved model at {self.artifact_path}; train first "
                                   f"(--exec_mode=train) or point the save path at a model artifact")
-        model, _ = load_model(self.artifact_path)
+        model, saved = load_model(self.artifact_path)
+        trained_on = saved.get("meta", {}).get("input_shape")
+        if trained_on is not None and list(trained_on) != list(self.helper.input_shape):
+            raise CheckpointError(
+                f"{self.artifact_path} was trained on inputs of shape {list(trained_on)} but the "
+                f"helper now feeds {list(self.helper.input_shape)}; pass the training run's data "
+                "flags (e.g. --image_size) to evaluate it")
         metrics = self.run_evaluation(model.to(self.device))
         if self.mgw.is_primary():
             log.info("eval %s: loss = %.4f | accuracy = %.4f", self.artifact_path,
@@ -212,6 +218,9 @@ class AbstractLearner(ABC):
     # -- outputs -----------------------------------------------------------------------------
     def save_artifact(self, model: nn.Module, spec: dict, meta: dict | None = None) -> int | None:
         """Write the final model artifact (primary only); returns its size in bytes."""
+        if not model_is_finite(model):
+            raise TrainingDivergedError("the model holds NaN/inf values; not saving it "
+                                        f"over {self.artifact_path}")
         size = None
         if self.mgw.is_primary():
             size = save_model(self.artifact_path, model, spec,

@@ -112,6 +112,6 @@ class PeriodicCallback(Callback):
     def _run(self, trainer: Trainer, step: int) -> None:
         if step == self._last:
             return
-        trainer.check_finite()
+        trainer.check_finite(check_model=True)
         self.action(trainer, step)
         self._last = step

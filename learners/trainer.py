@@ -18,6 +18,12 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+def model_is_finite(model: nn.Module) -> bool:
+    """All floating-point parameters and buffers are finite (one device sync)."""
+    flags = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
 @dataclass
 class StepState:
     """What the hooks of one mini-batch see; ``loss`` may be replaced by callbacks."""
@@ -85,9 +91,14 @@ class Trainer:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def check_finite(self) -> None:
-        """Raise TrainingDivergedError if any loss since the start was NaN/inf (syncs once)."""
-        if not bool(self._finite):
+    def check_finite(self, check_model: bool = False) -> None:
+        """Raise TrainingDivergedError if any loss since the start was NaN/inf (syncs once).
+
+        With ``check_model`` the parameters and buffers are checked too (before a save: the
+        update of the last finite step, or BN statistics, can already be non-finite).
+        """
+        if check_model and not model_is_finite(self.model):
+            self._finite &= False
             raise TrainingDivergedError(
                 f"the training loss became NaN or infinite before step {self.step}; stopped "
                 "without saving the diverged weights (the last good checkpoint is kept). "
@@ -137,7 +148,7 @@ class Trainer:
         state.loss, state.metrics = self.loss_fn(state.labels, state.outputs)
         self._call("before_backward_pass", state)
         self._finite &= torch.isfinite(state.loss.detach())
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()  # set_to_none by default; Horovod's wrapper takes no argument
         state.loss.backward()
         self.optimizer.step()
         self.step += 1

@@ -132,7 +132,8 @@ class AbstractModelHelper(ABC):
         return PiecewiseLr(base, boundaries, self.lr_decay_rates, nb_iters)
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.model_name, "dataset": self.dataset_name}
+        return {"model": self.model_name, "dataset": self.dataset_name,
+                "input_shape": list(self.input_shape)}
 
 
 class _EpochSubset(torch.utils.data.Subset):

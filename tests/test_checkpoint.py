@@ -258,10 +258,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_digits_values):
         assert torch.isfinite(model.eval()(torch.randn(2, 1, 16, 16))).all()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the last checkpoint before a divergence can hold inf BatchNorm running_var: losses "
-    "are checked, but the update of the last finite step (and the running statistics) are not "
-    "(learners/callbacks.py PeriodicCallback._run / abstract_learner.save_and_eval)"))
 def test_huge_learning_rate_never_saves_non_finite_weights(tiny_digits_values):
     values = {**tiny_digits_values, "lrn_rate_init": 1e6, "save_step": 1, "summ_step": 100}
     with pytest.raises(TrainingDivergedError, match="NaN or infinite"):

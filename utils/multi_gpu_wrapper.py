@@ -278,7 +278,9 @@ class HorovodWrapper(MultiGpuWrapper):
         return tensor
 
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
-        return self.hvd.broadcast_object(obj, root_rank=root)
+        # an explicit name: Horovod would otherwise name it by type(obj), which differs between
+        # the root (the object) and the receivers (None), and the collective would never match
+        return self.hvd.broadcast_object(obj, root_rank=root, name="pf.broadcast_object")
 
     def allreduce(self, tensor: torch.Tensor, average: bool = False) -> torch.Tensor:
         op = self.hvd.Average if average else self.hvd.Sum

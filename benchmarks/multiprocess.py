@@ -1,0 +1,60 @@
+"""Images/s of the same full-prec digits job on 1 vs 2 processes, torch.distributed vs Horovod.
+
+Each configuration runs through scripts/run_local.sh as a separate job with the same global
+batch; throughput is read from the job's own log (mean of the logged images/s after the
+first summary). Prints a table and, as the last line, a JSON object of figures.
+
+    python benchmarks/multiprocess.py [--nb_epochs_rat=0.3] [--global_batch=64]
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from absl import app, flags
+
+from utils.multi_gpu_wrapper import horovod_available
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+flags.DEFINE_float("nb_epochs_rat", 0.3, "fraction of the digits schedule each job trains")
+flags.DEFINE_integer("global_batch", 64, "global batch size (split over the processes)")
+FLAGS = flags.FLAGS
+
+
+def run_job(nprocs: int, backend: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = ["bash", os.path.join(ROOT, "scripts", "run_local.sh"), "nets/resnet_at_digits_run.py",
+               f"-n={nprocs}", f"--mgw_backend={backend}", f"--batch_size={FLAGS.global_batch // nprocs}",
+               f"--nb_epochs_rat={FLAGS.nb_epochs_rat}", "--summ_step=20", "--save_step=100000",
+               f"--save_path={tmp}/c/model.ckpt", f"--save_path_eval={tmp}/e/model.ckpt",
+               "--log_dir=", "--report_latency=false"]
+        env = {**os.environ, "PYTHONPATH": ROOT, "PYTHON": sys.executable}
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    speeds = [float(s) for s in re.findall(r"([\d.]+) images/s", out)]
+    if len(speeds) < 2:
+        raise RuntimeError(f"too few throughput lines in the log:\n{out[-2000:]}")
+    return statistics.mean(speeds[1:])
+
+
+def main(_) -> None:
+    jobs = [(1, "torch"), (2, "torch")]
+    if horovod_available():
+        jobs.append((2, "horovod"))
+    speeds = {f"{n}x{b}": run_job(n, b) for n, b in jobs}
+    print(f"{'job':<14}{'images/s':>12}")
+    for name, speed in speeds.items():
+        print(f"{name:<14}{speed:>12.1f}")
+    figures = {"images_per_s": speeds,
+               "speedup_2_vs_1_torch": speeds["2xtorch"] / speeds["1xtorch"]}
+    if "2xhorovod" in speeds:
+        figures["horovod_vs_torch_2proc"] = speeds["2xhorovod"] / speeds["2xtorch"]
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    app.run(main)
