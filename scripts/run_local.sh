@@ -59,6 +59,10 @@ PY
   fi
 fi
 
+# One intra-op thread per process unless told otherwise (torchrun does the same); with
+# Horovod, oversubscribed OpenMP threads made training ~20x slower on a 2-core machine.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
 if [ "$backend" != "torch" ] && has_horovod; then
   exec horovodrun -np "$nb_procs" -H "localhost:$nb_procs" --gloo \
     "$python_bin" "$script" --enbl_multi_gpu "${args[@]}"
