@@ -17,6 +17,7 @@ from torch import nn
 from learners.callbacks import LoggingCallback, LrScheduleCallback, PeriodicCallback
 from learners.config import LearnerConfig
 from learners.distillation import DistillationCallback
+from learners.registry import learner_class
 from learners.trainer import Callback, Trainer, TrainingDivergedError, model_is_finite
 from nets.abstract_model_helper import AbstractModelHelper
 from utils.checkpoint import CheckpointError, load_file, rng_state, save_file, set_rng_state
@@ -126,6 +127,19 @@ class AbstractLearner(ABC):
                                   "one with --learner=full-prec or set --dst_model_path")
         model, _ = load_model(path)
         return model.to(self.device)
+
+    def load_pretrained(self) -> tuple[nn.Module, dict]:
+        """The full-precision model every compression starts from (``--save_path_eval``);
+        trained first with ``full-prec`` when it does not exist yet."""
+        path = self.cfg.save_path_eval
+        if not os.path.isfile(path):
+            log.info("no pre-trained model at %s: training one with full-prec first", path)
+            start = time.perf_counter()
+            full_prec = learner_class("full-prec")(self.helper, self.cfg, None, self.mgw, self.run_meta)
+            full_prec.train()
+            self.wall_s["pretrain"] = time.perf_counter() - start
+        model, saved = load_model(path)
+        return model.to(self.device), saved
 
     def fit(self, model: nn.Module, schedule, tag: str = "train", spec: dict | None = None,
             callbacks: Sequence[Callback] = (), teacher: nn.Module | None = None,

@@ -8,7 +8,10 @@ _LEARNERS: dict[str, type] = {}
 _CONFIGS: dict[str, type | None] = {}
 
 # Modules whose import registers the built-in learners (imported lazily, on first lookup).
-BUILTIN_MODULES = ("learners.full_precision.learner",)
+BUILTIN_MODULES = (
+    "learners.full_precision.learner",
+    "learners.channel_pruning_rmt.learner",
+)
 
 
 def register_learner(name: str, config: type | None = None) -> Callable[[type], type]:

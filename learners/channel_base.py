@@ -1,0 +1,143 @@
+"""The flow every channel-pruning learner shares: pre-trained model -> selection (the learner's
+own) -> physical thinning -> fine-tuning (optionally distilled from the full model) ->
+artifact + ONNX + report. A channel learner implements ``select`` and names its paths.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from abc import abstractmethod
+
+import torch
+from torch import nn
+
+from compression.graph import PrunableLayer, analyse
+from compression.thinning import thin
+from learners.abstract_learner import AbstractLearner
+from utils.checkpoint import load_file
+from utils.model_io import build_model, load_model, load_weights, save_model
+from utils.onnx_export import ExportUnavailable, export_onnx, onnx_max_abs_diff
+
+log = logging.getLogger("pocketflow")
+
+
+class ChannelLearnerBase(AbstractLearner):
+    """Subclasses set ``paths`` (checkpoint, artifact, selection result) and ``select``."""
+
+    @abstractmethod
+    def select(self, full: nn.Module, layers: list[PrunableLayer]) -> tuple[nn.Module, dict, list]:
+        """Return ``(masked copy of full, keep: layer -> kept input indices, per-layer stats)``."""
+
+    @property
+    @abstractmethod
+    def selection_path(self) -> str:
+        """Where the thinned model right after selection is saved (for warm starts)."""
+
+    warm_start_selection: bool = False
+
+    # -- steps -------------------------------------------------------------------------------
+    def calibration_batches(self, nb_smpls: int) -> list[torch.Tensor]:
+        """ceil(nb_smpls / batch_size) training batches, cached on the model's device."""
+        loader = self.train_loader(self.helper.build_dataset_train(), self.helper.cfg.batch_size)
+        loader.sampler.set_epoch(0)
+        nb_batches = -(-nb_smpls // self.helper.cfg.batch_size)
+        batches = []
+        for inputs, _ in loader:
+            batches.append(inputs.to(self.device))
+            if len(batches) >= nb_batches:
+                break
+        return batches
+
+    def _resumed_finetune(self) -> tuple[nn.Module, dict] | None:
+        """The thinned model of an interrupted fine-tuning run (when ``--resume``)."""
+        if not (self.cfg.resume and os.path.isfile(self.checkpoint_path)):
+            return None
+        ckpt = load_file(self.checkpoint_path, kind="checkpoint")
+        if ckpt.get("tag") != "finetune" or not ckpt.get("meta", {}).get("spec"):
+            return None
+        spec = ckpt["meta"]["spec"]
+        model = build_model(spec)
+        load_weights(model, ckpt["model"], self.checkpoint_path)
+        return model, spec
+
+    def _selected(self, full: nn.Module, full_spec: dict, report: dict) -> tuple[nn.Module, dict]:
+        """Select and thin on the primary process; every rank receives the same model."""
+        start = time.perf_counter()
+        payload = None
+        if self.mgw.is_primary():
+            layers = analyse(full, self.helper.input_shape)
+            pruned, keep, stats = self.select(full, layers)
+            thinned, spec = thin(pruned, layers, keep, full_spec)
+            save_model(self.selection_path, thinned, spec, {"learner": self.learner_name})
+            payload = {"spec": spec, "state": thinned.state_dict(), "stats": stats}
+        payload = self.mgw.broadcast_object(payload)
+        model = build_model(payload["spec"])
+        model.load_state_dict(payload["state"])
+        report["selection"] = payload["stats"]
+        self.wall_s["selection"] = time.perf_counter() - start
+        return model.to(self.device), payload["spec"]
+
+    # -- the flow ----------------------------------------------------------------------------
+    def train(self) -> dict:
+        report = self.new_report()
+        full, saved = self.load_pretrained()
+        full_spec = saved.get("spec") or saved.get("meta", {}).get("spec")
+        report["accuracy"]["full"] = self.run_evaluation(full)["accuracy"]
+        resumed = self._resumed_finetune()
+        if resumed is not None:
+            model, spec = resumed
+            model = model.to(self.device)
+        elif self.warm_start_selection and os.path.isfile(self.selection_path):
+            log.info("warm start: skipping selection, loading %s", self.selection_path)
+            model, obj = load_model(self.selection_path)
+            model, spec = model.to(self.device), obj["spec"]
+        else:
+            model, spec = self._selected(full, full_spec, report)
+        report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
+        if self.mgw.is_primary():
+            log.info("accuracy: full %.4f | thinned before fine-tune %.4f",
+                     report["accuracy"]["full"], report["accuracy"]["compressed_before_finetune"])
+        teacher = copy.deepcopy(full) if self.cfg.enbl_dst and not self.cfg.dst_model_path else (
+            self.teacher() if self.cfg.enbl_dst else None)
+        self.fit(model, self.helper.lr_schedule(self.mgw.size()), tag="finetune", spec=spec,
+                 teacher=teacher)
+        self.mgw.broadcast_parameters(model)
+        report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
+        size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["compressed"]})
+        if self.mgw.is_primary():
+            self._fill_report(report, full, model, size)
+        return self.finish_report(report)
+
+    def _fill_report(self, report: dict, full: nn.Module, model: nn.Module, size: int) -> None:
+        self.model_report(full, "full", report, os.path.getsize(self.cfg.save_path_eval))
+        self.model_report(model, "compressed", report, size)
+        report["kept_channels"] = _kept_channels(full, model)
+        report["onnx"] = self._export_onnx(model)
+
+    def _export_onnx(self, model: nn.Module) -> dict:
+        path = os.path.splitext(self.artifact_path)[0] + ".onnx"
+        start = time.perf_counter()
+        try:
+            export_onnx(model, self.helper.input_shape, path)
+            inputs, _ = next(iter(self.eval_loader()))
+            diff = onnx_max_abs_diff(path, model, inputs[:16])
+        except ExportUnavailable as exc:
+            log.warning("%s", exc)
+            return {"path": None, "max_abs_diff": None}
+        self.wall_s["export"] = time.perf_counter() - start
+        log.info("ONNX model %s | max |onnxruntime - torch| = %.2e", path, diff)
+        return {"path": path, "max_abs_diff": diff, "bytes": os.path.getsize(path)}
+
+
+def _kept_channels(full: nn.Module, thinned: nn.Module) -> dict:
+    """layer -> [kept input channels, original input channels] for every layer that shrank."""
+    kept = {}
+    full_modules = dict(full.named_modules())
+    for name, module in thinned.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and name in full_modules:
+            now, before = module.weight.shape[1], full_modules[name].weight.shape[1]
+            if now != before:
+                kept[name] = [now, before]
+    return kept
