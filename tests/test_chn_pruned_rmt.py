@@ -1,0 +1,105 @@
+"""chn-pruned-rmt end to end on digits: selection, thinning, fine-tune, artifacts, report."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from learners.channel_pruning_rmt.learner import CprConfig
+from learners.launch import run
+from nets import resnet_at_digits
+from tests.test_learners import flag_values
+from utils.config import ConfigError
+from utils.model_io import load_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cpr_values(tmp_path, *extra: str) -> dict:
+    return flag_values(tmp_path, "--learner=chn-pruned-rmt", "--nb_epochs_rat=0.05",
+                       "--cpr_nb_smpls=128", "--cpr_nb_crops_per_smpl=4",
+                       f"--cpr_save_path={tmp_path}/cpr/model.ckpt",
+                       f"--cpr_save_path_eval={tmp_path}/cpr_eval/model.ckpt",
+                       f"--cpr_save_path_ws={tmp_path}/cpr_ws/model.ckpt", *extra)
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("cpr")
+    values = cpr_values(tmp_path)
+    return tmp_path, values, run(resnet_at_digits.ModelHelper, values)
+
+
+def test_report_and_thinned_artifact(pruned_run):
+    tmp_path, values, report = pruned_run
+    saved = json.load(open(tmp_path / "cpr_eval" / "report.json"))
+    assert saved["learner"] == "chn-pruned-rmt"
+    for key in ("full", "compressed_before_finetune", "compressed"):
+        assert 0.0 <= saved["accuracy"][key] <= 1.0
+    assert saved["flops"]["compressed"] < 0.5 * saved["flops"]["full"]
+    assert saved["params"]["compressed"] < 0.5 * saved["params"]["full"]
+    assert saved["bytes_on_disk"]["compressed"] < saved["bytes_on_disk"]["full"]
+    # exact kept counts: int(c_in * (1 - 0.5)) for every pruned layer, first layer untouched
+    assert saved["kept_channels"]["layer1.0.conv1"] == [8, 16]
+    assert saved["kept_channels"]["layer3.2.conv2"] == [32, 64]
+    assert saved["kept_channels"]["fc"] == [32, 64]
+    assert "conv1" not in saved["kept_channels"]
+    assert saved["onnx"]["max_abs_diff"] <= 1e-4
+    assert set(saved["wall_s"]) >= {"selection", "finetune"}
+
+    model, _ = load_model(values["cpr_save_path_eval"])
+    assert model.layer1[0].conv1.weight.shape == (8, 8, 3, 3)   # inputs gathered, outputs cut
+    assert model.layer1[0].conv2.weight.shape == (16, 8, 3, 3)
+    assert sum(p.numel() for p in model.parameters()) == saved["params"]["compressed"]
+
+
+def test_eval_mode_reloads_the_thinned_model(pruned_run):
+    _, values, report = pruned_run
+    metrics = run(resnet_at_digits.ModelHelper, {**values, "exec_mode": "eval"})
+    assert metrics["accuracy"] == pytest.approx(report["accuracy"]["compressed"], abs=1e-9)
+
+
+def test_warm_start_skips_selection(pruned_run):
+    tmp_path, values, _ = pruned_run
+    report = run(resnet_at_digits.ModelHelper, {**values, "cpr_warm_start": True,
+                                                "cpr_save_path_eval": str(tmp_path / "ws2" / "m.ckpt")})
+    assert "selection" not in report["wall_s"]
+    ws_model, _ = load_model(values["cpr_save_path_ws"])
+    assert report["params"]["compressed"] == sum(p.numel() for p in ws_model.parameters())
+
+
+@pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5])
+def test_ratio_outside_unit_interval_is_refused(ratio):
+    with pytest.raises(ConfigError, match=r"--cpr_prune_ratio: must be in \[0, 1\)"):
+        CprConfig(cpr_prune_ratio=ratio)
+
+
+def test_entry_script_refuses_bad_ratio(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "nets", "resnet_at_digits_run.py"),
+                           "--learner=chn-pruned-rmt", "--cpr_prune_ratio=1", "--log_dir=",
+                           f"--save_path_eval={tmp_path}/m.ckpt"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 2
+    assert "--cpr_prune_ratio: must be in [0, 1), got 1.0" in proc.stderr
+
+
+@pytest.mark.slow
+def test_digits_half_flops_loses_at_most_one_point(tmp_path):
+    """The issue's anchor: ResNet-20 on digits at about 50 % FLOPs, <= 1 point drop."""
+    values = flag_values(tmp_path, "--learner=chn-pruned-rmt", "--cpr_prune_ratio=0.4",
+                         f"--cpr_save_path={tmp_path}/cpr/model.ckpt",
+                         f"--cpr_save_path_eval={tmp_path}/cpr_eval/model.ckpt",
+                         f"--cpr_save_path_ws={tmp_path}/cpr_ws/model.ckpt")
+    report = run(resnet_at_digits.ModelHelper, values)
+    flops = report["flops"]["compressed"] / report["flops"]["full"]
+    print(f"FLOPs kept {flops:.3f}; accuracy full {report['accuracy']['full']:.4f}, "
+          f"before FT {report['accuracy']['compressed_before_finetune']:.4f}, "
+          f"after FT {report['accuracy']['compressed']:.4f}")
+    assert 0.4 <= flops <= 0.6
+    assert report["accuracy"]["compressed"] >= report["accuracy"]["full"] - 0.01
+    assert torch.isfinite(torch.tensor(report["accuracy"]["compressed"]))
