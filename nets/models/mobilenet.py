@@ -14,6 +14,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
+from nets.models.init import init_weights
 from nets.registry import register_net
 
 __all__ = ["DepthwiseSeparable", "MobileNetV1", "InvertedResidual", "MobileNetV2",
@@ -25,21 +26,6 @@ _V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1
 # MobileNet-v2 inverted-residual settings: expansion t, channels c, repeats n, stride s.
 _V2_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
                 (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out) convs; BN weight 1, bias 0; Linear N(0, 0.01)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
 
 
 def _make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
@@ -106,7 +92,7 @@ class MobileNetV1(nn.Module):
         self.stage_names = _stage_ends(self.features)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(ch, num_classes)
-        _init_weights(self)
+        init_weights(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.avgpool(self.features(x)), 1)
@@ -158,7 +144,7 @@ class MobileNetV2(nn.Module):
         self.stage_names = _stage_ends(self.features)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(last_channel, num_classes))
-        _init_weights(self)
+        init_weights(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.avgpool(self.features(x)), 1)

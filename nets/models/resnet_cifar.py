@@ -10,21 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from nets.models.init import init_weights
 from nets.registry import register_net
 
 __all__ = ["BasicBlock", "ResNetCifar", "resnet_cifar"]
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out) convs; BN weight 1, bias 0."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class BasicBlock(nn.Module):
@@ -70,7 +59,7 @@ class ResNetCifar(nn.Module):
         self.layer3 = self._make_layer(32, 64, n, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     @staticmethod
     def _make_layer(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:

@@ -12,21 +12,10 @@ from typing import List, Type, Union
 import torch
 import torch.nn as nn
 
+from nets.models.init import init_weights
 from nets.registry import register_net
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50"]
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out) convs; BN weight 1, bias 0."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def _downsample(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -107,7 +96,7 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512 * block.expansion, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def _make_layer(self, block: Block, planes: int, blocks: int, stride: int) -> nn.Sequential:
         layers = []
