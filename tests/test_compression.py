@@ -196,3 +196,47 @@ def test_capture_stops_after_the_layer():
     x = torch.randn(2, 3, 32, 32)
     assert capture(model, "layer2.0.conv1", x, "input").shape == (2, 16, 32, 32)
     assert capture(model, "layer2.0.conv1", x, "output").shape == (2, 32, 16, 16)
+
+
+class UserNet(nn.Module):
+    """A user's own net (not registered): concatenation, depthwise conv, residual add, 1x1 head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.left = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
+        self.right = nn.Sequential(nn.Conv2d(8, 10, 1, bias=False), nn.BatchNorm2d(10), nn.ReLU())
+        self.expand = nn.Conv2d(16, 24, 1)
+        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24, bias=False)
+        self.bn = nn.BatchNorm2d(24)
+        self.pw = nn.Conv2d(24, 16, 1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.cat([self.left(x), self.right(x)], dim=1)
+        y = y + self.pw(torch.relu(self.bn(self.dw(self.expand(y)))))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def test_thinning_a_users_net_with_concat_and_depthwise():
+    torch.manual_seed(0)
+    model = UserNet().eval()
+    _randomise_bn(model)
+    layers = {layer.name: layer for layer in analyse(model, (3, 12, 12))}
+    assert layers["left.0"].mode == "gather"          # stem's output also feeds `right`
+    assert layers["expand"].mode == "gather"          # reads the concatenation
+    assert layers["pw"].mode == "chain" and layers["pw"].producer == "expand"
+    assert layers["pw"].followers == ["bn", "dw"]     # through BN and the depthwise conv
+    assert layers["head"].mode == "gather"            # reads the residual sum
+    keep = {"left.0": torch.tensor([0, 2, 5]), "expand": torch.tensor([0, 3, 8, 9, 15]),
+            "pw": torch.tensor([1, 3, 4, 8, 15, 20]), "head": torch.tensor([0, 7, 9])}
+    masked = copy.deepcopy(model)
+    mask_inputs(masked, keep)
+    thinned, _ = thin(masked, list(layers.values()), keep)
+    x = torch.randn(3, 3, 12, 12)
+    with torch.no_grad():
+        assert (masked(x) - thinned(x)).abs().max() <= 1e-5
+    assert thinned.dw.weight.shape == (6, 1, 3, 3) and thinned.bn.num_features == 6
+    assert thinned.expand.weight.shape == (6, 5, 1, 1)
+    assert thinned.stem.weight.shape == (8, 3, 3, 3)  # shared output: not shrunk
