@@ -1,7 +1,7 @@
 """Glue for entry scripts: define every flag, then build configs and run the chosen learner.
 
 Entry scripts (``nets/*_run.py``) are the only place flags are parsed; they call
-``define_flags(FLAGS, Helper)`` at import and ``main(Helper, FLAGS.flag_values_dict())`` from
+``define_flags(FLAGS, Helper)`` at import and ``main(Helper, <parsed flag values as a dict>)`` from
 ``app.run``. Everything below receives plain dataclasses.
 """
 from __future__ import annotations

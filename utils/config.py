@@ -3,7 +3,7 @@
 Every configurable module describes its options once, as a dataclass whose fields carry
 ``metadata={"help": ..., "choices": [...]}``.  Entry scripts turn those dataclasses into absl
 flags (``define_flags``) and, after parsing, build the dataclasses back from the plain
-``FLAGS.flag_values_dict()`` (``from_flag_dict``).  Library code only ever sees dataclasses.
+flag-values dict the entry script passes in (``from_flag_dict``).  Library code only ever sees dataclasses.
 """
 from __future__ import annotations
 
