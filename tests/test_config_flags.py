@@ -11,6 +11,7 @@ from absl import flags
 
 from learners.config import LearnerConfig
 from learners.launch import main
+from learners.registry import list_learners
 from nets.resnet_at_digits import ModelHelper
 from utils.config import ConfigError, check, check_ratio, define_flags, from_flag_dict, option
 from tests.conftest import digits_flag_values, finish, start_entry
@@ -151,7 +152,8 @@ def test_unknown_learner_lists_valid_learners(entry):
     res = entry["learner"]
     assert res.returncode != 0
     assert "--learner=foo" in res.stderr
-    assert "value should be one of <full-prec" in res.stderr
+    listed = res.stderr.split("value should be one of <", 1)[1].split(">", 1)[0].split("|")
+    assert listed == list_learners() and "full-prec" in listed
     assert "Pass --helpshort or --helpfull to see help on flags." in res.stderr
     assert "Traceback" not in res.stderr
 

@@ -28,17 +28,12 @@ def launch(*args: str, timeout: float = 300, env: dict | None = None) -> subproc
                           cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def results(output: str) -> list[dict]:
-    return sorted((json.loads(line.split("RESULT ", 1)[1]) for line in output.splitlines()
-                   if "RESULT " in line), key=lambda r: r["rank"])
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_rank0_decision_reaches_every_rank(backend):
+def test_rank0_decision_reaches_every_rank(backend, tmp_path):
     proc = launch("tests/mgw_worker.py", "-n=2", "broadcast", f"--mgw_backend={backend}",
-                  timeout=120)
+                  timeout=120, env={"PF_RESULT_DIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = results(proc.stdout)
+    ranks = [json.load(open(tmp_path / name)) for name in sorted(os.listdir(tmp_path))]
     assert [r["rank"] for r in ranks] == [0, 1]
     assert all(r["size"] == 2 and r["backend"] == backend for r in ranks)
     assert ranks[0]["drawn"] != ranks[1]["drawn"]             # they really started different
