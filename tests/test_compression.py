@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from compression.channel_selection import choose_layers, nb_kept
+from compression.channel_selection import choose_layers, nb_kept, round_to_multiple
 from compression.graph import GraphError, analyse
 from compression.ista import ista, normalised_problem, select_exact
 from compression.layer_sampling import (capture, gram_and_corr, layer_weight, normal_equations,
@@ -240,3 +240,11 @@ def test_thinning_a_users_net_with_concat_and_depthwise():
     assert thinned.dw.weight.shape == (6, 1, 3, 3) and thinned.bn.num_features == 6
     assert thinned.expand.weight.shape == (6, 5, 1, 1)
     assert thinned.stem.weight.shape == (8, 3, 3, 3)  # shared output: not shrunk
+
+
+def test_kept_counts_round_to_a_channel_multiple():
+    assert [nb_kept(c, 0.4) for c in (16, 32, 64)] == [9, 19, 38]
+    assert [round_to_multiple(nb_kept(c, 0.4), c, 8) for c in (16, 32, 64)] == [8, 16, 40]
+    assert round_to_multiple(3, 6, 8) == 3                # narrower than the multiple
+    assert round_to_multiple(63, 64, 8) == 64             # never above the layer's width
+    assert round_to_multiple(2, 64, 8) == 8               # at least one multiple

@@ -40,10 +40,13 @@ class CprConfig:
     cpr_lstsq_nb_iters: int = option(100, "Adam iterations of the refit (solver adam)")
     cpr_warm_start: bool = option(False, "skip selection: start from cpr_save_path_ws")
     cpr_selection: str = option("ista", "channel selection criterion", choices=list(SELECTIONS))
+    cpr_channel_multiple: int = option(1, "round each kept-channel count to a multiple of this "
+                                          "(1: PocketFlow's exact count; 8 runs faster on CPU)")
 
     def __post_init__(self) -> None:
         check_ratio(self.cpr_prune_ratio, "cpr_prune_ratio")
         check(self.cpr_nb_smpls > 0, "cpr_nb_smpls", "must be positive")
+        check(self.cpr_channel_multiple >= 1, "cpr_channel_multiple", "must be >= 1")
         check(self.cpr_nb_crops_per_smpl > 0, "cpr_nb_crops_per_smpl", "must be positive")
         check(self.cpr_ista_nb_iters > 0, "cpr_ista_nb_iters", "must be positive")
         check(0 < self.cpr_ista_lrn_rate < 2, "cpr_ista_lrn_rate",
@@ -57,7 +60,7 @@ class CprConfig:
         return SelectionSettings(self.cpr_selection, self.cpr_nb_crops_per_smpl,
                                  self.cpr_ista_lrn_rate, self.cpr_ista_nb_iters,
                                  self.cpr_lstsq_solver, self.cpr_lstsq_lrn_rate,
-                                 self.cpr_lstsq_nb_iters, seed)
+                                 self.cpr_lstsq_nb_iters, seed, self.cpr_channel_multiple)
 
 
 @register_learner("chn-pruned-rmt", config=CprConfig)
