@@ -99,8 +99,9 @@ class ChannelLearnerBase(AbstractLearner):
         if self.mgw.is_primary():
             log.info("accuracy: full %.4f | thinned before fine-tune %.4f",
                      report["accuracy"]["full"], report["accuracy"]["compressed_before_finetune"])
-        teacher = copy.deepcopy(full) if self.cfg.enbl_dst and not self.cfg.dst_model_path else (
-            self.teacher() if self.cfg.enbl_dst else None)
+        teacher = None
+        if self.cfg.enbl_dst:  # default teacher: the full model this learner started from
+            teacher = self.teacher() if self.cfg.dst_model_path else copy.deepcopy(full)
         self.fit(model, self.helper.lr_schedule(self.mgw.size()), tag="finetune", spec=spec,
                  teacher=teacher)
         self.mgw.broadcast_parameters(model)
