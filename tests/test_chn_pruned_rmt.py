@@ -103,3 +103,14 @@ def test_digits_half_flops_loses_at_most_one_point(tmp_path):
     assert 0.4 <= flops <= 0.6
     assert report["accuracy"]["compressed"] >= report["accuracy"]["full"] - 0.01
     assert torch.isfinite(torch.tensor(report["accuracy"]["compressed"]))
+
+
+def test_finetune_distilled_from_the_full_model(pruned_run):
+    tmp_path, values, _ = pruned_run
+    report = run(resnet_at_digits.ModelHelper, {
+        **values, "cpr_warm_start": True, "enbl_dst": True,
+        "cpr_save_path": str(tmp_path / "dst" / "c.ckpt"),
+        "cpr_save_path_eval": str(tmp_path / "dst" / "m.ckpt")})
+    assert report["wall_s"]["finetune"] > 0
+    assert 0.0 <= report["accuracy"]["compressed"] <= 1.0
+    assert report["params"]["compressed"] < report["params"]["full"]
