@@ -181,6 +181,7 @@ class AbstractLearner(ABC):
 
         trainer.callbacks.append(PeriodicCallback(self.cfg.save_step, save_and_eval))
         trainer.fit()
+        self.mgw.broadcast_parameters(model)  # rank 0's BN statistics everywhere, once at the end
         self._check_replicas(model, tag)
         self.wall_s[tag] = self.wall_s.get(tag, 0.0) + time.perf_counter() - start
         return model

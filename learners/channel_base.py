@@ -17,7 +17,7 @@ from compression.graph import PrunableLayer, analyse
 from compression.thinning import thin
 from learners.abstract_learner import AbstractLearner
 from utils.checkpoint import load_file
-from utils.model_io import build_model, load_model, load_weights, save_model
+from utils.model_io import build_model, load_model, save_model
 from utils.onnx_export import ExportUnavailable, export_onnx, onnx_max_abs_diff
 
 log = logging.getLogger("pocketflow")
@@ -51,16 +51,15 @@ class ChannelLearnerBase(AbstractLearner):
         return batches
 
     def _resumed_finetune(self) -> tuple[nn.Module, dict] | None:
-        """The thinned model of an interrupted fine-tuning run (when ``--resume``)."""
+        """The thinned architecture of an interrupted fine-tuning run (when ``--resume``);
+        ``fit`` then restores its weights, optimizer and step from the same checkpoint."""
         if not (self.cfg.resume and os.path.isfile(self.checkpoint_path)):
             return None
         ckpt = load_file(self.checkpoint_path, kind="checkpoint")
         if ckpt.get("tag") != "finetune" or not ckpt.get("meta", {}).get("spec"):
             return None
         spec = ckpt["meta"]["spec"]
-        model = build_model(spec)
-        load_weights(model, ckpt["model"], self.checkpoint_path)
-        return model, spec
+        return build_model(spec), spec
 
     def _selected(self, full: nn.Module, full_spec: dict, report: dict) -> tuple[nn.Module, dict]:
         """Select and thin on the primary process; every rank receives the same model."""
@@ -95,8 +94,8 @@ class ChannelLearnerBase(AbstractLearner):
             model, spec = model.to(self.device), obj["spec"]
         else:
             model, spec = self._selected(full, full_spec, report)
-        report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
-        if self.mgw.is_primary():
+        if resumed is None:  # a resumed fine-tuning never saw its before-fine-tune model: null
+            report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
             log.info("accuracy: full %.4f | thinned before fine-tune %.4f",
                      report["accuracy"]["full"], report["accuracy"]["compressed_before_finetune"])
         teacher = None
@@ -104,7 +103,6 @@ class ChannelLearnerBase(AbstractLearner):
             teacher = self.teacher() if self.cfg.dst_model_path else copy.deepcopy(full)
         self.fit(model, self.helper.lr_schedule(self.mgw.size()), tag="finetune", spec=spec,
                  teacher=teacher)
-        self.mgw.broadcast_parameters(model)
         report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
         size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["compressed"]})
         if self.mgw.is_primary():

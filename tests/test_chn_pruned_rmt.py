@@ -114,3 +114,13 @@ def test_finetune_distilled_from_the_full_model(pruned_run):
     assert report["wall_s"]["finetune"] > 0
     assert 0.0 <= report["accuracy"]["compressed"] <= 1.0
     assert report["params"]["compressed"] < report["params"]["full"]
+
+
+def test_resume_rebuilds_the_thinned_model_from_the_checkpoint(pruned_run):
+    tmp_path, values, report = pruned_run
+    resumed = run(resnet_at_digits.ModelHelper, {
+        **values, "resume": True, "cpr_save_path_eval": str(tmp_path / "resumed" / "m.ckpt")})
+    assert "selection" not in resumed["wall_s"]              # no new selection
+    assert resumed["accuracy"]["compressed_before_finetune"] is None
+    assert resumed["accuracy"]["compressed"] == pytest.approx(report["accuracy"]["compressed"])
+    assert resumed["params"]["compressed"] == report["params"]["compressed"]

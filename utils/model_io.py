@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from nets.registry import build_from_spec

@@ -24,7 +24,6 @@ class FullPrecLearner(AbstractLearner):
         spec = self.helper.net_spec()
         self.fit(model, self.helper.lr_schedule(self.mgw.size()), tag="train", spec=spec,
                  teacher=teacher)
-        self.mgw.broadcast_parameters(model)
         report = self.new_report()
         report["accuracy"]["full"] = self.run_evaluation(model)["accuracy"]
         size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["full"]})
