@@ -76,7 +76,8 @@ def main(_) -> None:
     torch.set_num_threads(FLAGS.threads)
     fv = flags.FlagValues()
     define_run_flags(fv, ModelHelper)
-    fv(["prog", "--learner=chn-pruned-rmt", f"--save_path_eval={FLAGS.model}", "--log_dir=", "--report_latency=false"])
+    fv(["prog", "--learner=chn-pruned-rmt", f"--save_path_eval={FLAGS.model}", "--log_dir=",
+        "--report_latency=false"])
     learner = build_learner(ModelHelper, fv.flag_values_dict(), SingleProcess())
     full, _ = learner.load_pretrained() if not os.path.isfile(FLAGS.model) else load_model(FLAGS.model)
     full.eval()
@@ -108,7 +109,7 @@ def main(_) -> None:
 
     layers = choose_layers(analyse(full, ModelHelper().input_shape), True, False, [])
     start = time.perf_counter()
-    select_channels(full, copy.deepcopy(full), layers, {l.name: FLAGS.ratio for l in layers},
+    select_channels(full, copy.deepcopy(full), layers, {layer.name: FLAGS.ratio for layer in layers},
                     batches, SelectionSettings())
     network_s = time.perf_counter() - start
 

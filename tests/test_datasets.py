@@ -1,6 +1,5 @@
 """Loaders for native on-disk formats: tiny files written to tmp_path, exact checks."""
 import gzip
-import io
 import os
 import pickle
 
