@@ -1,0 +1,98 @@
+"""The roll-out loop every DDPG strategy search shares (per-layer ratios or bit widths).
+
+A learner describes its problem as a ``SearchEnv``: one step per layer, a state vector, the
+range an action may take at that step given the previous ones (how budgets are enforced,
+AMC-style), and a reward for a finished roll-out. ``run_search`` asks the agent for an action
+per layer, clips it into the allowed range, scores the roll-out, feeds the agent and keeps
+the best strategy. With a checkpoint path the search saves itself after every roll-out and
+an interrupted search resumes where it stopped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from learners.rl.agent import DdpgAgent, observe_rollout
+from learners.rl.config import DdpgConfig
+from utils.checkpoint import load_file, save_file
+
+log = logging.getLogger("pocketflow")
+
+
+class SearchEnv(Protocol):
+    nb_steps: int       # decisions per roll-out (one per layer)
+    state_dim: int
+    a_min: float
+    a_max: float
+
+    def reset(self) -> None: ...
+    def observation(self, step: int) -> np.ndarray: ...
+    def bounds(self, step: int) -> tuple[float, float]: ...
+    def take(self, step: int, action: float) -> None: ...
+    def finish(self) -> tuple[float, dict]:
+        """Reward of the finished roll-out and its strategy (plain, storable values)."""
+
+
+@dataclass
+class SearchResult:
+    best_reward: float
+    best: dict
+    history: list = field(default_factory=list)  # [reward per roll-out]
+    seconds_per_rollout: float = 0.0
+
+
+def _rollout(env: SearchEnv, agent: DdpgAgent) -> tuple[list, list, float, dict]:
+    env.reset()
+    states, actions = [], []
+    for step in range(env.nb_steps):
+        state = env.observation(step)
+        low, high = env.bounds(step)
+        action = float(np.clip(agent.act(state)[0], low, high))
+        env.take(step, action)
+        states.append(state)
+        actions.append(np.array([action], dtype=np.float32))
+    reward, info = env.finish()
+    return states, actions, reward, info
+
+
+def run_search(env: SearchEnv, cfg: DdpgConfig, nb_rlouts: int, nb_rlouts_min: int, seed: int = 0,
+               checkpoint_path: str | None = None, resume: bool = False) -> SearchResult:
+    """``nb_rlouts`` roll-outs; the replay buffer holds ``nb_rlouts_min`` roll-outs and the agent
+    trains once it is full (the first roll-outs explore at the initial noise)."""
+    agent = DdpgAgent(env.state_dim, 1, env.a_min, env.a_max, cfg,
+                      buffer_size=env.nb_steps * nb_rlouts_min, nb_rlouts=nb_rlouts, seed=seed)
+    result = SearchResult(best_reward=-float("inf"), best={})
+    start_rollout = 0
+    if resume and checkpoint_path and os.path.isfile(checkpoint_path):
+        saved = load_file(checkpoint_path, kind="search")
+        agent.load_state_dict(saved["agent"])
+        result = SearchResult(saved["best_reward"], saved["best"], list(saved["history"]),
+                              saved["seconds_per_rollout"])
+        start_rollout = int(saved["rollout"])
+        log.info("search resumed at roll-out %d/%d from %s", start_rollout, nb_rlouts,
+                 checkpoint_path)
+    spent = result.seconds_per_rollout * start_rollout
+    for index in range(start_rollout, nb_rlouts):
+        began = time.perf_counter()
+        states, actions, reward, info = _rollout(env, agent)
+        observe_rollout(agent, states, actions, reward)
+        losses = agent.train()
+        if reward > result.best_reward:
+            result.best_reward, result.best = reward, info
+        result.history.append(reward)
+        spent += time.perf_counter() - began
+        result.seconds_per_rollout = spent / (index + 1)
+        log.info("roll-out %d/%d | reward %.4f | best %.4f | %.1f s%s", index + 1, nb_rlouts,
+                 reward, result.best_reward, time.perf_counter() - began,
+                 f" | critic loss {losses['critic_loss']:.4f}" if losses else "")
+        if checkpoint_path:
+            save_file(checkpoint_path, "search", {
+                "agent": agent.state_dict(), "rollout": index + 1, "best_reward": result.best_reward,
+                "best": result.best, "history": result.history,
+                "seconds_per_rollout": result.seconds_per_rollout})
+    return result

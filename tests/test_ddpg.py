@@ -1,0 +1,293 @@
+"""DDPG agent (learners/rl): it learns small tasks, and its parts do exactly what they say."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from absl import flags
+from torch import nn
+
+from learners.rl import DdpgAgent, DdpgConfig, Transition, observe_rollout
+from learners.rl.networks import soft_update
+from learners.rl.replay_buffer import ReplayBuffer
+from utils.config import ConfigError, define_flags, from_flag_dict, option
+
+# hyper-parameters of the learning tests: faster than the defaults (fewer roll-outs, CPU time)
+FAST = dict(ddpg_lrn_rate=3e-3, ddpg_tau=0.05, ddpg_nb_train_iters=4)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- learning ------------------------------------------------------------------------------
+STEPS, A_MAX = 3, 0.35  # 3 moves of at most 0.35 per axis reach any target of [0, 1]^2
+
+
+def move_to_target(agent: DdpgAgent, x: np.ndarray, target: np.ndarray, explore: bool):
+    """One roll-out: state (x, target, step / STEPS), x += action; reward -|x_final - target|."""
+    states, actions = [], []
+    for step in range(STEPS):
+        state = np.concatenate([x, target, [step / STEPS]])
+        action = agent.act(state, explore)
+        states.append(state)
+        actions.append(action)
+        x = np.clip(x + action, 0.0, 1.0)
+    return states, actions, -float(np.linalg.norm(x - target))
+
+
+def mean_final_distance(agent: DdpgAgent, nb_targets: int = 50) -> float:
+    rng = np.random.default_rng(123)
+    return -np.mean([move_to_target(agent, rng.random(2), rng.random(2), explore=False)[2]
+                     for _ in range(nb_targets)])
+
+
+def test_learns_move_to_target_from_one_shared_reward_per_rollout():
+    """250 roll-outs (the first 80 fill the buffer), one final reward shared by the 3 steps:
+    the greedy policy ends 0.065-0.156 from the target over 10 seeds (untrained 0.455-0.588;
+    optimum ~0, standing still 0.52)."""
+    cfg = DdpgConfig(ddpg_noise_type="action", ddpg_noise_std_init=0.5,
+                     ddpg_noise_std_finl=0.05, **FAST)
+    agent = DdpgAgent(5, 2, -A_MAX, A_MAX, cfg, buffer_size=80 * STEPS, nb_rlouts=250, seed=0)
+    untrained = mean_final_distance(agent)
+    rng = np.random.default_rng(0)
+    for _ in range(250):
+        observe_rollout(agent, *move_to_target(agent, rng.random(2), rng.random(2), True))
+        agent.train()
+    trained = mean_final_distance(agent)
+    assert untrained > 0.4
+    assert trained < 0.2 and trained < 0.4 * untrained, (untrained, trained)
+
+
+def test_learns_per_layer_ratios_one_step_budget_task():
+    """Ratio-search-like bandit with the default noise (param, tdecy): 10 layers, state =
+    (x, x^2) with x = layer / 9, reward -|a - f(x)|, f = 0.2 + 0.6 x^2; 150 roll-outs, the
+    first 50 fill the buffer; mean |a - f| ends at 0.005-0.029 over 10 seeds (untrained
+    0.137-0.248)."""
+    cfg = DdpgConfig(ddpg_noise_std_init=0.5, ddpg_noise_std_finl=0.01, **FAST)
+    agent = DdpgAgent(2, 1, 0.0, 1.0, cfg, buffer_size=50, nb_rlouts=150, seed=0)
+    xs = np.linspace(0.0, 1.0, 10)
+    feats = [np.array([x, x * x]) for x in xs]
+    goals = 0.2 + 0.6 * xs ** 2
+
+    def mean_error() -> float:
+        return float(np.mean([abs(agent.act(s, explore=False)[0] - g)
+                              for s, g in zip(feats, goals)]))
+
+    untrained = mean_error()
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        layer = int(rng.integers(10))
+        action = agent.act(feats[layer])
+        observe_rollout(agent, [feats[layer]], [action], -abs(action[0] - goals[layer]))
+        agent.train()
+    assert untrained > 0.1
+    assert mean_error() < 0.05, (untrained, mean_error())
+
+
+# -- agent interface -----------------------------------------------------------------------
+@pytest.mark.parametrize("noise_type", ["param", "action"])
+def test_actions_always_within_per_dimension_bounds(noise_type):
+    a_min, a_max = np.array([0.0, -1.0, 2.0]), np.array([1.0, 0.2, 8.0])
+    cfg = DdpgConfig(ddpg_noise_type=noise_type, ddpg_noise_std_init=5.0, ddpg_batch_size=4,
+                     ddpg_nb_train_iters=2)
+    agent = DdpgAgent(4, 3, a_min, a_max, cfg, buffer_size=6, nb_rlouts=5, seed=1)
+    rng = np.random.default_rng(0)
+    for rollout in range(4):
+        states = [rng.normal(scale=100.0, size=4) for _ in range(3)]
+        actions = [agent.act(s, explore=rollout % 2 == 0) for s in states]
+        for action in actions:
+            assert action.shape == (3,) and action.dtype == np.float64
+            assert np.all(action >= a_min) and np.all(action <= a_max), action
+        observe_rollout(agent, states, actions, float(rng.normal()))
+        agent.train()
+    scalar = DdpgAgent(2, 2, -0.2, 0.2, cfg, buffer_size=4, nb_rlouts=5)
+    assert all(np.all(np.abs(scalar.act(rng.normal(size=2) * 50)) <= 0.2) for _ in range(20))
+
+
+def test_observe_rollout_links_states_and_shares_the_reward():
+    agent = DdpgAgent(2, 1, 0.0, 1.0, DdpgConfig(), buffer_size=3, nb_rlouts=4)
+    states = [np.array([1.0, 2.0]), np.array([3.0, 4.0]), np.array([5.0, 6.0])]
+    observe_rollout(agent, states, [[0.1], [0.2], [0.3]], reward=-0.5)
+    data = agent.buffer.data
+    assert torch.equal(data["next_states"], torch.tensor([[3.0, 4.0], [5.0, 6.0], [0.0, 0.0]]))
+    assert data["terminals"].tolist() == [0.0, 0.0, 1.0]
+    assert data["rewards"].tolist() == [-0.5] * 3
+    assert agent.nb_rlouts_done == 1
+    with pytest.raises(ValueError):
+        observe_rollout(agent, states, [[0.1]], reward=0.0)
+
+
+def test_train_waits_for_a_full_buffer():
+    cfg = DdpgConfig(ddpg_batch_size=4, ddpg_nb_train_iters=3)
+    agent = DdpgAgent(2, 1, 0.0, 1.0, cfg, buffer_size=4, nb_rlouts=10)
+    observe_rollout(agent, [np.zeros(2)] * 3, [[0.5]] * 3, 1.0)
+    assert agent.train() is None
+    observe_rollout(agent, [np.ones(2)], [[0.5]], 1.0)
+    info = agent.train()
+    assert set(info) == {"critic_loss", "actor_loss", "noise_std"}
+    assert all(np.isfinite(v) for v in info.values())
+
+
+def test_same_seed_same_actions_and_global_rng_untouched():
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    cfg = DdpgConfig(ddpg_batch_size=4, ddpg_nb_train_iters=2)
+    runs = []
+    for seed in (3, 3, 4):
+        agent = DdpgAgent(2, 1, 0.0, 1.0, cfg, buffer_size=2, nb_rlouts=5, seed=seed)
+        acts = []
+        for step in range(3):
+            acts.append(agent.act([step, 1.0]))
+            observe_rollout(agent, [[step, 1.0]], [acts[-1]], -abs(acts[-1][0] - 0.3))
+            agent.train()
+        runs.append(np.concatenate(acts))
+    assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], np_state)
+
+
+@pytest.mark.parametrize("noise_type,prtl", [("param", "tdecy"), ("param", "adapt"),
+                                             ("action", "tdecy")])
+def test_state_dict_round_trip_gives_identical_behaviour(noise_type, prtl):
+    cfg = DdpgConfig(ddpg_noise_type=noise_type, ddpg_noise_prtl=prtl, ddpg_batch_size=4,
+                     ddpg_nb_train_iters=2)
+
+    def rollout(agent: DdpgAgent, k: int) -> list:
+        states = [np.array([k, i], dtype=float) for i in range(2)]
+        actions = [agent.act(s) for s in states]
+        observe_rollout(agent, states, actions, reward=float(-k))
+        return [*actions, agent.train(), agent.act(states[0], explore=False)]
+
+    agent = DdpgAgent(2, 2, 0.0, 1.0, cfg, buffer_size=5, nb_rlouts=8, seed=0)
+    for k in range(3):
+        rollout(agent, k)
+    blob = io.BytesIO()
+    torch.save(agent.state_dict(), blob)
+    blob.seek(0)
+    resumed = DdpgAgent(2, 2, 0.0, 1.0, cfg, buffer_size=5, nb_rlouts=8, seed=99)
+    resumed.load_state_dict(torch.load(blob, weights_only=True))
+    for k in range(3, 6):
+        expected, got = rollout(agent, k), rollout(resumed, k)
+        for a, b in zip(expected, got):
+            assert a == b if isinstance(a, dict) else np.array_equal(a, b)
+
+
+# -- parts -----------------------------------------------------------------------------------
+def test_replay_buffer_ready_only_when_full_and_overwrites_the_oldest():
+    buf = ReplayBuffer(3, state_dim=1, action_dim=1)
+    for value in (1.0, 2.0, 3.0):
+        assert not buf.ready
+        buf.append(torch.tensor([value]), torch.tensor([value]), value, torch.tensor([0.0]), False)
+    assert buf.ready and len(buf) == 3
+    buf.append(torch.tensor([4.0]), torch.tensor([4.0]), 4.0, torch.tensor([0.0]), True)
+    assert buf.data["rewards"].tolist() == [4.0, 2.0, 3.0] and buf.ptr == 1
+    batch = buf.sample(50, torch.Generator().manual_seed(0))
+    assert set(batch["states"][:, 0].tolist()) == {2.0, 3.0, 4.0}
+    assert torch.equal(batch["states"][:, 0], batch["rewards"])
+    blob = io.BytesIO()
+    torch.save(buf.state_dict(), blob)
+    blob.seek(0)
+    copy = ReplayBuffer(3, 1, 1)
+    copy.load_state_dict(torch.load(blob, weights_only=True))
+    assert all(torch.equal(copy.data[k], buf.data[k]) for k in buf.data)
+    assert (copy.ptr, copy.size) == (1, 3)
+    with pytest.raises(ValueError):
+        ReplayBuffer(4, 1, 1).load_state_dict(buf.state_dict())
+
+
+def test_soft_update_is_exact_and_copies_buffers():
+    target, source = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), nn.Sequential(
+        nn.Linear(2, 2), nn.BatchNorm1d(2))
+    with torch.no_grad():
+        for p in target.parameters():
+            p.fill_(1.0)
+        for p in source.parameters():
+            p.fill_(3.0)
+        source[1].running_mean.fill_(7.0)
+    soft_update(target, source, tau=0.25)
+    assert all(torch.equal(p, torch.full_like(p, 1.5)) for p in target.parameters())
+    assert torch.equal(target[1].running_mean, torch.full((2,), 7.0))
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    before = [p.clone() for p in target.parameters()]
+    soft_update(target, source, tau=0.01)
+    for old, new, src in zip(before, target.parameters(), source.parameters()):
+        torch.testing.assert_close(new, 0.99 * old + 0.01 * src)
+
+
+def test_reward_baseline_is_an_ema_of_rollout_rewards():
+    cfg = DdpgConfig(ddpg_bsln_decy_rate=0.5)
+    agent = DdpgAgent(1, 1, 0.0, 1.0, cfg, buffer_size=10, nb_rlouts=5)
+    assert agent.baseline is None
+    for reward, expected in [(1.0, 1.0), (3.0, 2.0), (-1.0, 0.5)]:
+        agent.observe(Transition([0.0], [0.5], 100.0, [0.0], terminal=False))  # no effect
+        agent.observe(Transition([0.0], [0.5], reward, [0.0], terminal=True))
+        assert agent.baseline == expected
+    off = DdpgAgent(1, 1, 0.0, 1.0, DdpgConfig(ddpg_enbl_bsln_func=False), 10, 5)
+    observe_rollout(off, [[0.0]], [[0.5]], 2.0)
+    assert off.baseline is None
+
+
+def test_tdecy_noise_decays_geometrically_after_the_warm_up():
+    """Buffer of 3 one-step roll-outs, 10 roll-outs: roll-outs 0-3 use std_init, roll-out 9
+    std_finl, each step in between multiplies by (finl / init) ** (1 / 6)."""
+    cfg = DdpgConfig(ddpg_noise_std_init=0.5, ddpg_noise_std_finl=5e-4, ddpg_batch_size=2,
+                     ddpg_nb_train_iters=1)
+    agent = DdpgAgent(1, 1, 0.0, 1.0, cfg, buffer_size=3, nb_rlouts=10)
+    stds = [agent.noise.std]
+    for _ in range(11):
+        observe_rollout(agent, [[0.0]], [agent.act([0.0])], 0.0)
+        stds.append(agent.noise.std)  # std of the next roll-out
+    assert stds[:4] == [0.5] * 4 and stds[9] == 5e-4 and stds[10:] == [5e-4] * 2
+    np.testing.assert_allclose(np.diff(np.log(stds[3:10])), np.log(1e-3) / 6, rtol=1e-12)
+    assert agent.train()["noise_std"] == 5e-4
+
+
+def test_adaptive_noise_moves_the_std_toward_the_target_distance():
+    """One adaption per gradient step: with std 1 the perturbed actions move far more than 1%
+    of the range (std shrinks 5 times), and never by 99% of it (std grows 5 times)."""
+    for dst_finl, expected in [(0.01, 1.5 ** -5), (0.99, 1.5 ** 5)]:
+        cfg = DdpgConfig(ddpg_noise_prtl="adapt", ddpg_noise_std_init=1.0, ddpg_batch_size=4,
+                         ddpg_nb_train_iters=5, ddpg_noise_adpt_rat=1.5,
+                         ddpg_noise_dst_finl=dst_finl)
+        agent = DdpgAgent(2, 1, 0.0, 1.0, cfg, buffer_size=4, nb_rlouts=5)
+        observe_rollout(agent, [np.ones(2), -np.ones(2)] * 2, [[0.5]] * 4, 0.0)
+        assert agent.train()["noise_std"] == pytest.approx(expected)
+
+
+# -- config ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("field,value", [
+    ("ddpg_actor_hidden", 0), ("ddpg_tau", 0.0), ("ddpg_tau", 1.5), ("ddpg_gamma", -0.1),
+    ("ddpg_gamma", 1.1), ("ddpg_lrn_rate", 0.0), ("ddpg_batch_size", 0),
+    ("ddpg_nb_train_iters", 0), ("ddpg_bsln_decy_rate", 1.0), ("ddpg_noise_type", "gauss"),
+    ("ddpg_noise_prtl", "linear"), ("ddpg_noise_std_init", 0.0), ("ddpg_noise_std_finl", 0.0),
+    ("ddpg_noise_std_finl", 2.0), ("ddpg_noise_dst_finl", 0.0), ("ddpg_noise_adpt_rat", 1.0)])
+def test_config_errors_name_the_flag(field, value):
+    with pytest.raises(ConfigError, match=f"^--{field}: "):
+        DdpgConfig(**{field: value})
+
+
+def test_config_is_a_base_of_learner_configs_and_defines_flags():
+    @dataclass
+    class SearchConfig(DdpgConfig):
+        search_nb_rlouts: int = option(300, "roll-outs")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+
+    with pytest.raises(ConfigError, match="^--ddpg_noise_prtl: 'adapt' needs"):
+        SearchConfig(ddpg_noise_type="action", ddpg_noise_prtl="adapt")
+    fv = flags.FlagValues()
+    define_flags(SearchConfig, fv)
+    fv(["prog", "--ddpg_gamma=0.5", "--ddpg_noise_type=action"])
+    cfg = from_flag_dict(SearchConfig, fv.flag_values_dict())
+    assert (cfg.ddpg_gamma, cfg.ddpg_noise_type, cfg.ddpg_tau) == (0.5, "action", 0.01)
+    assert fv["ddpg_noise_prtl"].parser.enum_values == ["tdecy", "adapt"]
