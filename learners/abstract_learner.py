@@ -24,6 +24,7 @@ from utils.checkpoint import CheckpointError, load_file, rng_state, save_file, s
 from utils.data_loading import make_eval_loader, make_train_loader
 from utils.model_io import load_model, load_weights, save_model, unwrap
 from utils.model_stats import count_flops, count_params, measure_latency
+from utils.onnx_export import ExportUnavailable, export_onnx, onnx_max_abs_diff
 from utils.multi_gpu_wrapper import MultiGpuWrapper, SingleProcess
 from utils.report import empty_report, format_report, write_report
 
@@ -95,8 +96,11 @@ class AbstractLearner(ABC):
 
     # -- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
-    def run_evaluation(self, model: nn.Module, loader=None) -> dict:
-        """Mean loss and accuracy over the WHOLE eval set (shards summed over ranks)."""
+    def run_evaluation(self, model: nn.Module, loader=None, local: bool = False) -> dict:
+        """Mean loss and accuracy over the WHOLE eval set (shards summed over ranks).
+
+        ``local``: this process's loader only, no collective (a search run by rank 0 alone).
+        """
         model = unwrap(model)
         was_training = model.training
         model.eval()
@@ -109,7 +113,8 @@ class AbstractLearner(ABC):
             sums += torch.stack([loss.double() * n, metrics["accuracy"].double() * n,
                                  torch.tensor(float(n), dtype=torch.float64, device=self.device)])
         model.train(was_training)
-        sums = self.mgw.allreduce(sums)
+        if not local:
+            sums = self.mgw.allreduce(sums)
         count = max(float(sums[2]), 1.0)
         return {"loss": float(sums[0]) / count, "accuracy": float(sums[1]) / count}
 
@@ -118,6 +123,28 @@ class AbstractLearner(ABC):
         """Momentum SGD with the helper's weight decay (lr is set by the schedule)."""
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=self.cfg.momentum,
                                weight_decay=self.helper.weight_decay)
+
+    def short_finetune(self, model: nn.Module, batches: list, lr: float, nb_iters: int) -> None:
+        """A few Adam steps over cached ``(inputs, labels)`` batches in this process only
+        (the fast fine-tune of a search's reward; the same loop, no checkpoints or logs)."""
+        if nb_iters <= 0:
+            return
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        Trainer(model, optimizer, self.helper.calc_loss, batches, nb_iters, self.device,
+                forward=self.helper.forward_train).fit()
+
+    def cached_batches(self, dataset, nb_batches: int, batch_size: int | None = None) -> list:
+        """The first ``nb_batches`` ``(inputs, labels)`` of a seeded pass over ``dataset``, on
+        the device, read by this process alone."""
+        loader = make_train_loader(dataset, batch_size or self.helper.cfg.batch_size, rank=0,
+                                   world_size=1, seed=self.cfg.seed, nb_threads=0)
+        loader.sampler.set_epoch(0)
+        batches = []
+        for inputs, labels in loader:
+            batches.append((inputs.to(self.device), labels.to(self.device)))
+            if len(batches) >= nb_batches:
+                break
+        return batches
 
     def teacher(self) -> nn.Module:
         """The distillation teacher: ``--dst_model_path`` or the helper's pre-trained model."""
@@ -264,3 +291,18 @@ class AbstractLearner(ABC):
         if self._writer is not None:
             self._writer.close()
         return report
+
+    def export_onnx(self, model: nn.Module) -> dict:
+        """ONNX beside the artifact, checked in onnxruntime on real inputs (primary only)."""
+        path = os.path.splitext(self.artifact_path)[0] + ".onnx"
+        start = time.perf_counter()
+        try:
+            export_onnx(model, self.helper.input_shape, path)
+            inputs, _ = next(iter(self.eval_loader()))
+            diff = onnx_max_abs_diff(path, model, inputs[:16])
+        except ExportUnavailable as exc:
+            log.warning("%s", exc)
+            return {"path": None, "max_abs_diff": None}
+        self.wall_s["export"] = time.perf_counter() - start
+        log.info("ONNX model %s | max |onnxruntime - torch| = %.2e", path, diff)
+        return {"path": path, "max_abs_diff": diff, "bytes": os.path.getsize(path)}

@@ -18,7 +18,6 @@ from compression.thinning import thin
 from learners.abstract_learner import AbstractLearner
 from utils.checkpoint import load_file
 from utils.model_io import build_model, load_model, save_model
-from utils.onnx_export import ExportUnavailable, export_onnx, onnx_max_abs_diff
 
 log = logging.getLogger("pocketflow")
 
@@ -113,21 +112,7 @@ class ChannelLearnerBase(AbstractLearner):
         self.model_report(full, "full", report, os.path.getsize(self.cfg.save_path_eval))
         self.model_report(model, "compressed", report, size)
         report["kept_channels"] = _kept_channels(full, model)
-        report["onnx"] = self._export_onnx(model)
-
-    def _export_onnx(self, model: nn.Module) -> dict:
-        path = os.path.splitext(self.artifact_path)[0] + ".onnx"
-        start = time.perf_counter()
-        try:
-            export_onnx(model, self.helper.input_shape, path)
-            inputs, _ = next(iter(self.eval_loader()))
-            diff = onnx_max_abs_diff(path, model, inputs[:16])
-        except ExportUnavailable as exc:
-            log.warning("%s", exc)
-            return {"path": None, "max_abs_diff": None}
-        self.wall_s["export"] = time.perf_counter() - start
-        log.info("ONNX model %s | max |onnxruntime - torch| = %.2e", path, diff)
-        return {"path": path, "max_abs_diff": diff, "bytes": os.path.getsize(path)}
+        report["onnx"] = self.export_onnx(model)
 
 
 def _kept_channels(full: nn.Module, thinned: nn.Module) -> dict:
