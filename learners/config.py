@@ -31,10 +31,13 @@ class LearnerConfig:
                                       "(default: the helper's pre-trained model, save_path_eval)")
     enbl_multi_gpu: bool = option(False, "train with several processes (set by run_local.sh -n=N)")
     mgw_backend: str = option("auto", "multi-process backend", choices=["auto", "horovod", "torch"])
+    mgw_timeout_s: float = option(1800.0, "torch.distributed: seconds a collective may wait (other "
+                                          "ranks wait while rank 0 searches or selects)")
     report_latency: bool = option(True, "measure CPU latency of the models in the report")
 
     def __post_init__(self) -> None:
         check(self.summ_step > 0, "summ_step", f"must be positive, got {self.summ_step}")
         check(self.save_step > 0, "save_step", f"must be positive, got {self.save_step}")
         check(self.tempr_dst > 0, "tempr_dst", f"must be positive, got {self.tempr_dst}")
+        check(self.mgw_timeout_s > 0, "mgw_timeout_s", f"must be positive, got {self.mgw_timeout_s}")
         check(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")

@@ -68,7 +68,8 @@ def build_learner(helper_cls: type, values: dict, mgw: MultiGpuWrapper):
 def run(helper_cls: type, values: dict) -> dict:
     """Build everything from flag values and train or evaluate; returns the report/metrics."""
     mgw = MultiGpuWrapper.create(bool(values.get("enbl_multi_gpu")),
-                                 values.get("mgw_backend", "auto"))
+                                 values.get("mgw_backend", "auto"),
+                                 float(values.get("mgw_timeout_s", 1800.0)))
     setup_logging(mgw.is_primary())
     try:
         seed_everything(int(values.get("seed", 0)))

@@ -41,7 +41,8 @@ class MultiGpuWrapper(ABC):
     name = "abstract"
 
     @staticmethod
-    def create(enabled: bool = False, backend: str = "auto") -> "MultiGpuWrapper":
+    def create(enabled: bool = False, backend: str = "auto",
+               timeout_s: float = 1800.0) -> "MultiGpuWrapper":
         """Pick and initialise a backend. ``auto``: Horovod when launched by horovodrun,
         torch.distributed when launched by torchrun, else a single process."""
         if backend not in BACKENDS:
@@ -55,7 +56,7 @@ class MultiGpuWrapper(ABC):
                     "install it with scripts/install_horovod.sh, or use --mgw_backend=torch")
             wrapper: MultiGpuWrapper = HorovodWrapper()
         elif "WORLD_SIZE" in os.environ or backend == "torch":
-            wrapper = TorchDistributedWrapper()
+            wrapper = TorchDistributedWrapper(timeout_s)
         else:
             wrapper = SingleProcess()
         wrapper.init()
@@ -174,7 +175,7 @@ class TorchDistributedWrapper(MultiGpuWrapper):
 
     name = "torch"
 
-    def __init__(self, timeout_s: float = 120.0) -> None:
+    def __init__(self, timeout_s: float = 1800.0) -> None:
         self.timeout = datetime.timedelta(seconds=timeout_s)
 
     def init(self) -> None:
