@@ -114,3 +114,23 @@ def test_two_processes_match_one_process_accuracy(tmp_path, backend):
     print(f"{backend}: 1 process {single['accuracy']['full']:.4f}, "
           f"2 processes {double['accuracy']['full']:.4f}")
     assert abs(single["accuracy"]["full"] - double["accuracy"]["full"]) <= 0.01
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weight_sparse_search_on_rank0_two_processes(tmp_path, backend):
+    """The DDPG search runs on rank 0 alone; both ranks fine-tune with the same exact masks."""
+    proc = launch("nets/resnet_at_digits_run.py", "-n=2", f"--mgw_backend={backend}",
+                  "--learner=weight-sparse", f"--save_path={tmp_path}/ckpt/model.ckpt",
+                  f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
+                  "--report_latency=false", "--nb_epochs_rat=0.05", "--batch_size=32",
+                  "--image_size=8", "--summ_step=10", "--ws_prune_ratio=0.8",
+                  "--ws_prune_ratio_prtl=optimal", "--ws_nb_rlouts=2", "--ws_nb_rlouts_min=1",
+                  "--ws_nb_iters_ft=2", "--ws_nb_iters_rg=2", "--ws_nb_iters_feval=1",
+                  f"--ws_save_path={tmp_path}/ws/model.ckpt",
+                  f"--ws_save_path_eval={tmp_path}/ws_eval/model.ckpt", timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "finetune: parameters identical on all 2 ranks" in proc.stdout
+    assert len(re.findall(r"roll-out 2/2", proc.stdout)) == 1          # searched once
+    with open(tmp_path / "ws_eval" / "report.json") as handle:
+        report = json.load(handle)
+    assert report["sparsity"]["zeros"] == round(0.8 * report["sparsity"]["numel"])

@@ -1,0 +1,191 @@
+"""weight-sparse: fine-grained magnitude pruning of conv/linear weights with masks.
+
+Pre-trained model -> per-layer zero counts (uniform / heurist / DDPG-optimal / global ranking)
+-> fine-tuning with masks that follow an AGP ramp (or are fixed from the start: ``oneshot``)
+-> masks baked in -> dense artifact with exact zeros + COO and CSR sparse files + ONNX + report.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+
+import torch
+from torch import nn
+
+from compression.layer_regression import layerwise_regression
+from compression.masks import (attach_masks, detach_masks, maskable_layers, masks_of, set_masks,
+                               sparsity_table)
+from compression.sparse_format import LAYOUTS, load_sparse_model, save_sparse_model
+from compression.sparsity_allocation import nb_zeros_heurist, nb_zeros_uniform
+from learners.abstract_learner import AbstractLearner
+from learners.registry import register_learner
+from learners.rl.search import run_search
+from learners.weight_sparse.config import WsConfig
+from learners.weight_sparse.schedule import MaskScheduleCallback, update_steps
+from learners.weight_sparse.search_env import SparsityEnv, layer_features
+from utils.config import ConfigError
+from utils.data_loading import make_eval_loader
+
+log = logging.getLogger("pocketflow")
+
+
+@register_learner("weight-sparse", config=WsConfig)
+class WeightSparseLearner(AbstractLearner):
+
+    @property
+    def checkpoint_path(self) -> str:
+        return self.own_cfg.ws_save_path
+
+    @property
+    def artifact_path(self) -> str:
+        return self.own_cfg.ws_save_path_eval
+
+    @property
+    def search_path(self) -> str:
+        return os.path.join(os.path.dirname(self.checkpoint_path) or ".", "search.pt")
+
+    # -- which layers, how many zeros -----------------------------------------------------
+    def layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        skip = self.own_cfg.skip_names
+        chosen = {n: m for n, m in maskable_layers(model).items() if not any(s in n for s in skip)}
+        if not chosen:
+            raise ConfigError("--ws_skip_op_names: every conv/linear layer is skipped; nothing "
+                              "left to prune")
+        return chosen
+
+    def final_counts(self, full: nn.Module, layers: dict[str, nn.Module],
+                     report: dict) -> dict[str, int] | None:
+        """Zeros per layer at the end (``None`` for the global protocol, decided by ranking)."""
+        cfg = self.own_cfg
+        sizes = [m.weight.numel() for m in layers.values()]
+        protocol = cfg.ws_prune_ratio_prtl
+        if protocol == "global":
+            return None
+        if protocol == "uniform":
+            counts = nb_zeros_uniform(sizes, cfg.ws_prune_ratio)
+        elif protocol == "heurist":
+            counts = nb_zeros_heurist(sizes, cfg.ws_prune_ratio)
+        else:
+            counts = self._searched_counts(full, layers, sizes, report)
+        return dict(zip(layers, counts))
+
+    def _searched_counts(self, full, layers, sizes, report) -> list[int]:
+        """DDPG search on the primary process; every rank receives the best counts."""
+        start = time.perf_counter()
+        payload = None
+        if self.mgw.is_primary():
+            result = run_search(self._env(full, layers, sizes), self.own_cfg,
+                                self.own_cfg.ws_nb_rlouts, self.own_cfg.ws_nb_rlouts_min,
+                                seed=self.cfg.seed, checkpoint_path=self.search_path,
+                                resume=self.cfg.resume)
+            payload = {"counts": result.best["counts"], "reward": result.best_reward,
+                       "accuracy": result.best["accuracy"], "history": result.history,
+                       "seconds_per_rollout": result.seconds_per_rollout}
+        payload = self.mgw.broadcast_object(payload)
+        report["search"] = {k: v for k, v in payload.items() if k != "counts"}
+        self.wall_s["search"] = time.perf_counter() - start
+        return payload["counts"]
+
+    def _env(self, full: nn.Module, layers: dict, sizes: list[int]) -> SparsityEnv:
+        cfg = self.own_cfg
+        names = list(layers)
+        train = self.cached_batches(self.helper.build_dataset_train(enbl_trn_val_split=True),
+                                    max(1, min(cfg.ws_nb_iters_ft, 100)))
+        val = []
+        for inputs, labels in make_eval_loader(self.helper.build_dataset_val(),
+                                               self.helper.cfg.batch_size_eval):
+            val.append((inputs.to(self.device), labels.to(self.device)))
+            if len(val) >= cfg.ws_nb_iters_feval:
+                break
+
+        def score(counts: list[int]) -> float:
+            model = copy.deepcopy(full)
+            attach_masks(model, names)
+            set_masks(model, dict(zip(names, counts)))
+            layerwise_regression(full, model, names, train[0][0], cfg.ws_lrn_rate_rg,
+                                 cfg.ws_nb_iters_rg)
+            self.short_finetune(model, train, cfg.ws_lrn_rate_ft, cfg.ws_nb_iters_ft)
+            return self.run_evaluation(model, loader=val, local=True)["accuracy"]
+
+        total = round(cfg.ws_prune_ratio * sum(sizes))
+        return SparsityEnv(layer_features(layers), sizes, total, score, cfg.ws_reward_type)
+
+    # -- the flow ----------------------------------------------------------------------------
+    def mask_callback(self, model: nn.Module, names: list[str], final: dict | None,
+                      total: int) -> MaskScheduleCallback:
+        cfg = self.own_cfg
+        if cfg.ws_schedule == "oneshot":
+            return MaskScheduleCallback(model, names, final, total, {0}, 0, 0, 1.0)
+        nb_iters = self.helper.lr_schedule(self.mgw.size()).nb_iters
+        beg, end = round(cfg.ws_iter_ratio_beg * nb_iters), round(cfg.ws_iter_ratio_end * nb_iters)
+        return MaskScheduleCallback(model, names, final, total,
+                                    update_steps(beg, end, cfg.ws_mask_update_step), beg, end,
+                                    cfg.ws_prune_ratio_exp)
+
+    def train(self) -> dict:
+        cfg = self.own_cfg
+        report = self.new_report()
+        full, saved = self.load_pretrained()
+        spec = saved.get("spec")
+        report["accuracy"]["full"] = self.run_evaluation(full)["accuracy"]
+        layers = self.layers(full)
+        names = list(layers)
+        total = round(cfg.ws_prune_ratio * sum(m.weight.numel() for m in layers.values()))
+        final = self.final_counts(full, layers, report)
+
+        model = copy.deepcopy(full)
+        attach_masks(model, names)
+        callback = self.mask_callback(model, names, final, total)
+        set_masks(model, callback.counts_at(callback.end))  # one-shot: before fine-tuning
+        report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
+        if cfg.ws_schedule == "agp":
+            set_masks(model, dict.fromkeys(names, 0))  # dense again; the ramp starts at beg
+        teacher = None
+        if self.cfg.enbl_dst:
+            teacher = self.teacher() if self.cfg.dst_model_path else copy.deepcopy(full)
+        self.fit(model, self.helper.lr_schedule(self.mgw.size()), tag="finetune", spec=spec,
+                 callbacks=[callback], teacher=teacher)
+        targets = {n: int((m.mask == 0).sum()) for n, m in masks_of(model).items()}
+        report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
+        detach_masks(model)
+        report["sparsity"] = self._sparsity(model, names, targets, final)
+        size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["compressed"]})
+        if self.mgw.is_primary():
+            self.model_report(full, "full", report, os.path.getsize(self.cfg.save_path_eval))
+            self.model_report(model, "compressed", report, size)
+            report["sparse_files"] = self.export_sparse(model, spec)
+            report["bytes_on_disk"]["compressed"] = min(
+                f["bytes"] for f in report["sparse_files"].values())
+            report["onnx"] = self.export_onnx(model)
+        return self.finish_report(report)
+
+    @staticmethod
+    def _sparsity(model: nn.Module, names: list[str], targets: dict, final: dict | None) -> dict:
+        table = sparsity_table(model)
+        layers = {n: {**table["layers"][n], "target_zeros": targets[n]} for n in names}
+        zeros = sum(v["zeros"] for v in layers.values())
+        numel = sum(v["numel"] for v in layers.values())
+        return {"layers": layers, "zeros": zeros, "numel": numel, "sparsity": zeros / numel,
+                "target_zeros": sum(targets.values()),
+                "protocol_counts": None if final is None else list(final.values())}
+
+    def export_sparse(self, model: nn.Module, spec: dict) -> dict:
+        """COO and CSR files beside the artifact, each loaded back and compared on real data."""
+        inputs, _ = next(iter(self.eval_loader()))
+        model.eval()
+        with torch.no_grad():
+            expected = model(inputs.to(self.device)).cpu()
+        files = {}
+        for layout in LAYOUTS:
+            path = os.path.splitext(self.artifact_path)[0] + f".{layout}.pt"
+            size = save_sparse_model(path, model, spec, layout, {"learner": self.learner_name})
+            loaded, _ = load_sparse_model(path)
+            with torch.no_grad():
+                diff = float((loaded.eval()(inputs.cpu()) - expected).abs().max())
+            files[layout] = {"path": path, "bytes": size, "max_abs_diff": diff}
+            log.info("sparse %s file %s: %d bytes | round-trip max |diff| = %.1e", layout, path,
+                     size, diff)
+        return files
+
