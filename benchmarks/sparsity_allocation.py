@@ -36,6 +36,7 @@ flags.DEFINE_float("ft_epochs_rat", 1.0, "--nb_epochs_rat of the fine-tuning")
 flags.DEFINE_integer("nb_rlouts", 60, "--ws_nb_rlouts of the optimal search")
 flags.DEFINE_integer("nb_rlouts_min", 20, "--ws_nb_rlouts_min (roll-outs filling the buffer)")
 flags.DEFINE_integer("nb_iters_ft", 20, "--ws_nb_iters_ft: fine-tune steps per roll-out")
+flags.DEFINE_float("lrn_rate_ft", 1e-3, "--ws_lrn_rate_ft: Adam rate of a roll-out's fine-tune")
 flags.DEFINE_integer("nb_iters_rg", 20, "--ws_nb_iters_rg: regression steps per layer")
 flags.DEFINE_integer("seed", 0, "--seed of every run")
 flags.DEFINE_integer("threads", 2, "torch intra-op threads")
@@ -53,7 +54,7 @@ def flag_values(protocol: str, outdir: str) -> dict:
         f"--ws_prune_ratio={FLAGS.ratio}", f"--ws_prune_ratio_prtl={protocol}",
         f"--nb_epochs_rat={FLAGS.ft_epochs_rat}", f"--ws_nb_rlouts={FLAGS.nb_rlouts}",
         f"--ws_nb_rlouts_min={FLAGS.nb_rlouts_min}", f"--ws_nb_iters_ft={FLAGS.nb_iters_ft}",
-        f"--ws_nb_iters_rg={FLAGS.nb_iters_rg}"])
+        f"--ws_nb_iters_rg={FLAGS.nb_iters_rg}", f"--ws_lrn_rate_ft={FLAGS.lrn_rate_ft}"])
     return fv.flag_values_dict()
 
 

@@ -66,3 +66,22 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.Completed
         out, err = proc.communicate()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory):
+    """One tiny full-precision digits ResNet-20 (8x8 inputs) shared by the compression tests;
+    ``use_pretrained(tmp_path)`` copies it to ``tmp_path/eval`` (the runs' ``--save_path_eval``)."""
+    import shutil
+
+    from learners.launch import run
+    from nets import resnet_at_digits
+    from tests.test_learners import flag_values
+
+    root = tmp_path_factory.mktemp("pretrained")
+    run(resnet_at_digits.ModelHelper, flag_values(root, "--nb_epochs_rat=0.05", "--image_size=8"))
+
+    def use_pretrained(tmp_path: Path) -> None:
+        shutil.copytree(root / "eval", tmp_path / "eval", dirs_exist_ok=True)
+
+    return use_pretrained

@@ -185,3 +185,19 @@ def test_truncated_sparse_file_is_refused(tmp_path, sparse_model):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="not a valid pocketflow-torch file"):
         load_sparse_model(str(path))
+
+
+def test_bn_recalibration_re_estimates_running_statistics():
+    from compression.batchnorm import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2)).eval()
+    model[0].running_mean.fill_(100.0)
+    batches = [torch.randn(16, 3) * 2 + 5 for _ in range(4)]
+    assert recalibrate_bn(model, [(b, None) for b in batches]) == 1
+    data = torch.cat(batches)
+    assert torch.allclose(model[0].running_mean, data.mean(0), atol=1e-5)
+    # cumulative average of the per-batch unbiased variances
+    expected_var = torch.stack([b.var(0, unbiased=True) for b in batches]).mean(0)
+    assert torch.allclose(model[0].running_var, expected_var, atol=1e-4)
+    assert not model.training and model[0].momentum == 0.1

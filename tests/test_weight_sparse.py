@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -19,16 +18,13 @@ from utils.config import ConfigError
 from utils.model_io import load_model
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """One tiny full-precision model shared by the runs below (copied into each run's dir)."""
-    root = tmp_path_factory.mktemp("pre")
-    run(resnet_at_digits.ModelHelper, flag_values(root, "--nb_epochs_rat=0.05", "--image_size=8"))
-    return root / "eval"
+@pytest.fixture
+def pretrained(tiny_pretrained):
+    return tiny_pretrained
 
 
 def ws_values(tmp_path, pretrained, *extra: str) -> dict:
-    shutil.copytree(pretrained, tmp_path / "eval", dirs_exist_ok=True)
+    pretrained(tmp_path)
     return flag_values(tmp_path, "--learner=weight-sparse", "--nb_epochs_rat=0.05",
                        "--image_size=8", f"--ws_save_path={tmp_path}/ws/model.ckpt",
                        f"--ws_save_path_eval={tmp_path}/ws_eval/model.ckpt", *extra)
@@ -39,7 +35,8 @@ def sizes(model) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def uniform_run(tmp_path_factory, pretrained):
+def uniform_run(tmp_path_factory, tiny_pretrained):
+    pretrained = tiny_pretrained
     tmp_path = tmp_path_factory.mktemp("ws")
     values = ws_values(tmp_path, pretrained, "--ws_prune_ratio=0.9",
                        "--ws_prune_ratio_prtl=uniform", "--save_step=10")

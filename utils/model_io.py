@@ -6,6 +6,7 @@ by the function registered for its ``type`` with ``register_spec_transform``.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Callable
 
@@ -16,6 +17,9 @@ from utils.checkpoint import CheckpointError, check_state_dict_fits, load_file, 
 
 SpecTransform = Callable[[nn.Module, dict], nn.Module]
 _TRANSFORMS: dict[str, SpecTransform] = {}
+# Modules whose import registers the built-in transforms (imported when a spec needs them, so
+# an artifact loads with nothing but this module imported).
+BUILTIN_TRANSFORM_MODULES = ("compression.thinning", "compression.quant_spec")
 
 
 def register_spec_transform(name: str) -> Callable[[SpecTransform], SpecTransform]:
@@ -30,6 +34,9 @@ def build_model(spec: dict) -> nn.Module:
     """Base net from the spec, then every recorded architecture transform in order."""
     model = build_from_spec(spec)
     for entry in spec.get("transforms", []):
+        if entry.get("type") not in _TRANSFORMS:
+            for module in BUILTIN_TRANSFORM_MODULES:
+                importlib.import_module(module)
         if entry.get("type") not in _TRANSFORMS:
             raise CheckpointError(f"unknown architecture transform {entry.get('type')!r} in spec; "
                                   f"known: {', '.join(sorted(_TRANSFORMS)) or 'none'}")

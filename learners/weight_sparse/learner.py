@@ -14,6 +14,7 @@ import time
 import torch
 from torch import nn
 
+from compression.batchnorm import recalibrate_bn
 from compression.layer_regression import layerwise_regression
 from compression.masks import (attach_masks, detach_masks, maskable_layers, masks_of, set_masks,
                                sparsity_table)
@@ -89,6 +90,8 @@ class WeightSparseLearner(AbstractLearner):
         return payload["counts"]
 
     def _env(self, full: nn.Module, layers: dict, sizes: list[int]) -> SparsityEnv:
+        """Reward of a strategy: masks -> layer-wise regression -> short fine-tune -> BN
+        statistics re-estimated -> accuracy on held-out batches of the training set."""
         cfg = self.own_cfg
         names = list(layers)
         train = self.cached_batches(self.helper.build_dataset_train(enbl_trn_val_split=True),
@@ -107,6 +110,7 @@ class WeightSparseLearner(AbstractLearner):
             layerwise_regression(full, model, names, train[0][0], cfg.ws_lrn_rate_rg,
                                  cfg.ws_nb_iters_rg)
             self.short_finetune(model, train, cfg.ws_lrn_rate_ft, cfg.ws_nb_iters_ft)
+            recalibrate_bn(model, train[:10])
             return self.run_evaluation(model, loader=val, local=True)["accuracy"]
 
         total = round(cfg.ws_prune_ratio * sum(sizes))
