@@ -1,0 +1,168 @@
+"""The flow the fake-quantization learners share (``uniform``, ``non-uniform``).
+
+Pre-trained model -> per-layer bit widths (fixed, or searched by DDPG under an average-bits
+budget) -> weight quantizers (parametrizations) and optional activation quantizers -> Adam
+fine-tuning (optionally distilled) -> quantized values baked into the artifact + bit-packed
+file (exact round trip checked) + ONNX + report with bits per layer and bytes.
+A subclass only says how to build a layer's weight quantizer.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from abc import abstractmethod
+
+import torch
+from torch import nn
+
+from compression.batchnorm import recalibrate_bn
+from compression.layer_regression import layerwise_regression
+from compression.masks import maskable_layers
+from compression.quant_format import (load_quantized_model, quantized_size_report,
+                                      save_quantized_model)
+from compression.quant_spec import act_quant_entry
+from compression.quantizers import (attach_activation_quantizers, attach_weight_quantizers,
+                                    detach_weight_quantizers, quantizers_of)
+from learners.abstract_learner import AbstractLearner
+from learners.quant.bits_env import BitsEnv
+from learners.quant.config import QuantSettings
+from learners.rl.search import run_search
+from learners.weight_sparse.search_env import layer_features
+from utils.data_loading import make_eval_loader
+from utils.lrn_rate import CosineLr
+
+log = logging.getLogger("pocketflow")
+
+
+class QuantLearnerBase(AbstractLearner):
+
+    @abstractmethod
+    def make_quantizer(self, name: str, bits: int) -> nn.Module:
+        """The weight quantizer (a parametrization) of layer ``name`` at ``bits``."""
+
+    @property
+    def settings(self) -> QuantSettings:
+        return self.own_cfg.settings
+
+    @property
+    def checkpoint_path(self) -> str:
+        return self.settings.save_path
+
+    @property
+    def artifact_path(self) -> str:
+        return self.settings.save_path_eval
+
+    # -- which layers, how many bits -----------------------------------------------------------
+    def layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        layers = maskable_layers(model)
+        if not self.settings.quantize_all_layers and len(layers) > 2:
+            names = list(layers)  # first and last layers stay full precision (PocketFlow)
+            layers = {n: layers[n] for n in names[1:-1]}
+        return layers
+
+    def quantize(self, model: nn.Module, bits: dict[str, int]) -> nn.Module:
+        """Attach weight quantizers at ``bits`` (and activation quantizers) to ``model``."""
+        attach_weight_quantizers(model, list(bits), lambda n: self.make_quantizer(n, bits[n]))
+        if self.settings.activation_bits < 32:
+            attach_activation_quantizers(model, list(bits), self.settings.activation_bits)
+        return model
+
+    def bit_widths(self, full: nn.Module, layers: dict, report: dict) -> dict[str, int]:
+        if not self.settings.enbl_rl_agent:
+            return dict.fromkeys(layers, self.settings.weight_bits)
+        start = time.perf_counter()
+        payload = None
+        if self.mgw.is_primary():
+            s = self.settings
+            result = run_search(self._env(full, layers), self.own_cfg, s.nb_rlouts,
+                                s.nb_rlouts_min, seed=self.cfg.seed,
+                                checkpoint_path=os.path.join(
+                                    os.path.dirname(self.checkpoint_path) or ".", "search.pt"),
+                                resume=self.cfg.resume)
+            payload = {"bits": result.best["bits"], "reward": result.best_reward,
+                       "equivalent_bits": result.best["equivalent_bits"],
+                       "history": result.history, "seconds_per_rollout": result.seconds_per_rollout}
+        payload = self.mgw.broadcast_object(payload)
+        report["search"] = {k: v for k, v in payload.items() if k != "bits"}
+        self.wall_s["search"] = time.perf_counter() - start
+        return dict(zip(layers, payload["bits"]))
+
+    def _env(self, full: nn.Module, layers: dict) -> BitsEnv:
+        """Reward: quantize -> (layer-wise regression) -> (short fine-tune) -> BN statistics
+        re-estimated -> accuracy on held-out batches of the training set."""
+        s = self.settings
+        names = list(layers)
+        train = self.cached_batches(self.helper.build_dataset_train(enbl_trn_val_split=True),
+                                    max(1, min(s.tune_global_steps, 100)))
+        val = []
+        for inputs, labels in make_eval_loader(self.helper.build_dataset_val(),
+                                               self.helper.cfg.batch_size_eval):
+            val.append((inputs.to(self.device), labels.to(self.device)))
+            if len(val) >= s.nb_iters_feval:
+                break
+
+        def score(bits: list[int]) -> float:
+            model = self.quantize(copy.deepcopy(full), dict(zip(names, bits)))
+            model(train[0][0])  # quantizers initialise (codebooks) before any optimizer exists
+            if s.enbl_rl_layerwise_tune:
+                layerwise_regression(full, model, names, train[0][0], s.lrn_rate_rg,
+                                     s.tune_layerwise_steps)
+            if s.enbl_rl_global_tune:
+                self.short_finetune(model, train, s.lrn_rate, s.tune_global_steps)
+            recalibrate_bn(model, train[:10])
+            return self.run_evaluation(model, loader=val, local=True)["accuracy"]
+
+        sizes = [m.weight.numel() for m in layers.values()]
+        return BitsEnv(layer_features(layers), sizes, s.equivalent_bits, s.w_bit_min,
+                       s.w_bit_max, score)
+
+    # -- the flow ----------------------------------------------------------------------------
+    def train(self) -> dict:
+        report = self.new_report()
+        full, saved = self.load_pretrained()
+        full_spec = saved.get("spec")
+        report["accuracy"]["full"] = self.run_evaluation(full)["accuracy"]
+        layers = self.layers(full)
+        bits = self.bit_widths(full, layers, report)
+        model = self.quantize(copy.deepcopy(full), bits)
+        report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
+        spec = dict(full_spec)
+        if self.settings.activation_bits < 32:
+            spec["transforms"] = [*full_spec.get("transforms", []),
+                                  act_quant_entry(list(bits), self.settings.activation_bits)]
+        schedule = CosineLr(self.settings.lrn_rate, self.helper.nb_iters_train(self.mgw.size()))
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.settings.lrn_rate)
+        teacher = None
+        if self.cfg.enbl_dst:
+            teacher = self.teacher() if self.cfg.dst_model_path else copy.deepcopy(full)
+        self.fit(model, schedule, tag="finetune", spec=spec, teacher=teacher, optimizer=optimizer)
+        report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
+        if self.mgw.is_primary():
+            # the bit-packed file carries the activation ranges itself: the plain spec
+            report["quantization"] = self._export(model, full_spec, bits)
+        plain = detach_weight_quantizers(model)
+        size = self.save_artifact(plain, spec, {"accuracy": report["accuracy"]["compressed"]})
+        if self.mgw.is_primary():
+            self.model_report(full, "full", report, os.path.getsize(self.cfg.save_path_eval))
+            self.model_report(plain, "compressed", report, size)
+            report["bytes_on_disk"]["compressed"] = report["quantization"]["file"]["bytes"]
+            report["onnx"] = (self.export_onnx(plain) if self.settings.activation_bits >= 32 else
+                              {"path": None, "max_abs_diff": None,
+                               "reason": "activation quantizers have no ONNX export yet"})
+        return self.finish_report(report)
+
+    def _export(self, model: nn.Module, spec: dict, bits: dict) -> dict:
+        """Bit-packed file beside the artifact, loaded back and compared weight by weight."""
+        path = os.path.splitext(self.artifact_path)[0] + ".quant.pt"
+        size = save_quantized_model(path, model, spec, {"learner": self.learner_name})
+        loaded, _ = load_quantized_model(path)
+        expected = {n: q(model.get_submodule(n).parametrizations["weight"].original).detach().cpu()
+                    for n, q in quantizers_of(model).items()}
+        exact = all(torch.equal(loaded.get_submodule(n).weight, w) for n, w in expected.items())
+        sizes = quantized_size_report(model)
+        log.info("quantized file %s: %d bytes | round trip exact: %s", path, size, exact)
+        return {"bits": dict(bits), "file": {"path": path, "bytes": size, "round_trip_exact": exact},
+                "sizes": sizes, "activation_bits": self.settings.activation_bits,
+                "bucket_type": self.settings.bucket_type}

@@ -1,0 +1,19 @@
+"""non-uniform: per-layer (or per-bucket) codebooks of 2^k trainable centres, STE to the
+weights, centre gradients summed over members; optional DDPG bit widths; exported bit-packed."""
+from __future__ import annotations
+
+from torch import nn
+
+from compression.quantizers import CodebookQuantizer
+from learners.quant.base import QuantLearnerBase
+from learners.quant.config import NuqlConfig
+from learners.registry import register_learner
+
+
+@register_learner("non-uniform", config=NuqlConfig)
+class NonUniformQuantLearner(QuantLearnerBase):
+
+    def make_quantizer(self, name: str, bits: int) -> nn.Module:
+        s, cfg = self.settings, self.own_cfg
+        return CodebookQuantizer(bits, cfg.nuql_init_style, s.bucket_type, s.bucket_size,
+                                 cfg.nuql_opt_mode)

@@ -1,0 +1,111 @@
+"""uniform and non-uniform learners on digits: bits per layer, exported files, RL budget."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from learners.launch import run
+from learners.quant.bits_env import budget_bounds
+from learners.quant.config import NuqlConfig, UqlConfig
+from nets import resnet_at_digits
+from tests.test_learners import flag_values
+from utils.config import ConfigError
+from utils.model_io import load_model
+
+QUANTIZED = ["layer1.0.conv1", "layer2.0.conv1", "layer3.2.conv2"]
+
+
+def quant_values(tmp_path, tiny_pretrained, learner: str, *extra: str) -> dict:
+    tiny_pretrained(tmp_path)
+    prefix = {"uniform": "uql", "non-uniform": "nuql"}[learner]
+    return flag_values(tmp_path, f"--learner={learner}", "--nb_epochs_rat=0.05", "--image_size=8",
+                       f"--{prefix}_save_path={tmp_path}/q/model.ckpt",
+                       f"--{prefix}_save_path_eval={tmp_path}/q_eval/model.ckpt", *extra)
+
+
+def distinct_per_channel(weight: torch.Tensor) -> int:
+    return max(len(torch.unique(row)) for row in weight.flatten(1))
+
+
+@pytest.mark.parametrize("learner,bits", [("uniform", 4), ("non-uniform", 3)])
+def test_fixed_bits_quantize_the_middle_layers_and_round_trip(tmp_path, tiny_pretrained,
+                                                              learner, bits):
+    prefix = {"uniform": "uql", "non-uniform": "nuql"}[learner]
+    values = quant_values(tmp_path, tiny_pretrained, learner, f"--{prefix}_weight_bits={bits}")
+    report = run(resnet_at_digits.ModelHelper, values)
+    saved = json.load(open(tmp_path / "q_eval" / "report.json"))
+    quant = saved["quantization"]
+    assert "conv1" not in quant["bits"] and "fc" not in quant["bits"]   # first/last stay fp32
+    assert set(quant["bits"].values()) == {bits} and len(quant["bits"]) == 20
+    assert quant["file"]["round_trip_exact"] is True
+    assert saved["bytes_on_disk"]["compressed"] < 0.3 * saved["bytes_on_disk"]["full"]
+    model, _ = load_model(values[f"{prefix}_save_path_eval"])
+    for name in QUANTIZED:       # at most 2^bits values per channel (one range or codebook)
+        assert distinct_per_channel(model.get_submodule(name).weight) <= 2 ** bits, name
+    assert distinct_per_channel(model.fc.weight) > 2 ** bits             # untouched
+    assert saved["onnx"]["max_abs_diff"] <= 1e-4
+    assert 0.0 <= report["accuracy"]["compressed"] <= 1.0
+
+
+def test_activation_bits_travel_with_the_artifact(tmp_path, tiny_pretrained):
+    values = quant_values(tmp_path, tiny_pretrained, "uniform", "--uql_activation_bits=4")
+    report = run(resnet_at_digits.ModelHelper, values)
+    model, saved = load_model(values["uql_save_path_eval"])   # rebuilt with its quantizers
+    assert saved["spec"]["transforms"][-1]["type"] == "act_quant"
+    quantizer = model.layer1[0].conv1.activation_quantizer
+    assert quantizer.bits == 4 and bool(quantizer.initialized)
+    again = run(resnet_at_digits.ModelHelper, {**values, "exec_mode": "eval"})
+    assert again["accuracy"] == pytest.approx(report["accuracy"]["compressed"])
+
+
+def test_rl_bits_respect_the_budget(tmp_path, tiny_pretrained):
+    values = quant_values(tmp_path, tiny_pretrained, "uniform", "--uql_enbl_rl_agent",
+                          "--uql_equivalent_bits=3", "--uql_w_bit_min=2", "--uql_w_bit_max=6",
+                          "--uql_nb_rlouts=3", "--uql_nb_rlouts_min=2",
+                          "--uql_tune_global_steps=2", "--uql_nb_iters_feval=1",
+                          "--ddpg_batch_size=8")
+    report = run(resnet_at_digits.ModelHelper, values)
+    bits = report["quantization"]["bits"]
+    sizes = report["quantization"]["sizes"]["layers"]
+    used = sum(b * sizes[n]["numel"] for n, b in bits.items())
+    assert used <= 3 * sum(sizes[n]["numel"] for n in bits)
+    assert all(2 <= b <= 6 for b in bits.values())
+    assert len(report["search"]["history"]) == 3
+    assert report["search"]["equivalent_bits"] <= 3.0
+
+
+def test_budget_bounds_never_overspend():
+    rng = random.Random(0)
+    sizes = [rng.randint(10, 5000) for _ in range(12)]
+    budget = 3.5 * sum(sizes)
+    for _ in range(200):
+        used, chosen = 0, []
+        for step, size in enumerate(sizes):
+            low, high = budget_bounds(step, used, sizes, budget, 2, 8)
+            assert 2 <= low <= high <= 8
+            bits = rng.randint(low, high)
+            chosen.append(bits)
+            used += bits * size
+        assert used <= budget
+        # the duty: the walk never leaves more than w_max * (remaining) unused
+        assert budget - used < 8 * sizes[-1] + 1
+
+
+@pytest.mark.parametrize("kwargs,flag", [
+    ({"uql_weight_bits": 0}, "uql_weight_bits"),
+    ({"uql_weight_bits": 17}, "uql_weight_bits"),
+    ({"uql_w_bit_min": 6, "uql_w_bit_max": 4}, "uql_w_bit_min"),
+    ({"uql_equivalent_bits": 1.5}, "uql_equivalent_bits"),      # below w_bit_min: impossible
+    ({"uql_activation_bits": 20}, "uql_activation_bits"),
+])
+def test_bad_bits_are_refused_with_the_flag_name(kwargs, flag):
+    with pytest.raises(ConfigError, match=f"--{flag}:"):
+        UqlConfig(**kwargs)
+
+
+def test_non_uniform_flags_are_checked_too():
+    with pytest.raises(ConfigError, match="--nuql_weight_bits:"):
+        NuqlConfig(nuql_weight_bits=40)
