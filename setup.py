@@ -23,7 +23,9 @@ setup(
     ],
     extras_require={
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
-        "dev": ["pytest>=7.0", "onnx>=1.15", "onnxruntime>=1.17"],
+        # int8 QAT (torchao PT2E) and ExecuTorch/XNNPACK export; executorch pulls torchao
+        "int8": ["executorch>=1.5,<1.6"],
+        "dev": ["pytest>=7.0", "onnx>=1.15", "onnxruntime>=1.17", "executorch>=1.5,<1.6"],
         "horovod": ["horovod==0.28.1"],
     },
 )

@@ -134,3 +134,25 @@ def test_weight_sparse_search_on_rank0_two_processes(tmp_path, backend):
     with open(tmp_path / "ws_eval" / "report.json") as handle:
         report = json.load(handle)
     assert report["sparsity"]["zeros"] == round(0.8 * report["sparsity"]["numel"])
+
+
+@pytest.mark.parametrize("learner,extra", [
+    ("uniform", ["--uql_enbl_rl_agent", "--uql_equivalent_bits=3", "--uql_nb_rlouts=2",
+                 "--uql_nb_rlouts_min=1", "--uql_tune_global_steps=2", "--uql_nb_iters_feval=1"]),
+    ("non-uniform", ["--nuql_weight_bits=3"]),
+])
+def test_quantization_learners_on_two_processes(tmp_path, learner, extra):
+    prefix = "uql" if learner == "uniform" else "nuql"
+    proc = launch("nets/resnet_at_digits_run.py", "-n=2", "--mgw_backend=torch",
+                  f"--learner={learner}", f"--save_path={tmp_path}/ckpt/model.ckpt",
+                  f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
+                  "--report_latency=false", "--nb_epochs_rat=0.05", "--batch_size=32",
+                  "--image_size=8", "--summ_step=10", f"--{prefix}_save_path={tmp_path}/q/m.ckpt",
+                  f"--{prefix}_save_path_eval={tmp_path}/q_eval/m.ckpt", *extra, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "finetune: parameters identical on all 2 ranks" in proc.stdout
+    with open(tmp_path / "q_eval" / "report.json") as handle:
+        report = json.load(handle)
+    assert report["quantization"]["file"]["round_trip_exact"] is True
+    bits = report["quantization"]["bits"]
+    assert len(bits) == 20 and all(2 <= b <= 8 for b in bits.values())

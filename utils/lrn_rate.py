@@ -51,6 +51,21 @@ class ConstantLr:
         return self.base_lr
 
 
+@dataclass(frozen=True)
+class ScaledLr:
+    """Another schedule multiplied by ``factor`` (e.g. QAT at 1/100 of the training rates)."""
+
+    schedule: object
+    factor: float
+
+    @property
+    def nb_iters(self) -> int:
+        return self.schedule.nb_iters
+
+    def __call__(self, step: int) -> float:
+        return self.factor * self.schedule(step)
+
+
 def scaled_lr(lrn_rate_init: float, global_batch: int, batch_size_norm: int) -> float:
     """The linear scaling rule: lr grows with the global batch (batch_size x workers)."""
     return lrn_rate_init * global_batch / batch_size_norm

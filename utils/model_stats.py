@@ -4,7 +4,7 @@ from __future__ import annotations
 import statistics
 import time
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -41,29 +41,38 @@ def torch_threads(nb_threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def time_forward(forward: Callable[[torch.Tensor], object], input_shape: Sequence[int],
+                 batch_sizes: Sequence[int] = (1, 64), nb_threads: int | None = None,
+                 warmup: int = 5, repeats: int = 20, device: torch.device | str = "cpu") -> dict:
+    """Median wall time in ms of ``forward(inputs)`` per batch size (``{"bs1": ..}``): any
+    callable (an eager model, an ExecuTorch program, an onnxruntime session wrapper)."""
+    device = torch.device(device)
+    results = {}
+    with torch.no_grad(), torch_threads(nb_threads):
+        for batch in batch_sizes:
+            inputs = torch.randn(batch, *input_shape, device=device)
+            for _ in range(warmup):
+                forward(inputs)
+            times = []
+            for _ in range(repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                forward(inputs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append((time.perf_counter() - start) * 1e3)
+            results[f"bs{batch}"] = statistics.median(times)
+    return results
+
+
 def measure_latency(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 64),
                     nb_threads: int | None = None, warmup: int = 5, repeats: int = 20) -> dict:
     """Median wall time in ms of an eval-mode forward pass, per batch size (``{"bs1": ..}``)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    results = {}
     try:
-        with torch.no_grad(), torch_threads(nb_threads):
-            for batch in batch_sizes:
-                inputs = torch.randn(batch, *input_shape, device=device)
-                for _ in range(warmup):
-                    model(inputs)
-                times = []
-                for _ in range(repeats):
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    start = time.perf_counter()
-                    model(inputs)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    times.append((time.perf_counter() - start) * 1e3)
-                results[f"bs{batch}"] = statistics.median(times)
+        return time_forward(model, input_shape, batch_sizes, nb_threads, warmup, repeats, device)
     finally:
         model.train(was_training)
-    return results

@@ -1,10 +1,12 @@
 """The per-layer sparsity search as a DDPG environment (``learners.rl.search.SearchEnv``).
 
-One step per maskable layer; the action is that layer's pruning ratio. The overall budget
-(``total`` zeros) is enforced AMC-style: at each layer the ratio is clipped so that the
-layers still to come can absorb what is left (lower bound) and the budget is never exceeded
-(upper bound); the last layer closes it. The integer counts are then made exact by
-``allocate``, so every roll-out removes exactly ``total`` weights.
+One step per maskable layer; the action is that layer's RELATIVE pruning preference in
+[0, 1]. A finished roll-out turns the preferences into exact integer counts with ``allocate``:
+layer i gets the ratio ``s * a_i`` (capped at 99 %) with the common scale ``s`` chosen so that
+exactly ``total`` weights are removed. Every action vector is thus a valid strategy that meets
+the budget exactly, and a random one is a mild variation of uniform rather than the extreme
+strategies that AMC-style sequential clipping produces (early layers spared, the budget
+forced onto the last layers), which made PocketFlow-style exploration waste most roll-outs.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Callable
 import numpy as np
 from torch import nn
 
-from compression.sparsity_allocation import MAX_LAYER_RATIO, allocate
+from compression.sparsity_allocation import allocate
 
 
 def layer_features(layers: dict[str, nn.Module]) -> np.ndarray:
@@ -33,7 +35,7 @@ def layer_features(layers: dict[str, nn.Module]) -> np.ndarray:
 class SparsityEnv:
     """Roll-outs choose ratios for ``sizes``; ``score(counts) -> accuracy`` gives the reward."""
 
-    a_min, a_max = 0.0, MAX_LAYER_RATIO
+    a_min, a_max = 0.0, 1.0
 
     def __init__(self, features: np.ndarray, sizes: list[int], total: int,
                  score: Callable[[list[int]], float], reward_type: str = "single-obj") -> None:
@@ -42,38 +44,28 @@ class SparsityEnv:
         self.total = total
         self.score = score
         self.reward_type = reward_type
-        self.caps = [MAX_LAYER_RATIO * n for n in sizes]
         self.nb_steps = len(sizes)
         self.state_dim = features.shape[1] + 3
         self.reset()
 
     def reset(self) -> None:
-        self.zeros: list[float] = []
-
-    def _placed(self) -> float:
-        return float(sum(self.zeros))
+        self.prefs: list[float] = []
 
     def observation(self, step: int) -> np.ndarray:
-        left = self.total - self._placed()
-        room = sum(self.caps[step:])
-        previous = self.zeros[-1] / self.sizes[step - 1] if step else 0.0
+        done = sum(self.sizes[:step])
+        mean = (sum(a * n for a, n in zip(self.prefs, self.sizes)) / done) if done else 0.0
+        previous = self.prefs[-1] if self.prefs else 0.0
         return np.concatenate([self.features[step], np.asarray(
-            [self._placed() / max(self.total, 1), left / max(room, 1.0), previous],
-            dtype=np.float32)])
+            [self.total / sum(self.sizes), mean, previous], dtype=np.float32)])
 
     def bounds(self, step: int) -> tuple[float, float]:
-        left = self.total - self._placed()
-        room_after = sum(self.caps[step + 1:])
-        size = self.sizes[step]
-        low = max(0.0, (left - room_after) / size)
-        high = min(MAX_LAYER_RATIO, max(left, 0.0) / size)
-        return min(low, high), high
+        return self.a_min, self.a_max
 
     def take(self, step: int, action: float) -> None:
-        self.zeros.append(action * self.sizes[step])
+        self.prefs.append(float(action))
 
     def finish(self) -> tuple[float, dict]:
-        counts = allocate(self.zeros, self.sizes, self.total)
+        counts = allocate([a * n for a, n in zip(self.prefs, self.sizes)], self.sizes, self.total)
         accuracy = self.score(counts)
         sparsity = sum(counts) / sum(self.sizes)
         reward = accuracy if self.reward_type == "single-obj" else accuracy * math.log(1 + sparsity)

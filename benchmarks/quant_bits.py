@@ -1,0 +1,106 @@
+"""Quantization accuracy on ResNet-20 / digits: uniform 8/4/2 bits, non-uniform 4 bits and DDPG
+bit widths at 4 equivalent bits, all from the SAME pre-trained model.
+
+One ``learners.launch.run`` per configuration (own temporary directory, same seed,
+``--report_latency=false``, ``--nb_epochs_rat=--ft_epochs_rat``); from each report: accuracy
+before fine-tuning (quantizers attached to the pre-trained weights) and after, the drop from
+the full model in points, the bit-packed file size, and for the RL run its bit widths,
+equivalent bits and seconds per roll-out.
+
+Prints a table, then, as the LAST line, one JSON object:
+{"full", "runs": {name: {"before_ft", "after_ft", "drop_points", "bytes"}}, "rl": {...},
+ "goals": {"u8_drop_le_0.5", "u4_drop_le_1.5", "nu4_err_le_u4", "rl4_ge_u4"}}.
+
+    python benchmarks/quant_bits.py [--ft_epochs_rat=1] [--nb_rlouts=40]
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+from absl import app, flags
+
+from learners.launch import define_flags as define_run_flags
+from learners.launch import run
+from nets.resnet_at_digits import ModelHelper
+
+flags.DEFINE_string("model", "./models_eval/model.ckpt",
+                    "pre-trained digits ResNet-20 artifact (trained by the first run if missing)")
+flags.DEFINE_float("ft_epochs_rat", 1.0, "--nb_epochs_rat of the fine-tuning")
+flags.DEFINE_integer("nb_rlouts", 40, "--uql_nb_rlouts of the RL run")
+flags.DEFINE_integer("nb_rlouts_min", 15, "--uql_nb_rlouts_min of the RL run")
+flags.DEFINE_integer("tune_global_steps", 20, "--uql_tune_global_steps per roll-out")
+flags.DEFINE_list("runs", ["u8", "u4", "u2", "nu4", "rl4"], "configurations to run")
+flags.DEFINE_integer("seed", 0, "--seed of every run")
+flags.DEFINE_integer("threads", 2, "torch intra-op threads")
+FLAGS = flags.FLAGS
+
+CONFIGS = {
+    "u8": ("uniform", ["--uql_weight_bits=8"]),
+    "u4": ("uniform", ["--uql_weight_bits=4"]),
+    "u2": ("uniform", ["--uql_weight_bits=2"]),
+    "nu4": ("non-uniform", ["--nuql_weight_bits=4"]),
+    "rl4": ("uniform", ["--uql_enbl_rl_agent", "--uql_equivalent_bits=4", "--uql_w_bit_min=2",
+                        "--uql_w_bit_max=8"]),
+}
+
+
+def flag_values(name: str, outdir: str) -> dict:
+    learner, extra = CONFIGS[name]
+    prefix = "uql" if learner == "uniform" else "nuql"
+    fv = flags.FlagValues()
+    define_run_flags(fv, ModelHelper)
+    fv(["prog", f"--learner={learner}", f"--save_path_eval={FLAGS.model}",
+        f"--save_path={os.path.join(outdir, 'models', 'model.ckpt')}",
+        f"--{prefix}_save_path={os.path.join(outdir, 'q', 'model.ckpt')}",
+        f"--{prefix}_save_path_eval={os.path.join(outdir, 'q_eval', 'model.ckpt')}",
+        "--log_dir=", "--report_latency=false", f"--seed={FLAGS.seed}",
+        f"--nb_epochs_rat={FLAGS.ft_epochs_rat}", f"--uql_nb_rlouts={FLAGS.nb_rlouts}",
+        f"--uql_nb_rlouts_min={FLAGS.nb_rlouts_min}",
+        f"--uql_tune_global_steps={FLAGS.tune_global_steps}", *extra])
+    return fv.flag_values_dict()
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    torch.set_num_threads(FLAGS.threads)
+    reports = {}
+    for name in FLAGS.runs:
+        with tempfile.TemporaryDirectory(prefix=f"quant_bits_{name}_") as outdir:
+            reports[name] = run(ModelHelper, flag_values(name, outdir))
+    full = next(iter(reports.values()))["accuracy"]["full"]
+    rows = {name: {"before_ft": r["accuracy"]["compressed_before_finetune"],
+                   "after_ft": r["accuracy"]["compressed"],
+                   "drop_points": round(100 * (full - r["accuracy"]["compressed"]), 2),
+                   "bytes": r["quantization"]["file"]["bytes"]} for name, r in reports.items()}
+    print(f"\nResNet-20 / digits, full model {full:.4f}")
+    print(f"{'run':<6}{'before FT':>11}{'after FT':>10}{'drop (pt)':>11}{'bytes':>10}")
+    for name, row in rows.items():
+        print(f"{name:<6}{row['before_ft']:>11.4f}{row['after_ft']:>10.4f}"
+              f"{row['drop_points']:>11.2f}{row['bytes']:>10d}")
+    rl = None
+    if "rl4" in reports:
+        search, quant = reports["rl4"]["search"], reports["rl4"]["quantization"]
+        rl = {"bits": quant["bits"], "equivalent_bits": search["equivalent_bits"],
+              "nb_rlouts": len(search["history"]),
+              "seconds_per_rollout": search["seconds_per_rollout"]}
+        print(f"rl4: bits {list(quant['bits'].values())}, {search['equivalent_bits']:.3f} bits "
+              f"per weight, {rl['nb_rlouts']} roll-outs, {rl['seconds_per_rollout']:.2f} s each")
+
+    def goal(test):
+        try:
+            return bool(test())
+        except KeyError:
+            return None
+
+    print(json.dumps({"full": full, "runs": rows, "rl": rl, "goals": {
+        "u8_drop_le_0.5": goal(lambda: rows["u8"]["drop_points"] <= 0.5),
+        "u4_drop_le_1.5": goal(lambda: rows["u4"]["drop_points"] <= 1.5),
+        "nu4_err_le_u4": goal(lambda: rows["nu4"]["after_ft"] >= rows["u4"]["after_ft"]),
+        "rl4_ge_u4": goal(lambda: rows["rl4"]["after_ft"] >= rows["u4"]["after_ft"])}}))
+
+
+if __name__ == "__main__":
+    app.run(main)
