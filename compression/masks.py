@@ -11,6 +11,8 @@ globally across layers (``global_nb_zeros``).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -34,20 +36,25 @@ def maskable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, MASKABLE)}
 
 
-def attach_masks(model: nn.Module, names: list[str] | None = None) -> dict[str, WeightMask]:
-    """Register an all-ones mask on the weight of each named layer (default: all maskable)."""
+def parametrize_weights(model: nn.Module, names: list[str] | None,
+                        make: Callable[[str, nn.Module], nn.Module]) -> None:
+    """Register ``make(name, module)`` as the parametrization of each named conv/linear
+    layer's weight (None: all of them); refuses unknown layers and a second parametrization."""
     layers = maskable_layers(model)
     names = list(layers) if names is None else names
     unknown = [n for n in names if n not in layers]
     if unknown:
         raise ValueError(f"not conv/linear layers of the model: {', '.join(unknown)}")
     for name in names:
-        module = layers[name]
-        if parametrize.is_parametrized(module, "weight"):
+        if parametrize.is_parametrized(layers[name], "weight"):
             raise ValueError(f"{name}.weight already has a parametrization")
-        weight = module.weight
-        parametrize.register_parametrization(
-            module, "weight", WeightMask(weight.shape, weight.dtype, weight.device))
+        parametrize.register_parametrization(layers[name], "weight", make(name, layers[name]))
+
+
+def attach_masks(model: nn.Module, names: list[str] | None = None) -> dict[str, WeightMask]:
+    """Register an all-ones mask on the weight of each named layer (default: all maskable)."""
+    parametrize_weights(model, names, lambda name, module: WeightMask(
+        module.weight.shape, module.weight.dtype, module.weight.device))
     return masks_of(model)
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compression.masks import maskable_layers
+from compression.masks import parametrize_weights
 
 BUCKET_TYPES = ("layer", "channel", "split")
 OPT_MODES = ("weights", "cluster", "both")
@@ -312,15 +312,7 @@ def attach_weight_quantizers(model: nn.Module, names: list[str] | None,
                              make_quantizer: Callable[[str], nn.Module]) -> dict[str, nn.Module]:
     """Parametrize the weight of each named conv/linear layer (None: all) with
     ``make_quantizer(name)``; returns ``quantizers_of(model)``."""
-    layers = maskable_layers(model)
-    names = list(layers) if names is None else names
-    unknown = [n for n in names if n not in layers]
-    if unknown:
-        raise ValueError(f"not conv/linear layers of the model: {', '.join(unknown)}")
-    for name in names:
-        if parametrize.is_parametrized(layers[name], "weight"):
-            raise ValueError(f"{name}.weight already has a parametrization")
-        parametrize.register_parametrization(layers[name], "weight", make_quantizer(name))
+    parametrize_weights(model, names, lambda name, module: make_quantizer(name))
     return quantizers_of(model)
 
 

@@ -146,6 +146,19 @@ class AbstractLearner(ABC):
                 break
         return batches
 
+    def search_batches(self, nb_train: int, nb_val: int) -> tuple[list, list]:
+        """Cached batches for a strategy search's rewards: ``nb_train`` from the training set
+        without its held-out split, and up to ``nb_val`` from that held-out split."""
+        train = self.cached_batches(self.helper.build_dataset_train(enbl_trn_val_split=True),
+                                    max(1, nb_train))
+        val = []
+        for inputs, labels in make_eval_loader(self.helper.build_dataset_val(),
+                                               self.helper.cfg.batch_size_eval):
+            val.append((inputs.to(self.device), labels.to(self.device)))
+            if len(val) >= nb_val:
+                break
+        return train, val
+
     def teacher(self) -> nn.Module:
         """The distillation teacher: ``--dst_model_path`` or the helper's pre-trained model."""
         path = self.cfg.dst_model_path or self.cfg.save_path_eval

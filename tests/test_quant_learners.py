@@ -109,3 +109,19 @@ def test_bad_bits_are_refused_with_the_flag_name(kwargs, flag):
 def test_non_uniform_flags_are_checked_too():
     with pytest.raises(ConfigError, match="--nuql_weight_bits:"):
         NuqlConfig(nuql_weight_bits=40)
+
+
+def test_uniform_tf_ends_in_a_real_int8_program(tmp_path, tiny_pretrained):
+    pytest.importorskip("executorch")
+    tiny_pretrained(tmp_path)
+    values = flag_values(tmp_path, "--learner=uniform-tf", "--nb_epochs_rat=0.05", "--image_size=8",
+                         f"--uqtf_save_path={tmp_path}/q/model.ckpt",
+                         f"--uqtf_save_path_eval={tmp_path}/q_eval/model.pte")
+    report = run(resnet_at_digits.ModelHelper, values)
+    int8 = report["int8"]
+    assert int8["bytes"] < 0.35 * int8["fp32_bytes"]                   # int8 weights
+    assert int8["within_one_step_of_converted"] >= 0.9
+    # the int8 program classifies like the QAT model it came from (359 test images)
+    assert abs(report["accuracy"]["compressed"] - report["accuracy_qat"]) <= 0.02
+    again = run(resnet_at_digits.ModelHelper, {**values, "exec_mode": "eval"})
+    assert again["accuracy"] == pytest.approx(report["accuracy"]["compressed"])

@@ -30,7 +30,6 @@ from learners.quant.bits_env import BitsEnv
 from learners.quant.config import QuantSettings
 from learners.rl.search import run_search
 from learners.weight_sparse.search_env import layer_features
-from utils.data_loading import make_eval_loader
 from utils.lrn_rate import CosineLr
 
 log = logging.getLogger("pocketflow")
@@ -94,14 +93,7 @@ class QuantLearnerBase(AbstractLearner):
         re-estimated -> accuracy on held-out batches of the training set."""
         s = self.settings
         names = list(layers)
-        train = self.cached_batches(self.helper.build_dataset_train(enbl_trn_val_split=True),
-                                    max(1, min(s.tune_global_steps, 100)))
-        val = []
-        for inputs, labels in make_eval_loader(self.helper.build_dataset_val(),
-                                               self.helper.cfg.batch_size_eval):
-            val.append((inputs.to(self.device), labels.to(self.device)))
-            if len(val) >= s.nb_iters_feval:
-                break
+        train, val = self.search_batches(min(s.tune_global_steps, 100), s.nb_iters_feval)
 
         def score(bits: list[int]) -> float:
             model = self.quantize(copy.deepcopy(full), dict(zip(names, bits)))

@@ -27,7 +27,6 @@ from learners.weight_sparse.config import WsConfig
 from learners.weight_sparse.schedule import MaskScheduleCallback, update_steps
 from learners.weight_sparse.search_env import SparsityEnv, layer_features
 from utils.config import ConfigError
-from utils.data_loading import make_eval_loader
 
 log = logging.getLogger("pocketflow")
 
@@ -94,14 +93,7 @@ class WeightSparseLearner(AbstractLearner):
         statistics re-estimated -> accuracy on held-out batches of the training set."""
         cfg = self.own_cfg
         names = list(layers)
-        train = self.cached_batches(self.helper.build_dataset_train(enbl_trn_val_split=True),
-                                    max(1, min(cfg.ws_nb_iters_ft, 100)))
-        val = []
-        for inputs, labels in make_eval_loader(self.helper.build_dataset_val(),
-                                               self.helper.cfg.batch_size_eval):
-            val.append((inputs.to(self.device), labels.to(self.device)))
-            if len(val) >= cfg.ws_nb_iters_feval:
-                break
+        train, val = self.search_batches(min(cfg.ws_nb_iters_ft, 100), cfg.ws_nb_iters_feval)
 
         def score(counts: list[int]) -> float:
             model = copy.deepcopy(full)
