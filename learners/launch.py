@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from compression.int8_qat import Int8ExportUnavailable
 from datasets.errors import DataError
 from learners.config import LearnerConfig
 from learners.registry import learner_class, learner_configs, list_learners
@@ -26,7 +27,7 @@ log = logging.getLogger("pocketflow")
 
 # Errors that are the user's to fix: printed as one clear message, exit status 2.
 USER_ERRORS = (ConfigError, DataError, CheckpointError, DistributedSetupError,
-               TrainingDivergedError)
+               TrainingDivergedError, Int8ExportUnavailable)
 
 
 def define_flags(flag_values: Any, helper_cls: type) -> None:

@@ -14,6 +14,7 @@ BUILTIN_MODULES = (
     "learners.weight_sparse.learner",
     "learners.quant.uniform",
     "learners.quant.non_uniform",
+    "learners.quant.uniform_tf",
 )
 
 
