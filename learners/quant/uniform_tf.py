@@ -4,8 +4,10 @@ The counterpart of TensorFlow's QAT in PocketFlow, on PyTorch's current tooling:
 flow (``prepare_qat_pt2e`` with ExecuTorch's XNNPACK quantizer: per-channel symmetric int8
 weights, per-tensor int8 activations) -> fine-tuning through the shared loop -> ``convert_pt2e``
 -> an ExecuTorch program lowered to XNNPACK (``model.pte``), which loads and runs with the
-ExecuTorch runtime alone. XNNPACK is the runtime because it is where int8 pays on x86 CPUs
-without VNNI (~2.4x over fp32 on ResNet-20; onnxruntime ~1.4x, torch.compile none).
+ExecuTorch runtime alone. XNNPACK is the runtime because int8 paid most there on an AVX2 CPU
+without VNNI (~2.4x over fp32 on ResNet-20, against ~1.4x in onnxruntime and none through
+torch.compile, as reported to us); on an AMD Zen 1 CPU, where int8 and fp32 multiply-adds have
+the same throughput, we measured no gain (``benchmarks/int8_latency.py`` prints the CPU).
 The report gives the int8 program's accuracy on the eval set, its agreement with the QAT model,
 and int8 vs fp32 latency in the same runtime.
 """
