@@ -31,7 +31,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "nets", "resnet_at_digits_run.py"), *ARGS,
            f"--save_path={ckpt}", f"--save_path_eval={interrupted['save_path_eval']}",
            "--log_dir=", "--report_latency=false"]
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    # the same number of threads as this process: float sums must run in the same order
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not os.path.exists(ckpt) and proc.poll() is None and time.time() < deadline:
