@@ -34,6 +34,18 @@ def digits_flag_values(*argv: str) -> dict:
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread inside a test, the previous count restored after (tests that compare
+    runs across processes need every in-process run at the default)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_digits_values(tmp_path):
     """Flag values for a very short digits run in tmp_path, run with one intra-op thread (as
     the entry-script subprocesses are); restores the thread count and the 'pocketflow' logger."""

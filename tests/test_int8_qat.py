@@ -197,7 +197,7 @@ def test_pte_runs_in_a_fresh_process_without_project_code(run, ptes):
         sys.path[:] = [p for p in sys.path if p not in ("", ".", repo)]
         import torch
         from executorch.runtime import Runtime
-        io = torch.load({str(ptes.root / "io.pt")!r})
+        io = torch.load({str(ptes.root / "io.pt")!r}, weights_only=True)
         method = Runtime.get().load_program({str(ptes.int8)!r}).load_method("forward")
         y = method.execute([io["x"]])[0]
         project = sorted(m for m in sys.modules if m.split(".")[0] in

@@ -16,6 +16,8 @@ from nets.registry import create_net, net_spec
 from utils.checkpoint import CheckpointError, load_file, save_file
 from utils.model_io import save_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # restored after each test
+
 SPEC = net_spec("resnet20", num_classes=10, in_channels=1)
 MAKERS = {
     "uniform-channel": lambda bits: UniformWeightQuantizer(bits, "channel"),
@@ -172,13 +174,3 @@ def test_truncated_or_foreign_file_is_refused(tmp_path, saved):
                SPEC)
     with pytest.raises(CheckpointError, match="expected a 'quantized_model'"):
         load_quantized_model(str(tmp_path / "plain.pt"))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread inside these tests, restored after (other tests compare runs
-    across processes and need the default)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -14,6 +14,8 @@ from compression.quantizers import (ActivationQuantizer, CodebookQuantizer,
                                     quantizers_of, sqnr_db)
 from nets.registry import create_net
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # restored after each test
+
 X = torch.tensor([[0.0, 0.1, 0.5, 1.0], [2.0, 2.0, 2.0, 2.0]])
 
 
@@ -225,13 +227,3 @@ def test_activation_quantizers_detach_restores_the_exact_forward():
     assert torch.equal(model(x), reference)
     attach_activation_quantizers(model, names, 32)               # full precision: identity
     assert torch.equal(model(x), reference)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread inside these tests, restored after (other tests compare runs
-    across processes and need the default)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
