@@ -32,7 +32,8 @@ flags.DEFINE_float("ft_epochs_rat", 1.0, "--nb_epochs_rat of the fine-tuning")
 flags.DEFINE_integer("nb_rlouts", 40, "--uql_nb_rlouts of the RL run")
 flags.DEFINE_integer("nb_rlouts_min", 15, "--uql_nb_rlouts_min of the RL run")
 flags.DEFINE_integer("tune_global_steps", 20, "--uql_tune_global_steps per roll-out")
-flags.DEFINE_list("runs", ["u8", "u4", "u2", "nu4", "rl4"], "configurations to run")
+flags.DEFINE_list("runs", ["u8", "u4", "u2", "nu4", "rl4"],
+                  "configurations to run (also nu4c: codebooks per output channel)")
 flags.DEFINE_integer("seed", 0, "--seed of every run")
 flags.DEFINE_integer("threads", 2, "torch intra-op threads")
 FLAGS = flags.FLAGS
@@ -42,6 +43,8 @@ CONFIGS = {
     "u4": ("uniform", ["--uql_weight_bits=4"]),
     "u2": ("uniform", ["--uql_weight_bits=2"]),
     "nu4": ("non-uniform", ["--nuql_weight_bits=4"]),
+    "nu4c": ("non-uniform", ["--nuql_weight_bits=4", "--nuql_use_buckets",
+                             "--nuql_bucket_type=channel"]),
     "rl4": ("uniform", ["--uql_enbl_rl_agent", "--uql_equivalent_bits=4", "--uql_w_bit_min=2",
                         "--uql_w_bit_max=8"]),
 }
@@ -99,6 +102,7 @@ def main(argv: list[str]) -> None:
         "u8_drop_le_0.5": goal(lambda: rows["u8"]["drop_points"] <= 0.5),
         "u4_drop_le_1.5": goal(lambda: rows["u4"]["drop_points"] <= 1.5),
         "nu4_err_le_u4": goal(lambda: rows["nu4"]["after_ft"] >= rows["u4"]["after_ft"]),
+        "nu4c_err_le_u4": goal(lambda: rows["nu4c"]["after_ft"] >= rows["u4"]["after_ft"]),
         "rl4_ge_u4": goal(lambda: rows["rl4"]["after_ft"] >= rows["u4"]["after_ft"])}}))
 
 
