@@ -5,6 +5,7 @@ receives the common ``LearnerConfig``, its own options dataclass and a MultiGpuW
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -158,6 +159,37 @@ class AbstractLearner(ABC):
             if len(val) >= nb_val:
                 break
         return train, val
+
+    def distillation_teacher(self, full: nn.Module) -> nn.Module | None:
+        """The teacher of a compression learner's fine-tuning: None without ``--enbl_dst``,
+        ``--dst_model_path`` when given, else (a copy of) the full model it started from."""
+        if not self.cfg.enbl_dst:
+            return None
+        return self.teacher() if self.cfg.dst_model_path else copy.deepcopy(full)
+
+    def search_on_primary(self, make_env, nb_rlouts: int, nb_rlouts_min: int,
+                          report: dict) -> dict:
+        """DDPG strategy search (``learners.rl.search``) on the primary process only; every rank
+        receives the best strategy (the ``info`` dict of its roll-out). The search checkpoints
+        to ``search.pt`` beside the training checkpoint and resumes with ``--resume``."""
+        from learners.rl.search import run_search
+
+        start = time.perf_counter()
+        payload = None
+        if self.mgw.is_primary():
+            result = run_search(make_env(), self.own_cfg, nb_rlouts, nb_rlouts_min,
+                                seed=self.cfg.seed, checkpoint_path=os.path.join(
+                                    os.path.dirname(self.checkpoint_path) or ".", "search.pt"),
+                                resume=self.cfg.resume)
+            payload = {"best": result.best, "reward": result.best_reward,
+                       "history": result.history,
+                       "seconds_per_rollout": result.seconds_per_rollout}
+        payload = self.mgw.broadcast_object(payload)
+        best = payload.pop("best")
+        report["search"] = {**payload, **{k: v for k, v in best.items()
+                                          if not isinstance(v, list)}}
+        self.wall_s["search"] = time.perf_counter() - start
+        return best
 
     def teacher(self) -> nn.Module:
         """The distillation teacher: ``--dst_model_path`` or the helper's pre-trained model."""

@@ -4,7 +4,6 @@ artifact + ONNX + report. A channel learner implements ``select`` and names its 
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
@@ -97,9 +96,7 @@ class ChannelLearnerBase(AbstractLearner):
             report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
             log.info("accuracy: full %.4f | thinned before fine-tune %.4f",
                      report["accuracy"]["full"], report["accuracy"]["compressed_before_finetune"])
-        teacher = None
-        if self.cfg.enbl_dst:  # default teacher: the full model this learner started from
-            teacher = self.teacher() if self.cfg.dst_model_path else copy.deepcopy(full)
+        teacher = self.distillation_teacher(full)
         self.fit(model, self.helper.lr_schedule(self.mgw.size()), tag="finetune", spec=spec,
                  teacher=teacher)
         report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import time
 from abc import abstractmethod
 
 import torch
@@ -28,7 +27,6 @@ from compression.quantizers import (attach_activation_quantizers, attach_weight_
 from learners.abstract_learner import AbstractLearner
 from learners.quant.bits_env import BitsEnv
 from learners.quant.config import QuantSettings
-from learners.rl.search import run_search
 from learners.weight_sparse.search_env import layer_features
 from utils.lrn_rate import CosineLr
 
@@ -71,22 +69,10 @@ class QuantLearnerBase(AbstractLearner):
     def bit_widths(self, full: nn.Module, layers: dict, report: dict) -> dict[str, int]:
         if not self.settings.enbl_rl_agent:
             return dict.fromkeys(layers, self.settings.weight_bits)
-        start = time.perf_counter()
-        payload = None
-        if self.mgw.is_primary():
-            s = self.settings
-            result = run_search(self._env(full, layers), self.own_cfg, s.nb_rlouts,
-                                s.nb_rlouts_min, seed=self.cfg.seed,
-                                checkpoint_path=os.path.join(
-                                    os.path.dirname(self.checkpoint_path) or ".", "search.pt"),
-                                resume=self.cfg.resume)
-            payload = {"bits": result.best["bits"], "reward": result.best_reward,
-                       "equivalent_bits": result.best["equivalent_bits"],
-                       "history": result.history, "seconds_per_rollout": result.seconds_per_rollout}
-        payload = self.mgw.broadcast_object(payload)
-        report["search"] = {k: v for k, v in payload.items() if k != "bits"}
-        self.wall_s["search"] = time.perf_counter() - start
-        return dict(zip(layers, payload["bits"]))
+        s = self.settings
+        best = self.search_on_primary(lambda: self._env(full, layers), s.nb_rlouts,
+                                      s.nb_rlouts_min, report)
+        return dict(zip(layers, best["bits"]))
 
     def _env(self, full: nn.Module, layers: dict) -> BitsEnv:
         """Reward: quantize -> (layer-wise regression) -> (short fine-tune) -> BN statistics
@@ -126,9 +112,7 @@ class QuantLearnerBase(AbstractLearner):
                                   act_quant_entry(list(bits), self.settings.activation_bits)]
         schedule = CosineLr(self.settings.lrn_rate, self.helper.nb_iters_train(self.mgw.size()))
         optimizer = torch.optim.Adam(model.parameters(), lr=self.settings.lrn_rate)
-        teacher = None
-        if self.cfg.enbl_dst:
-            teacher = self.teacher() if self.cfg.dst_model_path else copy.deepcopy(full)
+        teacher = self.distillation_teacher(full)
         self.fit(model, schedule, tag="finetune", spec=spec, teacher=teacher, optimizer=optimizer)
         report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
         if self.mgw.is_primary():

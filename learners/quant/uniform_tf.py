@@ -97,9 +97,7 @@ class UniformQuantTFLearner(AbstractLearner):
         qat.calibrate(x for x, _ in calib)
         report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(qat)["accuracy"]
         schedule = ScaledLr(self.helper.lr_schedule(self.mgw.size()), cfg.uqtf_lrn_rate_dcy)
-        teacher = None
-        if self.cfg.enbl_dst:
-            teacher = self.teacher() if self.cfg.dst_model_path else copy.deepcopy(full)
+        teacher = self.distillation_teacher(full)
         self.fit(qat, schedule, tag="finetune", teacher=teacher)
         report["accuracy_qat"] = self.run_evaluation(qat)["accuracy"]
         if self.mgw.is_primary():

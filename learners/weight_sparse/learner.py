@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import time
 
 import torch
 from torch import nn
@@ -22,7 +21,6 @@ from compression.sparse_format import LAYOUTS, load_sparse_model, save_sparse_mo
 from compression.sparsity_allocation import nb_zeros_heurist, nb_zeros_uniform
 from learners.abstract_learner import AbstractLearner
 from learners.registry import register_learner
-from learners.rl.search import run_search
 from learners.weight_sparse.config import WsConfig
 from learners.weight_sparse.schedule import MaskScheduleCallback, update_steps
 from learners.weight_sparse.search_env import SparsityEnv, layer_features
@@ -41,10 +39,6 @@ class WeightSparseLearner(AbstractLearner):
     @property
     def artifact_path(self) -> str:
         return self.own_cfg.ws_save_path_eval
-
-    @property
-    def search_path(self) -> str:
-        return os.path.join(os.path.dirname(self.checkpoint_path) or ".", "search.pt")
 
     # -- which layers, how many zeros -----------------------------------------------------
     def layers(self, model: nn.Module) -> dict[str, nn.Module]:
@@ -73,20 +67,9 @@ class WeightSparseLearner(AbstractLearner):
 
     def _searched_counts(self, full, layers, sizes, report) -> list[int]:
         """DDPG search on the primary process; every rank receives the best counts."""
-        start = time.perf_counter()
-        payload = None
-        if self.mgw.is_primary():
-            result = run_search(self._env(full, layers, sizes), self.own_cfg,
-                                self.own_cfg.ws_nb_rlouts, self.own_cfg.ws_nb_rlouts_min,
-                                seed=self.cfg.seed, checkpoint_path=self.search_path,
-                                resume=self.cfg.resume)
-            payload = {"counts": result.best["counts"], "reward": result.best_reward,
-                       "accuracy": result.best["accuracy"], "history": result.history,
-                       "seconds_per_rollout": result.seconds_per_rollout}
-        payload = self.mgw.broadcast_object(payload)
-        report["search"] = {k: v for k, v in payload.items() if k != "counts"}
-        self.wall_s["search"] = time.perf_counter() - start
-        return payload["counts"]
+        cfg = self.own_cfg
+        return self.search_on_primary(lambda: self._env(full, layers, sizes), cfg.ws_nb_rlouts,
+                                      cfg.ws_nb_rlouts_min, report)["counts"]
 
     def _env(self, full: nn.Module, layers: dict, sizes: list[int]) -> SparsityEnv:
         """Reward of a strategy: masks -> layer-wise regression -> short fine-tune -> BN
@@ -138,9 +121,7 @@ class WeightSparseLearner(AbstractLearner):
         report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
         if cfg.ws_schedule == "agp":
             set_masks(model, dict.fromkeys(names, 0))  # dense again; the ramp starts at beg
-        teacher = None
-        if self.cfg.enbl_dst:
-            teacher = self.teacher() if self.cfg.dst_model_path else copy.deepcopy(full)
+        teacher = self.distillation_teacher(full)
         self.fit(model, self.helper.lr_schedule(self.mgw.size()), tag="finetune", spec=spec,
                  callbacks=[callback], teacher=teacher)
         targets = {n: int((m.mask == 0).sum()) for n, m in masks_of(model).items()}
