@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +28,8 @@ from typing import Iterable, Iterator, Optional, Union
 
 import torch
 from torch import nn
+
+from utils.checkpoint import atomic_write
 
 __all__ = ["Int8ExportUnavailable", "QatModel", "prepare_qat", "convert_int8", "output_scale",
            "export_pte", "PteModel", "set_runtime_threads"]
@@ -291,19 +291,7 @@ def export_pte(model: nn.Module, example_inputs: torch.Tensor, path: Union[str, 
 
 
 def _write_atomic(buffer: bytes, path: Union[str, Path]) -> int:
-    """Write ``buffer`` to a temp file next to ``path``, fsync, rename over ``path``."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pte", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(str(path), lambda handle: handle.write(buffer))
     return len(buffer)
 
 

@@ -31,7 +31,7 @@ from compression.masks import parametrize_weights
 
 BUCKET_TYPES = ("layer", "channel", "split")
 OPT_MODES = ("weights", "cluster", "both")
-INIT_STYLES = ("quantile", "uniform")
+INIT_STYLES = ("kmeans", "quantile", "uniform")
 ACT_ATTR = "activation_quantizer"
 
 
@@ -173,7 +173,9 @@ def nearest_centre(rows: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 
 
 def _init_rows(rows: torch.Tensor, n: int, style: str) -> torch.Tensor:
-    """``n`` centres per row: quantiles (j + 0.5) / n of its values, or linspace(min, max)."""
+    """``n`` centres per row: quantiles (j + 0.5) / n of its values, linspace(min, max), or
+    ``kmeans``: Lloyd iterations from the quantiles (the least-squares codebook, which quantile
+    centres are not: they crowd the dense middle and clip the tails)."""
     steps = torch.linspace(0, 1, n, dtype=rows.dtype, device=rows.device)
     if rows.shape[0] == 0:
         return rows.new_empty(0, n)
@@ -185,7 +187,20 @@ def _init_rows(rows: torch.Tensor, n: int, style: str) -> torch.Tensor:
     i0 = pos.floor().long()
     frac = (pos - i0).to(rows.dtype)
     i1 = (i0 + 1).clamp(max=rows.shape[1] - 1)
-    return ordered[:, i0] * (1 - frac) + ordered[:, i1] * frac
+    centres = ordered[:, i0] * (1 - frac) + ordered[:, i1] * frac
+    return _lloyd(rows, centres) if style == "kmeans" else centres
+
+
+def _lloyd(rows: torch.Tensor, centres: torch.Tensor, nb_iters: int = 30) -> torch.Tensor:
+    """k-means on each row's values: every centre moves to the mean of its members (a centre
+    without members stays); the squared error never increases."""
+    ones = torch.ones_like(rows)
+    for _ in range(nb_iters):
+        index = nearest_centre(rows, centres)
+        sums = torch.zeros_like(centres).scatter_add_(1, index, rows)
+        counts = torch.zeros_like(centres).scatter_add_(1, index, ones)
+        centres = torch.where(counts > 0, sums / counts.clamp_min(1.0), centres)
+    return centres
 
 
 class CodebookQuantizer(nn.Module):

@@ -291,3 +291,45 @@ def test_config_is_a_base_of_learner_configs_and_defines_flags():
     cfg = from_flag_dict(SearchConfig, fv.flag_values_dict())
     assert (cfg.ddpg_gamma, cfg.ddpg_noise_type, cfg.ddpg_tau) == (0.5, "action", 0.01)
     assert fv["ddpg_noise_prtl"].parser.enum_values == ["tdecy", "adapt"]
+
+
+# -- the shared roll-out loop ----------------------------------------------------------------
+class _RecordingEnv:
+    """Three steps; the reward is minus the distance of the actions from 0.3 each."""
+    nb_steps, state_dim, a_min, a_max = 3, 2, 0.0, 1.0
+
+    def __init__(self, baseline: list[float] | None) -> None:
+        self.rollouts: list[list[float]] = []
+        if baseline is not None:
+            self.baseline_actions = lambda: baseline
+
+    def reset(self) -> None:
+        self.rollouts.append([])
+
+    def observation(self, step: int) -> np.ndarray:
+        return np.asarray([step / 3, 0.0], dtype=np.float32)
+
+    def bounds(self, step: int) -> tuple[float, float]:
+        return 0.0, 1.0
+
+    def take(self, step: int, action: float) -> None:
+        self.rollouts[-1].append(action)
+
+    def finish(self) -> tuple[float, dict]:
+        actions = self.rollouts[-1]
+        return -float(np.abs(np.asarray(actions) - 0.3).sum()), {"actions": list(actions)}
+
+
+def test_search_plays_the_baseline_first_and_never_returns_worse():
+    from learners.rl.search import run_search
+
+    cfg = DdpgConfig(**FAST, ddpg_batch_size=4)
+    env = _RecordingEnv(baseline=[0.3, 0.3, 0.3])
+    result = run_search(env, cfg, nb_rlouts=4, nb_rlouts_min=2, seed=0)
+    assert env.rollouts[0] == pytest.approx([0.3, 0.3, 0.3])
+    assert result.history[0] == pytest.approx(0.0, abs=1e-6)
+    assert result.best_reward >= result.history[0]
+    assert result.best["actions"] == pytest.approx([0.3, 0.3, 0.3])  # nothing beats the optimum
+    plain = _RecordingEnv(baseline=None)
+    run_search(plain, cfg, nb_rlouts=2, nb_rlouts_min=2, seed=0)
+    assert plain.rollouts[0] != pytest.approx([0.3, 0.3, 0.3])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from learners.launch import run
-from learners.quant.bits_env import budget_bounds
+from learners.quant.bits_env import allocate_bits
 from learners.quant.config import NuqlConfig, UqlConfig
 from nets import resnet_at_digits
 from tests.test_learners import flag_values
@@ -77,21 +77,32 @@ def test_rl_bits_respect_the_budget(tmp_path, tiny_pretrained):
     assert report["search"]["equivalent_bits"] <= 3.0
 
 
-def test_budget_bounds_never_overspend():
+def test_allocate_bits_spends_the_budget_without_exceeding_it():
     rng = random.Random(0)
-    sizes = [rng.randint(10, 5000) for _ in range(12)]
-    budget = 3.5 * sum(sizes)
     for _ in range(200):
-        used, chosen = 0, []
-        for step, size in enumerate(sizes):
-            low, high = budget_bounds(step, used, sizes, budget, 2, 8)
-            assert 2 <= low <= high <= 8
-            bits = rng.randint(low, high)
-            chosen.append(bits)
-            used += bits * size
+        sizes = [rng.randint(10, 5000) for _ in range(rng.randint(2, 14))]
+        budget = rng.uniform(2.2, 7.5) * sum(sizes)
+        prefs = [rng.random() for _ in sizes]
+        bits = allocate_bits(prefs, sizes, budget, 2, 8)
+        used = sum(b * n for b, n in zip(bits, sizes))
+        assert all(2 <= b <= 8 for b in bits)
         assert used <= budget
-        # the duty: the walk never leaves more than w_max * (remaining) unused
-        assert budget - used < 8 * sizes[-1] + 1
+        # nearly all of it is spent: the rest is too small for one more bit of the largest layer
+        assert budget - used < max(sizes) or all(b == 8 for b in bits)
+
+
+def test_equal_preferences_are_the_uniform_strategy():
+    sizes = [432, 2304, 2304, 4608, 9216, 18432, 36864, 640]
+    for prefs in ([1.0] * 8, [0.3] * 8):
+        assert allocate_bits(prefs, sizes, 4 * sum(sizes), 2, 8) == [4] * 8
+    # a preferred layer gets more bits than the others at the same budget
+    bits = allocate_bits([1.0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2], sizes, 4 * sum(sizes), 2, 8)
+    assert bits[0] == 8 and max(bits[1:]) <= 4
+
+
+def test_allocate_bits_refuses_an_impossible_budget():
+    with pytest.raises(ValueError, match="below w_min=3"):
+        allocate_bits([0.5, 0.5], [10, 10], 2.5 * 20, 3, 8)
 
 
 @pytest.mark.parametrize("kwargs,flag", [

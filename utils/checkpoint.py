@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -25,14 +25,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint or model file is missing, corrupt, of the wrong kind or does not fit."""
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temp file in the same directory, fsync, then rename over ``path``."""
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(handle)`` on a temp file in the same directory, fsync, then rename it over
+    ``path``: readers see the old file or the complete new one, never a partial write."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -40,6 +41,15 @@ def atomic_save(obj: Any, path: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save ``obj`` to ``path`` atomically."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def save_file(path: str, kind: str, payload: dict) -> None:

@@ -5,9 +5,9 @@ Keys are fixed (see DESIGN.md); a value that was not measured is ``None`` (null)
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import Any
+
+from utils.checkpoint import atomic_write_text
 
 
 def empty_report(learner: str, model: str, dataset: str) -> dict:
@@ -27,13 +27,7 @@ def empty_report(learner: str, model: str, dataset: str) -> dict:
 
 def write_report(path: str, report: dict) -> None:
     """Atomic JSON write."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-report-", dir=directory)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(report, handle, indent=2, sort_keys=False)
-        handle.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(report, indent=2, sort_keys=False) + "\n")
 
 
 def _fmt(value: Any) -> str:

@@ -81,7 +81,7 @@ class QuantLearnerBase(AbstractLearner):
         names = list(layers)
         train, val = self.search_batches(min(s.tune_global_steps, 100), s.nb_iters_feval)
 
-        def score(bits: list[int]) -> float:
+        def score(bits: list[int]) -> dict:
             model = self.quantize(copy.deepcopy(full), dict(zip(names, bits)))
             model(train[0][0])  # quantizers initialise (codebooks) before any optimizer exists
             if s.enbl_rl_layerwise_tune:
@@ -90,7 +90,7 @@ class QuantLearnerBase(AbstractLearner):
             if s.enbl_rl_global_tune:
                 self.short_finetune(model, train, s.lrn_rate, s.tune_global_steps)
             recalibrate_bn(model, train[:10])
-            return self.run_evaluation(model, loader=val, local=True)["accuracy"]
+            return self.run_evaluation(model, loader=val, local=True)
 
         sizes = [m.weight.numel() for m in layers.values()]
         return BitsEnv(layer_features(layers), sizes, s.equivalent_bits, s.w_bit_min,

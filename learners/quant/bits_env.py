@@ -1,65 +1,97 @@
 """Per-layer bit widths as a DDPG environment (``learners.rl.search.SearchEnv``).
 
-One step per quantized layer; the action is a bit width in [w_min, w_max]. The budget is
-``equivalent_bits * sum(n_i)`` bits and is never exceeded: at each layer the width is capped so
-that the layers still to come can get at least ``w_min`` bits, and raised so that they could
-not leave budget unused even at ``w_max`` (PocketFlow's "duty"); the last layer takes what is
-left (within [w_min, w_max]).
+One step per quantized layer; the action is that layer's RELATIVE preference for bits in
+[0, 1]. A finished roll-out turns the preferences into integer widths with ``allocate_bits``:
+layer i gets ``w_min + (w_max - w_min) * clip(s * a_i, 0, 1)`` bits with the common scale ``s``
+chosen so that the budget ``equivalent_bits * sum(n_i)`` is spent, then rounded down and
+topped up greedily (largest remainder first) without ever exceeding the budget. Equal
+preferences give the uniform strategy (the search's baseline roll-out), and every action
+vector is a valid strategy: a random one is a variation of uniform, not the AMC-style
+sequential clipping that spared the first layers and forced the minimum onto the last ones.
+
+The reward is ``learners.rl.search.accuracy_reward``: held-out accuracy, loss as a tie-break.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
 
+from learners.rl.search import accuracy_reward
 
-def budget_bounds(step: int, used: int, sizes: list[int], budget: float, w_min: int,
-                  w_max: int) -> tuple[int, int]:
-    """Smallest and largest integer width of layer ``step`` given ``used`` bits so far."""
-    after = sum(sizes[step + 1:])
-    size = sizes[step]
-    high = min(w_max, math.floor((budget - used - after * w_min) / size))
-    low = max(w_min, math.ceil((budget - used - after * w_max) / size))
-    return min(low, high), max(high, w_min)
+
+def allocate_bits(prefs: list[float], sizes: list[int], budget: float, w_min: int,
+                  w_max: int) -> list[int]:
+    """Integer widths in [w_min, w_max] from preferences in [0, 1]: each layer gets the floor or
+    the ceiling of its share; ``sum(b_i n_i) <= budget`` always, and what is left unused is less
+    than the size of any layer still below its ceiling (so less than the largest layer)."""
+    if len(prefs) != len(sizes):
+        raise ValueError(f"{len(prefs)} preferences for {len(sizes)} layers")
+    if budget < w_min * sum(sizes):
+        raise ValueError(f"budget of {budget:.0f} bits is below w_min={w_min} bits per weight")
+    a = np.clip(np.asarray(prefs, dtype=np.float64), 1e-6, 1.0)
+    n = np.asarray(sizes, dtype=np.float64)
+    span = w_max - w_min
+
+    def spent(scale: float) -> np.ndarray:
+        return w_min + span * np.clip(scale * a, 0.0, 1.0)
+
+    low, high = 0.0, 1.0 / float(a.min())  # spent(high) = w_max everywhere
+    if float(spent(high) @ n) <= budget:
+        return [w_max] * len(sizes)
+    for _ in range(100):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if float(spent(mid) @ n) <= budget else (low, mid)
+    target = spent(low)
+    bits = np.floor(target + 1e-9).astype(np.int64)
+    used = float(bits @ n)
+    for index in np.argsort(-(target - bits), kind="stable"):  # largest remainder first
+        if bits[index] < w_max and used + n[index] <= budget:
+            bits[index] += 1
+            used += n[index]
+    return [int(b) for b in bits]
 
 
 class BitsEnv:
-    """Roll-outs choose bits for layers of ``sizes``; ``score(bits) -> accuracy``."""
+    """Roll-outs choose bits for layers of ``sizes``; ``score(bits) -> {"accuracy", "loss"}``."""
+
+    a_min, a_max = 0.0, 1.0
 
     def __init__(self, features: np.ndarray, sizes: list[int], equivalent_bits: float,
-                 w_min: int, w_max: int, score: Callable[[list[int]], float]) -> None:
+                 w_min: int, w_max: int, score: Callable[[list[int]], dict]) -> None:
         self.features, self.sizes, self.score = features, sizes, score
         self.budget = equivalent_bits * sum(sizes)
         self.w_min, self.w_max = w_min, w_max
-        self.a_min, self.a_max = float(w_min), float(w_max)
         self.nb_steps = len(sizes)
         self.state_dim = features.shape[1] + 3
         self.reset()
 
     def reset(self) -> None:
-        self.bits: list[int] = []
-
-    def _used(self) -> int:
-        return sum(b * n for b, n in zip(self.bits, self.sizes))
+        self.prefs: list[float] = []
 
     def observation(self, step: int) -> np.ndarray:
-        left = (self.budget - self._used()) / max(sum(self.sizes[step:]), 1)  # bits/weight left
-        previous = self.bits[-1] if self.bits else 0
+        done = sum(self.sizes[:step])
+        mean = (sum(a * n for a, n in zip(self.prefs, self.sizes)) / done) if done else 0.0
+        previous = self.prefs[-1] if self.prefs else 0.0
+        relative_budget = (self.budget / sum(self.sizes) - self.w_min) / max(
+            self.w_max - self.w_min, 1)
         return np.concatenate([self.features[step], np.asarray(
-            [left / self.w_max, self._used() / self.budget, previous / self.w_max],
-            dtype=np.float32)])
+            [relative_budget, mean, previous], dtype=np.float32)])
 
     def bounds(self, step: int) -> tuple[float, float]:
-        low, high = budget_bounds(step, self._used(), self.sizes, self.budget, self.w_min,
-                                  self.w_max)
-        return float(low), float(high)
+        return self.a_min, self.a_max
+
+    def baseline_actions(self) -> list[float]:
+        """Equal preferences: the uniform strategy, the first roll-out of every search."""
+        return [1.0] * self.nb_steps
 
     def take(self, step: int, action: float) -> None:
-        low, high = self.bounds(step)
-        self.bits.append(int(min(max(round(action), low), high)))
+        self.prefs.append(float(action))
 
     def finish(self) -> tuple[float, dict]:
-        accuracy = self.score(list(self.bits))
-        return accuracy, {"bits": list(self.bits), "accuracy": accuracy,
-                          "equivalent_bits": self._used() / sum(self.sizes)}
+        bits = allocate_bits(self.prefs, self.sizes, self.budget, self.w_min, self.w_max)
+        scores = self.score(bits)
+        used = sum(b * n for b, n in zip(bits, self.sizes))
+        reward = accuracy_reward(scores)
+        return reward, {"bits": bits, "accuracy": scores["accuracy"], "loss": scores["loss"],
+                        "equivalent_bits": used / sum(self.sizes)}

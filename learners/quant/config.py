@@ -124,8 +124,10 @@ class NuqlConfig(DdpgConfig):
     nuql_bucket_type: str = option("split", "non-uniform: buckets are output channels or chunks",
                                    choices=[b for b in BUCKET_TYPES if b != "layer"])
     nuql_bucket_size: int = option(256, "non-uniform: weights per bucket (split)")
-    nuql_init_style: str = option("quantile", "non-uniform: initial centres at quantiles or "
-                                              "uniformly spaced", choices=INIT_STYLES)
+    nuql_init_style: str = option("kmeans", "non-uniform: initial centres by k-means from the "
+                                            "quantiles (least squares), at quantiles "
+                                            "(PocketFlow's default) or uniformly spaced",
+                                  choices=INIT_STYLES)
     nuql_opt_mode: str = option("both", "non-uniform: train the weights, the centres or both",
                                 choices=OPT_MODES)
     nuql_quantize_all_layers: bool = option(False, "non-uniform: also quantize first/last layers")

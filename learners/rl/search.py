@@ -4,8 +4,11 @@ A learner describes its problem as a ``SearchEnv``: one step per layer, a state 
 range an action may take at that step given the previous ones (how budgets are enforced,
 AMC-style), and a reward for a finished roll-out. ``run_search`` asks the agent for an action
 per layer, clips it into the allowed range, scores the roll-out, feeds the agent and keeps
-the best strategy. With a checkpoint path the search saves itself after every roll-out and
-an interrupted search resumes where it stopped.
+the best strategy. An environment with ``baseline_actions()`` (e.g. equal preferences: the
+uniform strategy) has its first roll-out play those actions instead of the agent's, so the
+search never returns a strategy that scores worse than the baseline on its own reward, and the
+agent's replay buffer starts with a known-good example. With a checkpoint path the search
+saves itself after every roll-out and an interrupted search resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -23,6 +26,14 @@ from utils.checkpoint import load_file, save_file
 
 log = logging.getLogger("pocketflow")
 
+LOSS_TIE_BREAK = 0.01
+
+
+def accuracy_reward(scores: dict) -> float:
+    """Held-out accuracy with the cross-entropy as a tie-break: on small validation sets many
+    strategies reach the same accuracy, and the loss still tells them apart."""
+    return float(scores["accuracy"]) - LOSS_TIE_BREAK * float(scores["loss"])
+
 
 class SearchEnv(Protocol):
     nb_steps: int       # decisions per roll-out (one per layer)
@@ -36,6 +47,7 @@ class SearchEnv(Protocol):
     def take(self, step: int, action: float) -> None: ...
     def finish(self) -> tuple[float, dict]:
         """Reward of the finished roll-out and its strategy (plain, storable values)."""
+    # optional: def baseline_actions(self) -> list[float]: the first roll-out's actions
 
 
 @dataclass
@@ -46,13 +58,15 @@ class SearchResult:
     seconds_per_rollout: float = 0.0
 
 
-def _rollout(env: SearchEnv, agent: DdpgAgent) -> tuple[list, list, float, dict]:
+def _rollout(env: SearchEnv, agent: DdpgAgent,
+             fixed: list[float] | None = None) -> tuple[list, list, float, dict]:
     env.reset()
     states, actions = [], []
     for step in range(env.nb_steps):
         state = env.observation(step)
         low, high = env.bounds(step)
-        action = float(np.clip(agent.act(state)[0], low, high))
+        proposed = fixed[step] if fixed is not None else agent.act(state)[0]
+        action = float(np.clip(proposed, low, high))
         env.take(step, action)
         states.append(state)
         actions.append(np.array([action], dtype=np.float32))
@@ -79,7 +93,9 @@ def run_search(env: SearchEnv, cfg: DdpgConfig, nb_rlouts: int, nb_rlouts_min: i
     spent = result.seconds_per_rollout * start_rollout
     for index in range(start_rollout, nb_rlouts):
         began = time.perf_counter()
-        states, actions, reward, info = _rollout(env, agent)
+        baseline = getattr(env, "baseline_actions", None)
+        fixed = baseline() if index == 0 and baseline is not None else None
+        states, actions, reward, info = _rollout(env, agent, fixed)
         observe_rollout(agent, states, actions, reward)
         losses = agent.train()
         if reward > result.best_reward:

@@ -61,6 +61,10 @@ class SparsityEnv:
     def bounds(self, step: int) -> tuple[float, float]:
         return self.a_min, self.a_max
 
+    def baseline_actions(self) -> list[float]:
+        """Equal preferences: the uniform strategy, the first roll-out of every search."""
+        return [1.0] * self.nb_steps
+
     def take(self, step: int, action: float) -> None:
         self.prefs.append(float(action))
 
