@@ -22,7 +22,8 @@ import time
 import torch
 from absl import app, flags
 
-from compression.channel_selection import SelectionSettings, choose_layers, nb_kept, select_channels
+from compression.channel_selection import (SelectionSettings, choose_layers, counts_for_ratios,
+                                           nb_kept, select_channels)
 from compression.graph import analyse
 from compression.ista import normalised_problem, select_exact
 from compression.layer_sampling import collect, gram_and_corr, layer_weight, normal_equations
@@ -109,7 +110,8 @@ def main(_) -> None:
 
     layers = choose_layers(analyse(full, ModelHelper().input_shape), True, False, [])
     start = time.perf_counter()
-    select_channels(full, copy.deepcopy(full), layers, {layer.name: FLAGS.ratio for layer in layers},
+    select_channels(full, copy.deepcopy(full), layers,
+                    counts_for_ratios(layers, {layer.name: FLAGS.ratio for layer in layers}),
                     batches, SelectionSettings())
     network_s = time.perf_counter() - start
 

@@ -21,9 +21,9 @@ all starting from the SAME pre-trained model (``--model``, passed as ``--save_pa
   for meaningful numbers.
 * ``--selection_only``: no fine-tuning; the learner's pieces are run directly, once per
   criterion, on the same calibration batches: ``utils.model_io.load_model``,
-  ``compression.graph.analyse`` + ``choose_layers``, ``select_channels`` on a deep copy of
+  ``compression.graph.analyse`` + ``choose_layers``, the learner's ``select`` on a deep copy of
   the full model, ``compression.thinning.thin``, then ``learner.run_evaluation`` of the
-  thinned model (the before-fine-tune accuracy). Selection time covers select_channels +
+  thinned model (the before-fine-tune accuracy). Selection time covers select +
   thin; the fine-tune columns are empty. If ``--model`` is missing it is trained first (as
   above). This is the quick way to compare the criteria before fine-tuning.
 
@@ -45,7 +45,7 @@ import time
 import torch
 from absl import app, flags
 
-from compression.channel_selection import SELECTIONS, choose_layers, select_channels
+from compression.channel_selection import SELECTIONS, choose_layers
 from compression.graph import analyse
 from compression.thinning import thin
 from learners.launch import build_learner, run, seed_everything, setup_logging
@@ -122,8 +122,8 @@ def selection_only(methods: list[str]) -> dict:
             learner = build_learner(ModelHelper, flag_values(method, outdir), SingleProcess())
             start = time.perf_counter()
             pruned = copy.deepcopy(full)
-            keep, _ = select_channels(full, pruned, chosen, learner.layer_ratios(chosen), batches,
-                                      learner.own_cfg.selection_settings(learner.cfg.seed))
+            keep, _ = learner.select(full, pruned, chosen,
+                                     learner.kept_counts(full, layers, chosen, {}), batches)
             thinned, _ = thin(pruned, layers, keep, full_spec)
             seconds = time.perf_counter() - start
             thinned = thinned.to(learner.device)

@@ -37,7 +37,6 @@ class SelectionSettings:
     lstsq_lrn_rate: float = 1e-3
     lstsq_nb_iters: int = 100
     seed: int = 0
-    channel_multiple: int = 1
 
 
 def round_to_multiple(count: int, in_channels: int, multiple: int) -> int:
@@ -52,6 +51,14 @@ def round_to_multiple(count: int, in_channels: int, multiple: int) -> int:
 def nb_kept(in_channels: int, ratio: float) -> int:
     """PocketFlow's count: int(c_in * (1 - ratio)), at least one channel."""
     return max(1, int(in_channels * (1.0 - ratio)))
+
+
+def counts_for_ratios(layers: Sequence[PrunableLayer], ratios: Mapping[str, float],
+                      multiple: int = 1) -> dict[str, int]:
+    """Kept input channels per layer for per-layer PRUNING ratios (PocketFlow's counts,
+    rounded to ``multiple``)."""
+    return {layer.name: round_to_multiple(nb_kept(layer.in_channels, ratios[layer.name]),
+                                          layer.in_channels, multiple) for layer in layers}
 
 
 def choose_layers(layers: Sequence[PrunableLayer], skip_first: bool, skip_last: bool,
@@ -95,11 +102,11 @@ def _refit(patches, targets, normal_eqs, weight, keep, cfg: SelectionSettings) -
 
 
 def select_channels(full: nn.Module, pruned: nn.Module, layers: Sequence[PrunableLayer],
-                    ratios: Mapping[str, float], batches: Sequence[torch.Tensor],
+                    counts: Mapping[str, int], batches: Sequence[torch.Tensor],
                     cfg: SelectionSettings,
                     on_layer: Callable[[dict], None] | None = None) -> tuple[dict, list[dict]]:
-    """Prune ``pruned`` (a copy of ``full``) in place, layer by layer; returns
-    ``(keep: name -> kept input indices, per-layer stats)``."""
+    """Prune ``pruned`` (a copy of ``full``) in place, layer by layer, to ``counts[name]``
+    input channels each; returns ``(keep: name -> kept input indices, per-layer stats)``."""
     full.eval()
     pruned.eval()
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -107,8 +114,7 @@ def select_channels(full: nn.Module, pruned: nn.Module, layers: Sequence[Prunabl
     for layer in layers:
         start = time.perf_counter()
         module = pruned.get_submodule(layer.name)
-        nb_keep = round_to_multiple(nb_kept(layer.in_channels, ratios[layer.name]),
-                                    layer.in_channels, cfg.channel_multiple)
+        nb_keep = int(counts[layer.name])
         patches, targets = collect(full, pruned, layer.name, batches, cfg.nb_crops, gen)
         weight = layer_weight(module)
         error_before = reconstruction_error(patches, targets, weight,

@@ -1,9 +1,12 @@
-"""The flow every channel-pruning learner shares: pre-trained model -> selection (the learner's
-own) -> physical thinning -> fine-tuning (optionally distilled from the full model) ->
-artifact + ONNX + report. A channel learner implements ``select`` and names its paths.
+"""The flow every channel-pruning learner shares: pre-trained model -> dependency graph ->
+layers to prune (skip rules) -> kept-channel counts (fixed ratios, a ratio list, or a DDPG
+search: ``learners.channel_strategy``) -> selection (the learner's own) -> physical thinning
+-> fine-tuning (optionally distilled from the full model) -> artifact + ONNX + report.
+A channel learner implements ``choose``, ``kept_counts`` and ``select`` and names its paths.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -22,11 +25,33 @@ log = logging.getLogger("pocketflow")
 
 
 class ChannelLearnerBase(AbstractLearner):
-    """Subclasses set ``paths`` (checkpoint, artifact, selection result) and ``select``."""
+    """Subclasses set ``paths`` (checkpoint, artifact, selection result) and the three steps."""
 
     @abstractmethod
-    def select(self, full: nn.Module, layers: list[PrunableLayer]) -> tuple[nn.Module, dict, list]:
-        """Return ``(masked copy of full, keep: layer -> kept input indices, per-layer stats)``."""
+    def choose(self, layers: list[PrunableLayer]) -> list[PrunableLayer]:
+        """The layers to prune (skip rules applied)."""
+
+    @abstractmethod
+    def kept_counts(self, full: nn.Module, layers: list[PrunableLayer],
+                    chosen: list[PrunableLayer], report: dict) -> dict[str, int]:
+        """``layer -> kept input channels``; runs on EVERY rank (a search is collective)."""
+
+    @abstractmethod
+    def select(self, full: nn.Module, pruned: nn.Module, chosen: list[PrunableLayer],
+               counts: dict[str, int], batches: list[torch.Tensor]) -> tuple[dict, list]:
+        """Prune ``pruned`` (a copy of ``full``) in place to ``counts`` using calibration
+        ``batches``; return ``(keep: layer -> kept input indices, per-layer stats)``."""
+
+    def select_final(self, full: nn.Module, pruned: nn.Module, chosen: list[PrunableLayer],
+                     counts: dict[str, int], batches: list[torch.Tensor]) -> tuple[dict, list]:
+        """The selection of the final model (``select`` unless a learner adds steps that a
+        search's roll-outs must skip, e.g. fine-tuning between groups of layers)."""
+        return self.select(full, pruned, chosen, counts, batches)
+
+    @property
+    @abstractmethod
+    def calibration_samples(self) -> int:
+        """Training samples the final selection sees."""
 
     @property
     @abstractmethod
@@ -60,12 +85,17 @@ class ChannelLearnerBase(AbstractLearner):
         return build_model(spec), spec
 
     def _selected(self, full: nn.Module, full_spec: dict, report: dict) -> tuple[nn.Module, dict]:
-        """Select and thin on the primary process; every rank receives the same model."""
+        """Counts on every rank; selection and thinning on the primary process; every rank
+        receives the same model."""
+        layers = analyse(full, self.helper.input_shape)
+        chosen = self.choose(layers)
+        counts = self.kept_counts(full, layers, chosen, report)  # a search times itself
         start = time.perf_counter()
         payload = None
         if self.mgw.is_primary():
-            layers = analyse(full, self.helper.input_shape)
-            pruned, keep, stats = self.select(full, layers)
+            pruned = copy.deepcopy(full)
+            keep, stats = self.select_final(full, pruned, chosen, counts,
+                                            self.calibration_batches(self.calibration_samples))
             thinned, spec = thin(pruned, layers, keep, full_spec)
             save_model(self.selection_path, thinned, spec, {"learner": self.learner_name})
             payload = {"spec": spec, "state": thinned.state_dict(), "stats": stats}

@@ -11,6 +11,7 @@ _CONFIGS: dict[str, type | None] = {}
 BUILTIN_MODULES = (
     "learners.full_precision.learner",
     "learners.channel_pruning_rmt.learner",
+    "learners.channel.learner",
     "learners.weight_sparse.learner",
     "learners.quant.uniform",
     "learners.quant.non_uniform",

@@ -156,3 +156,31 @@ def test_quantization_learners_on_two_processes(tmp_path, learner, extra):
     assert report["quantization"]["file"]["round_trip_exact"] is True
     bits = report["quantization"]["bits"]
     assert len(bits) == 20 and all(2 <= b <= 8 for b in bits.values())
+
+
+@pytest.mark.parametrize("learner,extra", [
+    ("channel", ["--cp_prune_option=auto", "--cp_nb_rlouts=2", "--cp_nb_rlouts_min=1",
+                 "--cp_rl_nb_batches=1", "--cp_nb_iters_feval=1", "--cp_nb_batches=2"]),
+])
+def test_channel_learners_on_two_processes(tmp_path, learner, extra):
+    """Counts (and any search) decided once on rank 0; both ranks fine-tune the same thinned
+    model."""
+    proc = launch("nets/resnet_at_digits_run.py", "-n=2", "--mgw_backend=torch",
+                  f"--learner={learner}", f"--save_path={tmp_path}/ckpt/model.ckpt",
+                  f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
+                  "--report_latency=false", "--nb_epochs_rat=0.05", "--batch_size=32",
+                  "--image_size=8", "--summ_step=10",
+                  f"--{PREFIXES[learner]}_save_path={tmp_path}/c/m.ckpt",
+                  f"--{PREFIXES[learner]}_save_path_eval={tmp_path}/c_eval/m.ckpt",
+                  f"--{PREFIXES[learner]}_save_path_ws={tmp_path}/c_ws/m.ckpt", *extra,
+                  timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "finetune: parameters identical on all 2 ranks" in proc.stdout
+    assert len(re.findall(r"roll-out 2/2", proc.stdout)) <= 1          # searched once at most
+    with open(tmp_path / "c_eval" / "report.json") as handle:
+        report = json.load(handle)
+    assert report["flops"]["compressed"] < 0.6 * report["flops"]["full"]
+    assert report["onnx"]["max_abs_diff"] <= 1e-4
+
+
+PREFIXES = {"channel": "cp", "chn-pruned-gpu": "cpg"}

@@ -5,12 +5,11 @@ the pruned channels are removed: the saved model is really smaller and faster.
 """
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 
 from compression.channel_selection import (SELECTIONS, SelectionSettings, choose_layers,
-                                           select_channels)
+                                           counts_for_ratios, select_channels)
 from learners.channel_base import ChannelLearnerBase
 from learners.registry import register_learner
 from utils.config import check, check_ratio, option
@@ -60,7 +59,7 @@ class CprConfig:
         return SelectionSettings(self.cpr_selection, self.cpr_nb_crops_per_smpl,
                                  self.cpr_ista_lrn_rate, self.cpr_ista_nb_iters,
                                  self.cpr_lstsq_solver, self.cpr_lstsq_lrn_rate,
-                                 self.cpr_lstsq_nb_iters, seed, self.cpr_channel_multiple)
+                                 self.cpr_lstsq_nb_iters, seed)
 
 
 @register_learner("chn-pruned-rmt", config=CprConfig)
@@ -82,21 +81,28 @@ class ChannelPrunedRmtLearner(ChannelLearnerBase):
     def warm_start_selection(self) -> bool:
         return self.own_cfg.cpr_warm_start
 
-    def layer_ratios(self, layers) -> dict:
-        return {layer.name: self.own_cfg.cpr_prune_ratio for layer in layers}
+    @property
+    def calibration_samples(self) -> int:
+        return self.own_cfg.cpr_nb_smpls
 
-    def select(self, full, layers):
+    def choose(self, layers):
         cfg = self.own_cfg
-        chosen = choose_layers(layers, cfg.cpr_skip_frst_layer, cfg.cpr_skip_last_layer,
-                               cfg.skip_names)
-        batches = self.calibration_batches(cfg.cpr_nb_smpls)
-        pruned = copy.deepcopy(full)
+        return choose_layers(layers, cfg.cpr_skip_frst_layer, cfg.cpr_skip_last_layer,
+                             cfg.skip_names)
 
-        def progress(record: dict) -> None:
-            log.info("select %-22s %-6s keep %3d/%-3d rel.err %.4f (unpruned %.4f) %.2f s",
-                     record["layer"], record["mode"], record["kept"], record["in_channels"],
-                     record["rel_error"], record["rel_error_unpruned"], record["seconds"])
+    def kept_counts(self, full, layers, chosen, report):
+        cfg = self.own_cfg
+        return counts_for_ratios(chosen, dict.fromkeys((layer.name for layer in chosen),
+                                                       cfg.cpr_prune_ratio),
+                                 cfg.cpr_channel_multiple)
 
-        keep, stats = select_channels(full, pruned, chosen, self.layer_ratios(chosen), batches,
-                                      cfg.selection_settings(self.cfg.seed), on_layer=progress)
-        return pruned, keep, stats
+    def select(self, full, pruned, chosen, counts, batches):
+        return select_channels(full, pruned, chosen, counts, batches,
+                               self.own_cfg.selection_settings(self.cfg.seed), on_layer=log_layer)
+
+
+def log_layer(record: dict) -> None:
+    """One log line per selected layer."""
+    log.info("select %-22s %-6s keep %3d/%-3d rel.err %.4f (unpruned %.4f) %.2f s",
+             record["layer"], record["mode"], record["kept"], record["in_channels"],
+             record["rel_error"], record["rel_error_unpruned"], record["seconds"])

@@ -1,0 +1,111 @@
+"""Per-layer channel counts under a FLOPs budget as a DDPG environment (``SearchEnv``).
+
+The one environment every channel learner's search uses (``channel``; ``chn-pruned-rmt`` and
+``dis-chn-pruned`` through ``learners.channel_strategy``). One step per prunable layer. The
+state is AMC's (He et al. 2018): layer index, output and input channels, output height and
+width, stride, kernel area, the layer's share of the FLOPs and the largest reduction allowed,
+each divided by its maximum over the layers; plus the budget, the FLOPs-weighted mean of the
+previous actions and the previous action. The action is the layer's relative preference for
+keeping channels in [0, 1]; ``compression.channel_allocation.allocate_channels`` turns a
+finished roll-out into integer counts whose FLOPs meet the budget (at most the budget, short
+by less than one channel step). So every action vector is a valid strategy, and the first
+roll-out (equal preferences) is the uniform strategy.
+
+Reward (``reward_policy``): ``accuracy`` (held-out accuracy, loss as a tie-break) or ``flops``
+(AMC's ``-max(noise_tolerance, 1 - accuracy) * log(FLOPs)``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+from torch import nn
+
+from compression.channel_allocation import allocate_channels
+from compression.channel_flops import ChannelFlops
+from compression.graph import PrunableLayer
+from learners.rl.search import accuracy_reward
+
+REWARD_POLICIES = ("accuracy", "flops")
+
+
+def amc_features(model: nn.Module, layers: Sequence[PrunableLayer], flops: ChannelFlops,
+                 min_ratio: float) -> np.ndarray:
+    """(layers, 9) static features in [0, 1] (each column divided by its maximum)."""
+    rows = []
+    for index, layer in enumerate(layers):
+        module = model.get_submodule(layer.name)
+        cost = flops.costs[layer.name]
+        if isinstance(module, nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1]
+            side = math.sqrt(cost.unit / kernel)
+            stride = module.stride[0]
+        else:
+            kernel, side, stride = 1, 1.0, 1
+        share = 2 * cost.unit * cost.in_channels * cost.out_channels / cost.groups / flops.total
+        rows.append([index, cost.out_channels, cost.in_channels, side, side, stride, kernel,
+                     share, 1.0 - min_ratio])
+    table = np.asarray(rows, dtype=np.float32)
+    return table / np.maximum(table.max(axis=0), 1e-12)
+
+
+class ChannelEnv:
+    """Roll-outs choose kept channels for ``layers``; ``score(counts) -> {"accuracy", "loss"}``."""
+
+    a_min, a_max = 0.0, 1.0
+
+    def __init__(self, model: nn.Module, layers: Sequence[PrunableLayer], flops: ChannelFlops,
+                 preserve: float, score: Callable[[dict], dict], min_ratio: float = 0.0,
+                 multiple: int = 1, reward_policy: str = "accuracy",
+                 noise_tolerance: float = 0.15) -> None:
+        if reward_policy not in REWARD_POLICIES:
+            raise ValueError(f"unknown reward policy {reward_policy!r}; valid: "
+                             f"{', '.join(REWARD_POLICIES)}")
+        self.layers, self.flops, self.preserve, self.score = list(layers), flops, preserve, score
+        self.min_ratio, self.multiple = min_ratio, multiple
+        self.reward_policy, self.noise_tolerance = reward_policy, noise_tolerance
+        self.features = amc_features(model, self.layers, flops, min_ratio)
+        self.weights = self.features[:, 7]  # FLOPs shares, for the running mean of the actions
+        self.nb_steps = len(self.layers)
+        self.state_dim = self.features.shape[1] + 3
+        allocate_channels({layer.name: 1.0 for layer in self.layers}, self.layers, flops,
+                          preserve, min_ratio, multiple)  # an impossible budget fails here
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefs: list[float] = []
+
+    def observation(self, step: int) -> np.ndarray:
+        done = float(self.weights[:step].sum())
+        mean = float(np.dot(self.prefs, self.weights[:step]) / done) if done > 0 else 0.0
+        previous = self.prefs[-1] if self.prefs else 0.0
+        return np.concatenate([self.features[step], np.asarray(
+            [self.preserve, mean, previous], dtype=np.float32)])
+
+    def bounds(self, step: int) -> tuple[float, float]:
+        return self.a_min, self.a_max
+
+    def baseline_actions(self) -> list[float]:
+        """Equal preferences: the uniform strategy, the first roll-out of every search."""
+        return [1.0] * self.nb_steps
+
+    def take(self, step: int, action: float) -> None:
+        self.prefs.append(float(action))
+
+    def counts(self, prefs: Sequence[float]) -> dict[str, int]:
+        return allocate_channels({layer.name: a for layer, a in zip(self.layers, prefs)},
+                                 self.layers, self.flops, self.preserve, self.min_ratio,
+                                 self.multiple)
+
+    def finish(self) -> tuple[float, dict]:
+        counts = self.counts(self.prefs)
+        scores = self.score(counts)
+        flops = self.flops.flops(counts)
+        if self.reward_policy == "accuracy":
+            reward = accuracy_reward(scores)
+        else:
+            reward = -max(self.noise_tolerance, 1.0 - scores["accuracy"]) * math.log(flops)
+        return reward, {"counts": [counts[layer.name] for layer in self.layers],
+                        "accuracy": scores["accuracy"], "loss": scores["loss"],
+                        "flops_ratio": flops / self.flops.total}

@@ -1,0 +1,234 @@
+"""channel learner and its pieces: exact FLOPs of a strategy, budget-meeting allocation, ratio
+lists, the AMC environment, and end-to-end runs (uniform, list, auto) ending in thinned models."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from compression.channel_allocation import (BudgetError, allocate_channels, amc_min_ratio,
+                                            count_at)
+from compression.channel_flops import ChannelFlops
+from compression.channel_selection import choose_layers
+from compression.graph import analyse
+from compression.ratio_list import RatioListError, read_ratio_list, write_ratio_list
+from compression.thinning import thin
+from learners.launch import run
+from learners.rl.channel_env import ChannelEnv
+from nets import resnet_at_digits
+from nets.registry import create_net, list_nets
+from tests.test_compression import INPUT_SIZES, UserNet
+from tests.test_learners import flag_values
+from utils.model_io import load_model
+from utils.model_stats import count_flops
+
+
+def _net(name: str):
+    size = INPUT_SIZES[name]
+    kwargs = {"input_size": size} if name == "lenet" else {}
+    model = create_net(name, num_classes=10, in_channels=3, **kwargs).eval()
+    layers = analyse(model, (3, size, size))
+    return model, layers, (3, size, size)
+
+
+@pytest.mark.parametrize("name", list_nets())
+def test_strategy_flops_equal_the_thinned_models_flop_counter(name):
+    model, layers, shape = _net(name)
+    flops = ChannelFlops(model, layers, shape)
+    assert flops.total == count_flops(model, shape)
+    gen = torch.Generator().manual_seed(0)
+    chosen = choose_layers(layers, True, False, [])
+    keep = {layer.name: torch.randperm(layer.in_channels, generator=gen)[
+        :int(torch.randint(1, layer.in_channels + 1, (1,), generator=gen))] for layer in chosen}
+    thinned, _ = thin(model, layers, keep)
+    assert flops.flops({n: len(k) for n, k in keep.items()}) == count_flops(thinned, shape)
+
+
+def test_flops_of_a_users_net_with_concat_and_depthwise():
+    model = UserNet().eval()
+    layers = analyse(model, (3, 12, 12))
+    keep = {"left.0": torch.tensor([0, 2, 5]), "pw": torch.tensor([1, 3, 4, 8, 15, 20]),
+            "head": torch.tensor([0, 7, 9])}
+    thinned, _ = thin(model, layers, keep)
+    flops = ChannelFlops(model, layers, (3, 12, 12))
+    assert flops.flops({"left.0": 3, "pw": 6, "head": 3}) == count_flops(thinned, (3, 12, 12))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2"])
+@pytest.mark.parametrize("preserve", [0.3, 0.5, 0.7])
+def test_allocation_meets_the_flops_budget_within_two_percent(name, preserve):
+    model, layers, shape = _net(name)
+    chosen = choose_layers(layers, True, True, [])
+    flops = ChannelFlops(model, layers, shape)
+    rng = np.random.default_rng(0)
+    for trial in range(10):
+        prefs = {layer.name: float(rng.random()) for layer in chosen}
+        for multiple in (1, 4):
+            counts = allocate_channels(prefs, chosen, flops, preserve, amc_min_ratio(preserve),
+                                       multiple)
+            ratio = flops.ratio(counts)
+            assert preserve * 0.98 <= ratio <= preserve, (trial, multiple, ratio)
+            if multiple == 4:
+                assert all(c % 4 == 0 for c in counts.values())
+            lbound = amc_min_ratio(preserve)
+            assert all(counts[layer.name] >= count_at(lbound, layer.in_channels, multiple)
+                       for layer in chosen)
+
+
+def test_equal_preferences_keep_the_same_fraction_everywhere():
+    model, layers, shape = _net("resnet20")
+    chosen = choose_layers(layers, True, True, [])
+    flops = ChannelFlops(model, layers, shape)
+    counts = allocate_channels({layer.name: 1.0 for layer in chosen}, chosen, flops, 0.5)
+    fractions = {round(counts[layer.name] / layer.in_channels, 1) for layer in chosen}
+    assert len(fractions) == 1, counts      # one fraction, up to one channel of rounding
+    assert 0.49 <= flops.ratio(counts) <= 0.5
+
+
+def test_an_impossible_budget_names_the_least_achievable():
+    model, layers, shape = _net("resnet20")
+    chosen = choose_layers(layers, True, True, ["layer1", "layer2"])   # only stage 3 may shrink
+    flops = ChannelFlops(model, layers, shape)
+    with pytest.raises(BudgetError, match="cannot be met.*keeps 0.7"):
+        allocate_channels({layer.name: 1.0 for layer in chosen}, chosen, flops, 0.5, 0.25)
+    with pytest.raises(BudgetError, match=r"\(0, 1\]"):
+        allocate_channels({layer.name: 1.0 for layer in chosen}, chosen, flops, 1.5)
+
+
+# -- ratio lists ---------------------------------------------------------------------------
+NAMES = ["a.conv", "b.conv", "c.fc"]
+
+
+def test_ratio_list_round_trip_and_plain_form(tmp_path):
+    path = str(tmp_path / "ratios.list")
+    write_ratio_list(path, {"c.fc": 1.0, "a.conv": 0.25, "b.conv": 0.5}, "fraction kept")
+    assert read_ratio_list(path, NAMES) == {"a.conv": 0.25, "b.conv": 0.5, "c.fc": 1.0}
+    (tmp_path / "plain.list").write_text("# kept\n0.5\n\n0.75  # comment\n1\n")
+    assert read_ratio_list(str(tmp_path / "plain.list"), NAMES) == {
+        "a.conv": 0.5, "b.conv": 0.75, "c.fc": 1.0}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("0.5\n0.5\n", "2 ratios .last on line 2. for 3 layers"),
+    ("0.5\n1.5\n0.5\n", ":2: ratio 1.5 is outside"),
+    ("0.5\n-0.1\n0.5\n", ":2: ratio -0.1 is outside"),
+    ("0.5\n0.5\nhalf\n", ":3: 'half' is not a number"),
+    ("0.5\nnan\n0.5\n", ":2: ratio nan is outside"),
+    ("a.conv 0.5\nb.conv 0.5\nd.conv 0.5\n", ":3: unknown layer 'd.conv'"),
+    ("a.conv 0.5\na.conv 0.5\nc.fc 1\n", ":2: layer 'a.conv' is listed twice"),
+    ("a.conv 0.5\nb.conv 0.5\n", "no ratio for layers c.fc"),
+    ("a.conv 0.5\n0.5\n0.5\n", "mixes"),
+    ("a.conv 0.5 extra\n", ":1: expected"),
+])
+def test_malformed_ratio_lists_name_the_line(tmp_path, text, message):
+    path = tmp_path / "bad.list"
+    path.write_text(text)
+    with pytest.raises(RatioListError, match=message):
+        read_ratio_list(str(path), NAMES)
+
+
+def test_a_missing_ratio_list_names_the_layers(tmp_path):
+    with pytest.raises(RatioListError, match="does not exist.*a.conv, b.conv, c.fc"):
+        read_ratio_list(str(tmp_path / "nope.list"), NAMES)
+
+
+# -- the AMC environment -------------------------------------------------------------------
+def test_channel_env_state_budget_and_rewards():
+    model, layers, shape = _net("resnet20")
+    chosen = choose_layers(layers, True, True, [])
+    flops = ChannelFlops(model, layers, shape)
+    seen = []
+
+    def score(counts):
+        seen.append(counts)
+        return {"accuracy": 0.9, "loss": 0.3}
+
+    env = ChannelEnv(model, chosen, flops, 0.5, score, amc_min_ratio(0.5))
+    assert env.nb_steps == len(chosen) and env.state_dim == 12
+    env.reset()
+    for step, action in enumerate(env.baseline_actions()):
+        state = env.observation(step)
+        assert state.shape == (12,) and np.all((state >= 0) & (state <= 1))
+        env.take(step, action)
+    reward, info = env.finish()
+    assert reward == pytest.approx(0.9 - 0.01 * 0.3)
+    assert 0.49 <= info["flops_ratio"] <= 0.5 and len(info["counts"]) == len(chosen)
+    flops_env = ChannelEnv(model, chosen, flops, 0.5, score, reward_policy="flops",
+                           noise_tolerance=0.15)
+    flops_env.prefs = [1.0] * len(chosen)
+    reward, info = flops_env.finish()
+    assert reward == pytest.approx(-0.15 * np.log(info["flops_ratio"] * flops.total))
+    with pytest.raises(BudgetError):
+        ChannelEnv(model, chosen, flops, 0.01, score, min_ratio=0.5)
+
+
+# -- the learner end to end ----------------------------------------------------------------
+def channel_values(tmp_path, tiny_pretrained, *extra: str) -> dict:
+    tiny_pretrained(tmp_path)
+    return flag_values(tmp_path, "--learner=channel", "--nb_epochs_rat=0.05", "--image_size=8",
+                       f"--cp_save_path={tmp_path}/cp/model.ckpt",
+                       f"--cp_save_path_eval={tmp_path}/cp_eval/model.ckpt",
+                       f"--cp_save_path_ws={tmp_path}/cp_ws/model.ckpt",
+                       "--cp_nb_batches=2", *extra)
+
+
+def _check_thinned(values: dict, report: dict) -> dict:
+    saved = json.load(open(values["cp_save_path_eval"].replace("model.ckpt", "report.json")))
+    model, _ = load_model(values["cp_save_path_eval"])
+    kept = saved["strategy"]["kept"]
+    for name, (count, _) in kept.items():
+        assert model.get_submodule(name).weight.shape[1] == count, name
+    assert saved["onnx"]["max_abs_diff"] <= 1e-4
+    assert report["flops"]["compressed"] == count_flops(model, (1, 8, 8))
+    return saved
+
+
+def test_uniform_meets_the_flops_budget_and_thins(tmp_path, tiny_pretrained):
+    values = channel_values(tmp_path, tiny_pretrained, "--cp_prune_option=uniform",
+                            "--cp_preserve_ratio=0.5")
+    report = run(resnet_at_digits.ModelHelper, values)
+    saved = _check_thinned(values, report)
+    ratio = report["flops"]["compressed"] / report["flops"]["full"]
+    assert 0.49 <= ratio <= 0.5
+    assert saved["strategy"]["flops_ratio"] == pytest.approx(ratio)
+    assert "conv1" not in saved["strategy"]["kept"] and "fc" not in saved["strategy"]["kept"]
+
+
+def test_list_protocol_keeps_the_listed_fractions_with_quadruple(tmp_path, tiny_pretrained):
+    values = channel_values(tmp_path, tiny_pretrained, "--cp_prune_option=list",
+                            f"--cp_prune_list_file={tmp_path}/ratios.list", "--cp_quadruple",
+                            "--cp_lasso=false", "--cp_list_group=7")
+    chosen = choose_layers(analyse(create_net("resnet20", num_classes=10, in_channels=1),
+                                   (1, 8, 8)), True, True, [])
+    fractions = [0.25 if i % 2 else 0.75 for i in range(len(chosen))]
+    (tmp_path / "ratios.list").write_text("\n".join(map(str, fractions)) + "\n")
+    report = run(resnet_at_digits.ModelHelper, values)
+    saved = _check_thinned(values, report)
+    for layer, fraction in zip(chosen, fractions):
+        count, width = saved["strategy"]["kept"][layer.name]
+        assert count == count_at(fraction, width, 4) and count % 4 == 0
+
+
+def test_auto_searches_under_the_budget(tmp_path, tiny_pretrained):
+    values = channel_values(tmp_path, tiny_pretrained, "--cp_prune_option=auto",
+                            "--cp_preserve_ratio=0.6", "--cp_nb_rlouts=3",
+                            "--cp_nb_rlouts_min=2", "--cp_rl_nb_batches=1",
+                            "--cp_nb_iters_feval=1", "--cp_rl_ft_steps=1",
+                            "--ddpg_batch_size=8")
+    report = run(resnet_at_digits.ModelHelper, values)
+    saved = _check_thinned(values, report)
+    assert len(report["search"]["history"]) == 3
+    assert 0.588 <= saved["strategy"]["flops_ratio"] <= 0.6
+    assert report["search"]["reward"] == max(report["search"]["history"])
+    assert report["flops"]["compressed"] / report["flops"]["full"] == pytest.approx(
+        saved["strategy"]["flops_ratio"])
+
+
+def test_bad_list_file_fails_before_any_work(tmp_path, tiny_pretrained):
+    values = channel_values(tmp_path, tiny_pretrained, "--cp_prune_option=list",
+                            f"--cp_prune_list_file={tmp_path}/bad.list")
+    (tmp_path / "bad.list").write_text("0.5\n2\n")
+    with pytest.raises(RatioListError, match="bad.list:2: ratio 2.0 is outside"):
+        run(resnet_at_digits.ModelHelper, values)
