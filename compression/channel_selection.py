@@ -2,8 +2,9 @@
 
 For each layer, in execution order: regression rows are sampled with inputs from the network
 being pruned (so earlier pruning errors are compensated) and targets from the full network;
-channels are chosen by ``ista`` (LASSO path, exact count), ``l1`` (weight magnitude) or
-``random``; the kept channels' weights are refitted by least squares and the others zeroed.
+channels are chosen by a registered criterion (``ista``: LASSO path, exact count; ``l1``:
+weight magnitude; ``random``; ``group-prox``: L2,1 proximal gradient, ``compression.group_prox``);
+the kept channels' weights are refitted by least squares and the others zeroed.
 The result is a masked model plus the kept indices, which ``thinning.thin`` turns into a
 physically smaller model computing the same function.
 """
@@ -19,12 +20,12 @@ import torch
 from torch import nn
 
 from compression.graph import PrunableLayer
+from compression.group_prox import group_prox
 from compression.ista import normalised_problem, select_exact
 from compression.layer_sampling import collect, gram_and_corr, layer_weight, normal_equations
 from compression.lstsq import reconstruction_error, refit_adam, refit_closed
 
 log = logging.getLogger("pocketflow")
-SELECTIONS = ("ista", "l1", "random")
 
 
 @dataclass
@@ -37,6 +38,8 @@ class SelectionSettings:
     lstsq_lrn_rate: float = 1e-3
     lstsq_nb_iters: int = 100
     seed: int = 0
+    prox_lrn_rate: float = 1e-2   # group-prox: initial step on the normalised problem
+    prox_nb_iters: int = 1000     # group-prox: proximal iterations
 
 
 def round_to_multiple(count: int, in_channels: int, multiple: int) -> int:
@@ -78,27 +81,57 @@ def choose_layers(layers: Sequence[PrunableLayer], skip_first: bool, skip_last: 
     return chosen
 
 
+Selector = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+SELECTORS: dict[str, Selector] = {}
+
+
+def register_selection(name: str) -> Callable[[Selector], Selector]:
+    """A selection criterion ``(normal_eqs, weight (c_out, c_in, kk), nb_keep, settings,
+    generator) -> (kept indices (sorted), weight to start the refit from)``."""
+    def add(selector: Selector) -> Selector:
+        SELECTORS[name] = selector
+        return selector
+    return add
+
+
+@register_selection("ista")
+def _ista(normal_eqs, weight, nb_keep, cfg, gen):
+    gram, corr = gram_and_corr(*normal_eqs, weight)
+    gram, corr, _ = normalised_problem(gram=gram, corr=corr)
+    keep, _ = select_exact(gram, corr, nb_keep, cfg.ista_lrn_rate, cfg.ista_nb_iters, seed=cfg.seed)
+    return keep, weight
+
+
+@register_selection("l1")
+def _l1(normal_eqs, weight, nb_keep, cfg, gen):
+    return weight.abs().sum(dim=(0, 2)).topk(nb_keep).indices.sort().values, weight
+
+
+@register_selection("random")
+def _random(normal_eqs, weight, nb_keep, cfg, gen):
+    keep = torch.randperm(weight.shape[1], generator=gen)[:nb_keep].sort().values
+    return keep.to(weight.device), weight
+
+
+@register_selection("group-prox")
+def _group_prox(normal_eqs, weight, nb_keep, cfg, gen):
+    return group_prox(*normal_eqs, weight, nb_keep, cfg.prox_lrn_rate, cfg.prox_nb_iters)
+
+
+SELECTIONS = tuple(SELECTORS)
+
+
 def _pick(method: str, normal_eqs, weight, nb_keep: int, cfg: SelectionSettings,
-          gen: torch.Generator) -> torch.Tensor:
-    if method == "ista":
-        gram, corr = gram_and_corr(*normal_eqs, weight)
-        gram, corr, _ = normalised_problem(gram=gram, corr=corr)
-        keep, _ = select_exact(gram, corr, nb_keep, cfg.ista_lrn_rate, cfg.ista_nb_iters,
-                               seed=cfg.seed)
-        return keep
-    if method == "l1":
-        return weight.abs().sum(dim=(0, 2)).topk(nb_keep).indices.sort().values
-    if method == "random":
-        return torch.randperm(weight.shape[1], generator=gen)[:nb_keep].sort().values.to(weight.device)
-    raise ValueError(f"unknown selection {method!r}; valid: {', '.join(SELECTIONS)}")
+          gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    if method not in SELECTORS:
+        raise ValueError(f"unknown selection {method!r}; valid: {', '.join(SELECTORS)}")
+    return SELECTORS[method](normal_eqs, weight, nb_keep, cfg, gen)
 
 
-@torch.no_grad()
-def _refit(patches, targets, normal_eqs, weight, keep, cfg: SelectionSettings) -> torch.Tensor:
+def _refit(normal_eqs, weight, keep, cfg: SelectionSettings) -> torch.Tensor:
     if cfg.lstsq == "closed":
         return refit_closed(*normal_eqs, keep, weight.shape[2])
-    with torch.enable_grad():
-        return refit_adam(patches, targets, keep, weight, cfg.lstsq_lrn_rate, cfg.lstsq_nb_iters)
+    return refit_adam(*normal_eqs, keep, weight, cfg.lstsq_lrn_rate, cfg.lstsq_nb_iters)
 
 
 def select_channels(full: nn.Module, pruned: nn.Module, layers: Sequence[PrunableLayer],
@@ -120,8 +153,8 @@ def select_channels(full: nn.Module, pruned: nn.Module, layers: Sequence[Prunabl
         error_before = reconstruction_error(patches, targets, weight,
                                             torch.arange(weight.shape[1], device=weight.device))
         normal_eqs = normal_equations(patches, targets)
-        keep = _pick(cfg.method, normal_eqs, weight, nb_keep, cfg, gen)
-        new_weight = _refit(patches, targets, normal_eqs, weight, keep, cfg)
+        keep, weight = _pick(cfg.method, normal_eqs, weight, nb_keep, cfg, gen)
+        new_weight = _refit(normal_eqs, weight, keep, cfg)
         flat = torch.zeros_like(weight)
         flat[:, keep] = new_weight
         with torch.no_grad():

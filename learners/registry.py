@@ -12,6 +12,7 @@ BUILTIN_MODULES = (
     "learners.full_precision.learner",
     "learners.channel_pruning_rmt.learner",
     "learners.channel.learner",
+    "learners.chn_pruned_gpu.learner",
     "learners.weight_sparse.learner",
     "learners.quant.uniform",
     "learners.quant.non_uniform",

@@ -96,7 +96,8 @@ def test_closed_form_refit_reconstructs_at_least_as_well_as_adam():
     closed_w = refit_closed(*normal_equations(patches, targets), keep, 9)
     closed = reconstruction_error(patches, targets, _full(closed_w, keep, weight), keep)
     adam = reconstruction_error(patches, targets, _full(
-        refit_adam(patches, targets, keep, weight, 1e-3, 100), keep, weight), keep)
+        refit_adam(*normal_equations(patches, targets), keep, weight, 1e-3, 100), keep, weight),
+        keep)
     assert closed <= adam + 1e-9 and closed < before
     print(f"relative error: masked {before:.4f}, adam {adam:.4f}, closed form {closed:.4f}")
 
