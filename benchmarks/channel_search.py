@@ -1,0 +1,142 @@
+"""Channel pruning strategies on ResNet-20 / digits at the same FLOPs budget: ``channel`` with
+the DDPG search (auto) vs the uniform strategy, and ``chn-pruned-gpu`` (L2,1 proximal) at
+the per-layer ratio that gives the same FLOPs, all from the SAME pre-trained model.
+
+One ``learners.launch.run`` per configuration and seed (own temporary directory,
+``--report_latency=false``, ``--nb_epochs_rat=--ft_epochs_rat``); from the reports, averaged over
+``--seeds``: FLOPs kept, accuracy of the thinned model before fine-tuning and after, and for the
+search its seconds per roll-out and kept channels.
+
+Prints a table, then, as the LAST line, one JSON object:
+{"full", "preserve", "runs": {name: {"flops_ratio", "before_ft", "after_ft", "after_ft_per_seed"}},
+ "search": {"seconds_per_rollout", "nb_rlouts", "kept"}, "goals": {"auto_ge_uniform_before_ft",
+ "auto_ge_uniform_after_ft", "flops_within_2pct"}}.
+
+    python benchmarks/channel_search.py [--preserve=0.5] [--nb_rlouts=60] [--seeds=0,1,2]
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+from absl import app, flags
+
+from compression.channel_flops import ChannelFlops
+from compression.channel_selection import choose_layers, counts_for_ratios
+from compression.graph import analyse
+from learners.launch import define_flags as define_run_flags
+from learners.launch import run
+from nets.resnet_at_digits import ModelHelper
+from utils.model_io import load_model
+
+flags.DEFINE_string("model", "./models_eval/model.ckpt",
+                    "pre-trained digits ResNet-20 artifact (trained by the first run if missing)")
+flags.DEFINE_float("preserve", 0.5, "fraction of the FLOPs kept")
+flags.DEFINE_float("ft_epochs_rat", 0.5, "--nb_epochs_rat of the fine-tuning")
+flags.DEFINE_integer("nb_rlouts", 60, "--cp_nb_rlouts of the search")
+flags.DEFINE_integer("nb_rlouts_min", 20, "--cp_nb_rlouts_min of the search")
+flags.DEFINE_integer("rl_ft_steps", 0, "--cp_rl_ft_steps of a roll-out")
+flags.DEFINE_list("runs", ["uniform", "auto", "cpg"], "configurations to run")
+flags.DEFINE_list("seeds", ["0"], "--seed values; the table gives the mean over them")
+flags.DEFINE_integer("threads", 2, "torch intra-op threads")
+FLAGS = flags.FLAGS
+
+
+def cpg_ratio(preserve: float) -> float:
+    """The per-layer pruning ratio whose chn-pruned-gpu counts keep at most ``preserve`` of the
+    FLOPs (head and tail layers skipped, as by default), found by bisection."""
+    full, _ = load_model(FLAGS.model)
+    shape = ModelHelper().input_shape
+    layers = analyse(full, shape)
+    chosen = choose_layers(layers, True, True, [])
+    flops = ChannelFlops(full, layers, shape)
+    low, high = 0.0, 0.99
+    for _ in range(40):
+        mid = 0.5 * (low + high)
+        kept = counts_for_ratios(chosen, {layer.name: mid for layer in chosen})
+        low, high = (low, mid) if flops.ratio(kept) <= preserve else (mid, high)
+    return high
+
+
+def configs() -> dict:
+    common = ["--learner=channel", f"--cp_preserve_ratio={FLAGS.preserve}"]
+    return {
+        "uniform": common + ["--cp_prune_option=uniform"],
+        "auto": common + ["--cp_prune_option=auto", f"--cp_nb_rlouts={FLAGS.nb_rlouts}",
+                          f"--cp_nb_rlouts_min={FLAGS.nb_rlouts_min}",
+                          f"--cp_rl_ft_steps={FLAGS.rl_ft_steps}"],
+        "cpg": ["--learner=chn-pruned-gpu", f"--cpg_prune_ratio={cpg_ratio(FLAGS.preserve)}"],
+    }
+
+
+def flag_values(extra: list, outdir: str, seed: int) -> dict:
+    fv = flags.FlagValues()
+    define_run_flags(fv, ModelHelper)
+    paths = [f"--{prefix}_{kind}={os.path.join(outdir, prefix + kind, 'model.ckpt')}"
+             for prefix in ("cp", "cpg") for kind in ("save_path", "save_path_eval",
+                                                      "save_path_ws")]
+    fv(["prog", f"--save_path_eval={FLAGS.model}",
+        f"--save_path={os.path.join(outdir, 'models', 'model.ckpt')}", "--log_dir=",
+        "--report_latency=false", f"--seed={seed}", f"--nb_epochs_rat={FLAGS.ft_epochs_rat}",
+        *paths, *extra])
+    return fv.flag_values_dict()
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    torch.set_num_threads(FLAGS.threads)
+    reports: dict[str, list] = {}
+    table = None
+    for name in FLAGS.runs:
+        for seed in map(int, FLAGS.seeds):
+            with tempfile.TemporaryDirectory(prefix=f"channel_search_{name}_") as outdir:
+                table = table or configs()   # after the first run: the model exists
+                reports.setdefault(name, []).append(run(ModelHelper,
+                                                        flag_values(table[name], outdir, seed)))
+    full = next(iter(reports.values()))[0]["accuracy"]["full"]
+
+    def mean(values) -> float:
+        values = list(values)
+        return sum(values) / len(values)
+
+    rows = {name: {"flops_ratio": rs[0]["flops"]["compressed"] / rs[0]["flops"]["full"],
+                   "before_ft": mean(r["accuracy"]["compressed_before_finetune"] for r in rs),
+                   "after_ft": mean(r["accuracy"]["compressed"] for r in rs),
+                   "after_ft_per_seed": [r["accuracy"]["compressed"] for r in rs]}
+            for name, rs in reports.items()}
+    print(f"\nResNet-20 / digits, full model {full:.4f}, FLOPs kept {FLAGS.preserve}, "
+          f"mean over seeds {FLAGS.seeds}")
+    print(f"{'run':<9}{'FLOPs':>8}{'before FT':>11}{'after FT':>10}")
+    for name, row in rows.items():
+        print(f"{name:<9}{row['flops_ratio']:>8.4f}{row['before_ft']:>11.4f}{row['after_ft']:>10.4f}")
+    search = None
+    if "auto" in reports:
+        first = reports["auto"][0]
+        search = {"seconds_per_rollout": first["search"]["seconds_per_rollout"],
+                  "nb_rlouts": len(first["search"]["history"]),
+                  "kept": {k: v[0] for k, v in first["strategy"]["kept"].items()}}
+        print(f"auto: {search['nb_rlouts']} roll-outs, {search['seconds_per_rollout']:.2f} s each "
+              f"({60 / search['seconds_per_rollout']:.1f} per minute); kept channels "
+              f"{list(search['kept'].values())}")
+
+    def goal(test):
+        try:
+            return bool(test())
+        except KeyError:
+            return None
+
+    print(json.dumps({"full": full, "preserve": FLAGS.preserve, "runs": rows, "search": search,
+                      "goals": {
+                          "auto_ge_uniform_before_ft": goal(
+                              lambda: rows["auto"]["before_ft"] >= rows["uniform"]["before_ft"]),
+                          "auto_ge_uniform_after_ft": goal(
+                              lambda: rows["auto"]["after_ft"] >= rows["uniform"]["after_ft"]),
+                          "flops_within_2pct": all(
+                              abs(row["flops_ratio"] - FLAGS.preserve) <= 0.02 * FLAGS.preserve
+                              for row in rows.values())}}))
+
+
+if __name__ == "__main__":
+    app.run(main)
