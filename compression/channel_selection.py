@@ -134,6 +134,26 @@ def _refit(normal_eqs, weight, keep, cfg: SelectionSettings) -> torch.Tensor:
     return refit_adam(*normal_eqs, keep, weight, cfg.lstsq_lrn_rate, cfg.lstsq_nb_iters)
 
 
+@torch.no_grad()
+def set_kept_weight(module: nn.Module, kept_weight: torch.Tensor, keep: torch.Tensor) -> None:
+    """Write (c_out, |K|, kk) weights of the kept input channels; zero the others."""
+    flat = torch.zeros_like(layer_weight(module))
+    flat[:, keep] = kept_weight.to(flat.dtype)
+    module.weight.copy_(flat.reshape(module.weight.shape))
+
+
+def refit_kept(full: nn.Module, pruned: nn.Module, name: str, keep: torch.Tensor,
+               batches: Sequence[torch.Tensor], nb_crops: int, gen: torch.Generator) -> float:
+    """Closed-form least-squares weights for layer ``name``'s kept input channels (inputs from
+    ``pruned``, targets from ``full``), written in place; returns the relative error."""
+    patches, targets = collect(full, pruned, name, batches, nb_crops, gen)
+    module = pruned.get_submodule(name)
+    keep = keep.to(patches.device)
+    set_kept_weight(module, refit_closed(*normal_equations(patches, targets), keep,
+                                         patches.shape[2]), keep)
+    return reconstruction_error(patches, targets, layer_weight(module), keep)
+
+
 def select_channels(full: nn.Module, pruned: nn.Module, layers: Sequence[PrunableLayer],
                     counts: Mapping[str, int], batches: Sequence[torch.Tensor],
                     cfg: SelectionSettings,
@@ -154,11 +174,7 @@ def select_channels(full: nn.Module, pruned: nn.Module, layers: Sequence[Prunabl
                                             torch.arange(weight.shape[1], device=weight.device))
         normal_eqs = normal_equations(patches, targets)
         keep, weight = _pick(cfg.method, normal_eqs, weight, nb_keep, cfg, gen)
-        new_weight = _refit(normal_eqs, weight, keep, cfg)
-        flat = torch.zeros_like(weight)
-        flat[:, keep] = new_weight
-        with torch.no_grad():
-            module.weight.copy_(flat.reshape(module.weight.shape))
+        set_kept_weight(module, _refit(normal_eqs, weight, keep, cfg), keep)
         keep_all[layer.name] = keep.cpu()
         record = {"layer": layer.name, "in_channels": layer.in_channels, "kept": len(keep),
                   "mode": layer.mode, "rel_error_unpruned": error_before,

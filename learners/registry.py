@@ -13,6 +13,7 @@ BUILTIN_MODULES = (
     "learners.channel_pruning_rmt.learner",
     "learners.channel.learner",
     "learners.chn_pruned_gpu.learner",
+    "learners.dis_chn_pruned.learner",
     "learners.weight_sparse.learner",
     "learners.quant.uniform",
     "learners.quant.non_uniform",

@@ -89,6 +89,22 @@ def test_overall_sparsity_is_exact(tmp_path, pretrained, protocol, schedule):
         assert layers["layer1.0.conv1"]["sparsity"] > layers["conv1"]["sparsity"]
 
 
+def test_list_protocol_prunes_the_listed_fractions(tmp_path, pretrained):
+    """The element-granularity list tools.sensitivity writes (fraction PRUNED per layer)."""
+    from compression.ratio_list import write_ratio_list
+    from nets.registry import create_net
+
+    names = list(maskable_layers(create_net("resnet20", num_classes=10, in_channels=1)))
+    ratios = {name: (0.3 if i % 2 else 0.8) for i, name in enumerate(names)}
+    write_ratio_list(str(tmp_path / "ws.list"), ratios, "fraction of weights pruned")
+    report = run(resnet_at_digits.ModelHelper, ws_values(
+        tmp_path, pretrained, "--ws_prune_ratio_prtl=list", "--ws_schedule=oneshot",
+        f"--ws_prune_list_file={tmp_path}/ws.list"))
+    for name, ratio in ratios.items():
+        layer = report["sparsity"]["layers"][name]
+        assert layer["zeros"] == round(ratio * layer["numel"]), name
+
+
 def test_optimal_search_respects_the_budget_and_resumes(tmp_path, pretrained):
     values = ws_values(tmp_path, pretrained, "--ws_prune_ratio=0.8", "--ws_prune_ratio_prtl=optimal",
                        "--ws_nb_rlouts=3", "--ws_nb_rlouts_min=2", "--ws_nb_iters_ft=2",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from learners.rl.config import DdpgConfig
 from utils.config import check, check_ratio, option
 
-PROTOCOLS = ("uniform", "heurist", "optimal", "global")
+PROTOCOLS = ("uniform", "heurist", "optimal", "global", "list")
 SCHEDULES = ("agp", "oneshot")
 REWARDS = ("single-obj", "multi-obj")
 
@@ -20,8 +20,11 @@ class WsConfig(DdpgConfig):
     ws_prune_ratio: float = option(0.75, "fraction of conv/linear weights set to zero")
     ws_prune_ratio_prtl: str = option(
         "heurist", "per-layer ratios: uniform (p everywhere), heurist (p_i ~ log n_i, weighted "
-        "mean p), optimal (DDPG search), global (one magnitude ranking over all layers)",
+        "mean p), optimal (DDPG search), global (one magnitude ranking over all layers), list "
+        "(ws_prune_list_file, e.g. written by tools.sensitivity)",
         choices=PROTOCOLS)
+    ws_prune_list_file: str = option("./ws_ratio.list", "list: fraction of weights PRUNED per "
+                                     "layer ('<ratio>' lines in layer order or '<layer> <ratio>')")
     ws_schedule: str = option("agp", "agp: sparsity ramps up during fine-tuning (cubic); oneshot: "
                                      "final masks from the start, pruned weights frozen at zero",
                               choices=SCHEDULES)

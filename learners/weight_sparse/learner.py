@@ -18,6 +18,7 @@ from compression.layer_regression import layerwise_regression
 from compression.masks import (attach_masks, detach_masks, maskable_layers, masks_of, set_masks,
                                sparsity_table)
 from compression.sparse_format import LAYOUTS, load_sparse_model, save_sparse_model
+from compression.ratio_list import read_ratio_list
 from compression.sparsity_allocation import nb_zeros_heurist, nb_zeros_uniform
 from learners.abstract_learner import AbstractLearner
 from learners.registry import register_learner
@@ -61,6 +62,9 @@ class WeightSparseLearner(AbstractLearner):
             counts = nb_zeros_uniform(sizes, cfg.ws_prune_ratio)
         elif protocol == "heurist":
             counts = nb_zeros_heurist(sizes, cfg.ws_prune_ratio)
+        elif protocol == "list":
+            ratios = read_ratio_list(cfg.ws_prune_list_file, list(layers))
+            counts = [min(n - 1, round(ratios[name] * n)) for name, n in zip(layers, sizes)]
         else:
             counts = self._searched_counts(full, layers, sizes, report)
         return dict(zip(layers, counts))

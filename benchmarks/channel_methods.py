@@ -1,0 +1,101 @@
+"""Channel selection methods on ResNet-20 / digits at the same per-layer ratio: DCP
+(dis-chn-pruned) vs chn-pruned-rmt (LASSO + least squares) vs L1 magnitude (chn-pruned-rmt with
+``--cpr_selection=l1``), all from the SAME pre-trained model, first layer skipped in all three.
+
+One ``learners.launch.run`` per method and seed (own temporary directory,
+``--report_latency=false``, ``--nb_epochs_rat=--ft_epochs_rat``); from the reports, averaged over
+``--seeds``: FLOPs kept, accuracy of the thinned model before and after fine-tuning, and the
+selection and fine-tuning wall times.
+
+Prints a table, then, as the LAST line, one JSON object:
+{"full", "ratio", "runs": {name: {"flops_ratio", "before_ft", "after_ft", "selection_s",
+ "finetune_s"}}, "goals": {"dcp_ge_cpr_before_ft"}}.
+
+    python benchmarks/channel_methods.py [--ratio=0.5] [--dcp_nb_iters_block=200]
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+from absl import app, flags
+
+from learners.launch import define_flags as define_run_flags
+from learners.launch import run
+from nets.resnet_at_digits import ModelHelper
+
+flags.DEFINE_string("model", "./models_eval/model.ckpt",
+                    "pre-trained digits ResNet-20 artifact (trained by the first run if missing)")
+flags.DEFINE_float("ratio", 0.5, "fraction of each pruned layer's input channels removed")
+flags.DEFINE_float("ft_epochs_rat", 0.5, "--nb_epochs_rat of the fine-tuning")
+flags.DEFINE_integer("dcp_nb_iters_block", 200, "--dcp_nb_iters_block")
+flags.DEFINE_integer("dcp_nb_iters_layer", 30, "--dcp_nb_iters_layer")
+flags.DEFINE_integer("dcp_nb_batches", 16, "--dcp_nb_batches")
+flags.DEFINE_list("runs", ["dcp", "cpr", "l1"], "methods to run")
+flags.DEFINE_list("seeds", ["0"], "--seed values; the table gives the mean over them")
+flags.DEFINE_integer("threads", 2, "torch intra-op threads")
+FLAGS = flags.FLAGS
+
+
+def configs() -> dict:
+    return {
+        "dcp": ["--learner=dis-chn-pruned", f"--dcp_prune_ratio={FLAGS.ratio}",
+                f"--dcp_nb_iters_block={FLAGS.dcp_nb_iters_block}",
+                f"--dcp_nb_iters_layer={FLAGS.dcp_nb_iters_layer}",
+                f"--dcp_nb_batches={FLAGS.dcp_nb_batches}"],
+        "cpr": ["--learner=chn-pruned-rmt", f"--cpr_prune_ratio={FLAGS.ratio}"],
+        "l1": ["--learner=chn-pruned-rmt", f"--cpr_prune_ratio={FLAGS.ratio}",
+               "--cpr_selection=l1"],
+    }
+
+
+def flag_values(extra: list, outdir: str, seed: int) -> dict:
+    fv = flags.FlagValues()
+    define_run_flags(fv, ModelHelper)
+    paths = [f"--{prefix}_{kind}={os.path.join(outdir, prefix + kind, 'model.ckpt')}"
+             for prefix in ("cpr", "dcp") for kind in ("save_path", "save_path_eval",
+                                                        "save_path_ws")]
+    fv(["prog", f"--save_path_eval={FLAGS.model}",
+        f"--save_path={os.path.join(outdir, 'models', 'model.ckpt')}", "--log_dir=",
+        "--report_latency=false", f"--seed={seed}", f"--nb_epochs_rat={FLAGS.ft_epochs_rat}",
+        *paths, *extra])
+    return fv.flag_values_dict()
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    torch.set_num_threads(FLAGS.threads)
+    reports: dict[str, list] = {}
+    for name in FLAGS.runs:
+        for seed in map(int, FLAGS.seeds):
+            with tempfile.TemporaryDirectory(prefix=f"channel_methods_{name}_") as outdir:
+                reports.setdefault(name, []).append(
+                    run(ModelHelper, flag_values(configs()[name], outdir, seed)))
+    full = next(iter(reports.values()))[0]["accuracy"]["full"]
+
+    def mean(values) -> float:
+        values = list(values)
+        return sum(values) / len(values)
+
+    rows = {name: {"flops_ratio": rs[0]["flops"]["compressed"] / rs[0]["flops"]["full"],
+                   "before_ft": mean(r["accuracy"]["compressed_before_finetune"] for r in rs),
+                   "after_ft": mean(r["accuracy"]["compressed"] for r in rs),
+                   "selection_s": mean(r["wall_s"]["selection"] for r in rs),
+                   "finetune_s": mean(r["wall_s"]["finetune"] for r in rs)}
+            for name, rs in reports.items()}
+    print(f"\nResNet-20 / digits, full model {full:.4f}, ratio {FLAGS.ratio}, "
+          f"mean over seeds {FLAGS.seeds}")
+    print(f"{'method':<8}{'FLOPs':>8}{'before FT':>11}{'after FT':>10}{'select s':>10}{'FT s':>8}")
+    for name, row in rows.items():
+        print(f"{name:<8}{row['flops_ratio']:>8.4f}{row['before_ft']:>11.4f}"
+              f"{row['after_ft']:>10.4f}{row['selection_s']:>10.1f}{row['finetune_s']:>8.1f}")
+    goal = (rows["dcp"]["before_ft"] >= rows["cpr"]["before_ft"]
+            if "dcp" in rows and "cpr" in rows else None)
+    print(json.dumps({"full": full, "ratio": FLAGS.ratio, "runs": rows,
+                      "goals": {"dcp_ge_cpr_before_ft": goal}}))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,158 @@
+"""The pieces of discrimination-aware channel pruning (Zhuang et al., NeurIPS 2018).
+
+- ``DcpObjective`` wraps the network being pruned, the frozen full network and the auxiliary
+  heads, and computes, for the current block ``b`` and (optionally) layer: the final loss, the
+  discrimination loss L_p of head ``b`` (the final loss itself in the last block), and the
+  reconstruction loss L_rec = mean squared difference between the layer's output in the
+  pruned and in the full network. Block fine-tuning minimises L_final + L_p, a layer's channel
+  selection and fine-tuning minimise L_rec + L_p. It is a module, so both fine-tunings run in
+  the project's one training loop (``learners.trainer.Trainer``).
+- ``greedy_channels`` is the selection of the paper's Algorithm 2 (and of PocketFlow's code):
+  starting from NO input channel, repeatedly ADD the channel whose weights have the largest sum
+  of squared gradients of L_rec + L_p, until the layer keeps its count. (PocketFlow's docs say
+  "remove the channel with the smallest gradient norm"; at the unpruned network the
+  reconstruction loss is zero and so is its gradient, which makes removal uninformative.)
+- ``ZeroPrunedInputs`` holds the pruned input channels of every selected layer at zero after
+  each optimizer step (a callback of the loop).
+- ``layer_blocks`` maps each layer to the block (0 .. number of heads) that executes it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compression.graph import PrunableLayer
+from compression.layer_sampling import capture
+from learners.dis_chn_pruned.heads import StageTaps
+from learners.trainer import Callback
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, dict]"]
+
+
+class DcpObjective(nn.Module):
+    def __init__(self, pruned: nn.Module, full: nn.Module, heads: nn.ModuleList,
+                 points: Sequence[str], calc_loss: LossFn) -> None:
+        super().__init__()
+        self.pruned, self.heads = pruned, heads
+        self._full = [full]            # frozen reference: not a submodule, never trained
+        self.points, self.calc_loss = list(points), calc_loss
+        self.block, self.layer, self.bn_train = 0, None, False
+        self._taps: StageTaps | None = None
+
+    def set_stage(self, block: int, layer: str | None, bn_train: bool) -> "DcpObjective":
+        """What the next passes compute: block ``block``'s head, ``layer``'s reconstruction
+        (None: block fine-tuning), and whether the network's BN layers train."""
+        self.close()
+        self.block, self.layer, self.bn_train = block, layer, bn_train
+        names = ([self.points[block]] if block < len(self.points) else []) + ([layer] if layer else [])
+        self._taps = StageTaps(self.pruned, names)
+        return self
+
+    def close(self) -> None:
+        if self._taps is not None:
+            self._taps.remove()
+            self._taps = None
+
+    def train(self, mode: bool = True) -> "DcpObjective":
+        super().train(mode)
+        self.pruned.train(mode and self.bn_train)  # BN frozen while a layer is selected/tuned
+        return self
+
+    def forward(self, x: torch.Tensor) -> dict:
+        out = {"logits": self.pruned(x)}
+        taps = self._taps.outputs
+        if self.block < len(self.points):
+            out["aux"] = self.heads[self.block](taps[self.points[self.block]])
+        if self.layer is not None:
+            with torch.no_grad():
+                target = capture(self._full[0], self.layer, x, "output")
+            out["rec"] = F.mse_loss(taps[self.layer], target)
+        return out
+
+    def loss(self, labels: torch.Tensor, outputs: dict) -> tuple[torch.Tensor, dict]:
+        final, metrics = self.calc_loss(labels, outputs["logits"])
+        discrimination = self.calc_loss(labels, outputs["aux"])[0] if "aux" in outputs else final
+        if self.layer is None:
+            return (final + discrimination if "aux" in outputs else final), metrics
+        return outputs["rec"] + discrimination, metrics
+
+
+class ZeroPrunedInputs(Callback):
+    """Keeps ``keep[name]``'s complement of input channels of each layer at zero."""
+
+    def __init__(self, model: nn.Module, keep: dict[str, torch.Tensor]) -> None:
+        self.model, self.keep = model, keep
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for name, index in self.keep.items():
+            weight = self.model.get_submodule(name).weight
+            mask = torch.zeros(weight.shape[1], dtype=torch.bool, device=weight.device)
+            mask[index.to(weight.device)] = True
+            weight[:, ~mask] = 0.0
+
+    def on_minibatch_end(self, trainer, state) -> None:
+        self.apply()
+
+
+def _override_weight(module: nn.Module, weight: torch.Tensor):
+    """A forward hook making ``module`` use ``weight`` (a leaf we take gradients of)."""
+    def hook(_module, args, _output):
+        if isinstance(module, nn.Conv2d):
+            return module._conv_forward(args[0], weight, module.bias)
+        return F.linear(args[0], weight, module.bias)
+    return module.register_forward_hook(hook, prepend=True)  # before the taps see the output
+
+
+def greedy_channels(objective: DcpObjective, name: str, nb_keep: int,
+                    batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Indices (sorted) of ``nb_keep`` input channels of layer ``name``, added one at a time by
+    the largest squared gradient of the layer objective, one batch per addition."""
+    module = objective.pruned.get_submodule(name)
+    weight = module.weight.detach().clone()
+    shape = (1, -1) + (1,) * (weight.dim() - 2)
+    chosen = torch.zeros(weight.shape[1], dtype=torch.bool, device=weight.device)
+    objective.eval()
+    for step in range(nb_keep):
+        inputs, labels = batches[step % len(batches)]
+        leaf = (weight * chosen.reshape(shape)).requires_grad_(True)
+        handle = _override_weight(module, leaf)
+        try:
+            loss, _ = objective.loss(labels, objective(inputs))
+            (grad,) = torch.autograd.grad(loss, leaf)
+        finally:
+            handle.remove()
+        dims = [d for d in range(grad.dim()) if d != 1]
+        score = grad.pow(2).sum(dim=dims)
+        score[chosen] = -float("inf")
+        chosen[int(score.argmax())] = True
+    return chosen.nonzero().flatten().cpu()
+
+
+def layer_blocks(model: nn.Module, layers: Sequence[PrunableLayer], points: Sequence[str],
+                 input_shape: Sequence[int]) -> dict[str, int]:
+    """``layer -> block``: the number of head points that finished before the layer ran."""
+    order: list[tuple[str, str]] = []
+    handles = [model.get_submodule(layer.name).register_forward_pre_hook(
+        lambda _m, _a, n=layer.name: order.append(("layer", n))) for layer in layers]
+    handles += [model.get_submodule(point).register_forward_hook(
+        lambda _m, _a, _o, n=point: order.append(("point", n))) for point in points]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    blocks, done = {}, 0
+    for kind, name in order:
+        if kind == "point":
+            done += 1
+        else:
+            blocks.setdefault(name, done)
+    return blocks

@@ -1,0 +1,164 @@
+"""dis-chn-pruned: discrimination-aware channel pruning (DCP), physically thinned.
+
+The network is split into blocks by auxiliary heads (``heads.py``). Block by block: the
+network and the block's head are fine-tuned with Adam on the final + discrimination losses
+(``dcp_nb_iters_block`` steps); then each layer of the block, in execution order, gets its
+input channels by the greedy gradient criterion on reconstruction + discrimination loss
+(``dcp.greedy_channels``) and is fine-tuned alone with its pruned channels held at zero
+(``dcp_nb_iters_layer`` steps). The heads are then dropped, the network is thinned, and the
+shared flow fine-tunes, exports and reports it. Selection runs on the primary process.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from compression.channel_selection import choose_layers, counts_for_ratios, refit_kept
+from learners.channel_base import ChannelLearnerBase
+from learners.dis_chn_pruned.dcp import (DcpObjective, ZeroPrunedInputs, greedy_channels,
+                                         layer_blocks)
+from learners.dis_chn_pruned.heads import build_heads, head_points
+from learners.registry import register_learner
+from learners.trainer import Trainer
+from utils.config import check, check_ratio, option
+
+log = logging.getLogger("pocketflow")
+
+
+@dataclass
+class DcpConfig:
+    dcp_save_path: str = option("./models_dcp/model.ckpt", "dis-chn-pruned: training checkpoint")
+    dcp_save_path_eval: str = option("./models_dcp_eval/model.ckpt",
+                                     "dis-chn-pruned: final thinned model (report.json beside it)")
+    dcp_save_path_ws: str = option("./models_dcp_ws/model.ckpt",
+                                   "dis-chn-pruned: thinned model right after selection")
+    dcp_prune_ratio: float = option(0.5, "fraction of each layer's input channels removed")
+    dcp_nb_stages: int = option(3, "auxiliary heads (at most the net's stage_names): the "
+                                   "network is split into dcp_nb_stages + 1 blocks")
+    dcp_lrn_rate_adam: float = option(1e-3, "Adam rate of the block and layer fine-tuning")
+    dcp_nb_iters_block: int = option(10000, "Adam steps per block on final + discrimination "
+                                            "loss (PocketFlow's CIFAR value; far less suffices "
+                                            "on small data)")
+    dcp_nb_iters_layer: int = option(500, "Adam steps per layer on reconstruction + "
+                                          "discrimination loss, pruned channels held at zero")
+    dcp_nb_batches: int = option(20, "cached training batches the selection cycles through")
+    dcp_lstsq_init: bool = option(True, "start a layer's fine-tune from the closed-form "
+                                        "least-squares refit of its kept channels (not in "
+                                        "PocketFlow: it makes the layer fine-tune start at the "
+                                        "reconstruction optimum instead of the old weights)")
+    dcp_nb_crops_per_smpl: int = option(10, "output positions per sample of that refit")
+    dcp_skip_frst_layer: bool = option(True, "do not prune the layer that reads the input image")
+    dcp_skip_last_layer: bool = option(False, "do not prune the last layer (the classifier)")
+    dcp_skip_op_names: str = option("", "comma-separated substrings of layer names not to prune")
+    dcp_channel_multiple: int = option(1, "round each kept-channel count to a multiple of this")
+    dcp_warm_start: bool = option(False, "skip selection: start from dcp_save_path_ws")
+
+    def __post_init__(self) -> None:
+        check_ratio(self.dcp_prune_ratio, "dcp_prune_ratio")
+        check(self.dcp_nb_stages >= 0, "dcp_nb_stages", "must be >= 0")
+        check(self.dcp_lrn_rate_adam > 0, "dcp_lrn_rate_adam", "must be positive")
+        check(self.dcp_nb_iters_block >= 0, "dcp_nb_iters_block", "must be >= 0")
+        check(self.dcp_nb_iters_layer >= 0, "dcp_nb_iters_layer", "must be >= 0")
+        check(self.dcp_nb_batches > 0, "dcp_nb_batches", "must be positive")
+        check(self.dcp_nb_crops_per_smpl > 0, "dcp_nb_crops_per_smpl", "must be positive")
+        check(self.dcp_channel_multiple >= 1, "dcp_channel_multiple", "must be >= 1")
+
+    @property
+    def skip_names(self) -> list[str]:
+        return [s.strip() for s in self.dcp_skip_op_names.split(",") if s.strip()]
+
+
+@register_learner("dis-chn-pruned", config=DcpConfig)
+class DisChnPrunedLearner(ChannelLearnerBase):
+
+    @property
+    def checkpoint_path(self) -> str:
+        return self.own_cfg.dcp_save_path
+
+    @property
+    def artifact_path(self) -> str:
+        return self.own_cfg.dcp_save_path_eval
+
+    @property
+    def selection_path(self) -> str:
+        return self.own_cfg.dcp_save_path_ws
+
+    @property
+    def warm_start_selection(self) -> bool:
+        return self.own_cfg.dcp_warm_start
+
+    @property
+    def calibration_samples(self) -> int:
+        return self.helper.cfg.batch_size  # DCP reads labelled batches of its own
+
+    def choose(self, layers):
+        cfg = self.own_cfg
+        return choose_layers(layers, cfg.dcp_skip_frst_layer, cfg.dcp_skip_last_layer,
+                             cfg.skip_names)
+
+    def kept_counts(self, full, layers, chosen, report):
+        cfg = self.own_cfg
+        return counts_for_ratios(chosen, {layer.name: cfg.dcp_prune_ratio for layer in chosen},
+                                 cfg.dcp_channel_multiple)
+
+    def select(self, full, pruned, chosen, counts, batches):
+        cfg = self.own_cfg
+        data = self.cached_batches(self.helper.build_dataset_train(), cfg.dcp_nb_batches)
+        shape = self.helper.input_shape
+        points = head_points(pruned, cfg.dcp_nb_stages)
+        with torch.no_grad():
+            nb_classes = pruned.eval()(data[0][0][:1]).shape[1]
+        heads = build_heads(pruned, points, shape, nb_classes)
+        blocks = layer_blocks(pruned, chosen, points, shape)
+        objective = DcpObjective(pruned, full.eval(), heads, points, self.helper.calc_loss)
+        keep: dict[str, torch.Tensor] = {}
+        zero = ZeroPrunedInputs(pruned, keep)
+        stats = []
+        log.info("DCP: %d auxiliary heads at %s, %d blocks", len(points), points, len(points) + 1)
+        try:
+            for block in range(len(points) + 1):
+                members = [layer for layer in chosen if blocks[layer.name] == block]
+                if not members:
+                    continue
+                objective.set_stage(block, None, bn_train=True)
+                params = list(pruned.parameters()) + (
+                    list(heads[block].parameters()) if block < len(points) else [])
+                self._tune(objective, params, cfg.dcp_nb_iters_block, data, zero)
+                for layer in members:
+                    start = time.perf_counter()
+                    objective.set_stage(block, layer.name, bn_train=False)
+                    keep[layer.name] = greedy_channels(objective, layer.name, counts[layer.name],
+                                                       data)
+                    zero.apply()
+                    if cfg.dcp_lstsq_init:
+                        refit_kept(full, pruned, layer.name, keep[layer.name],
+                                   [inputs for inputs, _ in data], cfg.dcp_nb_crops_per_smpl,
+                                   torch.Generator().manual_seed(self.cfg.seed))
+                    module = pruned.get_submodule(layer.name)
+                    self._tune(objective, [module.weight], cfg.dcp_nb_iters_layer, data, zero)
+                    stats.append(self._record(objective, layer, keep, data, block, start))
+        finally:
+            objective.close()
+        pruned.eval()
+        return keep, stats
+
+    def _tune(self, objective, params, nb_iters: int, data, zero: ZeroPrunedInputs) -> None:
+        if nb_iters <= 0:
+            return
+        optimizer = torch.optim.Adam(params, lr=self.own_cfg.dcp_lrn_rate_adam)
+        Trainer(objective, optimizer, objective.loss, data, nb_iters, self.device,
+                callbacks=[zero]).fit()
+
+    @torch.no_grad()
+    def _record(self, objective, layer, keep, data, block: int, start: float) -> dict:
+        objective.eval()
+        rec = float(objective(data[0][0])["rec"])
+        record = {"layer": layer.name, "in_channels": layer.in_channels,
+                  "kept": len(keep[layer.name]), "mode": layer.mode, "block": block,
+                  "reconstruction_mse": rec, "seconds": time.perf_counter() - start}
+        log.info("select %-22s block %d keep %3d/%-3d reconstruction mse %.4g %.2f s",
+                 layer.name, block, record["kept"], layer.in_channels, rec, record["seconds"])
+        return record

@@ -1,0 +1,112 @@
+"""dis-chn-pruned (DCP): auxiliary heads on every net with stages and never in the exported
+model, the greedy gradient selection, block assignment, and the learner end to end."""
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from compression.graph import analyse
+from learners.dis_chn_pruned.dcp import DcpObjective, greedy_channels, layer_blocks
+from learners.dis_chn_pruned.heads import StageTaps, build_heads, head_points
+from learners.dis_chn_pruned.learner import DcpConfig
+from learners.launch import run
+from nets import resnet_at_digits
+from nets.registry import create_net, list_nets
+from tests.test_compression import INPUT_SIZES
+from tests.test_learners import flag_values
+from utils.config import ConfigError
+from utils.model_io import load_model
+
+
+@pytest.mark.parametrize("name", list_nets())
+def test_heads_attach_to_every_net_with_stages(name):
+    size = INPUT_SIZES[name]
+    kwargs = {"input_size": size} if name == "lenet" else {}
+    model = create_net(name, num_classes=7, in_channels=3, **kwargs).eval()
+    stages = list(getattr(model, "stage_names", []))
+    points = head_points(model, 3)
+    assert len(points) == min(3, len(stages))
+    heads = build_heads(model, points, (3, size, size), 7)
+    taps = StageTaps(model, points)
+    with torch.no_grad():
+        model(torch.randn(2, 3, size, size))
+        for point, head in zip(points, heads.eval()):
+            assert head(taps.outputs[point]).shape == (2, 7)
+    taps.remove()
+    assert not any("head" in key or "aux" in key for key in model.state_dict())
+
+
+def test_head_points_are_evenly_spaced():
+    model = nn.Module()
+    model.stage_names = [f"s{i}" for i in range(6)]
+    assert head_points(model, 3) == ["s1", "s3", "s5"]
+    assert head_points(model, 10) == model.stage_names
+    assert head_points(model, 0) == []
+
+
+def test_layers_are_assigned_to_the_block_that_runs_them():
+    model = create_net("resnet20", num_classes=10, in_channels=1)
+    layers = analyse(model, (1, 16, 16))
+    blocks = layer_blocks(model, layers, ["layer1", "layer2", "layer3"], (1, 16, 16))
+    assert blocks["conv1"] == 0 and blocks["layer1.2.conv2"] == 0
+    assert blocks["layer2.0.conv1"] == 1 and blocks["layer2.0.shortcut.0"] == 1
+    assert blocks["layer3.2.conv2"] == 2 and blocks["fc"] == 3
+
+
+def test_greedy_selection_finds_the_channels_the_output_depends_on():
+    torch.manual_seed(0)
+    full = nn.Sequential(nn.Conv2d(6, 4, 1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        full[0].weight.zero_()
+        full[0].weight[:, [1, 3, 4]] = 3.0 * torch.randn(4, 3, 1, 1)
+    pruned = nn.Sequential(nn.Conv2d(6, 4, 1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        pruned[0].weight.copy_(full[0].weight + 0.01 * torch.randn(4, 6, 1, 1))
+    objective = DcpObjective(pruned, full, nn.ModuleList(), [], nn.functional.cross_entropy and
+                             (lambda y, out: (nn.functional.cross_entropy(out, y), {})))
+    objective.set_stage(0, "0", bn_train=False)
+    batches = [(torch.randn(32, 6, 5, 5), torch.randint(0, 4, (32,))) for _ in range(3)]
+    keep = greedy_channels(objective, "0", 3, batches)
+    objective.close()
+    assert keep.tolist() == [1, 3, 4]
+
+
+@pytest.mark.parametrize("field,value", [("dcp_prune_ratio", 1.0), ("dcp_nb_stages", -1),
+                                         ("dcp_lrn_rate_adam", 0.0), ("dcp_nb_batches", 0)])
+def test_bad_options_name_the_flag(field, value):
+    with pytest.raises(ConfigError, match=f"--{field}"):
+        DcpConfig(**{field: value})
+
+
+def test_learner_keeps_exact_counts_and_exports_no_heads(tmp_path, tiny_pretrained):
+    tiny_pretrained(tmp_path)
+    values = flag_values(tmp_path, "--learner=dis-chn-pruned", "--nb_epochs_rat=0.05",
+                         "--image_size=8", "--dcp_prune_ratio=0.5", "--dcp_nb_iters_block=3",
+                         "--dcp_nb_iters_layer=2", "--dcp_nb_batches=2",
+                         f"--dcp_save_path={tmp_path}/dcp/model.ckpt",
+                         f"--dcp_save_path_eval={tmp_path}/dcp_eval/model.ckpt",
+                         f"--dcp_save_path_ws={tmp_path}/dcp_ws/model.ckpt")
+    report = run(resnet_at_digits.ModelHelper, values)
+    saved = json.load(open(tmp_path / "dcp_eval" / "report.json"))
+    model, artifact = load_model(values["dcp_save_path_eval"])
+    full, _ = load_model(values["save_path_eval"])
+    selected = {record["layer"]: record for record in saved["selection"]}
+    assert len(selected) == 21 and "conv1" not in selected        # first layer skipped
+    assert {r["block"] for r in selected.values()} == {0, 1, 2, 3}
+    for name, record in selected.items():
+        width = full.get_submodule(name).weight.shape[1]
+        assert record["kept"] == max(1, int(width * 0.5)), name
+        assert model.get_submodule(name).weight.shape[1] == record["kept"], name
+    # the heads are gone: no parameter of the artifact belongs to them, and the ONNX graph
+    # has exactly one classifier (the network's own fc) and one output
+    assert set(model.state_dict()) == set(artifact["state_dict"])
+    assert not any("head" in key or "aux" in key for key in artifact["state_dict"])
+    graph = onnx.load(saved["onnx"]["path"]).graph
+    assert len(graph.output) == 1
+    assert sum(node.op_type in ("Gemm", "MatMul") for node in graph.node) == 1
+    assert saved["onnx"]["max_abs_diff"] <= 1e-4
+    assert report["flops"]["compressed"] < 0.5 * report["flops"]["full"]
