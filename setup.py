@@ -25,7 +25,10 @@ setup(
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
         # int8 QAT (torchao PT2E) and ExecuTorch/XNNPACK export; executorch pulls torchao
         "int8": ["executorch>=1.5,<1.6"],
-        "dev": ["pytest>=7.0", "onnx>=1.15", "onnxruntime>=1.17", "executorch>=1.5,<1.6"],
+        # the tools' plots and spreadsheets (sensitivity PNG, summary xlsx)
+        "tools": ["matplotlib>=3.7", "openpyxl>=3.1"],
+        "dev": ["pytest>=7.0", "onnx>=1.15", "onnxruntime>=1.17", "executorch>=1.5,<1.6",
+                "matplotlib>=3.7", "openpyxl>=3.1"],
         "horovod": ["horovod==0.28.1"],
     },
 )

@@ -56,3 +56,68 @@ def onnx_max_abs_diff(path: str, model: nn.Module, inputs: torch.Tensor) -> floa
         expected = reference(inputs.cpu())
     got = session.run(None, {"input": inputs.cpu().numpy()})[0]
     return float((torch.from_numpy(got) - expected).abs().max())
+
+
+# -- exporting saved artifacts (tools/export_onnx.py) --------------------------------------------
+class NotExportable(ValueError):
+    """The model holds parts that have no ONNX export (yet)."""
+
+
+def check_exportable(spec: dict) -> None:
+    """Refuse a spec whose transforms have no ONNX export: activation fake-quantizers
+    (``act_quant``) run as forward hooks with custom rounding that no ONNX op reproduces."""
+    kinds = [entry.get("type") for entry in (spec or {}).get("transforms", [])]
+    if "act_quant" in kinds:
+        raise NotExportable("the model has activation fake-quantizers (an 'act_quant' transform): "
+                            "activation fake-quantizers have no ONNX export yet; export the weight-"
+                            "only model (activation bits 32) or the int8 .pte of int8-qat instead")
+
+
+def onnx_session(path: str, nb_threads: int | None = None):
+    """An onnxruntime CPU session (``intra_op_num_threads = nb_threads`` when given)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ExportUnavailable("running an .onnx needs onnxruntime: pip install -e .[onnx]") from exc
+    options = ort.SessionOptions()
+    if nb_threads:
+        options.intra_op_num_threads = int(nb_threads)
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def run_session(session, inputs: torch.Tensor) -> torch.Tensor:
+    """The session's first output for a float32 CPU copy of ``inputs``."""
+    name = session.get_inputs()[0].name
+    array = inputs.detach().to("cpu", torch.float32).contiguous().numpy()
+    return torch.from_numpy(session.run(None, {name: array})[0])
+
+
+def session_input_shape(session) -> tuple | None:
+    """The input shape without batch recorded in the graph (None if any dim is symbolic)."""
+    dims = session.get_inputs()[0].shape[1:]
+    return tuple(dims) if all(isinstance(d, int) for d in dims) else None
+
+
+def compare_outputs(session, model: nn.Module, batches, max_batches: int = 0) -> dict:
+    """onnxruntime vs a float32 CPU copy of ``model`` over ``(inputs, labels)`` batches
+    (``labels`` None: no accuracy): ``{"max_abs_diff", "nb_samples", "accuracy_torch",
+    "accuracy_onnx"}`` (accuracies: argmax of the logits == label)."""
+    reference = copy.deepcopy(model).cpu().float().eval()
+    diff, count, correct_torch, correct_onnx, labelled = 0.0, 0, 0, 0, False
+    with torch.no_grad():
+        for i, (inputs, labels) in enumerate(batches):
+            if max_batches and i >= max_batches:
+                break
+            inputs = inputs.to("cpu", torch.float32)
+            expected = reference(inputs)
+            got = run_session(session, inputs)
+            diff = max(diff, float((got - expected).abs().max()))
+            count += inputs.shape[0]
+            if labels is not None:
+                labelled = True
+                correct_torch += int((expected.argmax(1) == labels).sum())
+                correct_onnx += int((got.argmax(1) == labels).sum())
+    return {"max_abs_diff": diff, "nb_samples": count,
+            "accuracy_torch": correct_torch / count if labelled and count else None,
+            "accuracy_onnx": correct_onnx / count if labelled and count else None}

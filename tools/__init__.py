@@ -1,0 +1,1 @@
+"""Command-line tools that work on saved model artifacts (``python -m tools.<name> --help``)."""

@@ -1,0 +1,88 @@
+"""Export a saved model artifact to ONNX and check it in onnxruntime against the torch model.
+
+    python -m tools.export_onnx --model=models_eval/model.ckpt [--out=model.onnx]
+        [--helper=resnet_at_digits [--helper_config=image_size=8] | --input_shape=1,8,8]
+
+Any artifact a learner saves exports: full precision, thinned (``GatherConv2d`` gathers become
+ONNX ``Gather``), weight-sparse or weight-quantized (the weights are plain floats). An artifact
+whose spec has an ``act_quant`` transform (activation fake-quantizers) is refused: those have
+no ONNX export yet. The file goes to ``--out`` (default: ``<model without extension>.onnx``),
+written atomically, with a dynamic batch dimension.
+
+Checks, both against a float32 CPU copy of the torch model:
+- ``--nb_random`` random normal inputs (seed ``--seed``): max |onnxruntime - torch|;
+- with ``--helper``: the helper's eval set (``--eval_batches`` batches of its
+  ``batch_size_eval``, 0: all): max |onnxruntime - torch| and the accuracy of each.
+The last line printed is one JSON object of these figures. Exit status 1 when a max abs diff
+exceeds ``--atol`` or the accuracies differ; 2 on bad input.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+from absl import app, flags
+
+from tools.common import (check_writable, define_input_flags, helper_from_flags, load_artifact,
+                          resolve_input_shape, tool_main)
+from utils.data_loading import make_eval_loader
+from utils.onnx_export import NotExportable, check_exportable, compare_outputs, export_onnx, onnx_session
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "model artifact (a learner's --*_save_path_eval)")
+flags.DEFINE_string("out", "", "the .onnx file (default: <model without extension>.onnx)")
+flags.DEFINE_integer("opset", 17, "ONNX opset version")
+flags.DEFINE_integer("nb_random", 8, "random inputs of the first check")
+flags.DEFINE_integer("seed", 0, "seed of the random inputs")
+flags.DEFINE_integer("eval_batches", 0, "eval-set batches of the second check (0: all)")
+flags.DEFINE_float("atol", 1e-4, "largest max |onnxruntime - torch| accepted")
+flags.DEFINE_integer("threads", 0, "onnxruntime intra-op threads (0: its default)")
+define_input_flags(FLAGS)
+flags.mark_flag_as_required("model")
+
+
+def main() -> None:
+    values = FLAGS.flag_values_dict()
+    out = FLAGS.out or os.path.splitext(FLAGS.model)[0] + ".onnx"
+    if os.path.abspath(out) == os.path.abspath(FLAGS.model):
+        raise NotExportable(f"--out={out} would overwrite the model artifact")
+    check_writable(out)
+    model, obj = load_artifact(FLAGS.model)
+    check_exportable(obj.get("spec"))
+    helper = helper_from_flags(values)
+    shape = resolve_input_shape(FLAGS.input_shape, helper, obj.get("meta"), FLAGS.model)
+    export_onnx(model, shape, out, opset=FLAGS.opset)
+    print(f"wrote {out} ({os.path.getsize(out):,} bytes, input [batch, {', '.join(map(str, shape))}])")
+    session = onnx_session(out, FLAGS.threads or None)
+    gen = torch.Generator().manual_seed(FLAGS.seed)
+    random = compare_outputs(session, model, [(torch.randn(FLAGS.nb_random, *shape, generator=gen), None)])
+    print(f"random inputs ({random['nb_samples']}): max |onnxruntime - torch| = {random['max_abs_diff']:.3e}")
+    result = {"onnx": out, "bytes": os.path.getsize(out), "input_shape": list(shape),
+              "random": {k: random[k] for k in ("max_abs_diff", "nb_samples")}, "eval": None}
+    failures = []
+    if random["max_abs_diff"] > FLAGS.atol:
+        failures.append(f"random inputs differ by {random['max_abs_diff']:.3e} > --atol={FLAGS.atol:g}")
+    if helper is None:
+        print("eval-set check skipped: pass --helper (and --helper_config) to compare on real inputs")
+    else:
+        loader = make_eval_loader(helper.build_dataset_eval(), helper.cfg.batch_size_eval)
+        real = compare_outputs(session, model, loader, FLAGS.eval_batches)
+        result["eval"] = real
+        print(f"eval set ({real['nb_samples']} samples): max |onnxruntime - torch| = "
+              f"{real['max_abs_diff']:.3e} | accuracy torch = {real['accuracy_torch']:.4f}, "
+              f"onnxruntime = {real['accuracy_onnx']:.4f}")
+        if real["max_abs_diff"] > FLAGS.atol:
+            failures.append(f"eval inputs differ by {real['max_abs_diff']:.3e} > --atol={FLAGS.atol:g}")
+        if real["accuracy_torch"] != real["accuracy_onnx"]:
+            failures.append("the accuracies differ")
+    result["ok"] = not failures
+    print(json.dumps(result))
+    if failures:
+        print(f"error: ONNX check failed: {'; '.join(failures)}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    app.run(tool_main(main, errors=(NotExportable,)))
