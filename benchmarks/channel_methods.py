@@ -16,14 +16,11 @@ Prints a table, then, as the LAST line, one JSON object:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import torch
 from absl import app, flags
+from bench_common import learner_values, mean, run_all
 
-from learners.launch import define_flags as define_run_flags
-from learners.launch import run
 from nets.resnet_at_digits import ModelHelper
 
 flags.DEFINE_string("model", "./models_eval/model.ckpt",
@@ -51,33 +48,17 @@ def configs() -> dict:
     }
 
 
-def flag_values(extra: list, outdir: str, seed: int) -> dict:
-    fv = flags.FlagValues()
-    define_run_flags(fv, ModelHelper)
-    paths = [f"--{prefix}_{kind}={os.path.join(outdir, prefix + kind, 'model.ckpt')}"
-             for prefix in ("cpr", "dcp") for kind in ("save_path", "save_path_eval",
-                                                        "save_path_ws")]
-    fv(["prog", f"--save_path_eval={FLAGS.model}",
-        f"--save_path={os.path.join(outdir, 'models', 'model.ckpt')}", "--log_dir=",
-        "--report_latency=false", f"--seed={seed}", f"--nb_epochs_rat={FLAGS.ft_epochs_rat}",
-        *paths, *extra])
-    return fv.flag_values_dict()
+def flag_values(name: str, outdir: str, seed: int) -> dict:
+    return learner_values(ModelHelper, FLAGS.model, outdir, seed, FLAGS.ft_epochs_rat,
+                          dict.fromkeys(("cpr", "dcp"), ("save_path", "save_path_eval", "save_path_ws")),
+                          configs()[name])
 
 
 def main(argv: list[str]) -> None:
     del argv
     torch.set_num_threads(FLAGS.threads)
-    reports: dict[str, list] = {}
-    for name in FLAGS.runs:
-        for seed in map(int, FLAGS.seeds):
-            with tempfile.TemporaryDirectory(prefix=f"channel_methods_{name}_") as outdir:
-                reports.setdefault(name, []).append(
-                    run(ModelHelper, flag_values(configs()[name], outdir, seed)))
+    reports = run_all(ModelHelper, FLAGS.runs, map(int, FLAGS.seeds), flag_values)
     full = next(iter(reports.values()))[0]["accuracy"]["full"]
-
-    def mean(values) -> float:
-        values = list(values)
-        return sum(values) / len(values)
 
     rows = {name: {"flops_ratio": rs[0]["flops"]["compressed"] / rs[0]["flops"]["full"],
                    "before_ft": mean(r["accuracy"]["compressed_before_finetune"] for r in rs),

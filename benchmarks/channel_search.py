@@ -18,17 +18,14 @@ every layer: its FLOPs are the nearest below the budget, printed in the table).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import torch
 from absl import app, flags
+from bench_common import learner_values, mean, run_all
 
 from compression.channel_flops import ChannelFlops
 from compression.channel_selection import choose_layers, counts_for_ratios
 from compression.graph import analyse
-from learners.launch import define_flags as define_run_flags
-from learners.launch import run
 from nets.resnet_at_digits import ModelHelper
 from utils.model_io import load_model
 
@@ -72,35 +69,22 @@ def configs() -> dict:
     }
 
 
-def flag_values(extra: list, outdir: str, seed: int) -> dict:
-    fv = flags.FlagValues()
-    define_run_flags(fv, ModelHelper)
-    paths = [f"--{prefix}_{kind}={os.path.join(outdir, prefix + kind, 'model.ckpt')}"
-             for prefix in ("cp", "cpg") for kind in ("save_path", "save_path_eval",
-                                                      "save_path_ws")]
-    fv(["prog", f"--save_path_eval={FLAGS.model}",
-        f"--save_path={os.path.join(outdir, 'models', 'model.ckpt')}", "--log_dir=",
-        "--report_latency=false", f"--seed={seed}", f"--nb_epochs_rat={FLAGS.ft_epochs_rat}",
-        *paths, *extra])
-    return fv.flag_values_dict()
+def flag_values(name: str, outdir: str, seed: int) -> dict:
+    global TABLE
+    TABLE = TABLE or configs()   # built on first use (reads the pre-trained model)
+    return learner_values(ModelHelper, FLAGS.model, outdir, seed, FLAGS.ft_epochs_rat,
+                          dict.fromkeys(("cp", "cpg"), ("save_path", "save_path_eval", "save_path_ws")),
+                          TABLE[name])
+
+
+TABLE: dict = {}
 
 
 def main(argv: list[str]) -> None:
     del argv
     torch.set_num_threads(FLAGS.threads)
-    reports: dict[str, list] = {}
-    table = None
-    for name in FLAGS.runs:
-        for seed in map(int, FLAGS.seeds):
-            with tempfile.TemporaryDirectory(prefix=f"channel_search_{name}_") as outdir:
-                table = table or configs()   # after the first run: the model exists
-                reports.setdefault(name, []).append(run(ModelHelper,
-                                                        flag_values(table[name], outdir, seed)))
+    reports = run_all(ModelHelper, FLAGS.runs, map(int, FLAGS.seeds), flag_values)
     full = next(iter(reports.values()))[0]["accuracy"]["full"]
-
-    def mean(values) -> float:
-        values = list(values)
-        return sum(values) / len(values)
 
     rows = {name: {"flops_ratio": rs[0]["flops"]["compressed"] / rs[0]["flops"]["full"],
                    "before_ft": mean(r["accuracy"]["compressed_before_finetune"] for r in rs),

@@ -17,14 +17,11 @@ Prints a table, then, as the LAST line, one JSON object:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import torch
 from absl import app, flags
+from bench_common import learner_values, mean, run_all
 
-from learners.launch import define_flags as define_run_flags
-from learners.launch import run
 from nets.resnet_at_digits import ModelHelper
 
 flags.DEFINE_string("model", "./models_eval/model.ckpt",
@@ -56,34 +53,18 @@ CONFIGS = {
 def flag_values(name: str, outdir: str, seed: int) -> dict:
     learner, extra = CONFIGS[name]
     prefix = "uql" if learner == "uniform" else "nuql"
-    fv = flags.FlagValues()
-    define_run_flags(fv, ModelHelper)
-    fv(["prog", f"--learner={learner}", f"--save_path_eval={FLAGS.model}",
-        f"--save_path={os.path.join(outdir, 'models', 'model.ckpt')}",
-        f"--{prefix}_save_path={os.path.join(outdir, 'q', 'model.ckpt')}",
-        f"--{prefix}_save_path_eval={os.path.join(outdir, 'q_eval', 'model.ckpt')}",
-        "--log_dir=", "--report_latency=false", f"--seed={seed}",
-        f"--nb_epochs_rat={FLAGS.ft_epochs_rat}", f"--uql_nb_rlouts={FLAGS.nb_rlouts}",
-        f"--uql_nb_rlouts_min={FLAGS.nb_rlouts_min}",
-        f"--uql_tune_global_steps={FLAGS.tune_global_steps}", *extra])
-    return fv.flag_values_dict()
+    return learner_values(ModelHelper, FLAGS.model, outdir, seed, FLAGS.ft_epochs_rat,
+                          {prefix: ("save_path", "save_path_eval")},
+                          [f"--learner={learner}", f"--uql_nb_rlouts={FLAGS.nb_rlouts}",
+                           f"--uql_nb_rlouts_min={FLAGS.nb_rlouts_min}",
+                           f"--uql_tune_global_steps={FLAGS.tune_global_steps}", *extra])
 
 
 def main(argv: list[str]) -> None:
     del argv
     torch.set_num_threads(FLAGS.threads)
-    reports: dict[str, list] = {}
-    for name in FLAGS.runs:
-        for seed in map(int, FLAGS.seeds):
-            with tempfile.TemporaryDirectory(prefix=f"quant_bits_{name}_") as outdir:
-                reports.setdefault(name, []).append(run(ModelHelper,
-                                                        flag_values(name, outdir, seed)))
+    reports = run_all(ModelHelper, FLAGS.runs, map(int, FLAGS.seeds), flag_values)
     full = next(iter(reports.values()))[0]["accuracy"]["full"]
-
-    def mean(values) -> float:
-        values = list(values)
-        return sum(values) / len(values)
-
     rows = {name: {"before_ft": mean(r["accuracy"]["compressed_before_finetune"] for r in rs),
                    "after_ft": mean(r["accuracy"]["compressed"] for r in rs),
                    "after_ft_per_seed": [r["accuracy"]["compressed"] for r in rs],

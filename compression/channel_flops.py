@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-import torch
 from torch import nn
 
 from compression.graph import PrunableLayer
+from utils.model_stats import probe_forward
 
 
 @dataclass
@@ -65,7 +65,6 @@ class ChannelFlops:
 
 def _measure(model: nn.Module, input_shape: Sequence[int]) -> dict[str, _Cost]:
     costs: dict[str, _Cost] = {}
-    handles = []
 
     def hook(name: str):
         def record(module: nn.Module, args, output) -> None:
@@ -81,17 +80,7 @@ def _measure(model: nn.Module, input_shape: Sequence[int]) -> dict[str, _Cost]:
                 costs[name] = _Cost(unit, module.in_features, module.out_features, 1, False)
         return record
 
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            handles.append(module.register_forward_hook(hook(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules()
+               if isinstance(module, (nn.Conv2d, nn.Linear))]
+    probe_forward(model, input_shape, handles)
     return costs

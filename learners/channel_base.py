@@ -53,12 +53,27 @@ class ChannelLearnerBase(AbstractLearner):
     def calibration_samples(self) -> int:
         """Training samples the final selection sees."""
 
+    flag_prefix: str = ""  # the learner's options are <prefix>_save_path, _save_path_eval, ...
+
+    def _option(self, name: str):
+        return getattr(self.own_cfg, f"{self.flag_prefix}_{name}")
+
     @property
-    @abstractmethod
+    def checkpoint_path(self) -> str:
+        return self._option("save_path")
+
+    @property
+    def artifact_path(self) -> str:
+        return self._option("save_path_eval")
+
+    @property
     def selection_path(self) -> str:
         """Where the thinned model right after selection is saved (for warm starts)."""
+        return self._option("save_path_ws")
 
-    warm_start_selection: bool = False
+    @property
+    def warm_start_selection(self) -> bool:
+        return self._option("warm_start")
 
     # -- steps -------------------------------------------------------------------------------
     def calibration_batches(self, nb_smpls: int) -> list[torch.Tensor]:

@@ -16,17 +16,28 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """FLOPs of one forward pass on one input (multiply-add = 2 FLOPs), as counted by
-    ``torch.utils.flop_counter`` (convolutions and matrix products)."""
-    device = next(model.parameters()).device
+def probe_forward(model: nn.Module, input_shape: Sequence[int], handles: Sequence = ()) -> object:
+    """One forward pass of a zero input of ``input_shape`` (batch 1) in eval mode without
+    gradients, on the model's device; the training mode is restored and the hook ``handles``
+    (registered by the caller to observe the pass) are removed afterwards, even on error."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_shape, device=device))
+        with torch.no_grad():
+            return model(torch.zeros(1, *input_shape, device=device))
     finally:
         model.train(was_training)
+        for handle in handles:
+            handle.remove()
+
+
+def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """FLOPs of one forward pass on one input (multiply-add = 2 FLOPs), as counted by
+    ``torch.utils.flop_counter`` (convolutions and matrix products)."""
+    with FlopCounterMode(display=False) as counter:
+        probe_forward(model, input_shape)
     return int(counter.get_total_flops())
 
 

@@ -39,7 +39,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from utils.checkpoint import atomic_write, atomic_write_text
-from utils.model_stats import count_params
+from utils.model_stats import count_params, probe_forward
 
 COLUMNS = ("name", "type", "weight_shape", "output_shape", "params", "macs",
            "element_sparsity", "filter_sparsity", "channel_sparsity")
@@ -162,18 +162,8 @@ def summarize(model: nn.Module, input_shape: Sequence[int]) -> ModelSummary:
                 macs[name] += _macs(module, args[0], output)
         return hook
 
-    handles = [m.register_forward_hook(hook_for(name)) for name, m in layers.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    probe_forward(model, input_shape,
+                  [m.register_forward_hook(hook_for(name)) for name, m in layers.items()])
     rows = [_row(name, m, macs[name], shapes.get(name)) for name, m in layers.items()]
     pooled = {key: sum(r.counts.get(key, 0) for r in rows)
               for key in ("zeros", "numel", "out_zero", "nb_out", "in_zero", "nb_in")}

@@ -28,21 +28,7 @@ log = logging.getLogger("pocketflow")
 @register_learner("channel", config=ChannelConfig)
 class ChannelPrunedLearner(ChannelLearnerBase):
 
-    @property
-    def checkpoint_path(self) -> str:
-        return self.own_cfg.cp_save_path
-
-    @property
-    def artifact_path(self) -> str:
-        return self.own_cfg.cp_save_path_eval
-
-    @property
-    def selection_path(self) -> str:
-        return self.own_cfg.cp_save_path_ws
-
-    @property
-    def warm_start_selection(self) -> bool:
-        return self.own_cfg.cp_warm_start
+    flag_prefix = "cp"
 
     @property
     def calibration_samples(self) -> int:

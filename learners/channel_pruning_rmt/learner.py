@@ -65,21 +65,7 @@ class CprConfig:
 @register_learner("chn-pruned-rmt", config=CprConfig)
 class ChannelPrunedRmtLearner(ChannelLearnerBase):
 
-    @property
-    def checkpoint_path(self) -> str:
-        return self.own_cfg.cpr_save_path
-
-    @property
-    def artifact_path(self) -> str:
-        return self.own_cfg.cpr_save_path_eval
-
-    @property
-    def selection_path(self) -> str:
-        return self.own_cfg.cpr_save_path_ws
-
-    @property
-    def warm_start_selection(self) -> bool:
-        return self.own_cfg.cpr_warm_start
+    flag_prefix = "cpr"
 
     @property
     def calibration_samples(self) -> int:

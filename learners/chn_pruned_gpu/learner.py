@@ -58,21 +58,7 @@ class CpgConfig:
 @register_learner("chn-pruned-gpu", config=CpgConfig)
 class ChannelPrunedGpuLearner(ChannelLearnerBase):
 
-    @property
-    def checkpoint_path(self) -> str:
-        return self.own_cfg.cpg_save_path
-
-    @property
-    def artifact_path(self) -> str:
-        return self.own_cfg.cpg_save_path_eval
-
-    @property
-    def selection_path(self) -> str:
-        return self.own_cfg.cpg_save_path_ws
-
-    @property
-    def warm_start_selection(self) -> bool:
-        return self.own_cfg.cpg_warm_start
+    flag_prefix = "cpg"
 
     @property
     def calibration_samples(self) -> int:

@@ -28,6 +28,7 @@ from compression.graph import PrunableLayer
 from compression.layer_sampling import capture
 from learners.dis_chn_pruned.heads import StageTaps
 from learners.trainer import Callback
+from utils.model_stats import probe_forward
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, dict]"]
 
@@ -140,15 +141,7 @@ def layer_blocks(model: nn.Module, layers: Sequence[PrunableLayer], points: Sequ
         lambda _m, _a, n=layer.name: order.append(("layer", n))) for layer in layers]
     handles += [model.get_submodule(point).register_forward_hook(
         lambda _m, _a, _o, n=point: order.append(("point", n))) for point in points]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    probe_forward(model, input_shape, handles)
     blocks, done = {}, 0
     for kind, name in order:
         if kind == "point":

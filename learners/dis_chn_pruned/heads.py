@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from utils.model_stats import probe_forward
+
 
 def head_points(model: nn.Module, nb_stages: int) -> list[str]:
     """Up to ``nb_stages`` stage-end module names, evenly spaced, in execution order."""
@@ -60,14 +62,9 @@ def build_heads(model: nn.Module, points: Sequence[str], input_shape: Sequence[i
                 num_classes: int) -> nn.ModuleList:
     """One head per point, sized from a forward pass of one zero input."""
     taps = StageTaps(model, points)
-    was_training = model.training
-    model.eval()
     try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
+        probe_forward(model, input_shape)
     finally:
-        model.train(was_training)
         taps.remove()
     heads = nn.ModuleList()
     for name in points:

@@ -74,21 +74,7 @@ class DcpConfig:
 @register_learner("dis-chn-pruned", config=DcpConfig)
 class DisChnPrunedLearner(ChannelLearnerBase):
 
-    @property
-    def checkpoint_path(self) -> str:
-        return self.own_cfg.dcp_save_path
-
-    @property
-    def artifact_path(self) -> str:
-        return self.own_cfg.dcp_save_path_eval
-
-    @property
-    def selection_path(self) -> str:
-        return self.own_cfg.dcp_save_path_ws
-
-    @property
-    def warm_start_selection(self) -> bool:
-        return self.own_cfg.dcp_warm_start
+    flag_prefix = "dcp"
 
     @property
     def calibration_samples(self) -> int:
