@@ -15,6 +15,7 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
+from compression.channel_selection import choose_layers, counts_for_ratios
 from compression.graph import PrunableLayer, analyse
 from compression.thinning import thin
 from learners.abstract_learner import AbstractLearner
@@ -27,14 +28,20 @@ log = logging.getLogger("pocketflow")
 class ChannelLearnerBase(AbstractLearner):
     """Subclasses set ``paths`` (checkpoint, artifact, selection result) and the three steps."""
 
-    @abstractmethod
     def choose(self, layers: list[PrunableLayer]) -> list[PrunableLayer]:
-        """The layers to prune (skip rules applied)."""
+        """The layers to prune: the ``<prefix>_skip_frst_layer`` / ``_skip_last_layer`` /
+        ``_skip_op_names`` rules applied."""
+        return choose_layers(layers, self._option("skip_frst_layer"),
+                             self._option("skip_last_layer"), self.own_cfg.skip_names)
 
-    @abstractmethod
     def kept_counts(self, full: nn.Module, layers: list[PrunableLayer],
                     chosen: list[PrunableLayer], report: dict) -> dict[str, int]:
-        """``layer -> kept input channels``; runs on EVERY rank (a search is collective)."""
+        """``layer -> kept input channels``; runs on EVERY rank (a search is collective).
+        Default: ``<prefix>_prune_ratio`` of every layer's inputs removed (PocketFlow's count),
+        rounded to ``<prefix>_channel_multiple``."""
+        ratio = self._option("prune_ratio")
+        return counts_for_ratios(chosen, {layer.name: ratio for layer in chosen},
+                                 self._option("channel_multiple"))
 
     @abstractmethod
     def select(self, full: nn.Module, pruned: nn.Module, chosen: list[PrunableLayer],

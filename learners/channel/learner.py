@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from compression.channel_selection import SelectionSettings, choose_layers, select_channels
+from compression.channel_selection import SelectionSettings, select_channels
 from compression.masks import attach_masks, detach_masks, masks_of
 from learners.channel.config import ChannelConfig
 from learners.channel_base import ChannelLearnerBase
@@ -33,11 +33,6 @@ class ChannelPrunedLearner(ChannelLearnerBase):
     @property
     def calibration_samples(self) -> int:
         return self.own_cfg.cp_nb_batches * self.helper.cfg.batch_size
-
-    def choose(self, layers):
-        cfg = self.own_cfg
-        return choose_layers(layers, cfg.cp_skip_frst_layer, cfg.cp_skip_last_layer,
-                             cfg.skip_names)
 
     def kept_counts(self, full, layers, chosen, report):
         return plan_counts(self, full, layers, chosen, self.own_cfg.strategy(), report)

@@ -8,8 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from compression.channel_selection import (SELECTIONS, SelectionSettings, choose_layers,
-                                           counts_for_ratios, select_channels)
+from compression.channel_selection import (SELECTIONS, SelectionSettings, select_channels)
 from learners.channel_base import ChannelLearnerBase
 from learners.registry import register_learner
 from utils.config import check, check_ratio, option
@@ -70,17 +69,6 @@ class ChannelPrunedRmtLearner(ChannelLearnerBase):
     @property
     def calibration_samples(self) -> int:
         return self.own_cfg.cpr_nb_smpls
-
-    def choose(self, layers):
-        cfg = self.own_cfg
-        return choose_layers(layers, cfg.cpr_skip_frst_layer, cfg.cpr_skip_last_layer,
-                             cfg.skip_names)
-
-    def kept_counts(self, full, layers, chosen, report):
-        cfg = self.own_cfg
-        return counts_for_ratios(chosen, dict.fromkeys((layer.name for layer in chosen),
-                                                       cfg.cpr_prune_ratio),
-                                 cfg.cpr_channel_multiple)
 
     def select(self, full, pruned, chosen, counts, batches):
         return select_channels(full, pruned, chosen, counts, batches,

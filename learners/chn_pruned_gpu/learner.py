@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compression.channel_selection import (SelectionSettings, choose_layers, counts_for_ratios,
-                                           select_channels)
+from compression.channel_selection import (SelectionSettings, choose_layers, select_channels)
 from learners.channel_base import ChannelLearnerBase
 from learners.channel_pruning_rmt.learner import log_layer
 from learners.registry import register_learner
@@ -68,11 +67,6 @@ class ChannelPrunedGpuLearner(ChannelLearnerBase):
         cfg = self.own_cfg
         return choose_layers(layers, cfg.cpg_skip_ht_layers, cfg.cpg_skip_ht_layers,
                              cfg.skip_names)
-
-    def kept_counts(self, full, layers, chosen, report):
-        cfg = self.own_cfg
-        return counts_for_ratios(chosen, {layer.name: cfg.cpg_prune_ratio for layer in chosen},
-                                 cfg.cpg_channel_multiple)
 
     def select(self, full, pruned, chosen, counts, batches):
         cfg = self.own_cfg

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compression.channel_selection import choose_layers, counts_for_ratios, refit_kept
+from compression.channel_selection import refit_kept
 from learners.channel_base import ChannelLearnerBase
 from learners.dis_chn_pruned.dcp import (DcpObjective, ZeroPrunedInputs, greedy_channels,
                                          layer_blocks)
@@ -79,16 +79,6 @@ class DisChnPrunedLearner(ChannelLearnerBase):
     @property
     def calibration_samples(self) -> int:
         return self.helper.cfg.batch_size  # DCP reads labelled batches of its own
-
-    def choose(self, layers):
-        cfg = self.own_cfg
-        return choose_layers(layers, cfg.dcp_skip_frst_layer, cfg.dcp_skip_last_layer,
-                             cfg.skip_names)
-
-    def kept_counts(self, full, layers, chosen, report):
-        cfg = self.own_cfg
-        return counts_for_ratios(chosen, {layer.name: cfg.dcp_prune_ratio for layer in chosen},
-                                 cfg.dcp_channel_multiple)
 
     def select(self, full, pruned, chosen, counts, batches):
         cfg = self.own_cfg
