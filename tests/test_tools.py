@@ -512,3 +512,25 @@ def test_latency_cli(clis, files):
         assert figures["ratio_b_over_a"][key] == figures["b"]["ms"][key] / figures["a"]["ms"][key]
     assert any(re.match(r"^ +3 +[\d.]+ +[\d.]+ +[\d.]+$", line) for line in lines)
     assert_user_error(done(clis, "latency_bad"), files["text"], "not a valid pocketflow-torch file")
+
+
+# -- int8 QDQ ONNX -------------------------------------------------------------------------------
+def test_int8_qdq_onnx_of_a_thinned_model(thinned, tmp_path):
+    import onnx
+
+    from utils.onnx_int8 import quantize_qdq
+
+    path, model = thinned
+    helper = digits_helper()
+    fp32 = export_onnx(model, SHAPE, str(tmp_path / "m.onnx"))
+    calibration = [x for x, _ in make_eval_loader(helper.build_dataset_val(), 64)][:2]
+    int8 = quantize_qdq(fp32, str(tmp_path / "m.int8.onnx"), calibration)
+    ops = [node.op_type for node in onnx.load(int8).graph.node]
+    assert ops.count("QuantizeLinear") >= 20 and ops.count("DequantizeLinear") >= 40
+    assert os.path.getsize(int8) < 0.4 * os.path.getsize(fp32)       # int8 weights
+    loader = make_eval_loader(helper.build_dataset_eval(), 500)
+    result = compare_outputs(onnx_session(int8), model, loader)
+    assert result["nb_samples"] == 359
+    assert abs(result["accuracy_onnx"] - result["accuracy_torch"]) <= 0.03   # 3 points
+    with pytest.raises(ValueError, match="at least one calibration batch"):
+        quantize_qdq(fp32, str(tmp_path / "none.onnx"), [])

@@ -13,8 +13,14 @@ Checks, both against a float32 CPU copy of the torch model:
 - ``--nb_random`` random normal inputs (seed ``--seed``): max |onnxruntime - torch|;
 - with ``--helper``: the helper's eval set (``--eval_batches`` batches of its
   ``batch_size_eval``, 0: all): max |onnxruntime - torch| and the accuracy of each.
+With ``--int8`` (needs ``--helper``) the float ONNX is also statically quantized to an int8
+QDQ model (``utils.onnx_int8``: int8 per-channel weights, uint8 activations calibrated on
+``--calib_batches`` batches of the helper's held-out training split) written to
+``<out without extension>.int8.onnx`` and evaluated on the eval set: its accuracy against the
+float torch model's and the fraction of identical top-1 predictions.
 The last line printed is one JSON object of these figures. Exit status 1 when a max abs diff
-exceeds ``--atol`` or the accuracies differ; 2 on bad input.
+exceeds ``--atol``, the float accuracies differ, or the int8 accuracy drops by more than
+``--int8_max_drop`` points; 2 on bad input.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from tools.common import (check_writable, define_input_flags, helper_from_flags,
                           resolve_input_shape, tool_main)
 from utils.data_loading import make_eval_loader
 from utils.onnx_export import NotExportable, check_exportable, compare_outputs, export_onnx, onnx_session
+from utils.onnx_int8 import quantize_qdq
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "model artifact (a learner's --*_save_path_eval)")
@@ -39,6 +46,9 @@ flags.DEFINE_integer("seed", 0, "seed of the random inputs")
 flags.DEFINE_integer("eval_batches", 0, "eval-set batches of the second check (0: all)")
 flags.DEFINE_float("atol", 1e-4, "largest max |onnxruntime - torch| accepted")
 flags.DEFINE_integer("threads", 0, "onnxruntime intra-op threads (0: its default)")
+flags.DEFINE_bool("int8", False, "also write and check an int8 QDQ ONNX model (needs --helper)")
+flags.DEFINE_integer("calib_batches", 4, "--int8: calibration batches of the held-out split")
+flags.DEFINE_float("int8_max_drop", 2.0, "--int8: largest accuracy drop accepted, in points")
 define_input_flags(FLAGS)
 flags.mark_flag_as_required("model")
 
@@ -77,11 +87,33 @@ def main() -> None:
             failures.append(f"eval inputs differ by {real['max_abs_diff']:.3e} > --atol={FLAGS.atol:g}")
         if real["accuracy_torch"] != real["accuracy_onnx"]:
             failures.append("the accuracies differ")
+    if FLAGS.int8:
+        result["int8"] = _int8(out, model, helper, failures)
     result["ok"] = not failures
     print(json.dumps(result))
     if failures:
         print(f"error: ONNX check failed: {'; '.join(failures)}", file=sys.stderr, flush=True)
         raise SystemExit(1)
+
+
+def _int8(out: str, model, helper, failures: list) -> dict:
+    """The int8 QDQ model beside ``out``, evaluated against the float torch model."""
+    if helper is None:
+        raise NotExportable("--int8 needs --helper: its held-out split calibrates the ranges")
+    path = os.path.splitext(out)[0] + ".int8.onnx"
+    calibration = [inputs for inputs, _ in make_eval_loader(helper.build_dataset_val(),
+                                                            helper.cfg.batch_size)]
+    quantize_qdq(out, path, calibration[:max(1, FLAGS.calib_batches)])
+    loader = make_eval_loader(helper.build_dataset_eval(), helper.cfg.batch_size_eval)
+    int8 = compare_outputs(onnx_session(path, FLAGS.threads or None), model, loader,
+                           FLAGS.eval_batches)
+    drop = 100 * (int8["accuracy_torch"] - int8["accuracy_onnx"])
+    print(f"int8 QDQ {path} ({os.path.getsize(path):,} bytes): accuracy {int8['accuracy_onnx']:.4f} "
+          f"vs float torch {int8['accuracy_torch']:.4f} ({drop:+.2f} points drop)")
+    if drop > FLAGS.int8_max_drop:
+        failures.append(f"int8 accuracy drops {drop:.2f} points > --int8_max_drop={FLAGS.int8_max_drop:g}")
+    return {"path": path, "bytes": os.path.getsize(path), "accuracy": int8["accuracy_onnx"],
+            "accuracy_torch": int8["accuracy_torch"], "drop_points": drop}
 
 
 if __name__ == "__main__":
