@@ -162,6 +162,7 @@ def test_quantization_learners_on_two_processes(tmp_path, learner, extra):
     ("channel", ["--cp_prune_option=auto", "--cp_nb_rlouts=2", "--cp_nb_rlouts_min=1",
                  "--cp_rl_nb_batches=1", "--cp_nb_iters_feval=1", "--cp_nb_batches=2"]),
     ("chn-pruned-gpu", ["--cpg_nb_smpls=64", "--cpg_nb_iters_pgd=20", "--cpg_nb_iters_layer=20"]),
+    ("dis-chn-pruned", ["--dcp_nb_iters_block=2", "--dcp_nb_iters_layer=1", "--dcp_nb_batches=2"]),
 ])
 def test_channel_learners_on_two_processes(tmp_path, learner, extra):
     """Counts (and any search) decided once on rank 0; both ranks fine-tune the same thinned
@@ -184,4 +185,4 @@ def test_channel_learners_on_two_processes(tmp_path, learner, extra):
     assert report["onnx"]["max_abs_diff"] <= 1e-4
 
 
-PREFIXES = {"channel": "cp", "chn-pruned-gpu": "cpg"}
+PREFIXES = {"channel": "cp", "chn-pruned-gpu": "cpg", "dis-chn-pruned": "dcp"}
