@@ -161,8 +161,11 @@ def test_quantization_learners_on_two_processes(tmp_path, learner, extra):
 @pytest.mark.parametrize("learner,extra", [
     ("channel", ["--cp_prune_option=auto", "--cp_nb_rlouts=2", "--cp_nb_rlouts_min=1",
                  "--cp_rl_nb_batches=1", "--cp_nb_iters_feval=1", "--cp_nb_batches=2"]),
-    ("chn-pruned-gpu", ["--cpg_nb_smpls=64", "--cpg_nb_iters_pgd=20", "--cpg_nb_iters_layer=20"]),
-    ("dis-chn-pruned", ["--dcp_nb_iters_block=2", "--dcp_nb_iters_layer=1", "--dcp_nb_batches=2"]),
+    # the same primary-only selection + broadcast path as channel's: -m slow
+    pytest.param("chn-pruned-gpu", ["--cpg_nb_smpls=64", "--cpg_nb_iters_pgd=20",
+                                    "--cpg_nb_iters_layer=20"], marks=pytest.mark.slow),
+    pytest.param("dis-chn-pruned", ["--dcp_nb_iters_block=2", "--dcp_nb_iters_layer=1",
+                                    "--dcp_nb_batches=2"], marks=pytest.mark.slow),
 ])
 def test_channel_learners_on_two_processes(tmp_path, learner, extra):
     """Counts (and any search) decided once on rank 0; both ranks fine-tune the same thinned
