@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["learners*", "nets*", "datasets*", "utils*", "compression*",
-                                    "examples*"]),
+                                    "tools*", "examples*"]),
     install_requires=[
         "torch>=2.4,<2.15",
         "absl-py>=1.0",
