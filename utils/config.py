@@ -96,3 +96,8 @@ def to_plain_dict(cfg: Any) -> dict:
     """A dataclass as a dict of plain values (storable with torch.save / weights_only)."""
     return dataclasses.asdict(cfg)
 
+
+
+def split_names(text: str) -> list[str]:
+    """A comma-separated flag value as a list of non-empty, stripped names."""
+    return [name.strip() for name in text.split(",") if name.strip()]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from learners.channel_strategy import PROTOCOLS, StrategySettings
 from learners.rl.channel_env import REWARD_POLICIES
 from learners.rl.config import DdpgConfig
-from utils.config import check, option
+from utils.config import check, option, split_names
 
 
 @dataclass
@@ -71,7 +71,7 @@ class ChannelConfig(DdpgConfig):
 
     @property
     def skip_names(self) -> list[str]:
-        return [s.strip() for s in self.cp_skip_op_names.split(",") if s.strip()]
+        return split_names(self.cp_skip_op_names)
 
     def strategy(self) -> StrategySettings:
         return StrategySettings(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from compression.channel_selection import (SELECTIONS, SelectionSettings, select_channels)
 from learners.channel_base import ChannelLearnerBase
 from learners.registry import register_learner
-from utils.config import check, check_ratio, option
+from utils.config import check, check_ratio, option, split_names
 
 log = logging.getLogger("pocketflow")
 
@@ -52,7 +52,7 @@ class CprConfig:
 
     @property
     def skip_names(self) -> list[str]:
-        return [s.strip() for s in self.cpr_skip_op_names.split(",") if s.strip()]
+        return split_names(self.cpr_skip_op_names)
 
     def selection_settings(self, seed: int) -> SelectionSettings:
         return SelectionSettings(self.cpr_selection, self.cpr_nb_crops_per_smpl,

@@ -17,7 +17,7 @@ from compression.channel_selection import (SelectionSettings, choose_layers, sel
 from learners.channel_base import ChannelLearnerBase
 from learners.channel_pruning_rmt.learner import log_layer
 from learners.registry import register_learner
-from utils.config import check, check_ratio, option
+from utils.config import check, check_ratio, option, split_names
 
 
 @dataclass
@@ -51,7 +51,7 @@ class CpgConfig:
 
     @property
     def skip_names(self) -> list[str]:
-        return [s.strip() for s in self.cpg_skip_op_names.split(",") if s.strip()]
+        return split_names(self.cpg_skip_op_names)
 
 
 @register_learner("chn-pruned-gpu", config=CpgConfig)

@@ -23,7 +23,7 @@ from learners.dis_chn_pruned.dcp import (DcpObjective, ZeroPrunedInputs, greedy_
 from learners.dis_chn_pruned.heads import build_heads, head_points
 from learners.registry import register_learner
 from learners.trainer import Trainer
-from utils.config import check, check_ratio, option
+from utils.config import check, check_ratio, option, split_names
 
 log = logging.getLogger("pocketflow")
 
@@ -68,7 +68,7 @@ class DcpConfig:
 
     @property
     def skip_names(self) -> list[str]:
-        return [s.strip() for s in self.dcp_skip_op_names.split(",") if s.strip()]
+        return split_names(self.dcp_skip_op_names)
 
 
 @register_learner("dis-chn-pruned", config=DcpConfig)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from learners.rl.config import DdpgConfig
-from utils.config import check, check_ratio, option
+from utils.config import check, check_ratio, option, split_names
 
 PROTOCOLS = ("uniform", "heurist", "optimal", "global", "list")
 SCHEDULES = ("agp", "oneshot")
@@ -68,4 +68,4 @@ class WsConfig(DdpgConfig):
 
     @property
     def skip_names(self) -> list[str]:
-        return [s.strip() for s in self.ws_skip_op_names.split(",") if s.strip()]
+        return split_names(self.ws_skip_op_names)
