@@ -1,4 +1,4 @@
-"""Per-layer kept-channel counts that meet a FLOPs budget, from relative preferences.
+"""Per-layer kept-channel counts that meet a FLOPs (or latency) budget, from relative preferences.
 
 Layer i keeps ``clip(s * a_i, min_ratio, 1)`` of its input channels (rounded to
 ``multiple``), with the common scale ``s`` the largest for which the FLOPs stay within
@@ -12,11 +12,20 @@ fraction of channels kept everywhere). This is how the budget is enforced for a 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Mapping, Protocol, Sequence
 
-from compression.channel_flops import ChannelFlops
 from compression.channel_selection import round_to_multiple
 from compression.graph import PrunableLayer
+
+
+class CostModel(Protocol):
+    """What a budget is counted in: ``compression.channel_flops.ChannelFlops`` (exact FLOPs) or
+    ``compression.channel_latency.ChannelLatency`` (measured latency lookup table)."""
+    unit_name: str
+    total: float
+
+    def cost(self, kept: Mapping[str, int]) -> float: ...
+    def ratio(self, kept: Mapping[str, int]) -> float: ...
 
 
 class BudgetError(ValueError):
@@ -41,15 +50,16 @@ def _step_up(count: int, in_channels: int, multiple: int) -> int:
 
 
 def allocate_channels(prefs: Mapping[str, float], layers: Sequence[PrunableLayer],
-                      flops: ChannelFlops, preserve: float, min_ratio: float = 0.0,
+                      cost: CostModel, preserve: float, min_ratio: float = 0.0,
                       multiple: int = 1) -> dict[str, int]:
-    """``layer name -> kept input channels`` for the ``layers`` to prune, FLOPs <= budget."""
+    """``layer name -> kept input channels`` for the ``layers`` to prune, cost <= budget
+    (``preserve`` times the unpruned model's cost)."""
     if not 0.0 < preserve <= 1.0:
-        raise BudgetError(f"the FLOPs preserve ratio must be in (0, 1], got {preserve}")
+        raise BudgetError(f"the {cost.unit_name} preserve ratio must be in (0, 1], got {preserve}")
     missing = [layer.name for layer in layers if layer.name not in prefs]
     if missing:
         raise ValueError(f"no preference for layers {missing}")
-    budget = preserve * flops.total
+    budget = preserve * cost.total
     widths = {layer.name: layer.in_channels for layer in layers}
     a = {name: min(1.0, max(1e-6, float(prefs[name]))) for name in widths}
 
@@ -58,23 +68,23 @@ def allocate_channels(prefs: Mapping[str, float], layers: Sequence[PrunableLayer
                 for name, c in widths.items()}
 
     floor = counts(0.0)
-    if flops.flops(floor) > budget:
+    if cost.cost(floor) > budget:
         raise BudgetError(
-            f"a FLOPs budget of {preserve:.3f} cannot be met: with every prunable layer at its "
-            f"minimum ({min_ratio:.3f} of its channels) the model keeps "
-            f"{flops.ratio(floor):.3f} of its FLOPs; prune more layers (skip rules), lower the "
+            f"a {cost.unit_name} budget of {preserve:.3f} cannot be met: with every prunable layer "
+            f"at its minimum ({min_ratio:.3f} of its channels) the model keeps "
+            f"{cost.ratio(floor):.3f} of its {cost.unit_name}; prune more layers (skip rules), lower the "
             "minimum ratio or raise the budget")
     high = 1.0 / min(a.values())
-    if flops.flops(counts(high)) <= budget:
+    if cost.cost(counts(high)) <= budget:
         return counts(high)
     low = 0.0
     for _ in range(60):
         mid = 0.5 * (low + high)
-        low, high = (mid, high) if flops.flops(counts(mid)) <= budget else (low, mid)
+        low, high = (mid, high) if cost.cost(counts(mid)) <= budget else (low, mid)
     kept = counts(low)
     wanted = {name: min(1.0, max(min_ratio, high * a[name])) * c for name, c in widths.items()}
     for name in sorted(widths, key=lambda n: kept[n] - wanted[n]):  # most under-served first
         trial = {**kept, name: _step_up(kept[name], widths[name], multiple)}
-        if trial[name] != kept[name] and flops.flops(trial) <= budget:
+        if trial[name] != kept[name] and cost.cost(trial) <= budget:
             kept = trial
     return kept

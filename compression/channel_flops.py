@@ -45,18 +45,31 @@ class ChannelFlops:
                         self.channel_source[follower] = layer.name
         self.total = self.flops({})
 
-    def flops(self, kept: Mapping[str, int]) -> int:
-        """FLOPs when each layer in ``kept`` keeps that many input channels (others: all)."""
-        total = 0
+    def shapes(self, kept: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        """``module -> (input channels, output channels)`` of every conv / linear module when
+        each layer in ``kept`` keeps that many input channels (others: all); a depthwise conv
+        whose channels follow a pruned layer has both equal to that layer's count."""
+        shapes = {}
         for name, cost in self.costs.items():
             if cost.depthwise and name in self.channel_source:
                 channels = kept.get(self.channel_source[name], cost.in_channels)
-                total += 2 * cost.unit * channels
+                shapes[name] = (channels, channels)
                 continue
-            c_in = kept.get(name, cost.in_channels)
-            c_out = kept.get(self.consumer_of.get(name, ""), cost.out_channels)
-            total += 2 * cost.unit * c_in * c_out // cost.groups
+            shapes[name] = (kept.get(name, cost.in_channels),
+                            kept.get(self.consumer_of.get(name, ""), cost.out_channels))
+        return shapes
+
+    def flops(self, kept: Mapping[str, int]) -> int:
+        """FLOPs when each layer in ``kept`` keeps that many input channels (others: all)."""
+        total = 0
+        for name, (c_in, c_out) in self.shapes(kept).items():
+            cost = self.costs[name]
+            groups = c_in if cost.depthwise and name in self.channel_source else cost.groups
+            total += 2 * cost.unit * c_in * c_out // groups
         return total
+
+    cost = flops      # the budget interface of ``compression.channel_allocation``
+    unit_name = "FLOPs"
 
     def ratio(self, kept: Mapping[str, int]) -> float:
         """FLOPs kept, as a fraction of the unpruned model's."""

@@ -167,29 +167,36 @@ class AbstractLearner(ABC):
             return None
         return self.teacher() if self.cfg.dst_model_path else copy.deepcopy(full)
 
+    def on_primary(self, compute):
+        """``compute()`` on the primary process only; every rank returns its result (a
+        measurement or a search whose outcome must be the same on all ranks)."""
+        return self.mgw.broadcast_object(compute() if self.mgw.is_primary() else None)
+
     def search_on_primary(self, make_env, nb_rlouts: int, nb_rlouts_min: int,
-                          report: dict) -> dict:
+                          report: dict, keep_top: int = 1) -> dict:
         """DDPG strategy search (``learners.rl.search``) on the primary process only; every rank
-        receives the best strategy (the ``info`` dict of its roll-out). The search checkpoints
-        to ``search.pt`` beside the training checkpoint and resumes with ``--resume``."""
+        receives the best strategy (the ``info`` dict of its roll-out; with ``keep_top > 1`` its
+        ``"top"`` lists the infos of the best ``keep_top`` roll-outs, best first). The search
+        checkpoints to ``search.pt`` beside the training checkpoint and resumes with
+        ``--resume``."""
         from learners.rl.search import run_search
 
-        start = time.perf_counter()
-        payload = None
-        if self.mgw.is_primary():
+        def search() -> dict:
             result = run_search(make_env(), self.own_cfg, nb_rlouts, nb_rlouts_min,
                                 seed=self.cfg.seed, checkpoint_path=os.path.join(
                                     os.path.dirname(self.checkpoint_path) or ".", "search.pt"),
-                                resume=self.cfg.resume)
-            payload = {"best": result.best, "reward": result.best_reward,
-                       "history": result.history,
-                       "seconds_per_rollout": result.seconds_per_rollout}
-        payload = self.mgw.broadcast_object(payload)
-        best = payload.pop("best")
+                                resume=self.cfg.resume, keep_top=keep_top)
+            return {"best": result.best, "reward": result.best_reward,
+                    "history": result.history, "top": [info for _, info in result.top],
+                    "seconds_per_rollout": result.seconds_per_rollout}
+
+        start = time.perf_counter()
+        payload = self.on_primary(search)
+        best, top = payload.pop("best"), payload.pop("top")
         report["search"] = {**payload, **{k: v for k, v in best.items()
                                           if not isinstance(v, list)}}
         self.wall_s["search"] = time.perf_counter() - start
-        return best
+        return {**best, "top": top} if keep_top > 1 else best
 
     def teacher(self) -> nn.Module:
         """The distillation teacher: ``--dst_model_path`` or the helper's pre-trained model."""

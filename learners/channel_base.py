@@ -15,10 +15,12 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
+from compression.channel_flops import ChannelFlops
 from compression.channel_selection import choose_layers, counts_for_ratios
 from compression.graph import PrunableLayer, analyse
 from compression.thinning import thin
 from learners.abstract_learner import AbstractLearner
+from learners.channel_strategy import plan_counts
 from utils.checkpoint import load_file
 from utils.model_io import build_model, load_model, save_model
 
@@ -38,10 +40,32 @@ class ChannelLearnerBase(AbstractLearner):
                     chosen: list[PrunableLayer], report: dict) -> dict[str, int]:
         """``layer -> kept input channels``; runs on EVERY rank (a search is collective).
         Default: ``<prefix>_prune_ratio`` of every layer's inputs removed (PocketFlow's count),
-        rounded to ``<prefix>_channel_multiple``."""
+        rounded to ``<prefix>_channel_multiple``. A learner whose config has the ratio options
+        of ``learners.strategy_options`` also gets their protocols (``uniform`` under a FLOPs
+        or latency budget, ``list``, ``optimal``: ``learners.channel_strategy``); without a
+        budget (``<prefix>_preserve_ratio=0``) ``uniform`` is the count above and ``optimal``
+        searches at its FLOPs."""
+        multiple = self.channel_multiple
         ratio = self._option("prune_ratio")
-        return counts_for_ratios(chosen, {layer.name: ratio for layer in chosen},
-                                 self._option("channel_multiple"))
+        counts = counts_for_ratios(chosen, {layer.name: ratio for layer in chosen}, multiple)
+        settings = getattr(self.own_cfg, "strategy_settings", None)
+        if settings is None:
+            return counts
+        s = settings(multiple=multiple)
+        if s.preserve_ratio == 0:
+            s.uniform_counts = counts
+            s.preserve_ratio = ChannelFlops(full, layers, self.helper.input_shape).ratio(counts)
+        return plan_counts(self, full, layers, chosen, s, report)
+
+    @property
+    def channel_multiple(self) -> int:
+        """``<prefix>_channel_multiple``; 0 (where allowed): 8 under a latency budget (CPU
+        kernels run fastest on multiples of 8), else 1 (PocketFlow's exact counts)."""
+        multiple = self._option("channel_multiple")
+        if multiple == 0:
+            latency = getattr(self.own_cfg, f"{self.flag_prefix}_budget_type", "") == "latency"
+            return 8 if latency else 1
+        return multiple
 
     @abstractmethod
     def select(self, full: nn.Module, pruned: nn.Module, chosen: list[PrunableLayer],
@@ -53,6 +77,12 @@ class ChannelLearnerBase(AbstractLearner):
                      counts: dict[str, int], batches: list[torch.Tensor]) -> tuple[dict, list]:
         """The selection of the final model (``select`` unless a learner adds steps that a
         search's roll-outs must skip, e.g. fine-tuning between groups of layers)."""
+        return self.select(full, pruned, chosen, counts, batches)
+
+    def select_rollout(self, full: nn.Module, pruned: nn.Module, chosen: list[PrunableLayer],
+                       counts: dict[str, int], batches: list[torch.Tensor]) -> tuple[dict, list]:
+        """The selection a strategy search's roll-outs use to score per-layer counts (``select``
+        unless the learner's own selection is too slow to run hundreds of times)."""
         return self.select(full, pruned, chosen, counts, batches)
 
     @property

@@ -161,6 +161,12 @@ def test_quantization_learners_on_two_processes(tmp_path, learner, extra):
 @pytest.mark.parametrize("learner,extra", [
     ("channel", ["--cp_prune_option=auto", "--cp_nb_rlouts=2", "--cp_nb_rlouts_min=1",
                  "--cp_rl_nb_batches=1", "--cp_nb_iters_feval=1", "--cp_nb_batches=2"]),
+    ("chn-pruned-rmt", ["--cpr_prune_ratio_prtl=optimal", "--cpr_preserve_ratio=0.5",
+                        "--cpr_nb_rlouts=2", "--cpr_nb_rlouts_min=1", "--cpr_rl_nb_batches=1",
+                        "--cpr_nb_iters_feval=1", "--cpr_nb_smpls=64"]),
+    pytest.param("chn-pruned-rmt", ["--cpr_budget_type=latency", "--cpr_preserve_ratio=0.97",
+                                    "--cpr_min_preserve_ratio=0.25", "--cpr_nb_smpls=64"],
+                 marks=pytest.mark.slow),   # rank 0 measures, every rank gets its counts
     # the same primary-only selection + broadcast path as channel's: -m slow
     pytest.param("chn-pruned-gpu", ["--cpg_nb_smpls=64", "--cpg_nb_iters_pgd=20",
                                     "--cpg_nb_iters_layer=20"], marks=pytest.mark.slow),
@@ -188,4 +194,5 @@ def test_channel_learners_on_two_processes(tmp_path, learner, extra):
     assert report["onnx"]["max_abs_diff"] <= 1e-4
 
 
-PREFIXES = {"channel": "cp", "chn-pruned-gpu": "cpg", "dis-chn-pruned": "dcp"}
+PREFIXES = {"channel": "cp", "chn-pruned-gpu": "cpg", "dis-chn-pruned": "dcp",
+            "chn-pruned-rmt": "cpr"}

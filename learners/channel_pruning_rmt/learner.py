@@ -11,13 +11,21 @@ from dataclasses import dataclass
 from compression.channel_selection import (SELECTIONS, SelectionSettings, select_channels)
 from learners.channel_base import ChannelLearnerBase
 from learners.registry import register_learner
+from learners.rl.config import DdpgConfig
+from learners.strategy_options import strategy_options
 from utils.config import check, check_ratio, option, split_names
 
 log = logging.getLogger("pocketflow")
 
 
+CprStrategyOptions = strategy_options(
+    "cpr", "prune_ratio_prtl", "optimal", "uniform", 0.0,
+    unset_preserve="uniform removes cpr_prune_ratio of every layer's inputs and optimal searches "
+    "at that strategy's FLOPs", list_default="./cpr_ratio.list", nb_rlouts=100, nb_rlouts_min=30)
+
+
 @dataclass
-class CprConfig:
+class CprConfig(DdpgConfig, CprStrategyOptions):
     cpr_save_path: str = option("./models_cpr/model.ckpt", "chn-pruned-rmt: training checkpoint")
     cpr_save_path_eval: str = option("./models_cpr_eval/model.ckpt",
                                      "chn-pruned-rmt: final thinned model (report.json beside it)")
@@ -38,13 +46,16 @@ class CprConfig:
     cpr_lstsq_nb_iters: int = option(100, "Adam iterations of the refit (solver adam)")
     cpr_warm_start: bool = option(False, "skip selection: start from cpr_save_path_ws")
     cpr_selection: str = option("ista", "channel selection criterion", choices=list(SELECTIONS))
-    cpr_channel_multiple: int = option(1, "round each kept-channel count to a multiple of this "
-                                          "(1: PocketFlow's exact count; 8 runs faster on CPU)")
+    cpr_channel_multiple: int = option(0, "round each kept-channel count to a multiple of this; "
+                                          "0: 8 under a latency budget (CPU kernels run fastest "
+                                          "on multiples of 8), else 1 (PocketFlow's exact count)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_strategy()
         check_ratio(self.cpr_prune_ratio, "cpr_prune_ratio")
         check(self.cpr_nb_smpls > 0, "cpr_nb_smpls", "must be positive")
-        check(self.cpr_channel_multiple >= 1, "cpr_channel_multiple", "must be >= 1")
+        check(self.cpr_channel_multiple >= 0, "cpr_channel_multiple", "must be >= 0")
         check(self.cpr_nb_crops_per_smpl > 0, "cpr_nb_crops_per_smpl", "must be positive")
         check(self.cpr_ista_nb_iters > 0, "cpr_ista_nb_iters", "must be positive")
         check(0 < self.cpr_ista_lrn_rate < 2, "cpr_ista_lrn_rate",

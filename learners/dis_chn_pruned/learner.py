@@ -16,20 +16,28 @@ from dataclasses import dataclass
 
 import torch
 
-from compression.channel_selection import refit_kept
+from compression.channel_selection import SelectionSettings, refit_kept, select_channels
 from learners.channel_base import ChannelLearnerBase
 from learners.dis_chn_pruned.dcp import (DcpObjective, ZeroPrunedInputs, greedy_channels,
                                          layer_blocks)
 from learners.dis_chn_pruned.heads import build_heads, head_points
 from learners.registry import register_learner
+from learners.rl.config import DdpgConfig
+from learners.strategy_options import strategy_options
 from learners.trainer import Trainer
 from utils.config import check, check_ratio, option, split_names
 
 log = logging.getLogger("pocketflow")
 
 
+DcpStrategyOptions = strategy_options(
+    "dcp", "prune_ratio_prtl", "optimal", "uniform", 0.0,
+    unset_preserve="uniform removes dcp_prune_ratio of every layer's inputs and optimal searches "
+    "at that strategy's FLOPs", list_default="./dcp_ratio.list", nb_rlouts=100, nb_rlouts_min=30)
+
+
 @dataclass
-class DcpConfig:
+class DcpConfig(DdpgConfig, DcpStrategyOptions):
     dcp_save_path: str = option("./models_dcp/model.ckpt", "dis-chn-pruned: training checkpoint")
     dcp_save_path_eval: str = option("./models_dcp_eval/model.ckpt",
                                      "dis-chn-pruned: final thinned model (report.json beside it)")
@@ -53,10 +61,14 @@ class DcpConfig:
     dcp_skip_frst_layer: bool = option(True, "do not prune the layer that reads the input image")
     dcp_skip_last_layer: bool = option(False, "do not prune the last layer (the classifier)")
     dcp_skip_op_names: str = option("", "comma-separated substrings of layer names not to prune")
-    dcp_channel_multiple: int = option(1, "round each kept-channel count to a multiple of this")
+    dcp_channel_multiple: int = option(0, "round each kept-channel count to a multiple of this; "
+                                          "0: 8 under a latency budget (CPU kernels run fastest "
+                                          "on multiples of 8), else 1 (PocketFlow's exact count)")
     dcp_warm_start: bool = option(False, "skip selection: start from dcp_save_path_ws")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_strategy()
         check_ratio(self.dcp_prune_ratio, "dcp_prune_ratio")
         check(self.dcp_nb_stages >= 0, "dcp_nb_stages", "must be >= 0")
         check(self.dcp_lrn_rate_adam > 0, "dcp_lrn_rate_adam", "must be positive")
@@ -64,7 +76,7 @@ class DcpConfig:
         check(self.dcp_nb_iters_layer >= 0, "dcp_nb_iters_layer", "must be >= 0")
         check(self.dcp_nb_batches > 0, "dcp_nb_batches", "must be positive")
         check(self.dcp_nb_crops_per_smpl > 0, "dcp_nb_crops_per_smpl", "must be positive")
-        check(self.dcp_channel_multiple >= 1, "dcp_channel_multiple", "must be >= 1")
+        check(self.dcp_channel_multiple >= 0, "dcp_channel_multiple", "must be >= 0")
 
     @property
     def skip_names(self) -> list[str]:
@@ -120,6 +132,12 @@ class DisChnPrunedLearner(ChannelLearnerBase):
             objective.close()
         pruned.eval()
         return keep, stats
+
+    def select_rollout(self, full, pruned, chosen, counts, batches):
+        """DCP's own selection fine-tunes blocks and layers (minutes); a search's roll-outs rank
+        per-layer counts with LASSO + least squares on the same cached batches instead."""
+        settings = SelectionSettings("ista", self.own_cfg.dcp_nb_crops_per_smpl, seed=self.cfg.seed)
+        return select_channels(full, pruned, chosen, counts, batches, settings)
 
     def _tune(self, objective, params, nb_iters: int, data, zero: ZeroPrunedInputs) -> None:
         if nb_iters <= 0:

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 from torch import nn
 
-from compression.channel_allocation import allocate_channels
+from compression.channel_allocation import CostModel, allocate_channels
 from compression.channel_flops import ChannelFlops
 from compression.graph import PrunableLayer
 from learners.rl.search import accuracy_reward
@@ -51,26 +51,27 @@ def amc_features(model: nn.Module, layers: Sequence[PrunableLayer], flops: Chann
 
 
 class ChannelEnv:
-    """Roll-outs choose kept channels for ``layers``; ``score(counts) -> {"accuracy", "loss"}``."""
+    """Roll-outs choose kept channels for ``layers``; ``score(counts) -> {"accuracy", "loss"}``.
+    The budget is counted by ``cost`` (default: the FLOPs; or a ``ChannelLatency`` table)."""
 
     a_min, a_max = 0.0, 1.0
 
     def __init__(self, model: nn.Module, layers: Sequence[PrunableLayer], flops: ChannelFlops,
                  preserve: float, score: Callable[[dict], dict], min_ratio: float = 0.0,
                  multiple: int = 1, reward_policy: str = "accuracy",
-                 noise_tolerance: float = 0.15) -> None:
+                 noise_tolerance: float = 0.15, cost: CostModel | None = None) -> None:
         if reward_policy not in REWARD_POLICIES:
             raise ValueError(f"unknown reward policy {reward_policy!r}; valid: "
                              f"{', '.join(REWARD_POLICIES)}")
         self.layers, self.flops, self.preserve, self.score = list(layers), flops, preserve, score
+        self.cost = cost if cost is not None else flops
         self.min_ratio, self.multiple = min_ratio, multiple
         self.reward_policy, self.noise_tolerance = reward_policy, noise_tolerance
         self.features = amc_features(model, self.layers, flops, min_ratio)
         self.weights = self.features[:, 7]  # FLOPs shares, for the running mean of the actions
         self.nb_steps = len(self.layers)
         self.state_dim = self.features.shape[1] + 3
-        allocate_channels({layer.name: 1.0 for layer in self.layers}, self.layers, flops,
-                          preserve, min_ratio, multiple)  # an impossible budget fails here
+        self.counts(self.baseline_actions())  # an impossible budget fails here
         self.reset()
 
     def reset(self) -> None:
@@ -95,7 +96,7 @@ class ChannelEnv:
 
     def counts(self, prefs: Sequence[float]) -> dict[str, int]:
         return allocate_channels({layer.name: a for layer, a in zip(self.layers, prefs)},
-                                 self.layers, self.flops, self.preserve, self.min_ratio,
+                                 self.layers, self.cost, self.preserve, self.min_ratio,
                                  self.multiple)
 
     def finish(self) -> tuple[float, dict]:
@@ -107,5 +108,6 @@ class ChannelEnv:
         else:
             reward = -max(self.noise_tolerance, 1.0 - scores["accuracy"]) * math.log(flops)
         return reward, {"counts": [counts[layer.name] for layer in self.layers],
-                        "accuracy": scores["accuracy"], "loss": scores["loss"],
-                        "flops_ratio": flops / self.flops.total}
+                        "prefs": list(self.prefs), "accuracy": scores["accuracy"],
+                        "loss": scores["loss"], "flops_ratio": flops / self.flops.total,
+                        "budget_ratio": self.cost.ratio(counts)}

@@ -56,6 +56,7 @@ class SearchResult:
     best: dict
     history: list = field(default_factory=list)  # [reward per roll-out]
     seconds_per_rollout: float = 0.0
+    top: list = field(default_factory=list)      # [(reward, info)] of the best roll-outs, best first
 
 
 def _rollout(env: SearchEnv, agent: DdpgAgent,
@@ -75,9 +76,11 @@ def _rollout(env: SearchEnv, agent: DdpgAgent,
 
 
 def run_search(env: SearchEnv, cfg: DdpgConfig, nb_rlouts: int, nb_rlouts_min: int, seed: int = 0,
-               checkpoint_path: str | None = None, resume: bool = False) -> SearchResult:
+               checkpoint_path: str | None = None, resume: bool = False,
+               keep_top: int = 1) -> SearchResult:
     """``nb_rlouts`` roll-outs; the replay buffer holds ``nb_rlouts_min`` roll-outs and the agent
-    trains once it is full (the first roll-outs explore at the initial noise)."""
+    trains once it is full (the first roll-outs explore at the initial noise). ``keep_top``:
+    how many of the best roll-outs ``result.top`` keeps (e.g. to re-rank them more carefully)."""
     agent = DdpgAgent(env.state_dim, 1, env.a_min, env.a_max, cfg,
                       buffer_size=env.nb_steps * nb_rlouts_min, nb_rlouts=nb_rlouts, seed=seed)
     result = SearchResult(best_reward=-float("inf"), best={})
@@ -86,7 +89,7 @@ def run_search(env: SearchEnv, cfg: DdpgConfig, nb_rlouts: int, nb_rlouts_min: i
         saved = load_file(checkpoint_path, kind="search")
         agent.load_state_dict(saved["agent"])
         result = SearchResult(saved["best_reward"], saved["best"], list(saved["history"]),
-                              saved["seconds_per_rollout"])
+                              saved["seconds_per_rollout"], [tuple(t) for t in saved.get("top", [])])
         start_rollout = int(saved["rollout"])
         log.info("search resumed at roll-out %d/%d from %s", start_rollout, nb_rlouts,
                  checkpoint_path)
@@ -100,6 +103,7 @@ def run_search(env: SearchEnv, cfg: DdpgConfig, nb_rlouts: int, nb_rlouts_min: i
         losses = agent.train()
         if reward > result.best_reward:
             result.best_reward, result.best = reward, info
+        result.top = sorted(result.top + [(reward, info)], key=lambda t: -t[0])[:keep_top]
         result.history.append(reward)
         spent += time.perf_counter() - began
         result.seconds_per_rollout = spent / (index + 1)
@@ -110,5 +114,6 @@ def run_search(env: SearchEnv, cfg: DdpgConfig, nb_rlouts: int, nb_rlouts_min: i
             save_file(checkpoint_path, "search", {
                 "agent": agent.state_dict(), "rollout": index + 1, "best_reward": result.best_reward,
                 "best": result.best, "history": result.history,
-                "seconds_per_rollout": result.seconds_per_rollout})
+                "seconds_per_rollout": result.seconds_per_rollout,
+                "top": [list(t) for t in result.top]})
     return result

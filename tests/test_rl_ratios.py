@@ -1,0 +1,216 @@
+"""Per-layer ratio protocols of chn-pruned-rmt and dis-chn-pruned (uniform / list / optimal under
+a FLOPs or a latency budget), the latency lookup table and the settling of a latency budget on
+measurements, and the bad inputs of those options."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from absl.flags import IllegalFlagValueError
+
+from compression.channel_allocation import BudgetError, allocate_channels
+from compression.channel_flops import ChannelFlops
+from compression.channel_latency import (ChannelLatency, _grid, settle_budget, thin_to_counts)
+from compression.channel_selection import choose_layers, counts_for_ratios
+from compression.graph import analyse
+from learners.launch import run
+from nets import resnet_at_digits
+from nets.registry import create_net
+from tests.test_learners import flag_values
+from utils.config import ConfigError
+from utils.model_io import load_model
+from utils.model_stats import count_flops
+
+SEARCH = ["--{p}_nb_rlouts=3", "--{p}_nb_rlouts_min=2", "--{p}_rl_nb_batches=1",
+          "--{p}_nb_iters_feval=1", "--ddpg_batch_size=8"]
+OWN = {"cpr": ["--learner=chn-pruned-rmt", "--cpr_nb_smpls=64"],
+       "dcp": ["--learner=dis-chn-pruned", "--dcp_nb_iters_block=2", "--dcp_nb_iters_layer=1",
+               "--dcp_nb_batches=2"]}
+
+
+def values_for(prefix: str, tmp_path, tiny_pretrained, *extra: str) -> dict:
+    tiny_pretrained(tmp_path)
+    return flag_values(tmp_path, *OWN[prefix], "--nb_epochs_rat=0.05", "--image_size=8",
+                       f"--{prefix}_save_path={tmp_path}/c/model.ckpt",
+                       f"--{prefix}_save_path_eval={tmp_path}/c_eval/model.ckpt",
+                       f"--{prefix}_save_path_ws={tmp_path}/c_ws/model.ckpt",
+                       *[flag.format(p=prefix) for flag in extra])
+
+
+def _saved(values: dict, prefix: str) -> tuple[dict, torch.nn.Module]:
+    path = values[f"{prefix}_save_path_eval"]
+    with open(path.replace("model.ckpt", "report.json")) as handle:
+        report = json.load(handle)
+    model, _ = load_model(path)
+    return report, model
+
+
+def _resnet20():
+    model = create_net("resnet20", num_classes=10, in_channels=1).eval()
+    shape = (1, 8, 8)
+    layers = analyse(model, shape)
+    return model, layers, choose_layers(layers, True, False, []), shape
+
+
+# -- the learners end to end -------------------------------------------------------------------
+@pytest.mark.parametrize("prefix", ["cpr", "dcp"])
+def test_optimal_search_meets_the_flops_budget_and_thins(prefix, tmp_path, tiny_pretrained):
+    values = values_for(prefix, tmp_path, tiny_pretrained, "--{p}_prune_ratio_prtl=optimal",
+                        "--{p}_preserve_ratio=0.5", *SEARCH)
+    report = run(resnet_at_digits.ModelHelper, values)
+    saved, model = _saved(values, prefix)
+    assert len(report["search"]["history"]) == 3
+    assert report["search"]["reward"] == max(report["search"]["history"])
+    strategy = saved["strategy"]
+    assert strategy["protocol"] == "auto" and strategy["budget_target"] == 0.5
+    assert 0.49 <= strategy["flops_ratio"] <= 0.5                       # within 2 % of the budget
+    assert count_flops(model, (1, 8, 8)) / report["flops"]["full"] == pytest.approx(
+        strategy["flops_ratio"])
+    for name, (count, _) in strategy["kept"].items():
+        assert model.get_submodule(name).weight.shape[1] == count, name
+    assert saved["onnx"]["max_abs_diff"] <= 1e-4
+
+
+def test_uniform_without_a_budget_keeps_pocketflows_counts(tmp_path, tiny_pretrained):
+    values = values_for("cpr", tmp_path, tiny_pretrained, "--cpr_prune_ratio=0.25")
+    run(resnet_at_digits.ModelHelper, values)
+    saved, _ = _saved(values, "cpr")
+    _, _, chosen, _ = _resnet20()
+    expected = counts_for_ratios(chosen, {layer.name: 0.25 for layer in chosen})
+    assert {name: kept for name, (kept, _) in saved["strategy"]["kept"].items()} == expected
+    assert saved["strategy"]["budget_target"] is None
+
+
+def test_uniform_under_a_flops_budget_and_rerank_keeps_the_best(tmp_path, tiny_pretrained):
+    values = values_for("cpr", tmp_path, tiny_pretrained, "--cpr_prune_ratio_prtl=optimal",
+                        "--cpr_preserve_ratio=0.6", "--cpr_nb_rerank=2",
+                        "--cpr_rerank_ft_steps=2", *SEARCH)
+    run(resnet_at_digits.ModelHelper, values)
+    saved, _ = _saved(values, "cpr")
+    rerank = saved["strategy"]["rerank"]
+    assert 2 <= len(rerank["candidates"]) <= 3                       # uniform + the search's best
+    assert sum(c["uniform"] for c in rerank["candidates"]) == 1
+    best = max(rerank["candidates"], key=lambda c: (c["accuracy"], -c["loss"]))
+    assert rerank["candidates"][rerank["chosen"]] == best
+    assert 0.588 <= saved["strategy"]["flops_ratio"] <= 0.6
+
+
+def test_list_protocol_reads_kept_fractions(tmp_path, tiny_pretrained):
+    _, _, chosen, _ = _resnet20()
+    path = tmp_path / "kept.list"
+    path.write_text("".join(f"{layer.name} 0.5\n" for layer in chosen))
+    values = values_for("cpr", tmp_path, tiny_pretrained, "--cpr_prune_ratio_prtl=list",
+                        f"--cpr_prune_list_file={path}", "--cpr_channel_multiple=4")
+    run(resnet_at_digits.ModelHelper, values)
+    saved, _ = _saved(values, "cpr")
+    for layer in chosen:
+        kept, width = saved["strategy"]["kept"][layer.name]
+        assert kept == max(4, width // 2) and kept % 4 == 0
+
+
+def test_latency_budget_is_settled_on_measurements(tmp_path, tiny_pretrained):
+    """A latency budget the net can reach at batch 1: counts in multiples of 8 (the default
+    under a latency budget), the trials measured and reported (their accuracy against the
+    budget is shown by benchmarks/rl_ratios.py: timing is too noisy for a unit test)."""
+    values = values_for("cpr", tmp_path, tiny_pretrained, "--cpr_budget_type=latency",
+                        "--cpr_preserve_ratio=0.97", "--cpr_min_preserve_ratio=0.25")
+    run(resnet_at_digits.ModelHelper, values)
+    saved, model = _saved(values, "cpr")
+    latency = saved["strategy"]["latency"]
+    assert 1 <= len(latency["trials"]) <= 4 and latency["batch"] == 1
+    assert latency["measured_ratio"] in [t["measured"] for t in latency["trials"]]
+    assert latency["unpruned_ms"] > 0 and 0 < latency["table_ratio"] <= 1.0
+    for name, (count, width) in saved["strategy"]["kept"].items():
+        assert count % 8 == 0 or width < 8, (name, count)
+
+
+# -- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("prefix", ["cpr", "dcp"])
+@pytest.mark.parametrize("flags,match", [
+    (["--{p}_preserve_ratio=1.5"], "must be in \\(0, 1\\] or 0, got 1.5"),
+    (["--{p}_preserve_ratio=-0.2"], "must be in \\(0, 1\\] or 0, got -0.2"),
+    (["--{p}_budget_type=latency"], "a latency budget needs {p}_preserve_ratio in \\(0, 1\\]"),
+    (["--{p}_prune_ratio_prtl=optimal", "--{p}_nb_rlouts=2", "--{p}_nb_rlouts_min=3"],
+     "{p}_nb_rlouts_min"),
+])
+def test_bad_strategy_options_are_refused(prefix, flags, match, tmp_path, tiny_pretrained):
+    with pytest.raises(ConfigError, match=match.format(p=prefix)):
+        run(resnet_at_digits.ModelHelper, values_for(prefix, tmp_path, tiny_pretrained, *flags))
+
+
+@pytest.mark.parametrize("prefix", ["cpr", "dcp"])
+def test_budget_the_skip_rules_make_impossible_is_refused(prefix, tmp_path, tiny_pretrained):
+    """Only the last stage may shrink (skip rules): 20 % of the FLOPs is out of reach."""
+    values = values_for(prefix, tmp_path, tiny_pretrained, "--{p}_prune_ratio_prtl=optimal",
+                        "--{p}_preserve_ratio=0.2", "--{p}_skip_op_names=layer1,layer2", *SEARCH)
+    with pytest.raises(BudgetError, match="a FLOPs budget of 0.200 cannot be met.*skip rules"):
+        run(resnet_at_digits.ModelHelper, values)
+
+
+def test_unknown_protocol_lists_the_valid_ones(tmp_path, tiny_pretrained):
+    with pytest.raises(IllegalFlagValueError, match="one of <optimal|uniform|list>"):
+        values_for("cpr", tmp_path, tiny_pretrained, "--cpr_prune_ratio_prtl=auto")
+
+
+# -- the latency lookup table and the settling ---------------------------------------------------
+def test_grid_steps_by_the_channel_multiple():
+    assert _grid(16, True, 8) == [1, 8, 16]
+    assert _grid(64, True, 8) == [1, 8, 16, 24, 32, 40, 48, 56, 64]
+    assert _grid(64, True, 1) == [1, 8, 16, 24, 32, 40, 48, 56, 64]   # at most 9 points
+    assert _grid(30, True, 1) == [1, 4, 8, 12, 16, 20, 24, 28, 30]
+    assert _grid(64, False, 8) == [64]
+
+
+def test_latency_table_is_exact_at_the_unpruned_model_and_allocation_meets_it():
+    model, layers, chosen, shape = _resnet20()
+    flops = ChannelFlops(model, layers, shape)
+    table = ChannelLatency(model, flops, chosen, shape, batch=4, multiple=8, repeats=3)
+    assert table.ratio({}) == pytest.approx(1.0)
+    # every module whose channels a pruned layer changes has a table; the stem conv's output
+    # is the residual stream (gathered, never shrunk): no table
+    assert set(table.tables) == {layer.name for layer in chosen}
+    counts = allocate_channels({layer.name: 1.0 for layer in chosen}, chosen, table, 0.97,
+                               multiple=8)
+    assert table.ratio(counts) <= 0.97
+    assert all(c % 8 == 0 for c in counts.values())
+
+
+def test_settle_rescales_the_table_target_until_measurements_agree():
+    """A table that is 30 % optimistic: the target is lowered until the 'measured' ratio is
+    within 5 % of the budget."""
+    model, layers, chosen, shape = _resnet20()
+    flops = ChannelFlops(model, layers, shape)
+
+    def allocate(target: float) -> dict:
+        return allocate_channels({layer.name: 1.0 for layer in chosen}, chosen, flops, target)
+
+    def measure(counts: dict) -> float:
+        return min(1.0, 1.3 * flops.ratio(counts))
+
+    counts, trials = settle_budget(allocate, measure, 0.5)
+    assert abs(measure(counts) - 0.5) <= 0.025
+    assert trials[0]["target"] == 0.5 and trials[0]["measured"] == pytest.approx(0.65, abs=0.02)
+    assert len(trials) >= 2 and trials[-1]["target"] < 0.4
+
+
+def test_settle_refuses_a_budget_the_measurements_cannot_reach():
+    model, layers, chosen, shape = _resnet20()
+    flops = ChannelFlops(model, layers, shape)
+
+    def allocate(target: float) -> dict:
+        return allocate_channels({layer.name: 1.0 for layer in chosen}, chosen, flops, target,
+                                 min_ratio=0.3)
+
+    with pytest.raises(BudgetError, match=r"a latency budget of 0.300 cannot be met: the "
+                       r"strategies measured so far run at \[0.72"):
+        settle_budget(allocate, lambda counts: 0.6 + 0.4 * flops.ratio(counts), 0.3)
+
+
+def test_thin_to_counts_has_the_strategy_architecture():
+    model, layers, chosen, shape = _resnet20()
+    counts = {layer.name: max(1, layer.in_channels // 2) for layer in chosen}
+    thinned = thin_to_counts(model, layers, counts)
+    for name, count in counts.items():
+        assert thinned.get_submodule(name).weight.shape[1] == count
+    assert thinned(torch.zeros(2, *shape)).shape == (2, 10)
