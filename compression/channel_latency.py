@@ -7,8 +7,10 @@ alone, at the batch size and thread count of the budget, on a grid of (input, ou
 counts (steps of ``multiple``, at most 9 per axis) and interpolated bilinearly in between;
 everything the table does not cover (BN, activations, adds, gathers, framework overhead) is
 one constant, the measured latency of the whole unpruned model minus the table's sum for it.
-It has the cost interface of ``compression.channel_allocation`` (``cost``, ``ratio``,
-``total``), so the same allocation and DDPG environment work under a latency budget.
+The table's savings are then rescaled once so that the smallest strategy allowed is predicted
+at its measured ratio (``calibrate``). It has the cost interface of
+``compression.channel_allocation`` (``cost``, ``ratio``, ``total``), so the same allocation and
+DDPG environment work under a latency budget.
 
 A table is a model, so the final strategy is settled on real measurements
 (``settle_budget``): the thinned candidate and the unpruned model are timed in alternating
@@ -135,6 +137,7 @@ class ChannelLatency:
                 self.tables[name] = (np.asarray(ins, float), np.asarray(outs, float), table)
         self.total = measure_latency(model, input_shape, **timing)[f"bs{batch}"]
         self.rest = self.total - self._table_sum(full_shapes)
+        self.savings_scale = 1.0
         log.info("latency table: %d modules, %d timings, batch %d | unpruned %.3f ms, "
                  "%.3f ms outside the table", len(variable), len(measured), batch, self.total,
                  self.rest)
@@ -148,8 +151,21 @@ class ChannelLatency:
         return total
 
     def cost(self, kept: Mapping[str, int]) -> float:
-        """Predicted ms of one forward pass when the layers in ``kept`` keep those counts."""
-        return self.rest + self._table_sum(self.flops.shapes(kept))
+        """Predicted ms of one forward pass when the layers in ``kept`` keep those counts: the
+        table's saving against the unpruned model, times ``savings_scale``."""
+        raw = self.rest + self._table_sum(self.flops.shapes(kept))
+        return self.total - self.savings_scale * (self.total - raw)
+
+    def calibrate(self, kept: Mapping[str, int], measured: float) -> None:
+        """Rescale the savings so that the strategy ``kept`` is predicted at its ``measured``
+        ratio (isolated layer timings miss what surrounds them: caches, memory traffic,
+        framework overhead). A strategy measured no faster than the unpruned model leaves
+        nothing to save (scale 0: every budget below 1 is then refused)."""
+        predicted = self.ratio(kept)
+        if predicted < 1.0:
+            self.savings_scale *= max(0.0, (1.0 - measured) / (1.0 - predicted))
+        log.info("latency table calibrated on a strategy measured at %.3f (table %.3f): "
+                 "savings x%.2f", measured, predicted, self.savings_scale)
 
     def ratio(self, kept: Mapping[str, int]) -> float:
         return self.cost(kept) / self.total

@@ -111,9 +111,17 @@ def _budgeted(learner, full: nn.Module, layers: list[PrunableLayer], chosen: lis
         if s.budget == "flops":
             return flops
         if "latency" not in cache:
-            cache["latency"] = ChannelLatency(full, flops, chosen, shape, s.latency_batch,
-                                              s.latency_threads or None, s.multiple)
+            table = ChannelLatency(full, flops, chosen, shape, s.latency_batch,
+                                   s.latency_threads or None, s.multiple)
+            smallest = {layer.name: count_at(min_ratio, layer.in_channels, s.multiple)
+                        for layer in chosen}
+            table.calibrate(smallest, measure(smallest))
+            cache["latency"] = table
         return cache["latency"]
+
+    def measure(counts: dict) -> float:
+        return measured_ratio(full, thin_to_counts(full, layers, counts), shape,
+                              s.latency_batch, s.latency_threads or None)
 
     def allocate(prefs, target: float) -> dict[str, int]:
         return allocate_channels(dict(zip(names, prefs)), chosen, cost_model(), target,
@@ -138,10 +146,6 @@ def _budgeted(learner, full: nn.Module, layers: list[PrunableLayer], chosen: lis
         return allocate(prefs, s.preserve_ratio)
 
     def settle() -> dict:
-        def measure(counts: dict) -> float:
-            return measured_ratio(full, thin_to_counts(full, layers, counts), shape,
-                                  s.latency_batch, s.latency_threads or None)
-
         counts, trials = settle_budget(lambda target: allocate(prefs, target), measure,
                                        s.preserve_ratio, s.latency_tolerance)
         return {"counts": counts, "trials": trials,
