@@ -13,7 +13,8 @@ Prints a table, then, as the LAST line, one JSON object:
  "auto_ge_uniform_after_ft", "channel_flops_within_2pct"}} (chn-pruned-gpu has one ratio for
 every layer: its FLOPs are the nearest below the budget, printed in the table).
 
-    python benchmarks/channel_search.py [--preserve=0.5] [--nb_rlouts=60] [--seeds=0,1,2]
+    python benchmarks/channel_search.py [--preserve=0.5] [--nb_rlouts=60] [--nb_rerank=4]
+        [--seeds=0,1,2]
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ flags.DEFINE_float("ft_epochs_rat", 0.5, "--nb_epochs_rat of the fine-tuning")
 flags.DEFINE_integer("nb_rlouts", 60, "--cp_nb_rlouts of the search")
 flags.DEFINE_integer("nb_rlouts_min", 20, "--cp_nb_rlouts_min of the search")
 flags.DEFINE_integer("rl_ft_steps", 0, "--cp_rl_ft_steps of a roll-out")
+flags.DEFINE_integer("nb_rerank", 4, "--cp_nb_rerank: best roll-outs re-scored against uniform")
 flags.DEFINE_list("runs", ["uniform", "auto", "cpg"], "configurations to run")
 flags.DEFINE_list("seeds", ["0"], "--seed values; the table gives the mean over them")
 flags.DEFINE_integer("threads", 2, "torch intra-op threads")
@@ -64,7 +66,8 @@ def configs() -> dict:
         "uniform": common + ["--cp_prune_option=uniform"],
         "auto": common + ["--cp_prune_option=auto", f"--cp_nb_rlouts={FLAGS.nb_rlouts}",
                           f"--cp_nb_rlouts_min={FLAGS.nb_rlouts_min}",
-                          f"--cp_rl_ft_steps={FLAGS.rl_ft_steps}"],
+                          f"--cp_rl_ft_steps={FLAGS.rl_ft_steps}",
+                          f"--cp_nb_rerank={FLAGS.nb_rerank}"],
         "cpg": ["--learner=chn-pruned-gpu", f"--cpg_prune_ratio={cpg_ratio(FLAGS.preserve)}"],
     }
 

@@ -58,7 +58,7 @@ class StrategySettings:
     rl_ft_steps: int = 0              # Adam steps on the thinned candidate before evaluation
     rl_lrn_rate: float = 1e-3
     nb_iters_feval: int = 10          # held-out batches of a roll-out's evaluation
-    nb_rerank: int = 0                # best roll-outs re-scored (with uniform) after the search
+    nb_rerank: int = 3                # best roll-outs re-scored (with uniform) after the search
     rerank_ft_steps: int = 50         # Adam steps of a re-scored candidate
     latency_batch: int = 1
     latency_threads: int = 0          # 0: torch's current setting

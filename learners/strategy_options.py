@@ -64,7 +64,7 @@ def strategy_options(prefix: str, protocol_flag: str, search_name: str, default_
         (f"{p}_nb_iters_feval", int, option(
             10, f"{search_name}: held-out batches of a roll-out's evaluation")),
         (f"{p}_nb_rerank", int, option(
-            0, f"{search_name}: best roll-outs re-scored, with the uniform strategy, on twice the "
+            3, f"{search_name}: best roll-outs re-scored, with the uniform strategy, on twice the "
             f"calibration batches after {p}_rerank_ft_steps of fine-tuning; the best is kept "
             "(0: the search's best as is)")),
         (f"{p}_rerank_ft_steps", int, option(50, "Adam steps of a re-scored strategy")),

@@ -112,8 +112,9 @@ def test_eval_reproduces_reported_accuracy(tiny_digits_values, tmp_path):
     assert on_disk["accuracy"]["full"] == report["accuracy"]["full"]
     accuracy = on_disk["accuracy"]["full"]
     assert 0.0 <= accuracy <= 1.0
-    # the accuracy is a fraction of the 359 test images
-    assert abs(accuracy * 359 - round(accuracy * 359)) < 1e-6
+    # the accuracy is a fraction of the 359 test images (per-batch accuracies are float32:
+    # ~1e-7 relative error each)
+    assert abs(accuracy * 359 - round(accuracy * 359)) < 1e-4
     # in-process eval of the artifact gives exactly the reported number
     metrics = run(ModelHelper, {**tiny_digits_values, "exec_mode": "eval"})
     assert metrics["accuracy"] == accuracy

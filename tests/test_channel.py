@@ -214,7 +214,7 @@ def test_list_protocol_keeps_the_listed_fractions_with_quadruple(tmp_path, tiny_
 def test_auto_searches_under_the_budget(tmp_path, tiny_pretrained):
     values = channel_values(tmp_path, tiny_pretrained, "--cp_prune_option=auto",
                             "--cp_preserve_ratio=0.6", "--cp_nb_rlouts=3",
-                            "--cp_nb_rlouts_min=2", "--cp_rl_nb_batches=1",
+                            "--cp_nb_rlouts_min=2", "--cp_rl_nb_batches=1", "--cp_rerank_ft_steps=2",
                             "--cp_nb_iters_feval=1", "--cp_rl_ft_steps=1",
                             "--ddpg_batch_size=8")
     report = run(resnet_at_digits.ModelHelper, values)

@@ -160,9 +160,11 @@ def test_quantization_learners_on_two_processes(tmp_path, learner, extra):
 
 @pytest.mark.parametrize("learner,extra", [
     ("channel", ["--cp_prune_option=auto", "--cp_nb_rlouts=2", "--cp_nb_rlouts_min=1",
+                 "--cp_rerank_ft_steps=2",
                  "--cp_rl_nb_batches=1", "--cp_nb_iters_feval=1", "--cp_nb_batches=2"]),
     ("chn-pruned-rmt", ["--cpr_prune_ratio_prtl=optimal", "--cpr_preserve_ratio=0.5",
                         "--cpr_nb_rlouts=2", "--cpr_nb_rlouts_min=1", "--cpr_rl_nb_batches=1",
+                        "--cpr_rerank_ft_steps=2",
                         "--cpr_nb_iters_feval=1", "--cpr_nb_smpls=64"]),
     pytest.param("chn-pruned-rmt", ["--cpr_budget_type=latency", "--cpr_preserve_ratio=0.97",
                                     "--cpr_min_preserve_ratio=0.25", "--cpr_nb_smpls=64"],

@@ -22,7 +22,7 @@ from utils.config import ConfigError
 from utils.model_io import load_model
 from utils.model_stats import count_flops
 
-SEARCH = ["--{p}_nb_rlouts=3", "--{p}_nb_rlouts_min=2", "--{p}_rl_nb_batches=1",
+SEARCH = ["--{p}_nb_rlouts=3", "--{p}_nb_rlouts_min=2", "--{p}_rl_nb_batches=1", "--{p}_rerank_ft_steps=2",
           "--{p}_nb_iters_feval=1", "--ddpg_batch_size=8"]
 OWN = {"cpr": ["--learner=chn-pruned-rmt", "--cpr_nb_smpls=64"],
        "dcp": ["--learner=dis-chn-pruned", "--dcp_nb_iters_block=2", "--dcp_nb_iters_layer=1",
