@@ -192,7 +192,11 @@ def test_channel_learners_on_two_processes(tmp_path, learner, extra):
     assert len(re.findall(r"roll-out 2/2", proc.stdout)) <= 1          # searched once at most
     with open(tmp_path / "c_eval" / "report.json") as handle:
         report = json.load(handle)
-    assert report["flops"]["compressed"] < 0.6 * report["flops"]["full"]
+    if "--cpr_budget_type=latency" in extra:      # measured on rank 0 only, counts broadcast
+        assert len(report["strategy"]["latency"]["trials"]) >= 1
+        assert report["flops"]["compressed"] < report["flops"]["full"]
+    else:
+        assert report["flops"]["compressed"] < 0.6 * report["flops"]["full"]
     assert report["onnx"]["max_abs_diff"] <= 1e-4
 
 
