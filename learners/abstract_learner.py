@@ -175,8 +175,8 @@ class AbstractLearner(ABC):
     def search_on_primary(self, make_env, nb_rlouts: int, nb_rlouts_min: int,
                           report: dict, keep_top: int = 1) -> dict:
         """DDPG strategy search (``learners.rl.search``) on the primary process only; every rank
-        receives the best strategy (the ``info`` dict of its roll-out; with ``keep_top > 1`` its
-        ``"top"`` lists the infos of the best ``keep_top`` roll-outs, best first). The search
+        receives the best strategy (the ``info`` dict of its roll-out, whose ``"top"`` lists the
+        infos of the best ``keep_top`` roll-outs, best first). The search
         checkpoints to ``search.pt`` beside the training checkpoint and resumes with
         ``--resume``."""
         from learners.rl.search import run_search
@@ -196,7 +196,7 @@ class AbstractLearner(ABC):
         report["search"] = {**payload, **{k: v for k, v in best.items()
                                           if not isinstance(v, list)}}
         self.wall_s["search"] = time.perf_counter() - start
-        return {**best, "top": top} if keep_top > 1 else best
+        return {**best, "top": top}
 
     def teacher(self) -> nn.Module:
         """The distillation teacher: ``--dst_model_path`` or the helper's pre-trained model."""

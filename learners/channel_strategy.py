@@ -139,9 +139,8 @@ def _budgeted(learner, full: nn.Module, layers: list[PrunableLayer], chosen: lis
         prefs = best["prefs"]
         if s.nb_rerank > 0:
             prefs = learner.on_primary(lambda: _rerank(
-                learner, full, layers, chosen, s, [prefs] + [info["prefs"] for info in
-                                                             best.get("top", [])], allocate,
-                strategy))
+                learner, full, layers, chosen, s, [info["prefs"] for info in best["top"]],
+                allocate, strategy))
     if s.budget == "flops":
         return allocate(prefs, s.preserve_ratio)
 

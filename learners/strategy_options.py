@@ -114,3 +114,14 @@ def strategy_options(prefix: str, protocol_flag: str, search_name: str, default_
     return dataclasses.make_dataclass(
         f"{prefix.capitalize()}StrategyOptions", fields,
         namespace={"check_strategy": check_strategy, "strategy_settings": strategy_settings})
+
+
+def prune_ratio_options(prefix: str) -> type:
+    """The options of a learner whose PocketFlow flag is ``<prefix>_prune_ratio`` (a fraction
+    of every layer's inputs removed): ``<prefix>_prune_ratio_prtl uniform|list|optimal``, no
+    budget by default (PocketFlow's counts)."""
+    return strategy_options(
+        prefix, "prune_ratio_prtl", "optimal", "uniform", 0.0,
+        unset_preserve=f"uniform removes {prefix}_prune_ratio of every layer's inputs and "
+        "optimal searches at that strategy's FLOPs", list_default=f"./{prefix}_ratio.list",
+        nb_rlouts=100, nb_rlouts_min=30)

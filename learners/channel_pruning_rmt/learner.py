@@ -12,16 +12,13 @@ from compression.channel_selection import (SELECTIONS, SelectionSettings, select
 from learners.channel_base import ChannelLearnerBase
 from learners.registry import register_learner
 from learners.rl.config import DdpgConfig
-from learners.strategy_options import strategy_options
+from learners.strategy_options import prune_ratio_options
 from utils.config import check, check_ratio, option, split_names
 
 log = logging.getLogger("pocketflow")
 
 
-CprStrategyOptions = strategy_options(
-    "cpr", "prune_ratio_prtl", "optimal", "uniform", 0.0,
-    unset_preserve="uniform removes cpr_prune_ratio of every layer's inputs and optimal searches "
-    "at that strategy's FLOPs", list_default="./cpr_ratio.list", nb_rlouts=100, nb_rlouts_min=30)
+CprStrategyOptions = prune_ratio_options("cpr")
 
 
 @dataclass

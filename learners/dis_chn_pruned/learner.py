@@ -23,17 +23,14 @@ from learners.dis_chn_pruned.dcp import (DcpObjective, ZeroPrunedInputs, greedy_
 from learners.dis_chn_pruned.heads import build_heads, head_points
 from learners.registry import register_learner
 from learners.rl.config import DdpgConfig
-from learners.strategy_options import strategy_options
+from learners.strategy_options import prune_ratio_options
 from learners.trainer import Trainer
 from utils.config import check, check_ratio, option, split_names
 
 log = logging.getLogger("pocketflow")
 
 
-DcpStrategyOptions = strategy_options(
-    "dcp", "prune_ratio_prtl", "optimal", "uniform", 0.0,
-    unset_preserve="uniform removes dcp_prune_ratio of every layer's inputs and optimal searches "
-    "at that strategy's FLOPs", list_default="./dcp_ratio.list", nb_rlouts=100, nb_rlouts_min=30)
+DcpStrategyOptions = prune_ratio_options("dcp")
 
 
 @dataclass
