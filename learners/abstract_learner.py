@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from learners.callbacks import LoggingCallback, LrScheduleCallback, PeriodicCallback
+from learners import composition
 from learners.config import LearnerConfig
 from learners.distillation import DistillationCallback
 from learners.registry import learner_class
@@ -34,6 +35,10 @@ log = logging.getLogger("pocketflow")
 
 class AbstractLearner(ABC):
     learner_name = "abstract"
+    # Chains (``learners.composition``): properties this learner's result has, and the
+    # properties of a warm-start model it refuses (property -> why).
+    produces: frozenset = frozenset()
+    refuses: dict = {}
 
     def __init__(self, helper: AbstractModelHelper, cfg: LearnerConfig, own_cfg=None,
                  mgw: MultiGpuWrapper | None = None, run_meta: dict | None = None) -> None:
@@ -46,6 +51,8 @@ class AbstractLearner(ABC):
         self._writer = None
         self._eval_loader = None
         self.wall_s: dict[str, float] = {}
+        self._original: nn.Module | None = None
+        self.chain: list[dict] = []  # stages before this learner's (set by load_start)
 
     # -- what a learner must provide -------------------------------------------------------
     @abstractmethod
@@ -160,12 +167,13 @@ class AbstractLearner(ABC):
                 break
         return train, val
 
-    def distillation_teacher(self, full: nn.Module) -> nn.Module | None:
+    def distillation_teacher(self) -> nn.Module | None:
         """The teacher of a compression learner's fine-tuning: None without ``--enbl_dst``,
-        ``--dst_model_path`` when given, else (a copy of) the full model it started from."""
+        ``--dst_model_path`` when given, else (a copy of) the original full model (also when
+        the learner warm-started from another learner's result)."""
         if not self.cfg.enbl_dst:
             return None
-        return self.teacher() if self.cfg.dst_model_path else copy.deepcopy(full)
+        return self.teacher() if self.cfg.dst_model_path else copy.deepcopy(self.original())
 
     def on_primary(self, compute):
         """``compute()`` on the primary process only; every rank returns its result (a
@@ -219,6 +227,38 @@ class AbstractLearner(ABC):
             self.wall_s["pretrain"] = time.perf_counter() - start
         model, saved = load_model(path)
         return model.to(self.device), saved
+
+    @property
+    def warm_started(self) -> bool:
+        """``--enbl_warm_start`` from an artifact other than the full model's."""
+        path = self.cfg.warm_start_path
+        if not (self.cfg.enbl_warm_start and path):
+            return False
+        return os.path.abspath(path) != os.path.abspath(self.cfg.save_path_eval)
+
+    def load_start(self) -> tuple[nn.Module, dict]:
+        """The model this learner compresses: the full model (``load_pretrained``), or with
+        ``--enbl_warm_start --warm_start_path=<artifact>`` another learner's result, checked
+        to fit this learner (``learners.composition``). The full model stays the report's
+        reference (``original``) and the distillation teacher."""
+        full, saved = self.load_pretrained()
+        self._original = full
+        full_stage = composition.recorded_chain(self.cfg.save_path_eval, saved, full,
+                                                self.helper.input_shape)
+        if not self.warm_started:
+            self.chain = full_stage[-1:]
+            return full, saved
+        model, obj, chain = composition.load_start(self.cfg.warm_start_path, type(self), self.helper)
+        self.chain = chain if chain[0]["learner"] == "full-prec" else [*full_stage[-1:], *chain]
+        log.info("warm start from %s (chain %s)", self.cfg.warm_start_path,
+                 " -> ".join(e["learner"] for e in self.chain))
+        return model.to(self.device), obj
+
+    def original(self) -> nn.Module:
+        """The full-precision model of ``--save_path_eval`` (the reference of every report)."""
+        if self._original is None:
+            self._original, _ = self.load_pretrained()
+        return self._original
 
     def fit(self, model: nn.Module, schedule, tag: str = "train", spec: dict | None = None,
             callbacks: Sequence[Callback] = (), teacher: nn.Module | None = None,
@@ -318,7 +358,8 @@ class AbstractLearner(ABC):
         size = None
         if self.mgw.is_primary():
             size = save_model(self.artifact_path, model, spec,
-                              {"learner": self.learner_name, **self.helper.describe(), **(meta or {})})
+                              {"learner": self.learner_name, **self.helper.describe(),
+                               "chain": self.chain, **(meta or {})})
         self.mgw.barrier()
         return size
 
@@ -335,6 +376,12 @@ class AbstractLearner(ABC):
         return empty_report(self.learner_name, self.helper.model_name, self.helper.dataset_name)
 
     def finish_report(self, report: dict) -> dict:
+        if self.chain:
+            report["chain"] = [*self.chain, {
+                "learner": self.learner_name, "artifact": self.artifact_path,
+                "accuracy": report["accuracy"]["compressed"],
+                **{key: report[k]["compressed"] for key, k in
+                   (("flops", "flops"), ("params", "params"), ("bytes", "bytes_on_disk"))}}]
         report["wall_s"] = {k: round(v, 2) for k, v in self.wall_s.items()}
         if self.mgw.is_primary():
             write_report(os.path.join(os.path.dirname(self.artifact_path) or ".", "report.json"),

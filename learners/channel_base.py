@@ -19,6 +19,7 @@ from compression.channel_flops import ChannelFlops
 from compression.channel_selection import choose_layers, counts_for_ratios
 from compression.graph import PrunableLayer, analyse
 from compression.thinning import thin
+from learners import composition
 from learners.abstract_learner import AbstractLearner
 from learners.channel_strategy import plan_counts
 from utils.checkpoint import load_file
@@ -28,6 +29,8 @@ log = logging.getLogger("pocketflow")
 
 
 class ChannelLearnerBase(AbstractLearner):
+    produces = frozenset({"thinned"})
+    refuses = {"quantized": composition.PRUNE_QUANTIZED}
     """Subclasses set ``paths`` (checkpoint, artifact, selection result) and the three steps."""
 
     def choose(self, layers: list[PrunableLayer]) -> list[PrunableLayer]:
@@ -161,9 +164,9 @@ class ChannelLearnerBase(AbstractLearner):
     # -- the flow ----------------------------------------------------------------------------
     def train(self) -> dict:
         report = self.new_report()
-        full, saved = self.load_pretrained()
+        full, saved = self.load_start()
         full_spec = saved.get("spec") or saved.get("meta", {}).get("spec")
-        report["accuracy"]["full"] = self.run_evaluation(full)["accuracy"]
+        report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
         resumed = self._resumed_finetune()
         if resumed is not None:
             model, spec = resumed
@@ -178,7 +181,7 @@ class ChannelLearnerBase(AbstractLearner):
             report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
             log.info("accuracy: full %.4f | thinned before fine-tune %.4f",
                      report["accuracy"]["full"], report["accuracy"]["compressed_before_finetune"])
-        teacher = self.distillation_teacher(full)
+        teacher = self.distillation_teacher()
         self.fit(model, self.helper.lr_schedule(self.mgw.size()), tag="finetune", spec=spec,
                  teacher=teacher)
         report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
@@ -188,7 +191,7 @@ class ChannelLearnerBase(AbstractLearner):
         return self.finish_report(report)
 
     def _fill_report(self, report: dict, full: nn.Module, model: nn.Module, size: int) -> None:
-        self.model_report(full, "full", report, os.path.getsize(self.cfg.save_path_eval))
+        self.model_report(self.original(), "full", report, os.path.getsize(self.cfg.save_path_eval))
         self.model_report(model, "compressed", report, size)
         report["kept_channels"] = _kept_channels(full, model)
         report["onnx"] = self.export_onnx(model)

@@ -57,6 +57,21 @@ def format_report(report: dict) -> str:
         ratio = comp / full if isinstance(full, (int, float)) and isinstance(comp, (int, float)) \
             and full else None
         lines.append(f"{name:<28}{_fmt(full):>16}{_fmt(comp):>16}{_fmt(ratio):>10}")
+    if len(report.get("chain") or []) > 1:
+        lines.extend(format_chain(report["chain"]))
     for phase, seconds in report["wall_s"].items():
         lines.append(f"{'wall_s ' + phase:<28}{_fmt(seconds):>16}")
     return "\n".join(lines)
+
+
+def format_chain(chain: list[dict]) -> list[str]:
+    """Printed rows of a chain (for the report table)."""
+    lines = [f"{'chain stage':<28}{'accuracy':>10}{'flops':>14}{'params':>12}{'bytes':>12}"]
+    for i, entry in enumerate(chain):
+        acc = entry.get("accuracy")
+        cells = [f"{acc:.4f}" if isinstance(acc, float) else "-"]
+        cells += [f"{entry[k]:,}" if isinstance(entry.get(k), int) else "-"
+                  for k in ("flops", "params", "bytes")]
+        lines.append(f"{f'{i}. ' + entry['learner']:<28}{cells[0]:>10}{cells[1]:>14}"
+                     f"{cells[2]:>12}{cells[3]:>12}")
+    return lines

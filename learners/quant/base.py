@@ -24,6 +24,7 @@ from compression.quant_format import (load_quantized_model, quantized_size_repor
 from compression.quant_spec import act_quant_entry
 from compression.quantizers import (attach_activation_quantizers, attach_weight_quantizers,
                                     detach_weight_quantizers, quantizers_of)
+from learners import composition
 from learners.abstract_learner import AbstractLearner
 from learners.quant.bits_env import BitsEnv
 from learners.quant.config import QuantSettings
@@ -34,6 +35,8 @@ log = logging.getLogger("pocketflow")
 
 
 class QuantLearnerBase(AbstractLearner):
+    produces = frozenset({"quantized"})
+    refuses = {"quantized": composition.REQUANTIZE}
 
     @abstractmethod
     def make_quantizer(self, name: str, bits: int) -> nn.Module:
@@ -99,9 +102,9 @@ class QuantLearnerBase(AbstractLearner):
     # -- the flow ----------------------------------------------------------------------------
     def train(self) -> dict:
         report = self.new_report()
-        full, saved = self.load_pretrained()
+        full, saved = self.load_start()
         full_spec = saved.get("spec")
-        report["accuracy"]["full"] = self.run_evaluation(full)["accuracy"]
+        report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
         layers = self.layers(full)
         bits = self.bit_widths(full, layers, report)
         model = self.quantize(copy.deepcopy(full), bits)
@@ -112,7 +115,7 @@ class QuantLearnerBase(AbstractLearner):
                                   act_quant_entry(list(bits), self.settings.activation_bits)]
         schedule = CosineLr(self.settings.lrn_rate, self.helper.nb_iters_train(self.mgw.size()))
         optimizer = torch.optim.Adam(model.parameters(), lr=self.settings.lrn_rate)
-        teacher = self.distillation_teacher(full)
+        teacher = self.distillation_teacher()
         self.fit(model, schedule, tag="finetune", spec=spec, teacher=teacher, optimizer=optimizer)
         report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
         if self.mgw.is_primary():
@@ -121,7 +124,8 @@ class QuantLearnerBase(AbstractLearner):
         plain = detach_weight_quantizers(model)
         size = self.save_artifact(plain, spec, {"accuracy": report["accuracy"]["compressed"]})
         if self.mgw.is_primary():
-            self.model_report(full, "full", report, os.path.getsize(self.cfg.save_path_eval))
+            self.model_report(self.original(), "full", report,
+                              os.path.getsize(self.cfg.save_path_eval))
             self.model_report(plain, "compressed", report, size)
             report["bytes_on_disk"]["compressed"] = report["quantization"]["file"]["bytes"]
             report["onnx"] = (self.export_onnx(plain) if self.settings.activation_bits >= 32 else

@@ -22,12 +22,13 @@ import torch
 from torch import nn
 
 from compression.int8_qat import PteModel, convert_int8, export_pte, output_scale, prepare_qat
+from learners import composition
 from learners.abstract_learner import AbstractLearner
 from learners.registry import register_learner
 from utils.checkpoint import CheckpointError
 from utils.config import check, option
 from utils.lrn_rate import ScaledLr
-from utils.model_stats import time_forward
+from utils.model_stats import count_flops, count_params, time_forward
 
 log = logging.getLogger("pocketflow")
 
@@ -64,6 +65,8 @@ class _Program(nn.Module):
 
 @register_learner("uniform-tf", config=UqtfConfig)
 class UniformQuantTFLearner(AbstractLearner):
+    produces = frozenset({"quantized"})
+    refuses = {"quantized": composition.REQUANTIZE}
 
     @property
     def checkpoint_path(self) -> str:
@@ -88,25 +91,26 @@ class UniformQuantTFLearner(AbstractLearner):
     def train(self) -> dict:
         cfg = self.own_cfg
         report = self.new_report()
-        full, _ = self.load_pretrained()
+        full, _ = self.load_start()
         full.eval()
-        report["accuracy"]["full"] = self.run_evaluation(full)["accuracy"]
+        report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
         example = torch.zeros(2, *self.helper.input_shape, device=self.device)
         qat = prepare_qat(full, example)
         calib = self.cached_batches(self.helper.build_dataset_train(), cfg.uqtf_nb_calib_batches)
         qat.calibrate(x for x, _ in calib)
         report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(qat)["accuracy"]
         schedule = ScaledLr(self.helper.lr_schedule(self.mgw.size()), cfg.uqtf_lrn_rate_dcy)
-        teacher = self.distillation_teacher(full)
+        teacher = self.distillation_teacher()
         self.fit(qat, schedule, tag="finetune", teacher=teacher)
         report["accuracy_qat"] = self.run_evaluation(qat)["accuracy"]
         if self.mgw.is_primary():
             report["int8"] = self._export(full, qat, example)
             program = _Program(PteModel(self.artifact_path))
             report["accuracy"]["compressed"] = self.run_evaluation(program, local=True)["accuracy"]
-            self.model_report(full, "full", report, os.path.getsize(self.cfg.save_path_eval))
-            for key in ("flops", "params"):  # same architecture, int8 weights
-                report[key]["compressed"] = report[key]["full"]
+            self.model_report(self.original(), "full", report,
+                              os.path.getsize(self.cfg.save_path_eval))
+            report["flops"]["compressed"] = count_flops(full, self.helper.input_shape)
+            report["params"]["compressed"] = count_params(full)  # int8 weights
             report["bytes_on_disk"]["compressed"] = report["int8"]["bytes"]
             if self.cfg.report_latency:
                 report["latency_ms"]["compressed"] = report["int8"]["latency_ms"]["pte_int8"]

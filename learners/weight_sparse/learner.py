@@ -20,6 +20,7 @@ from compression.masks import (attach_masks, detach_masks, maskable_layers, mask
 from compression.sparse_format import LAYOUTS, load_sparse_model, save_sparse_model
 from compression.ratio_list import read_ratio_list
 from compression.sparsity_allocation import nb_zeros_heurist, nb_zeros_uniform
+from learners import composition
 from learners.abstract_learner import AbstractLearner
 from learners.registry import register_learner
 from learners.weight_sparse.config import WsConfig
@@ -32,6 +33,8 @@ log = logging.getLogger("pocketflow")
 
 @register_learner("weight-sparse", config=WsConfig)
 class WeightSparseLearner(AbstractLearner):
+    produces = frozenset({"sparse"})
+    refuses = {"quantized": composition.PRUNE_QUANTIZED}
 
     @property
     def checkpoint_path(self) -> str:
@@ -110,9 +113,9 @@ class WeightSparseLearner(AbstractLearner):
     def train(self) -> dict:
         cfg = self.own_cfg
         report = self.new_report()
-        full, saved = self.load_pretrained()
+        full, saved = self.load_start()
         spec = saved.get("spec")
-        report["accuracy"]["full"] = self.run_evaluation(full)["accuracy"]
+        report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
         layers = self.layers(full)
         names = list(layers)
         total = round(cfg.ws_prune_ratio * sum(m.weight.numel() for m in layers.values()))
@@ -125,7 +128,7 @@ class WeightSparseLearner(AbstractLearner):
         report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
         if cfg.ws_schedule == "agp":
             set_masks(model, dict.fromkeys(names, 0))  # dense again; the ramp starts at beg
-        teacher = self.distillation_teacher(full)
+        teacher = self.distillation_teacher()
         self.fit(model, self.helper.lr_schedule(self.mgw.size()), tag="finetune", spec=spec,
                  callbacks=[callback], teacher=teacher)
         targets = {n: int((m.mask == 0).sum()) for n, m in masks_of(model).items()}
@@ -134,7 +137,8 @@ class WeightSparseLearner(AbstractLearner):
         report["sparsity"] = self._sparsity(model, names, targets, final)
         size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["compressed"]})
         if self.mgw.is_primary():
-            self.model_report(full, "full", report, os.path.getsize(self.cfg.save_path_eval))
+            self.model_report(self.original(), "full", report,
+                              os.path.getsize(self.cfg.save_path_eval))
             self.model_report(model, "compressed", report, size)
             report["sparse_files"] = self.export_sparse(model, spec)
             report["bytes_on_disk"]["compressed"] = min(
