@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["learners*", "nets*", "datasets*", "utils*", "compression*",
+    packages=find_packages(include=["learners*", "nets*", "datasets*", "utils*", "compression*", "deploy*",
                                     "tools*", "examples*"]),
     install_requires=[
         "torch>=2.4,<2.15",
@@ -22,12 +22,12 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
+        "onnx": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.5"],
         # int8 QAT (torchao PT2E) and ExecuTorch/XNNPACK export; executorch pulls torchao
         "int8": ["executorch>=1.5,<1.6"],
         # the tools' plots and spreadsheets (sensitivity PNG, summary xlsx)
         "tools": ["matplotlib>=3.7", "openpyxl>=3.1"],
-        "dev": ["pytest>=7.0", "onnx>=1.15", "onnxruntime>=1.17", "executorch>=1.5,<1.6",
+        "dev": ["pytest>=7.0", "onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.5", "executorch>=1.5,<1.6",
                 "matplotlib>=3.7", "openpyxl>=3.1"],
         "horovod": ["horovod==0.28.1"],
     },

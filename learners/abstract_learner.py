@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from learners.callbacks import LoggingCallback, LrScheduleCallback, PeriodicCallback
+from deploy.formats import formats_for
+from deploy.pipeline import deploy
 from learners import composition
 from learners.config import LearnerConfig
 from learners.distillation import DistillationCallback
@@ -26,7 +28,6 @@ from utils.checkpoint import CheckpointError, load_file, rng_state, save_file, s
 from utils.data_loading import make_eval_loader, make_train_loader
 from utils.model_io import load_model, load_weights, save_model, unwrap
 from utils.model_stats import count_flops, count_params, measure_latency
-from utils.onnx_export import ExportUnavailable, export_onnx, onnx_max_abs_diff
 from utils.multi_gpu_wrapper import MultiGpuWrapper, SingleProcess
 from utils.report import empty_report, format_report, write_report
 
@@ -53,6 +54,7 @@ class AbstractLearner(ABC):
         self.wall_s: dict[str, float] = {}
         self._original: nn.Module | None = None
         self.chain: list[dict] = []  # stages before this learner's (set by load_start)
+        self.export_formats()  # an export format that is not installed fails before training
 
     # -- what a learner must provide -------------------------------------------------------
     @abstractmethod
@@ -391,17 +393,45 @@ class AbstractLearner(ABC):
             self._writer.close()
         return report
 
-    def export_onnx(self, model: nn.Module) -> dict:
-        """ONNX beside the artifact, checked in onnxruntime on real inputs (primary only)."""
-        path = os.path.splitext(self.artifact_path)[0] + ".onnx"
+    # -- deployment --------------------------------------------------------------------------
+    export_kinds: tuple = ("fp32",)  # what this learner's result deploys as (uniform-tf: int8 too)
+
+    def export_formats(self) -> list:
+        """The formats of ``--export_format``; an explicit one must be installed (checked when
+        the learner is built, before any training)."""
+        return formats_for(self.cfg.export_format, self.export_kinds)
+
+    def deploy_batches(self) -> list:
+        """The eval batches deployment files are checked on (``--deploy_eval_batches``)."""
+        batches = []
+        for inputs, labels in make_eval_loader(self.helper.build_dataset_eval(),
+                                               self.helper.cfg.batch_size_eval):
+            batches.append((inputs, labels))
+            if self.cfg.deploy_eval_batches and len(batches) >= self.cfg.deploy_eval_batches:
+                break
+        return batches
+
+    def deploy(self, report: dict, models: dict, formats: list | None = None,
+               max_batch: int = 256) -> dict:
+        """Export ``models`` (kind -> (model, path stem)) to the chosen formats, each checked
+        in its runtime (``deploy.pipeline``); fills ``report["deploy"]`` (and ``report["onnx"]``
+        for the fp32 ONNX file). Primary process only. A file that does not reproduce its model
+        is kept and recorded with ``parity_ok: false`` and the reason, and logged as an error
+        (the model artifact is saved already)."""
+        formats = self.export_formats() if formats is None else formats
+        if not formats:
+            return {}
         start = time.perf_counter()
-        try:
-            export_onnx(model, self.helper.input_shape, path)
-            inputs, _ = next(iter(self.eval_loader()))
-            diff = onnx_max_abs_diff(path, model, inputs[:16])
-        except ExportUnavailable as exc:
-            log.warning("%s", exc)
-            return {"path": None, "max_abs_diff": None}
-        self.wall_s["export"] = time.perf_counter() - start
-        log.info("ONNX model %s | max |onnxruntime - torch| = %.2e", path, diff)
-        return {"path": path, "max_abs_diff": diff, "bytes": os.path.getsize(path)}
+        example = torch.zeros(2, *self.helper.input_shape)
+        results = deploy(models, formats, self.deploy_batches(), example, max_batch=max_batch)
+        self.wall_s["export"] = self.wall_s.get("export", 0.0) + time.perf_counter() - start
+        report.setdefault("deploy", {}).update(results)
+        if "onnx_fp32" in results:
+            onnx = results["onnx_fp32"]
+            report["onnx"] = {"path": onnx["path"], "max_abs_diff": onnx["max_abs_diff"],
+                              "bytes": onnx["bytes"]}
+        return results
+
+    def deploy_model(self, model: nn.Module, report: dict) -> dict:
+        """The float result beside the artifact (``<artifact stem>.onnx`` / ``.pte``)."""
+        return self.deploy(report, {"fp32": (model, os.path.splitext(self.artifact_path)[0])})

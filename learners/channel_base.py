@@ -194,7 +194,7 @@ class ChannelLearnerBase(AbstractLearner):
         self.model_report(self.original(), "full", report, os.path.getsize(self.cfg.save_path_eval))
         self.model_report(model, "compressed", report, size)
         report["kept_channels"] = _kept_channels(full, model)
-        report["onnx"] = self.export_onnx(model)
+        self.deploy_model(model, report)
 
 
 def _kept_channels(full: nn.Module, thinned: nn.Module) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from deploy.formats import EXPORT_CHOICES
 from utils.config import check, option
 
 
@@ -33,6 +34,12 @@ class LearnerConfig:
     mgw_backend: str = option("auto", "multi-process backend", choices=["auto", "horovod", "torch"])
     mgw_timeout_s: float = option(1800.0, "torch.distributed: seconds a collective may wait (other "
                                           "ranks wait while rank 0 searches or selects)")
+    export_format: str = option("auto", "deployment files of the result, each checked in its "
+                                        "runtime: pte (ExecuTorch/XNNPACK), onnx (onnxruntime), "
+                                        "both, none; auto: onnx when installed",
+                                choices=list(EXPORT_CHOICES))
+    deploy_eval_batches: int = option(0, "eval-set batches the deployment files are checked on "
+                                         "(0: the whole eval set)")
     report_latency: bool = option(True, "measure CPU latency of the models in the report")
 
     def __post_init__(self) -> None:
@@ -40,4 +47,5 @@ class LearnerConfig:
         check(self.save_step > 0, "save_step", f"must be positive, got {self.save_step}")
         check(self.tempr_dst > 0, "tempr_dst", f"must be positive, got {self.tempr_dst}")
         check(self.mgw_timeout_s > 0, "mgw_timeout_s", f"must be positive, got {self.mgw_timeout_s}")
+        check(self.deploy_eval_batches >= 0, "deploy_eval_batches", "must be >= 0")
         check(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")

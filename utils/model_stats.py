@@ -92,7 +92,8 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], batch_sizes: S
 
 # -- latency of saved models (tools/latency.py) ------------------------------------------------
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
-RUNTIMES = {**{s: "torch" for s in TORCH_SUFFIXES}, ".onnx": "onnxruntime", ".pte": "executorch"}
+RUNTIMES = {**{s: "torch" for s in TORCH_SUFFIXES}, ".onnx": "onnxruntime", ".pte": "executorch",
+            ".pt2": "torch.export"}  # .pt2: uniform-tf's int8 PyTorch model, run eagerly
 
 
 class RunnerError(ValueError):
@@ -125,7 +126,8 @@ def runner_for(path: str, nb_threads: int | None = None, device: str = "cpu",
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in RUNTIMES:
         raise RunnerError(f"{path}: unknown model file type {suffix or '(no extension)'!r}; expected "
-                          f"a model artifact ({', '.join(TORCH_SUFFIXES)}), an .onnx or a .pte file")
+                          f"a model artifact ({', '.join(TORCH_SUFFIXES)}), an .onnx, a .pte or an "
+                          "int8 .pt2 file")
     if not os.path.isfile(path):
         raise RunnerError(f"no such file: {path}")
     runtime = RUNTIMES[suffix]
@@ -146,6 +148,15 @@ def runner_for(path: str, nb_threads: int | None = None, device: str = "cpu",
             with torch.inference_mode():
                 return model(x.to(device))
         return Runner(path, runtime, forward, tuple(shape) if shape else None, device)
+    if runtime == "torch.export":
+        from compression.int8_qat import load_int8_program
+
+        program = load_int8_program(path)
+
+        def run_program(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return program(x.to("cpu", torch.float32))
+        return Runner(path, runtime, run_program, None)
     if runtime == "onnxruntime":
         from utils.onnx_export import onnx_session, run_session, session_input_shape
 

@@ -43,6 +43,56 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str, opset: 
     return path
 
 
+def export_onnx_program(program, path: str) -> str:
+    """An exported program (e.g. the int8 model of ``compression.int8_qat``, whose
+    quantize/dequantize ops become QuantizeLinear/DequantizeLinear: a QDQ model with the very
+    scales and zero points it was trained with) to ``path`` atomically, through the dynamo
+    exporter (needs ``onnxscript``)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ExportUnavailable("exporting an int8 program to ONNX needs onnx, onnxruntime and "
+                                "onnxscript: pip install -e .[onnx]") from exc
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=directory)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), _quiet_logs("torch.onnx"):
+            warnings.simplefilter("ignore")
+            exported = torch.onnx.export(program, (), dynamo=True, verbose=False, optimize=True,
+                                         input_names=["input"], output_names=["logits"])
+        proto = exported.model_proto
+        for node in proto.graph.node:  # the exporter's per-node stack traces: not deployed
+            del node.metadata_props[:]
+            node.doc_string = ""
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+class _quiet_logs:
+    """Raise a logger's level for the duration (the dynamo exporter's progress lines)."""
+
+    def __init__(self, *names: str) -> None:
+        import logging
+
+        self.loggers = [logging.getLogger(n) for n in names]
+        self.levels = [lg.level for lg in self.loggers]
+
+    def __enter__(self) -> None:
+        for logger in self.loggers:
+            logger.setLevel(40)
+
+    def __exit__(self, *exc) -> None:
+        for logger, level in zip(self.loggers, self.levels):
+            logger.setLevel(level)
+
+
 def onnx_max_abs_diff(path: str, model: nn.Module, inputs: torch.Tensor) -> float:
     """Largest |onnxruntime - torch| over ``inputs``, both on the CPU in float32 (a copy of the
     model: on a GPU, TF32 convolutions alone differ by ~1e-3 from any float32 runtime)."""

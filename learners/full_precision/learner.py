@@ -36,4 +36,5 @@ class FullPrecLearner(AbstractLearner):
         size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["full"]})
         if self.mgw.is_primary():
             self.model_report(model, "full", report, size)
+            self.deploy_model(model, report)
         return self.finish_report(report)

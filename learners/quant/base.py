@@ -128,9 +128,11 @@ class QuantLearnerBase(AbstractLearner):
                               os.path.getsize(self.cfg.save_path_eval))
             self.model_report(plain, "compressed", report, size)
             report["bytes_on_disk"]["compressed"] = report["quantization"]["file"]["bytes"]
-            report["onnx"] = (self.export_onnx(plain) if self.settings.activation_bits >= 32 else
-                              {"path": None, "max_abs_diff": None,
-                               "reason": "activation quantizers have no ONNX export yet"})
+            if self.settings.activation_bits >= 32:
+                self.deploy_model(plain, report)
+            else:
+                report["onnx"] = {"path": None, "max_abs_diff": None,
+                                  "reason": "activation quantizers have no ONNX export yet"}
         return self.finish_report(report)
 
     def _export(self, model: nn.Module, spec: dict, bits: dict) -> dict:

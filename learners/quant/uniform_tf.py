@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compression.int8_qat import PteModel, convert_int8, export_pte, output_scale, prepare_qat
+from compression.int8_qat import (PteModel, convert_int8, output_scale, prepare_qat,
+                                  save_int8_program)
+from deploy.formats import FORMATS
 from learners import composition
 from learners.abstract_learner import AbstractLearner
 from learners.registry import register_learner
@@ -65,6 +67,7 @@ class _Program(nn.Module):
 
 @register_learner("uniform-tf", config=UqtfConfig)
 class UniformQuantTFLearner(AbstractLearner):
+    export_kinds = ("fp32", "int8")
     produces = frozenset({"quantized"})
     refuses = {"quantized": composition.REQUANTIZE}
 
@@ -104,7 +107,7 @@ class UniformQuantTFLearner(AbstractLearner):
         self.fit(qat, schedule, tag="finetune", teacher=teacher)
         report["accuracy_qat"] = self.run_evaluation(qat)["accuracy"]
         if self.mgw.is_primary():
-            report["int8"] = self._export(full, qat, example)
+            report["int8"] = self._export(full, qat, example, report)
             program = _Program(PteModel(self.artifact_path))
             report["accuracy"]["compressed"] = self.run_evaluation(program, local=True)["accuracy"]
             self.model_report(self.original(), "full", report,
@@ -117,23 +120,28 @@ class UniformQuantTFLearner(AbstractLearner):
         self.mgw.barrier()
         return self.finish_report(report)
 
-    def _export(self, full: nn.Module, qat, example: torch.Tensor) -> dict:
-        """int8 and fp32 programs; agreement of the int8 program with the converted model."""
-        cfg = self.own_cfg
+    def _export(self, full: nn.Module, qat, example: torch.Tensor, report: dict) -> dict:
+        """The int8 program (the artifact), the int8 PyTorch model (``.pt2``) and their fp32
+        counterparts, in ``.pte`` always and in the other chosen formats, each checked in its
+        runtime; agreement of the int8 program with the converted model; int8 vs fp32
+        latency in ExecuTorch."""
         int8 = convert_int8(qat)
-        size = export_pte(int8, example.cpu(), self.artifact_path, quantized=True,
-                          max_batch=cfg.uqtf_max_batch)
-        fp32_size = export_pte(copy.deepcopy(full).cpu(), example.cpu(), self.fp32_path,
-                               quantized=False, max_batch=cfg.uqtf_max_batch)
+        stem = os.path.splitext(self.artifact_path)[0]
+        pt2_bytes = save_int8_program(int8, example.cpu(), stem + ".pt2")
+        formats = self.export_formats()
+        formats = [FORMATS["pte"], *[f for f in formats if f.name != "pte"]]
+        models = {"int8": (int8, stem), "fp32": (copy.deepcopy(full).cpu(), stem + "_fp32")}
+        results = self.deploy(report, models, formats, max_batch=self.own_cfg.uqtf_max_batch)
         program, fp32 = PteModel(self.artifact_path), PteModel(self.fp32_path)
         inputs, _ = next(iter(self.eval_loader()))
         with torch.no_grad():
             reference = int8(inputs.cpu())
         step = output_scale(int8)
         within = float(((program(inputs) - reference).abs() <= step * 1.001).float().mean())
+        size, fp32_size = results["pte_int8"]["bytes"], results["pte_fp32"]["bytes"]
         result = {"pte": self.artifact_path, "bytes": size, "fp32_pte": self.fp32_path,
-                  "fp32_bytes": fp32_size, "output_step": step,
-                  "within_one_step_of_converted": within}
+                  "fp32_bytes": fp32_size, "pt2": stem + ".pt2", "pt2_bytes": pt2_bytes,
+                  "output_step": step, "within_one_step_of_converted": within}
         if self.cfg.report_latency:
             shape = self.helper.input_shape
             latency = {"pte_int8": time_forward(program, shape), "pte_fp32": time_forward(fp32, shape)}

@@ -143,7 +143,7 @@ class WeightSparseLearner(AbstractLearner):
             report["sparse_files"] = self.export_sparse(model, spec)
             report["bytes_on_disk"]["compressed"] = min(
                 f["bytes"] for f in report["sparse_files"].values())
-            report["onnx"] = self.export_onnx(model)
+            self.deploy_model(model, report)
         return self.finish_report(report)
 
     @staticmethod

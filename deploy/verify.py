@@ -1,0 +1,98 @@
+"""Parity of a deployment artifact with the PyTorch model it claims to be, in its own runtime.
+
+- ``fp32`` artifacts: max |artifact - torch| over real inputs <= ``atol`` (1e-4 by default);
+- ``int8`` artifacts: accuracy within ``max_drop`` points (0.5) of the int8 PyTorch model on
+  the same inputs (the runtimes' int8 kernels may round a few values differently, so values
+  are compared through what they decide); max |diff| and top-1 agreement are reported too.
+
+Anything else (an input or output shape the model does not have, values or accuracy off) is
+an :class:`ArtifactMismatch` naming both files and the figures.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from utils.checkpoint import CheckpointError
+from utils.model_stats import runner_for
+
+ATOL = 1e-4
+INT8_MAX_DROP = 0.5  # points of accuracy
+
+
+class ArtifactMismatch(CheckpointError):
+    """A deployment artifact does not reproduce the model it was made from."""
+
+
+def compare(artifact: Callable, reference: Callable, batches: Iterable, max_batches: int = 0) -> dict:
+    """``artifact`` vs ``reference`` (callables ``x -> logits``) over ``(inputs, labels)``
+    batches: max |diff|, samples, the two accuracies and the top-1 agreement."""
+    diff, count, correct_ref, correct_art, agree = 0.0, 0, 0, 0, 0
+    with torch.no_grad():
+        for i, (inputs, labels) in enumerate(batches):
+            if max_batches and i >= max_batches:
+                break
+            inputs = inputs.to("cpu", torch.float32)
+            expected, got = reference(inputs).float(), artifact(inputs).float()
+            if got.shape != expected.shape:
+                raise ArtifactMismatch(f"outputs of shape {list(got.shape)}, the model gives "
+                                       f"{list(expected.shape)}")
+            diff = max(diff, float((got - expected).abs().max()))
+            count += inputs.shape[0]
+            correct_ref += int((expected.argmax(1) == labels).sum())
+            correct_art += int((got.argmax(1) == labels).sum())
+            agree += int((got.argmax(1) == expected.argmax(1)).sum())
+    count = max(count, 1)
+    return {"max_abs_diff": diff, "nb_samples": count, "accuracy_torch": correct_ref / count,
+            "accuracy": correct_art / count, "top1_agreement": agree / count}
+
+
+def reference_of(model: nn.Module) -> Callable:
+    """A float32 CPU eval-mode copy of ``model`` as ``x -> logits`` (an int8 program as is)."""
+    if isinstance(model, torch.fx.GraphModule) and not list(model.parameters()):
+        return model  # an exported int8 program has no train/eval mode and stays on the CPU
+    copied = copy.deepcopy(model).cpu().float().eval()
+    return copied
+
+
+def verify_artifact(path: str, model: nn.Module, batches: Iterable, kind: str = "fp32",
+                    atol: float = ATOL, max_drop: float = INT8_MAX_DROP, max_batches: int = 0,
+                    nb_threads: int | None = None, strict: bool = True) -> dict:
+    """Run the artifact at ``path`` in its runtime against ``model``: the figures with
+    ``parity_ok`` (and ``mismatch``, the reason, when not). ``strict``: a file that does not
+    reproduce the model raises :class:`ArtifactMismatch` instead. A file that cannot run the
+    model's inputs, or gives outputs of another shape, always raises."""
+    runner = runner_for(path, nb_threads)
+    batches = list(batches)
+    shape = tuple(batches[0][0].shape[1:])
+    if runner.input_shape is not None and tuple(runner.input_shape) != shape:
+        raise ArtifactMismatch(f"{path} takes inputs [b, {', '.join(map(str, runner.input_shape))}]"
+                               f" but the model takes [b, {', '.join(map(str, shape))}]: it is "
+                               "not an export of this model")
+    try:
+        figures = compare(runner, reference_of(model), batches, max_batches)
+    except ArtifactMismatch as exc:
+        raise ArtifactMismatch(f"{path}: {exc}: it is not an export of this model") from None
+    except (RuntimeError, ValueError) as exc:  # the runtime refused the model's inputs
+        raise ArtifactMismatch(f"{path} cannot run the model's inputs {list(shape)}: {exc}") from exc
+    figures.update(path=path, runtime=runner.runtime, kind=kind, parity_ok=True)
+    problem = None
+    if kind == "fp32" and figures["max_abs_diff"] > atol:
+        problem = (
+            f"{path} does not match the model: max |{runner.runtime} - torch| = "
+            f"{figures['max_abs_diff']:.3g} > {atol:g} on {figures['nb_samples']} real inputs "
+            f"(top-1 agreement {100 * figures['top1_agreement']:.1f} %)")
+    drop = 100 * (figures["accuracy_torch"] - figures["accuracy"])
+    if kind == "int8" and abs(drop) > max_drop:
+        problem = (
+            f"{path} does not match the int8 model: accuracy {100 * figures['accuracy']:.2f} % in "
+            f"{runner.runtime} vs {100 * figures['accuracy_torch']:.2f} % in PyTorch on "
+            f"{figures['nb_samples']} inputs (allowed: {max_drop} points)")
+    if problem and strict:
+        raise ArtifactMismatch(problem)
+    if problem:
+        figures.update(parity_ok=False, mismatch=problem)
+    return figures
