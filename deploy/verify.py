@@ -52,10 +52,9 @@ def compare(artifact: Callable, reference: Callable, batches: Iterable, max_batc
 
 def reference_of(model: nn.Module) -> Callable:
     """A float32 CPU eval-mode copy of ``model`` as ``x -> logits`` (an int8 program as is)."""
-    if isinstance(model, torch.fx.GraphModule) and not list(model.parameters()):
-        return model  # an exported int8 program has no train/eval mode and stays on the CPU
-    copied = copy.deepcopy(model).cpu().float().eval()
-    return copied
+    if isinstance(model, torch.fx.GraphModule):
+        return model  # an exported (int8) program: no train/eval mode, on the CPU already
+    return copy.deepcopy(model).cpu().float().eval()
 
 
 def verify_artifact(path: str, model: nn.Module, batches: Iterable, kind: str = "fp32",

@@ -184,3 +184,26 @@ def compare_latency(runner_a: Callable, runner_b: Callable, input_shape: Sequenc
     return {"a": a, "b": b, "ratio_b_over_a": {k: b[k] / a[k] for k in a},
             "input_shape": list(input_shape), "batch_sizes": list(batch_sizes), "threads": nb_threads,
             "warmup": warmup, "repeats": repeats, "device": str(device)}
+
+
+def time_runners(runners: dict, input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 64),
+                 nb_threads: int | None = None, warmup: int = 5, repeats: int = 20,
+                 rounds: int = 3) -> dict:
+    """Median ms per batch of every runner (name -> ``x -> outputs``), measured side by side:
+    ``rounds`` rounds, each timing every runner in turn (``repeats / rounds`` calls after
+    ``warmup``), so drift of the machine hits all of them alike; ``{name: {"bs1": ms, ..}}``.
+    ExecuTorch's pool is resized to ``nb_threads`` as well (it ignores torch's setting)."""
+    if nb_threads and any(getattr(r, "runtime", "") == "executorch" for r in runners.values()):
+        from compression.int8_qat import set_runtime_threads
+
+        set_runtime_threads(nb_threads)
+    per_round = max(1, -(-repeats // rounds))
+    samples: dict = {name: {f"bs{b}": [] for b in batch_sizes} for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            times = time_forward(runner, input_shape, batch_sizes, nb_threads, warmup, per_round)
+            for key, ms in times.items():
+                samples[name][key].append(ms)
+    return {name: {key: statistics.median(values) for key, values in by_batch.items()}
+            for name, by_batch in samples.items()}
+

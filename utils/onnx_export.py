@@ -59,7 +59,7 @@ def export_onnx_program(program, path: str) -> str:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=directory)
     os.close(fd)
     try:
-        with warnings.catch_warnings(), _quiet_logs("torch.onnx"):
+        with warnings.catch_warnings(), _quiet_logs("torch.onnx", "onnxscript", "onnx_ir"):
             warnings.simplefilter("ignore")
             exported = torch.onnx.export(program, (), dynamo=True, verbose=False, optimize=True,
                                          input_names=["input"], output_names=["logits"])
@@ -67,12 +67,48 @@ def export_onnx_program(program, path: str) -> str:
         for node in proto.graph.node:  # the exporter's per-node stack traces: not deployed
             del node.metadata_props[:]
             node.doc_string = ""
+        _activations_to_uint8(proto)
         onnx.save(proto, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _activations_to_uint8(proto) -> None:
+    """Per-tensor int8 activations -> uint8 with the zero point + 128: the same values (q_u8 =
+    q_s8 + 128, both saturating at the same reals), in the u8-activation / s8-weight form whose
+    QLinearConv / QLinearMatMul kernels onnxruntime runs fastest on x86. Weights (constant
+    inputs of DequantizeLinear) stay int8."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    converted: dict[str, str] = {}
+    outputs = set()  # int8 tensors made uint8
+    for node in proto.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            continue  # a weight
+        zp = inits.get(node.input[2])
+        if zp is None or zp.data_type != TensorProto.INT8 or list(zp.dims):
+            continue
+        if node.input[2] not in converted:
+            value = numpy_helper.to_array(zp).astype("int16") + 128
+            name = node.input[2] + "_u8"
+            proto.graph.initializer.append(numpy_helper.from_array(value.astype("uint8"), name))
+            converted[node.input[2]] = name
+        node.input[2] = converted[node.input[2]]
+        if node.op_type == "QuantizeLinear":
+            outputs.add(node.output[0])
+    for value_info in proto.graph.value_info:  # their inferred int8 types are stale now
+        if value_info.name in outputs:
+            value_info.type.tensor_type.elem_type = TensorProto.UINT8
+    used = {name for node in proto.graph.node for name in node.input}
+    keep = [t for t in proto.graph.initializer if t.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
 
 
 class _quiet_logs:
