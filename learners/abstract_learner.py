@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from learners.callbacks import LoggingCallback, LrScheduleCallback, PeriodicCallback
-from deploy.formats import formats_for
-from deploy.pipeline import deploy
+from deployment.formats import formats_for
+from deployment.pipeline import deploy
 from learners import composition
 from learners.config import LearnerConfig
 from learners.distillation import DistillationCallback
@@ -414,7 +414,7 @@ class AbstractLearner(ABC):
     def deploy(self, report: dict, models: dict, formats: list | None = None,
                max_batch: int = 256) -> dict:
         """Export ``models`` (kind -> (model, path stem)) to the chosen formats, each checked
-        in its runtime (``deploy.pipeline``); fills ``report["deploy"]`` (and ``report["onnx"]``
+        in its runtime (``deployment.pipeline``); fills ``report["deploy"]`` (and ``report["onnx"]``
         for the fp32 ONNX file). Primary process only. A file that does not reproduce its model
         is kept and recorded with ``parity_ok: false`` and the reason, and logged as an error
         (the model artifact is saved already)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deploy.formats import EXPORT_CHOICES
+from deployment.formats import EXPORT_CHOICES
 from utils.config import check, option
 
 

@@ -32,9 +32,9 @@ import sys
 
 from absl import app, flags
 
-from deploy.formats import EXPORT_CHOICES, formats_for
-from deploy.pipeline import deploy
-from deploy.verify import ATOL, INT8_MAX_DROP, verify_artifact
+from deployment.formats import EXPORT_CHOICES, formats_for
+from deployment.pipeline import deploy
+from deployment.verify import ATOL, INT8_MAX_DROP, verify_artifact
 from tools.common import ToolError, define_input_flags, helper_from_flags, load_artifact, tool_main
 from utils.data_loading import make_eval_loader
 from utils.model_stats import RunnerError, runner_for, time_runners

@@ -23,7 +23,7 @@ from torch import nn
 
 from compression.int8_qat import (PteModel, convert_int8, output_scale, prepare_qat,
                                   save_int8_program)
-from deploy.formats import FORMATS
+from deployment.formats import FORMATS
 from learners import composition
 from learners.abstract_learner import AbstractLearner
 from learners.registry import register_learner

@@ -4,7 +4,7 @@
 writes ``<stem><suffix>`` for every format and kind, runs it on ``batches`` of real inputs in
 its runtime and returns ``{"<format>_<kind>": figures}`` (path, bytes, runtime, max |diff|,
 accuracy of the file and of the PyTorch model, top-1 agreement, export seconds, ``parity_ok``).
-A file that does not reproduce its model within ``deploy.verify``'s criteria is kept, marked
+A file that does not reproduce its model within ``deployment.verify``'s criteria is kept, marked
 ``parity_ok: false`` with the reason, and logged as an error (``strict``: raised instead).
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from deploy.formats import DeployFormat
-from deploy.verify import verify_artifact
+from deployment.formats import DeployFormat
+from deployment.verify import verify_artifact
 
 log = logging.getLogger("pocketflow")
 
