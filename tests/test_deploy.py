@@ -1,0 +1,156 @@
+"""Deployment files: export, parity in each runtime, refusal of files that are not the model,
+missing packages, the tools.deploy command and side-by-side timing."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from deployment import formats as formats_module
+from deployment.formats import FORMATS, FormatUnavailable, formats_for
+from deployment.pipeline import deploy
+from deployment.verify import ArtifactMismatch, verify_artifact
+from learners.launch import build_learner
+from nets import resnet_at_digits
+from tests.test_learners import flag_values
+from utils.data_loading import make_eval_loader
+from utils.model_io import save_model
+from utils.model_stats import time_runners
+from utils.multi_gpu_wrapper import SingleProcess
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def helper(size: int = 8):
+    return resnet_at_digits.ModelHelper(resnet_at_digits.Config(image_size=size), seed=0)
+
+
+def batches_of(h, limit: int = 2) -> list:
+    return list(make_eval_loader(h.build_dataset_eval(), 64))[:limit]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A random-init ResNet-20 at 8x8 saved as an artifact and exported to both formats."""
+    root = tmp_path_factory.mktemp("deploy")
+    torch.manual_seed(0)
+    h = helper()
+    model = h.build_model().eval()
+    save_model(str(root / "model.ckpt"), model, h.net_spec(), {"input_shape": list(h.input_shape)})
+    batches = batches_of(h)
+    results = deploy({"fp32": (model, str(root / "model"))}, formats_for("both"), batches,
+                     batches[0][0][:2])
+    return root, h, model, batches, results
+
+
+def test_fp32_files_reproduce_the_model_in_their_runtimes(exported):
+    root, _, model, _, results = exported
+    assert set(results) == {"pte_fp32", "onnx_fp32"}
+    for name, runtime in (("pte_fp32", "executorch"), ("onnx_fp32", "onnxruntime")):
+        figures = results[name]
+        assert figures["runtime"] == runtime and figures["parity_ok"]
+        assert figures["max_abs_diff"] <= 1e-4
+        assert figures["nb_samples"] == 128 and figures["top1_agreement"] == 1.0
+        assert figures["accuracy"] == figures["accuracy_torch"]
+        assert figures["bytes"] == os.path.getsize(figures["path"]) > 0.8 * 4 * sum(
+            p.numel() for p in model.parameters())
+
+
+def test_a_file_of_another_model_is_refused(exported):
+    _, h, _, batches, results = exported
+    torch.manual_seed(1)
+    other = h.build_model().eval()
+    for name in ("onnx_fp32", "pte_fp32"):
+        with pytest.raises(ArtifactMismatch, match=r"does not match the model: max \|.* - torch\| ="):
+            verify_artifact(results[name]["path"], other, batches)
+        figures = verify_artifact(results[name]["path"], other, batches, strict=False)
+        assert not figures["parity_ok"] and "does not match" in figures["mismatch"]
+
+
+def test_a_file_for_other_inputs_is_refused(exported):
+    _, _, model, _, results = exported
+    big = batches_of(helper(16), 1)
+    for name in ("pte_fp32", "onnx_fp32"):
+        with pytest.raises(ArtifactMismatch, match=r"takes inputs \[b, 1, 8, 8\] but the model "
+                                                   r"takes \[b, 1, 16, 16\]: it is not an export"):
+            verify_artifact(results[name]["path"], model, big)
+
+
+def test_int8_files_are_judged_by_accuracy(exported, monkeypatch):
+    """int8 criterion: accuracy within 0.5 point of the PyTorch int8 model, not values."""
+    _, _, model, batches, results = exported
+    noisy = lambda x: model(x) + 1e-3 * torch.randn(x.shape[0], 10)  # noqa: E731
+    monkeypatch.setattr("deployment.verify.reference_of", lambda m: noisy)
+    figures = verify_artifact(results["onnx_fp32"]["path"], model, batches, kind="int8")
+    assert figures["parity_ok"] and figures["max_abs_diff"] > 1e-4
+    with pytest.raises(ArtifactMismatch, match="does not match the model"):
+        verify_artifact(results["onnx_fp32"]["path"], model, batches, kind="fp32")
+
+
+def test_missing_packages_name_the_install_command(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(formats_module.importlib.util, "find_spec",
+                        lambda name: None if name in ("executorch", "onnxscript") else real(name))
+    with pytest.raises(FormatUnavailable, match=r"export format 'pte' \(executorch\) needs "
+                                                r"executorch, not installed: pip install -e \.\[int8\]"):
+        formats_for("pte")
+    with pytest.raises(FormatUnavailable, match=r"needs onnxscript, not installed: pip install -e "
+                                                r"\.\[onnx\]"):
+        formats_for("onnx", ("int8",))
+    assert formats_for("onnx") == [FORMATS["onnx"]]
+    assert formats_for("auto", ("fp32", "int8")) == []  # auto: nothing when not installed
+    with pytest.raises(FormatUnavailable, match="valid: auto, none, onnx, pte, both"):
+        formats_for("tflite")
+    # a learner asked for a missing format fails when it is built, before any training
+    values = flag_values(tmp_path, "--export_format=both")
+    with pytest.raises(FormatUnavailable, match="executorch"):
+        build_learner(resnet_at_digits.ModelHelper, values, SingleProcess())
+    assert not (tmp_path / "eval").exists()
+
+
+def test_time_runners_measures_every_runner_side_by_side():
+    calls = {"a": 0, "b": 0}
+
+    def runner(name):
+        def run(x):
+            calls[name] += 1
+            return x
+        return run
+
+    ms = time_runners({"a": runner("a"), "b": runner("b")}, (1, 2, 2), (1, 3), warmup=1,
+                      repeats=6, rounds=3)
+    assert set(ms) == {"a", "b"} and set(ms["a"]) == {"bs1", "bs3"}
+    assert all(v > 0 for t in ms.values() for v in t.values())
+    assert calls == {"a": 2 * 3 * (1 + 2), "b": 2 * 3 * (1 + 2)}  # 2 sizes x 3 rounds x (1 + 2)
+
+
+def tool(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": REPO, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "tools.deploy", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_deploy_tool_exports_checks_and_refuses(exported, tmp_path):
+    root, _, _, _, results = exported
+    common = ["--helper=resnet_at_digits", "--helper_config=image_size=8", "--eval_batches=1"]
+    done = tool(f"--model={root}/model.ckpt", f"--out={tmp_path}/m", "--export_format=onnx",
+                "--latency", "--repeats=3", "--batch_sizes=1,2", *common)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    onnx = figures["files"][f"{tmp_path}/m.onnx"]
+    assert onnx["parity_ok"] and onnx["max_abs_diff"] <= 1e-4 and figures["kind"] == "fp32"
+    assert set(figures["latency"]["ms"]) == {"eager fp32 reference", "m.onnx"}
+    assert set(figures["latency"]["ms"]["m.onnx"]) == {"bs1", "bs2"}
+    # the files of one model checked against another: refused, exit status 2
+    torch.manual_seed(3)
+    h = helper()
+    save_model(str(tmp_path / "other.ckpt"), h.build_model(), h.net_spec(), {})
+    bad = tool(f"--model={tmp_path}/other.ckpt", f"--check={results['onnx_fp32']['path']}", *common)
+    assert bad.returncode == 2 and "does not match the model" in bad.stderr
+    pte = tool(f"--model={results['pte_fp32']['path']}", *common)
+    assert pte.returncode == 2 and "is a deployment file" in pte.stderr
