@@ -428,8 +428,8 @@ class AbstractLearner(ABC):
         report.setdefault("deploy", {}).update(results)
         if "onnx_fp32" in results:
             onnx = results["onnx_fp32"]
-            report["onnx"] = {"path": onnx["path"], "max_abs_diff": onnx["max_abs_diff"],
-                              "bytes": onnx["bytes"]}
+            report["onnx"] = {key: onnx[key] for key in ("path", "max_abs_diff", "max_abs_output",
+                                                         "parity_ok", "bytes")}
         return results
 
     def deploy_model(self, model: nn.Module, report: dict) -> dict:

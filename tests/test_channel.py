@@ -180,7 +180,7 @@ def _check_thinned(values: dict, report: dict) -> dict:
     kept = saved["strategy"]["kept"]
     for name, (count, _) in kept.items():
         assert model.get_submodule(name).weight.shape[1] == count, name
-    assert saved["onnx"]["max_abs_diff"] <= 1e-4
+    assert saved["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, saved["onnx"]["max_abs_output"])
     assert report["flops"]["compressed"] == count_flops(model, (1, 8, 8))
     return saved
 

@@ -110,6 +110,6 @@ def test_learner_prunes_exact_counts_thins_and_exports(tmp_path, tiny_pretrained
         assert record["kept"] == max(1, int(width * 0.5))
         assert model.get_submodule(name).weight.shape[1] == record["kept"], name
         assert record["rel_error"] < 1.0
-    assert saved["onnx"]["max_abs_diff"] <= 1e-4
+    assert saved["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, saved["onnx"]["max_abs_output"])
     assert report["flops"]["compressed"] < 0.6 * report["flops"]["full"]
     assert 0.0 <= report["accuracy"]["compressed"] <= 1.0

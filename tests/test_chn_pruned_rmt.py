@@ -48,7 +48,7 @@ def test_report_and_thinned_artifact(pruned_run):
     assert saved["kept_channels"]["layer3.2.conv2"] == [32, 64]
     assert saved["kept_channels"]["fc"] == [32, 64]
     assert "conv1" not in saved["kept_channels"]
-    assert saved["onnx"]["max_abs_diff"] <= 1e-4
+    assert saved["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, saved["onnx"]["max_abs_output"])
     assert set(saved["wall_s"]) >= {"selection", "finetune"}
 
     model, _ = load_model(values["cpr_save_path_eval"])

@@ -108,5 +108,5 @@ def test_learner_keeps_exact_counts_and_exports_no_heads(tmp_path, tiny_pretrain
     graph = onnx.load(saved["onnx"]["path"]).graph
     assert len(graph.output) == 1
     assert sum(node.op_type in ("Gemm", "MatMul") for node in graph.node) == 1
-    assert saved["onnx"]["max_abs_diff"] <= 1e-4
+    assert saved["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, saved["onnx"]["max_abs_output"])
     assert report["flops"]["compressed"] < 0.5 * report["flops"]["full"]

@@ -46,7 +46,7 @@ def test_fixed_bits_quantize_the_middle_layers_and_round_trip(tmp_path, tiny_pre
     for name in QUANTIZED:       # at most 2^bits values per channel (one range or codebook)
         assert distinct_per_channel(model.get_submodule(name).weight) <= 2 ** bits, name
     assert distinct_per_channel(model.fc.weight) > 2 ** bits             # untouched
-    assert saved["onnx"]["max_abs_diff"] <= 1e-4
+    assert saved["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, saved["onnx"]["max_abs_output"])
     assert 0.0 <= report["accuracy"]["compressed"] <= 1.0
 
 

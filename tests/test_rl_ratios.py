@@ -69,7 +69,7 @@ def test_optimal_search_meets_the_flops_budget_and_thins(prefix, tmp_path, tiny_
         strategy["flops_ratio"])
     for name, (count, _) in strategy["kept"].items():
         assert model.get_submodule(name).weight.shape[1] == count, name
-    assert saved["onnx"]["max_abs_diff"] <= 1e-4
+    assert saved["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, saved["onnx"]["max_abs_output"])
 
 
 def test_uniform_without_a_budget_keeps_pocketflows_counts(tmp_path, tiny_pretrained):

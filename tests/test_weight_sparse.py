@@ -62,7 +62,7 @@ def test_uniform_is_exact_per_layer_and_files_round_trip(uniform_run):
         for key, value in model.state_dict().items():
             assert torch.equal(loaded.state_dict()[key], value), key
     assert saved["bytes_on_disk"]["compressed"] == saved["sparse_files"]["csr"]["bytes"]
-    assert saved["onnx"]["max_abs_diff"] <= 1e-4
+    assert saved["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, saved["onnx"]["max_abs_output"])
     for key in ("full", "compressed_before_finetune", "compressed"):
         assert 0.0 <= saved["accuracy"][key] <= 1.0
 
