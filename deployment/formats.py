@@ -53,6 +53,14 @@ class DeployFormat:
                                     f"{', '.join(missing)}, not installed: {self.install}")
 
 
+def _float_for_export(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """Thinned layers pick their channels by one-hot matrices in deployed files (the same
+    outputs; no gather between the runtime's fused kernels)."""
+    from compression.thinning import gathers_as_matrices
+
+    return gathers_as_matrices(model, tuple(example.shape[1:]))
+
+
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: str, kind: str,
                  max_batch: int) -> int:
     from utils.onnx_export import export_onnx, export_onnx_program
@@ -62,7 +70,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: str, kind: str,
 
         export_onnx_program(export_int8_program(model, example, max(max_batch, 1024)), path)
     else:
-        export_onnx(model, tuple(example.shape[1:]), path)
+        export_onnx(_float_for_export(model, example), tuple(example.shape[1:]), path)
     return os.path.getsize(path)
 
 
@@ -70,6 +78,8 @@ def _export_pte(model: nn.Module, example: torch.Tensor, path: str, kind: str,
                 max_batch: int) -> int:
     from compression.int8_qat import export_pte
 
+    if kind == "fp32":
+        model = _float_for_export(model, example)
     return export_pte(model, example, path, quantized=kind == "int8", max_batch=max_batch)
 
 

@@ -154,3 +154,34 @@ def test_deploy_tool_exports_checks_and_refuses(exported, tmp_path):
     assert bad.returncode == 2 and "does not match the model" in bad.stderr
     pte = tool(f"--model={results['pte_fp32']['path']}", *common)
     assert pte.returncode == 2 and "is a deployment file" in pte.stderr
+
+
+def test_gathers_as_matrices_keep_outputs_and_state():
+    """Deployed thinned nets pick channels by one-hot matrices: same outputs and state dict,
+    no index_select left in the exported graph."""
+    from torch import nn
+
+    from compression.thinning import GatherConv2d, GatherLinear, gathers_as_matrices
+
+    torch.manual_seed(0)
+    conv, linear = GatherConv2d(3, 4, 3, padding=1), GatherLinear(2, 3)
+    conv.in_index = torch.tensor([5, 0, 2])
+    linear.in_index = torch.tensor([3, 1])
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), conv, nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), linear).eval()
+    matrices = gathers_as_matrices(net, (1, 5, 5))
+    x = torch.randn(7, 1, 5, 5)
+    with torch.no_grad():
+        assert torch.allclose(matrices(x), net(x), atol=1e-6)
+    assert matrices.state_dict().keys() == net.state_dict().keys()
+    assert matrices[1].selection.shape == (3, 6, 1, 1) and matrices[4].selection.shape == (2, 4)
+    assert getattr(net[1], "selection", None) is None  # the original still gathers
+
+    def ops(model):
+        graph = torch.export.export(model, (x,)).graph
+        return [str(n.target) for n in graph.nodes if n.op == "call_function"]
+
+    assert any("index_select" in op for op in ops(net))
+    exported = ops(matrices)
+    assert not any("index_select" in op for op in exported)
+    assert sum("conv2d" in op for op in exported) == 3 and sum("linear" in op for op in exported) == 2

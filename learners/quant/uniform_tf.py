@@ -23,6 +23,7 @@ from torch import nn
 
 from compression.int8_qat import (PteModel, convert_int8, output_scale, prepare_qat,
                                   save_int8_program)
+from compression.thinning import gathers_as_matrices
 from deployment.formats import FORMATS
 from learners import composition
 from learners.abstract_learner import AbstractLearner
@@ -98,7 +99,8 @@ class UniformQuantTFLearner(AbstractLearner):
         full.eval()
         report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
         example = torch.zeros(2, *self.helper.input_shape, device=self.device)
-        qat = prepare_qat(full, example)
+        # thinned layers pick channels by one-hot matrices: one XNNPACK program, no gathers
+        qat = prepare_qat(gathers_as_matrices(full, self.helper.input_shape), example)
         calib = self.cached_batches(self.helper.build_dataset_train(), cfg.uqtf_nb_calib_batches)
         qat.calibrate(x for x, _ in calib)
         report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(qat)["accuracy"]
