@@ -127,13 +127,14 @@ def test_uniform_tf_ends_in_a_real_int8_program(tmp_path, tiny_pretrained):
     tiny_pretrained(tmp_path)
     values = flag_values(tmp_path, "--learner=uniform-tf", "--nb_epochs_rat=0.05", "--image_size=8",
                          f"--uqtf_save_path={tmp_path}/q/model.ckpt",
-                         f"--uqtf_save_path_eval={tmp_path}/q_eval/model.pte")
+                         f"--uqtf_save_path_eval={tmp_path}/q_eval/model.pte", "--export_format=none")
     report = run(resnet_at_digits.ModelHelper, values)
     int8 = report["int8"]
     assert int8["bytes"] < 0.35 * int8["fp32_bytes"]                   # int8 weights
     # XNNPACK's integer requantization vs the float reference: flips of one step add up over
-    # 20 layers (see tests/test_int8_qat.py for the per-op check)
-    assert int8["within_one_step_of_converted"] >= 0.6
+    # 20 layers (see tests/test_int8_qat.py for the per-op check). 0.92 measured; it was ~0.3
+    # before the weights' zero points were kept at 0 (compression.int8_qat._qat_config)
+    assert int8["within_one_step_of_converted"] >= 0.85
     # the int8 program classifies like the QAT model it came from (359 test images)
     assert abs(report["accuracy"]["compressed"] - report["accuracy_qat"]) <= 0.02
     again = run(resnet_at_digits.ModelHelper, {**values, "exec_mode": "eval"})
