@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from compression import int8_qat
 from compression.int8_qat import (Int8ExportUnavailable, PteModel, QatModel, convert_int8, export_pte,
@@ -254,3 +255,27 @@ def test_missing_packages_raise_a_clear_error(monkeypatch, tmp_path):
         prepare_qat(torch.nn.Linear(2, 2), torch.randn(2, 2))
     with pytest.raises(Int8ExportUnavailable, match=r"pip install executorch==1\.5\.1"):
         PteModel(tmp_path / "missing.pte")
+
+
+def test_symmetric_weights_keep_zero_point_zero_on_an_all_positive_channel(tmp_path):
+    """torchao's fused per-channel fake quant gave a channel whose weights were all positive a
+    zero point of -127 under the symmetric scheme; XNNPACK takes symmetric weights to have zero
+    point 0, so the .pte computed that channel wrongly. The QAT config keeps it at 0."""
+    from torchao.quantization.pt2e import FakeQuantizeBase
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3))
+    with torch.no_grad():
+        net[0].weight[1].abs_().add_(0.05)               # channel 1: every weight positive
+    x = make_inputs(16)[:, :, :8, :8]
+    qat = prepare_qat(net, x)
+    qat(x).sum().backward()                              # observers see the weights in training
+    qat.eval()
+    points = [m.zero_point for m in qat.prepared.modules()
+              if isinstance(m, FakeQuantizeBase) and m.qscheme == torch.per_channel_symmetric]
+    assert len(points) == 2 and all(int(p.abs().max()) == 0 for p in points)
+    converted = convert_int8(qat)
+    export_pte(converted, x, tmp_path / "m.pte", quantized=True, max_batch=16)
+    with torch.no_grad():
+        d = steps(PteModel(tmp_path / "m.pte")(x), converted(x), output_scale(converted))
+    assert float(d.max()) <= 1
