@@ -28,10 +28,9 @@ from absl import app, flags
 from bench_common import learner_values
 
 from deployment.formats import formats_for
-from deployment.pipeline import deploy
+from deployment.pipeline import deploy, eval_batches
 from learners.launch import run
 from nets.resnet_at_digits import Config, ModelHelper
-from utils.data_loading import make_eval_loader
 from utils.model_io import load_model
 from utils.model_stats import runner_for, time_runners
 
@@ -77,7 +76,7 @@ def main(argv: list) -> None:
     cpr, chain = runs()
     helper = ModelHelper(Config())
     original, _ = load_model(FLAGS.model)
-    batches = list(make_eval_loader(helper.build_dataset_eval(), helper.cfg.batch_size_eval))
+    batches = eval_batches(helper)
     stem = os.path.join(os.path.abspath(FLAGS.outdir), "original", "model")
     full = deploy({"fp32": (original, stem)}, formats_for("both"), batches, batches[0][0][:2])
     files = {"eager fp32 original": {"path": FLAGS.model, "runtime": "torch",

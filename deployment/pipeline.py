@@ -19,8 +19,20 @@ from torch import nn
 
 from deployment.formats import DeployFormat
 from deployment.verify import verify_artifact
+from utils.data_loading import make_eval_loader
 
 log = logging.getLogger("pocketflow")
+
+
+def eval_batches(helper, limit: int = 0) -> list:
+    """The helper's eval set as ``(inputs, labels)`` batches on the CPU (``limit`` > 0: the
+    first ``limit`` batches): the real inputs every file is checked on."""
+    batches = []
+    for inputs, labels in make_eval_loader(helper.build_dataset_eval(), helper.cfg.batch_size_eval):
+        batches.append((inputs, labels))
+        if limit and len(batches) >= limit:
+            break
+    return batches
 
 
 def deploy(models: dict[str, tuple[nn.Module, str]], formats: Sequence[DeployFormat],

@@ -15,10 +15,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from learners.callbacks import LoggingCallback, LrScheduleCallback, PeriodicCallback
 from deployment.formats import formats_for
-from deployment.pipeline import deploy
+from deployment.pipeline import deploy, eval_batches
 from learners import composition
+from learners.callbacks import LoggingCallback, LrScheduleCallback, PeriodicCallback
 from learners.config import LearnerConfig
 from learners.distillation import DistillationCallback
 from learners.registry import learner_class
@@ -378,12 +378,12 @@ class AbstractLearner(ABC):
         return empty_report(self.learner_name, self.helper.model_name, self.helper.dataset_name)
 
     def finish_report(self, report: dict) -> dict:
-        if self.chain:
+        if self.chain:  # the stages before this one, then this one
             report["chain"] = [*self.chain, {
                 "learner": self.learner_name, "artifact": self.artifact_path,
                 "accuracy": report["accuracy"]["compressed"],
-                **{key: report[k]["compressed"] for key, k in
-                   (("flops", "flops"), ("params", "params"), ("bytes", "bytes_on_disk"))}}]
+                "flops": report["flops"]["compressed"], "params": report["params"]["compressed"],
+                "bytes": report["bytes_on_disk"]["compressed"]}]
         report["wall_s"] = {k: round(v, 2) for k, v in self.wall_s.items()}
         if self.mgw.is_primary():
             write_report(os.path.join(os.path.dirname(self.artifact_path) or ".", "report.json"),
@@ -401,16 +401,6 @@ class AbstractLearner(ABC):
         the learner is built, before any training)."""
         return formats_for(self.cfg.export_format, self.export_kinds)
 
-    def deploy_batches(self) -> list:
-        """The eval batches deployment files are checked on (``--deploy_eval_batches``)."""
-        batches = []
-        for inputs, labels in make_eval_loader(self.helper.build_dataset_eval(),
-                                               self.helper.cfg.batch_size_eval):
-            batches.append((inputs, labels))
-            if self.cfg.deploy_eval_batches and len(batches) >= self.cfg.deploy_eval_batches:
-                break
-        return batches
-
     def deploy(self, report: dict, models: dict, formats: list | None = None,
                max_batch: int = 256) -> dict:
         """Export ``models`` (kind -> (model, path stem)) to the chosen formats, each checked
@@ -423,7 +413,8 @@ class AbstractLearner(ABC):
             return {}
         start = time.perf_counter()
         example = torch.zeros(2, *self.helper.input_shape)
-        results = deploy(models, formats, self.deploy_batches(), example, max_batch=max_batch)
+        batches = eval_batches(self.helper, self.cfg.deploy_eval_batches)
+        results = deploy(models, formats, batches, example, max_batch=max_batch)
         self.wall_s["export"] = self.wall_s.get("export", 0.0) + time.perf_counter() - start
         report.setdefault("deploy", {}).update(results)
         if "onnx_fp32" in results:

@@ -33,10 +33,9 @@ import sys
 from absl import app, flags
 
 from deployment.formats import EXPORT_CHOICES, formats_for
-from deployment.pipeline import deploy
+from deployment.pipeline import deploy, eval_batches
 from deployment.verify import ATOL, INT8_MAX_DROP, verify_artifact
 from tools.common import ToolError, define_input_flags, helper_from_flags, load_artifact, tool_main
-from utils.data_loading import make_eval_loader
 from utils.model_stats import RunnerError, runner_for, time_runners
 
 FLAGS = flags.FLAGS
@@ -74,15 +73,6 @@ def load_source(path: str):
         return load_int8_program(path), "int8"
     model, _ = load_artifact(path)
     return model, "fp32"
-
-
-def eval_batches(helper, limit: int) -> list:
-    batches = []
-    for inputs, labels in make_eval_loader(helper.build_dataset_eval(), helper.cfg.batch_size_eval):
-        batches.append((inputs, labels))
-        if limit and len(batches) >= limit:
-            break
-    return batches
 
 
 def latency(files: dict, shape) -> dict:
