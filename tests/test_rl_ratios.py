@@ -171,7 +171,25 @@ def test_grid_steps_by_the_channel_multiple():
     assert _grid(64, False, 8) == [64]
 
 
-def test_latency_table_is_exact_at_the_unpruned_model_and_allocation_meets_it():
+def flops_timing(monkeypatch, per_module_ms: float = 0.01) -> None:
+    """Deterministic 'timings' for the table: 1 ms per MFLOP plus a fixed cost per module (the
+    real ones are noise on a loaded machine; the table's arithmetic is what is tested here)."""
+    from compression import channel_latency
+
+    def time_forward(module, shape, batch_sizes=(1,), **_):
+        return {f"bs{b}": 1e-6 * count_flops(module, shape) + per_module_ms for b in batch_sizes}
+
+    def measure_latency(model, shape, batch_sizes=(1,), **_):
+        convs = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
+        return {f"bs{b}": 1e-6 * count_flops(model, shape) + per_module_ms * convs
+                for b in batch_sizes}
+
+    monkeypatch.setattr(channel_latency, "time_forward", time_forward)
+    monkeypatch.setattr(channel_latency, "measure_latency", measure_latency)
+
+
+def test_latency_table_is_exact_at_the_unpruned_model_and_allocation_meets_it(monkeypatch):
+    flops_timing(monkeypatch)
     model, layers, chosen, shape = _resnet20()
     flops = ChannelFlops(model, layers, shape)
     table = ChannelLatency(model, flops, chosen, shape, batch=4, multiple=8, repeats=3)
