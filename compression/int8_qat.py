@@ -29,7 +29,7 @@ from typing import Iterable, Iterator, Optional, Union
 import torch
 from torch import nn
 
-from utils.checkpoint import atomic_write
+from utils.checkpoint import CheckpointError, atomic_write
 
 __all__ = ["Int8ExportUnavailable", "QatModel", "prepare_qat", "convert_int8", "output_scale",
            "export_pte", "PteModel", "set_runtime_threads", "save_int8_program",
@@ -340,8 +340,6 @@ def load_int8_program(path: Union[str, Path]) -> nn.Module:
         try:
             return torch.export.load(str(path)).module()
         except Exception as exc:  # a foreign or damaged file: say what was expected
-            from utils.checkpoint import CheckpointError
-
             raise CheckpointError(f"{path} is not an exported int8 program (.pt2 written by "
                                   f"uniform-tf): {exc}") from exc
 

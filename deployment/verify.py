@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from utils.checkpoint import CheckpointError
-from utils.model_stats import runner_for
+from utils.model_stats import OutputShapeMismatch, compare_runners, runner_for
 
 ATOL = 1e-4
 INT8_MAX_DROP = 0.5  # points of accuracy
@@ -27,31 +27,6 @@ INT8_MAX_DROP = 0.5  # points of accuracy
 
 class ArtifactMismatch(CheckpointError):
     """A deployment artifact does not reproduce the model it was made from."""
-
-
-def compare(artifact: Callable, reference: Callable, batches: Iterable, max_batches: int = 0) -> dict:
-    """``artifact`` vs ``reference`` (callables ``x -> logits``) over ``(inputs, labels)``
-    batches: max |diff|, samples, the two accuracies and the top-1 agreement."""
-    diff, scale, count, correct_ref, correct_art, agree = 0.0, 0.0, 0, 0, 0, 0
-    with torch.no_grad():
-        for i, (inputs, labels) in enumerate(batches):
-            if max_batches and i >= max_batches:
-                break
-            inputs = inputs.to("cpu", torch.float32)
-            expected, got = reference(inputs).float(), artifact(inputs).float()
-            if got.shape != expected.shape:
-                raise ArtifactMismatch(f"outputs of shape {list(got.shape)}, the model gives "
-                                       f"{list(expected.shape)}")
-            diff = max(diff, float((got - expected).abs().max()))
-            scale = max(scale, float(expected.abs().max()))
-            count += inputs.shape[0]
-            correct_ref += int((expected.argmax(1) == labels).sum())
-            correct_art += int((got.argmax(1) == labels).sum())
-            agree += int((got.argmax(1) == expected.argmax(1)).sum())
-    count = max(count, 1)
-    return {"max_abs_diff": diff, "max_abs_output": scale, "nb_samples": count,
-            "accuracy_torch": correct_ref / count,
-            "accuracy": correct_art / count, "top1_agreement": agree / count}
 
 
 def reference_of(model: nn.Module) -> Callable:
@@ -76,8 +51,8 @@ def verify_artifact(path: str, model: nn.Module, batches: Iterable, kind: str = 
                                f" but the model takes [b, {', '.join(map(str, shape))}]: it is "
                                "not an export of this model")
     try:
-        figures = compare(runner, reference_of(model), batches, max_batches)
-    except ArtifactMismatch as exc:
+        figures = compare_runners(runner, reference_of(model), batches, max_batches)
+    except OutputShapeMismatch as exc:
         raise ArtifactMismatch(f"{path}: {exc}: it is not an export of this model") from None
     except (RuntimeError, ValueError) as exc:  # the runtime refused the model's inputs
         raise ArtifactMismatch(f"{path} cannot run the model's inputs {list(shape)}: {exc}") from exc

@@ -5,7 +5,7 @@ import os
 import statistics
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -206,4 +206,38 @@ def time_runners(runners: dict, input_shape: Sequence[int], batch_sizes: Sequenc
                 samples[name][key].append(ms)
     return {name: {key: statistics.median(values) for key, values in by_batch.items()}
             for name, by_batch in samples.items()}
+
+
+class OutputShapeMismatch(ValueError):
+    """Two runners give outputs of different shapes for the same inputs."""
+
+
+def compare_runners(runner: Callable, reference: Callable, batches: Iterable,
+                    max_batches: int = 0) -> dict:
+    """``runner`` vs ``reference`` (callables ``x -> logits``) over ``(inputs, labels)``
+    batches (``labels`` None: no accuracies): ``{"max_abs_diff", "max_abs_output" (of the
+    reference), "nb_samples", "accuracy_torch" (the reference's), "accuracy" (the runner's),
+    "top1_agreement"}``; accuracy = argmax of the logits == label."""
+    diff, scale, count, correct_ref, correct_run, agree, labelled = 0.0, 0.0, 0, 0, 0, 0, False
+    with torch.no_grad():
+        for i, (inputs, labels) in enumerate(batches):
+            if max_batches and i >= max_batches:
+                break
+            inputs = inputs.to("cpu", torch.float32)
+            expected, got = reference(inputs).float(), runner(inputs).float()
+            if got.shape != expected.shape:
+                raise OutputShapeMismatch(f"outputs of shape {list(got.shape)}, the model gives "
+                                          f"{list(expected.shape)}")
+            diff = max(diff, float((got - expected).abs().max()))
+            scale = max(scale, float(expected.abs().max()))
+            count += inputs.shape[0]
+            agree += int((got.argmax(1) == expected.argmax(1)).sum())
+            if labels is not None:
+                labelled = True
+                correct_ref += int((expected.argmax(1) == labels).sum())
+                correct_run += int((got.argmax(1) == labels).sum())
+    accuracy = (lambda n: n / count) if labelled and count else (lambda n: None)
+    return {"max_abs_diff": diff, "max_abs_output": scale, "nb_samples": count,
+            "accuracy_torch": accuracy(correct_ref), "accuracy": accuracy(correct_run),
+            "top1_agreement": agree / count if count else None}
 

@@ -1,14 +1,18 @@
 """ONNX export with a parity check in onnxruntime (``pip install -e .[onnx]``)."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
 import tempfile
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
+
+from utils.model_stats import compare_runners
 
 
 class ExportUnavailable(RuntimeError):
@@ -129,21 +133,17 @@ def _short_names(proto) -> None:
         node.output[:] = [short(n) for n in node.output]
 
 
-class _quiet_logs:
-    """Raise a logger's level for the duration (the dynamo exporter's progress lines)."""
-
-    def __init__(self, *names: str) -> None:
-        import logging
-
-        self.loggers = [logging.getLogger(n) for n in names]
-        self.levels = [lg.level for lg in self.loggers]
-
-    def __enter__(self) -> None:
-        for logger in self.loggers:
-            logger.setLevel(40)
-
-    def __exit__(self, *exc) -> None:
-        for logger, level in zip(self.loggers, self.levels):
+@contextlib.contextmanager
+def _quiet_logs(*names: str) -> Iterator[None]:
+    """Only errors from these loggers for the duration (the dynamo exporter's progress)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
             logger.setLevel(level)
 
 
@@ -208,20 +208,6 @@ def compare_outputs(session, model: nn.Module, batches, max_batches: int = 0) ->
     (``labels`` None: no accuracy): ``{"max_abs_diff", "nb_samples", "accuracy_torch",
     "accuracy_onnx"}`` (accuracies: argmax of the logits == label)."""
     reference = copy.deepcopy(model).cpu().float().eval()
-    diff, count, correct_torch, correct_onnx, labelled = 0.0, 0, 0, 0, False
-    with torch.no_grad():
-        for i, (inputs, labels) in enumerate(batches):
-            if max_batches and i >= max_batches:
-                break
-            inputs = inputs.to("cpu", torch.float32)
-            expected = reference(inputs)
-            got = run_session(session, inputs)
-            diff = max(diff, float((got - expected).abs().max()))
-            count += inputs.shape[0]
-            if labels is not None:
-                labelled = True
-                correct_torch += int((expected.argmax(1) == labels).sum())
-                correct_onnx += int((got.argmax(1) == labels).sum())
-    return {"max_abs_diff": diff, "nb_samples": count,
-            "accuracy_torch": correct_torch / count if labelled and count else None,
-            "accuracy_onnx": correct_onnx / count if labelled and count else None}
+    figures = compare_runners(lambda x: run_session(session, x), reference, batches, max_batches)
+    return {"max_abs_diff": figures["max_abs_diff"], "nb_samples": figures["nb_samples"],
+            "accuracy_torch": figures["accuracy_torch"], "accuracy_onnx": figures["accuracy"]}
