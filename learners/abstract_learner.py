@@ -361,7 +361,8 @@ class AbstractLearner(ABC):
         if self.mgw.is_primary():
             size = save_model(self.artifact_path, model, spec,
                               {"learner": self.learner_name, **self.helper.describe(),
-                               "chain": self.chain, **(meta or {})})
+                               "produces": sorted(self.result_tags()), "chain": self.chain,
+                               **(meta or {})})
         self.mgw.barrier()
         return size
 
@@ -377,10 +378,16 @@ class AbstractLearner(ABC):
     def new_report(self) -> dict:
         return empty_report(self.learner_name, self.helper.model_name, self.helper.dataset_name)
 
+    def result_tags(self) -> frozenset:
+        """The properties of this run's result (``produces``; a learner whose result depends on
+        its options, e.g. a YAML policy, overrides this). Recorded in the chain."""
+        return self.produces
+
     def finish_report(self, report: dict) -> dict:
         if self.chain:  # the stages before this one, then this one
             report["chain"] = [*self.chain, {
-                "learner": self.learner_name, "artifact": self.artifact_path,
+                "learner": self.learner_name, "produces": sorted(self.result_tags()),
+                "artifact": self.artifact_path,
                 "accuracy": report["accuracy"]["compressed"],
                 "flops": report["flops"]["compressed"], "params": report["params"]["compressed"],
                 "bytes": report["bytes_on_disk"]["compressed"]}]

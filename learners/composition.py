@@ -55,6 +55,8 @@ def recorded_chain(path: str, obj: dict, model: nn.Module, input_shape) -> list[
     previous = list(meta.get("chain") or [])
     own = stage(meta.get("learner", "unknown"), path, model, input_shape, meta.get("accuracy"),
                 os.path.getsize(path))
+    if meta.get("produces") is not None:
+        own["produces"] = list(meta["produces"])
     return [*previous, own]
 
 
@@ -62,11 +64,13 @@ def chain_tags(chain: list[dict]) -> dict[str, str]:
     """property -> the learner of the chain that gave the model that property."""
     tags = {}
     for entry in chain:
-        try:
-            cls = learner_class(entry["learner"])
-        except ValueError:  # a stage made by a learner this process does not know
-            continue
-        for tag in getattr(cls, "produces", ()):
+        produced = entry.get("produces")  # recorded by the stage (policy-driven learners)
+        if produced is None:
+            try:
+                produced = learner_class(entry["learner"]).produces
+            except ValueError:  # a stage made by a learner this process does not know
+                continue
+        for tag in produced:
             tags.setdefault(tag, entry["learner"])
     return tags
 
