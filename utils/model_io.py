@@ -19,7 +19,7 @@ SpecTransform = Callable[[nn.Module, dict], nn.Module]
 _TRANSFORMS: dict[str, SpecTransform] = {}
 # Modules whose import registers the built-in transforms (imported when a spec needs them, so
 # an artifact loads with nothing but this module imported).
-BUILTIN_TRANSFORM_MODULES = ("compression.thinning", "compression.quant_spec")
+BUILTIN_TRANSFORM_MODULES = ("compression.thinning", "compression.quant_spec", "compression.dorefa_pact")
 
 
 def register_spec_transform(name: str) -> Callable[[SpecTransform], SpecTransform]:
