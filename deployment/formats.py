@@ -6,6 +6,8 @@ kinds of model:
 
 - ``fp32``: a float ``nn.Module`` (full precision, thinned, sparse, or weights already on a
   quantization grid);
+- ``fakequant``: a float model whose activations are rounded to a few levels by float ops
+  (DoReFa / PACT of the ``schedule`` learner): exported as ``fp32``, checked like ``int8``;
 - ``int8``: the converted int8 model of ``compression.int8_qat`` (uniform-tf), whose
   quantize/dequantize ops become XNNPACK int8 kernels in a ``.pte`` and
   QuantizeLinear/DequantizeLinear pairs (QDQ) in an ``.onnx``, with the trained scales.
@@ -25,7 +27,7 @@ from torch import nn
 from utils.checkpoint import CheckpointError
 
 EXPORT_CHOICES = ("auto", "none", "onnx", "pte", "both")
-KINDS = ("fp32", "int8")
+KINDS = ("fp32", "fakequant", "int8")
 
 
 class FormatUnavailable(CheckpointError):
@@ -78,18 +80,19 @@ def _export_pte(model: nn.Module, example: torch.Tensor, path: str, kind: str,
                 max_batch: int) -> int:
     from compression.int8_qat import export_pte
 
-    if kind == "fp32":
+    if kind != "int8":
         model = _float_for_export(model, example)
     return export_pte(model, example, path, quantized=kind == "int8", max_batch=max_batch)
 
 
 FORMATS: dict[str, DeployFormat] = {
     "onnx": DeployFormat("onnx", ".onnx", "onnxruntime",
-                         {"fp32": ("onnx", "onnxruntime"),
+                         {"fp32": ("onnx", "onnxruntime"), "fakequant": ("onnx", "onnxruntime"),
                           "int8": ("onnx", "onnxruntime", "onnxscript", "torchao")},
                          "pip install -e .[onnx]  (onnx, onnxruntime, onnxscript)", _export_onnx),
     "pte": DeployFormat("pte", ".pte", "executorch",
-                        {"fp32": ("executorch",), "int8": ("executorch", "torchao")},
+                        {"fp32": ("executorch",), "fakequant": ("executorch",),
+                         "int8": ("executorch", "torchao")},
                         "pip install -e .[int8]  (executorch==1.5.*, which brings torchao)",
                         _export_pte),
 }

@@ -26,7 +26,7 @@ from learners.trainer import Callback, Trainer, TrainingDivergedError, model_is_
 from nets.abstract_model_helper import AbstractModelHelper
 from utils.checkpoint import CheckpointError, load_file, rng_state, save_file, set_rng_state
 from utils.data_loading import make_eval_loader, make_train_loader
-from utils.model_io import load_model, load_weights, save_model, unwrap
+from utils.model_io import build_model, load_model, load_weights, save_model, unwrap
 from utils.model_stats import count_flops, count_params, measure_latency
 from utils.multi_gpu_wrapper import MultiGpuWrapper, SingleProcess
 from utils.report import empty_report, format_report, write_report
@@ -262,6 +262,18 @@ class AbstractLearner(ABC):
             self._original, _ = self.load_pretrained()
         return self._original
 
+    def resumed_architecture(self, tag: str) -> tuple[nn.Module, dict] | None:
+        """With ``--resume``, the architecture of an interrupted ``fit`` of ``tag`` whose model
+        differs from the start (thinned): ``(model, spec)`` from the checkpoint's spec; ``fit``
+        then restores its weights, optimizer and step from the same checkpoint."""
+        if not (self.cfg.resume and os.path.isfile(self.checkpoint_path)):
+            return None
+        ckpt = load_file(self.checkpoint_path, kind="checkpoint")
+        if ckpt.get("tag") != tag or not ckpt.get("meta", {}).get("spec"):
+            return None
+        spec = ckpt["meta"]["spec"]
+        return build_model(spec).to(self.device), spec
+
     def fit(self, model: nn.Module, schedule, tag: str = "train", spec: dict | None = None,
             callbacks: Sequence[Callback] = (), teacher: nn.Module | None = None,
             optimizer: torch.optim.Optimizer | None = None, dataset=None) -> nn.Module:
@@ -424,12 +436,13 @@ class AbstractLearner(ABC):
         results = deploy(models, formats, batches, example, max_batch=max_batch)
         self.wall_s["export"] = self.wall_s.get("export", 0.0) + time.perf_counter() - start
         report.setdefault("deploy", {}).update(results)
-        if "onnx_fp32" in results:
-            onnx = results["onnx_fp32"]
+        onnx = results.get("onnx_fp32") or results.get("onnx_fakequant")
+        if onnx is not None:
             report["onnx"] = {key: onnx[key] for key in ("path", "max_abs_diff", "max_abs_output",
                                                          "parity_ok", "bytes")}
         return results
 
-    def deploy_model(self, model: nn.Module, report: dict) -> dict:
-        """The float result beside the artifact (``<artifact stem>.onnx`` / ``.pte``)."""
-        return self.deploy(report, {"fp32": (model, os.path.splitext(self.artifact_path)[0])})
+    def deploy_model(self, model: nn.Module, report: dict, kind: str = "fp32") -> dict:
+        """The float result beside the artifact (``<artifact stem>.onnx`` / ``.pte``); ``kind``
+        ``fakequant`` for a float model with rounded activations (``deployment.verify``)."""
+        return self.deploy(report, {kind: (model, os.path.splitext(self.artifact_path)[0])})

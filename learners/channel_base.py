@@ -22,7 +22,6 @@ from compression.thinning import thin
 from learners import composition
 from learners.abstract_learner import AbstractLearner
 from learners.channel_strategy import plan_counts
-from utils.checkpoint import load_file
 from utils.model_io import build_model, load_model, save_model
 
 log = logging.getLogger("pocketflow")
@@ -128,17 +127,6 @@ class ChannelLearnerBase(AbstractLearner):
                 break
         return batches
 
-    def _resumed_finetune(self) -> tuple[nn.Module, dict] | None:
-        """The thinned architecture of an interrupted fine-tuning run (when ``--resume``);
-        ``fit`` then restores its weights, optimizer and step from the same checkpoint."""
-        if not (self.cfg.resume and os.path.isfile(self.checkpoint_path)):
-            return None
-        ckpt = load_file(self.checkpoint_path, kind="checkpoint")
-        if ckpt.get("tag") != "finetune" or not ckpt.get("meta", {}).get("spec"):
-            return None
-        spec = ckpt["meta"]["spec"]
-        return build_model(spec), spec
-
     def _selected(self, full: nn.Module, full_spec: dict, report: dict) -> tuple[nn.Module, dict]:
         """Counts on every rank; selection and thinning on the primary process; every rank
         receives the same model."""
@@ -167,7 +155,7 @@ class ChannelLearnerBase(AbstractLearner):
         full, saved = self.load_start()
         full_spec = saved.get("spec") or saved.get("meta", {}).get("spec")
         report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
-        resumed = self._resumed_finetune()
+        resumed = self.resumed_architecture("finetune")
         if resumed is not None:
             model, spec = resumed
             model = model.to(self.device)
@@ -193,11 +181,11 @@ class ChannelLearnerBase(AbstractLearner):
     def _fill_report(self, report: dict, full: nn.Module, model: nn.Module, size: int) -> None:
         self.model_report(self.original(), "full", report, os.path.getsize(self.cfg.save_path_eval))
         self.model_report(model, "compressed", report, size)
-        report["kept_channels"] = _kept_channels(full, model)
+        report["kept_channels"] = kept_channels(full, model)
         self.deploy_model(model, report)
 
 
-def _kept_channels(full: nn.Module, thinned: nn.Module) -> dict:
+def kept_channels(full: nn.Module, thinned: nn.Module) -> dict:
     """layer -> [kept input channels, original input channels] for every layer that shrank."""
     kept = {}
     full_modules = dict(full.named_modules())
