@@ -14,6 +14,7 @@ BUILTIN_MODULES = (
     "learners.channel.learner",
     "learners.chn_pruned_gpu.learner",
     "learners.dis_chn_pruned.learner",
+    "learners.gate_decorator.learner",
     "learners.weight_sparse.learner",
     "learners.quant.uniform",
     "learners.quant.non_uniform",

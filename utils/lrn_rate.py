@@ -73,3 +73,18 @@ def scaled_lr(lrn_rate_init: float, global_batch: int, batch_size_norm: int) -> 
 
 def iters_for_epochs(nb_epochs: float, nb_smpls: int, global_batch: int) -> int:
     return max(1, int(math.ceil(nb_epochs * nb_smpls / global_batch)))
+
+
+@dataclass(frozen=True)
+class TriangularLr:
+    """One cycle: ``lr_min`` rising linearly to ``lr_max`` at mid-run, back to ``lr_min`` at
+    the end (Gate Decorator's fine-tuning schedule)."""
+
+    lr_min: float
+    lr_max: float
+    nb_iters: int
+
+    def __call__(self, step: int) -> float:
+        half = max(1.0, self.nb_iters / 2)
+        rise = 1.0 - abs(min(step, self.nb_iters) - half) / half
+        return self.lr_min + (self.lr_max - self.lr_min) * max(0.0, rise)

@@ -1,0 +1,202 @@
+"""gate-decorator: global filter pruning by gated batch norms and tick-tock rounds (You et
+al., NeurIPS 2019), ending in a physically thinned model.
+
+Pre-trained model -> a gate after every BN whose channels feed one layer only (residual sums
+are never cut; ``compression.gates``) -> rounds of
+  tick (``gd_t`` times): gates trained alone for ``gd_tick_nb_batches`` batches while Taylor
+      importance accumulates, then the ``gd_p`` least important gates of the whole network
+      closed, stopping exactly at the FLOPs target;
+  tock: the whole network trained ``gd_tock_epoch`` epochs with an L1 penalty on the gates
+-> gates melted into the BNs, closed channels physically removed (``compression.thinning``)
+-> fine-tuning with a triangular learning rate (``gd_lr_min`` -> ``gd_lr_max`` -> ``gd_lr_min``).
+Ticks run on the primary process (every rank then receives its gates); tocks and the
+fine-tuning run on all processes. Each round is saved, so ``--resume`` continues where the
+run stopped.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+
+import torch
+from torch import nn
+
+from compression.gates import (GlobalGatePruner, attach_gates, gate_l1, gate_points, gates_of,
+                               melt_gates)
+from compression.graph import analyse
+from compression.thinning import thin
+from learners import composition
+from learners.abstract_learner import AbstractLearner
+from learners.channel_base import kept_channels
+from learners.gate_decorator.config import GateDecoratorConfig
+from learners.registry import register_learner
+from learners.trainer import Callback, Trainer
+from utils.checkpoint import load_file, save_file
+from utils.config import ConfigError
+from utils.lrn_rate import ConstantLr, TriangularLr, iters_for_epochs
+
+log = logging.getLogger("pocketflow")
+
+
+class GateSparsity(Callback):
+    """Adds ``weight * sum |g|`` of the open gates to the loss (the tock's penalty)."""
+
+    def __init__(self, model: nn.Module, weight: float) -> None:
+        self.model, self.weight = model, weight
+
+    def before_backward_pass(self, trainer, state) -> None:
+        if self.weight > 0:
+            state.loss = state.loss + self.weight * gate_l1(self.model)
+
+
+class FrozenBatchNorm(Callback):
+    """BN layers in eval mode during a tick (statistics frozen, as the authors do)."""
+
+    def on_train_begin(self, trainer) -> None:
+        for module in trainer.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+@register_learner("gate-decorator", config=GateDecoratorConfig)
+class GateDecoratorLearner(AbstractLearner):
+    produces = frozenset({"thinned"})
+    refuses = {"quantized": composition.PRUNE_QUANTIZED}
+
+    @property
+    def checkpoint_path(self) -> str:
+        return self.own_cfg.gd_save_path
+
+    @property
+    def artifact_path(self) -> str:
+        return self.own_cfg.gd_save_path_eval
+
+    @property
+    def rounds_path(self) -> str:
+        """The gated model after each tick-tock round (``--resume`` continues from it)."""
+        return os.path.join(os.path.dirname(self.checkpoint_path) or ".", "ticktock.pt")
+
+    # -- tick-tock ---------------------------------------------------------------------------
+    def tick(self, model: nn.Module, batches: list, pruner: GlobalGatePruner) -> dict:
+        """Train the gates alone over ``batches`` collecting Taylor scores, then close the
+        least important; returns the gates' state (mask, g, score) for every rank."""
+        cfg = self.own_cfg
+        gates = gates_of(model)
+        trainable = {p: p.requires_grad for p in model.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for gate in gates.values():
+            gate.g.requires_grad_(True)
+            gate.score.zero_()
+            gate.collect_scores(True)
+        optimizer = torch.optim.SGD([g.g for g in gates.values()], lr=cfg.gd_tick_lrn_rate,
+                                    momentum=self.cfg.momentum)
+        try:
+            Trainer(model, optimizer, self.helper.calc_loss, batches, len(batches), self.device,
+                    callbacks=[FrozenBatchNorm()], forward=self.helper.forward_train).fit()
+        finally:
+            for gate in gates.values():
+                gate.collect_scores(False)
+            for p, flag in trainable.items():
+                p.requires_grad_(flag)
+        nb = max(1, int(round(cfg.gd_p * sum(g.mask.numel() for g in gates.values()))))
+        pruner.prune(gates, nb, cfg.gd_preserve_ratio)
+        return {name: {k: v.detach().cpu() for k, v in gate.state_dict().items()}
+                for name, gate in gates.items()}
+
+    def tock(self, model: nn.Module, round_index: int) -> None:
+        cfg = self.own_cfg
+        nb_iters = iters_for_epochs(cfg.gd_tock_epoch, self.helper.nb_smpls_train,
+                                    self.helper.global_batch(self.mgw.size()))
+        if cfg.gd_tock_epoch == 0:
+            return
+        self.fit(model, ConstantLr(cfg.gd_lrn_rate_tock, nb_iters), tag=f"tock{round_index}",
+                 callbacks=[GateSparsity(model, cfg.gd_sparse_lambda)])
+
+    def _load_gate_states(self, model: nn.Module, states: dict) -> None:
+        for name, gate in gates_of(model).items():
+            gate.load_state_dict({k: v.to(self.device) for k, v in states[name].items()})
+
+    def _resume_rounds(self, model: nn.Module) -> int:
+        """The next round after the last one saved (0 without ``--resume``)."""
+        if not (self.cfg.resume and os.path.isfile(self.rounds_path)):
+            return 0
+        saved = load_file(self.rounds_path, kind="checkpoint")
+        model.load_state_dict(saved["model"])
+        log.info("resumed tick-tock after round %d from %s", saved["round"], self.rounds_path)
+        return int(saved["round"]) + 1
+
+    def prune(self, full: nn.Module, report: dict) -> tuple[nn.Module, dict]:
+        """Tick-tock rounds to the FLOPs target; returns ``(gated model, consumer -> kept)``."""
+        cfg = self.own_cfg
+        layers = analyse(full, self.helper.input_shape)
+        points = gate_points(full, layers, cfg.skip_names)
+        if not points:
+            raise ConfigError("gate-decorator: no channel of this model can be gated: it needs a "
+                              "BatchNorm2d between a conv and the one layer that reads it")
+        pruner = GlobalGatePruner(full, layers, points, self.helper.input_shape,
+                                  cfg.gd_minimal_ratio, cfg.gd_flops_eta)
+        if pruner.floor_ratio() > cfg.gd_preserve_ratio:
+            raise ConfigError(
+                f"--gd_preserve_ratio={cfg.gd_preserve_ratio} cannot be reached: with every gated "
+                f"layer at its minimum (gd_minimal_ratio={cfg.gd_minimal_ratio}) the model keeps "
+                f"{pruner.floor_ratio():.3f} of its FLOPs")
+        model = copy.deepcopy(full)
+        attach_gates(model, list(points))
+        gates = gates_of(model)
+        batches = self.cached_batches(self.helper.build_dataset_train(), cfg.gd_tick_nb_batches)
+        history = []
+        round_index = self._resume_rounds(model)
+        while pruner.ratio(gates) > cfg.gd_preserve_ratio:
+            for _ in range(cfg.gd_t):
+                states = self.on_primary(lambda: self.tick(model, batches, pruner))
+                self._load_gate_states(model, states)
+                if pruner.ratio(gates) <= cfg.gd_preserve_ratio:
+                    break
+            ratio = pruner.ratio(gates)
+            log.info("gate-decorator round %d: %d channels open, FLOPs ratio %.4f", round_index,
+                     sum(g.nb_kept for g in gates.values()), ratio)
+            if ratio > cfg.gd_preserve_ratio:
+                self.tock(model, round_index)
+            history.append({"round": round_index, "flops_ratio": ratio,
+                            "open": sum(g.nb_kept for g in gates.values())})
+            if self.mgw.is_primary():
+                save_file(self.rounds_path, "checkpoint", {
+                    "round": round_index,
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
+            round_index += 1
+        report["gate_decorator"] = {"rounds": history, "flops_ratio": pruner.ratio(gates),
+                                    "gated_layers": len(points)}
+        return model, points
+
+    # -- the flow ----------------------------------------------------------------------------
+    def train(self) -> dict:
+        report = self.new_report()
+        full, saved = self.load_start()
+        full_spec = saved.get("spec") or saved.get("meta", {}).get("spec")
+        report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
+        resumed = self.resumed_architecture("finetune")
+        if resumed is not None:
+            model, spec = resumed
+        else:
+            gated, points = self.prune(full, report)
+            report["accuracy"]["gated"] = self.run_evaluation(gated)["accuracy"]
+            keep = melt_gates(gated, points)
+            model, spec = thin(gated, analyse(full, self.helper.input_shape), keep, full_spec)
+            model = model.to(self.device)
+            report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
+            log.info("accuracy: full %.4f | gated %.4f | thinned before fine-tune %.4f",
+                     report["accuracy"]["full"], report["accuracy"]["gated"],
+                     report["accuracy"]["compressed_before_finetune"])
+        cfg = self.own_cfg
+        schedule = TriangularLr(cfg.gd_lr_min, cfg.gd_lr_max, self.helper.nb_iters_train(self.mgw.size()))
+        self.fit(model, schedule, tag="finetune", spec=spec, teacher=self.distillation_teacher())
+        report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
+        size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["compressed"]})
+        if self.mgw.is_primary():
+            self.model_report(self.original(), "full", report, os.path.getsize(self.cfg.save_path_eval))
+            self.model_report(model, "compressed", report, size)
+            report["kept_channels"] = kept_channels(full, model)
+            self.deploy_model(model, report)
+        return self.finish_report(report)

@@ -1,0 +1,202 @@
+"""gate-decorator: gated BNs, Taylor importance, global pruning to a FLOPs target, melting into
+a thinned model, and the learner end to end on digits."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from compression.channel_flops import ChannelFlops
+from compression.gates import (GatedBatchNorm2d, GlobalGatePruner, attach_gates, gate_l1,
+                               gate_points, gates_of, melt_gates)
+from compression.graph import analyse
+from compression.thinning import thin
+from learners.launch import run
+from nets import resnet_at_digits
+from nets.registry import build_from_spec, net_spec
+from tests.test_learners import flag_values
+from utils.config import ConfigError
+from utils.lrn_rate import TriangularLr
+from utils.model_io import load_model
+from utils.model_stats import count_flops
+
+SHAPE = (1, 8, 8)
+
+
+def resnet20() -> nn.Module:
+    torch.manual_seed(0)
+    model = build_from_spec(net_spec("resnet20", num_classes=10, in_channels=1))
+    with torch.no_grad():  # non-trivial BN statistics and affine parameters
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_gates_sit_only_where_channels_feed_one_layer():
+    model = resnet20()
+    points = gate_points(model, analyse(model, SHAPE))
+    # the first BN of every residual block gates the block's inner channels; the BNs whose
+    # channels enter a residual sum (bn2, shortcut, stem) get no gate
+    assert points == {f"layer{s}.{b}.bn1": f"layer{s}.{b}.conv2" for s in (1, 2, 3) for b in range(3)}
+    assert gate_points(model, analyse(model, SHAPE), skip=["layer3"]).keys() == {
+        f"layer{s}.{b}.bn1" for s in (1, 2) for b in range(3)}
+
+
+def test_gating_keeps_the_function_and_moves_the_scale_into_the_gate():
+    model = resnet20()
+    x = torch.randn(4, *SHAPE)
+    before = model(x)
+    gamma = model.layer1[0].bn1.weight.detach().clone()
+    gates = attach_gates(model, ["layer1.0.bn1", "layer2.1.bn1"])
+    assert isinstance(model.layer1[0].bn1, GatedBatchNorm2d)
+    assert torch.equal(gates["layer1.0.bn1"].g.detach(), gamma)
+    assert torch.equal(model.layer1[0].bn1.bn.weight, torch.ones(16))
+    assert not model.layer1[0].bn1.bn.weight.requires_grad
+    assert (model(x) - before).abs().max() < 1e-5
+    expected = gamma.abs().sum() + model.layer2[1].bn1.g.detach().abs().sum()
+    assert float(gate_l1(model).detach()) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_taylor_score_is_the_sum_over_batches_of_grad_times_gate():
+    model = resnet20().train()
+    gate = attach_gates(model, ["layer1.0.bn1"])["layer1.0.bn1"]
+    gate.collect_scores(True)
+    expected = torch.zeros(16)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        x, y = torch.randn(8, *SHAPE), torch.randint(0, 10, (8,))
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        expected += (gate.g.grad * gate.g.detach()).abs()
+    gate.collect_scores(False)
+    assert torch.allclose(gate.score, expected, rtol=1e-5, atol=1e-9)
+    model.zero_grad()
+    nn.functional.cross_entropy(model(torch.randn(8, *SHAPE)), torch.zeros(8, dtype=torch.long)).backward()
+    assert torch.allclose(gate.score, expected, rtol=1e-5, atol=1e-9)  # hook removed: no change
+
+
+def test_melted_and_thinned_model_computes_what_the_gated_one_does():
+    model = resnet20()
+    layers = analyse(model, SHAPE)
+    points = gate_points(model, layers)
+    gated = resnet20()
+    attach_gates(gated, list(points))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for gate in gates_of(gated).values():
+            gate.g.mul_(torch.rand(gate.g.shape, generator=gen) + 0.5)
+            gate.mask[torch.randperm(len(gate.mask), generator=gen)[: len(gate.mask) // 2]] = 0
+    x = torch.randn(16, *SHAPE)
+    expected = gated(x)
+    keep = melt_gates(gated, points)
+    assert not gates_of(gated)
+    assert set(keep) == set(points.values())
+    assert all(len(keep[layer]) == (16 if layer.startswith("layer1") else 32 if layer.startswith("layer2")
+                                    else 64) // 2 for layer in keep)
+    thinned, _ = thin(gated, layers, keep)
+    assert thinned.layer1[0].conv1.weight.shape == (8, 16, 3, 3)
+    assert thinned.layer3[2].conv2.weight.shape == (64, 32, 3, 3)
+    assert (thinned.eval()(x) - expected).abs().max() <= 1e-5
+
+
+def test_global_pruner_stops_at_the_flops_target_and_keeps_the_minimum():
+    model = resnet20()
+    layers = analyse(model, SHAPE)
+    points = gate_points(model, layers)
+    pruner = GlobalGatePruner(model, layers, points, SHAPE, minimal_ratio=0.25)
+    gated = resnet20()
+    gates = attach_gates(gated, list(points))
+    with torch.no_grad():  # layer3's channels are the least important
+        for name, gate in gates.items():
+            gate.score.copy_(torch.rand(len(gate.score)) + (0.0 if name.startswith("layer3") else 10.0))
+    closed = pruner.prune(gates, 20, target=0.1)          # stops at nb first
+    names = list(gates)
+    assert closed == 20
+    assert sum(gates[n].mask.numel() - gates[n].nb_kept for n in names if n.startswith("layer3")) == 20
+    pruner.prune(gates, 10_000, target=0.6)               # then at the target
+    ratio = pruner.ratio(gates)
+    counts = pruner.counts(gates)
+    flops = ChannelFlops(model, layers, SHAPE)
+    largest_step = max(flops.flops(counts) - flops.flops({**counts, layer: n - 1})
+                       for layer, n in counts.items()) / flops.total
+    assert 0.6 - largest_step < ratio <= 0.6
+    for name, gate in gates.items():
+        assert gate.nb_kept >= int(gate.mask.numel() * 0.25)
+    counts = pruner.counts(gates)
+    assert ratio == pytest.approx(count_flops(thin(model, layers, {
+        layer: torch.arange(n) for layer, n in counts.items()})[0], SHAPE) / count_flops(model, SHAPE))
+
+
+def test_triangular_lr_rises_then_falls():
+    lr = TriangularLr(1e-3, 1e-2, 100)
+    assert lr(0) == pytest.approx(1e-3)
+    assert lr(50) == pytest.approx(1e-2)
+    assert lr(25) == pytest.approx(5.5e-3)
+    assert lr(75) == pytest.approx(5.5e-3)
+    assert lr(100) == pytest.approx(1e-3)
+
+
+def gd_values(tmp_path, *extra: str) -> dict:
+    return flag_values(tmp_path, "--learner=gate-decorator", "--nb_epochs_rat=0.05",
+                       "--image_size=8", "--gd_tick_nb_batches=2", "--gd_t=3", "--gd_p=0.05",
+                       "--gd_tock_epoch=0.1",
+                       f"--gd_save_path={tmp_path}/gd/model.ckpt",
+                       f"--gd_save_path_eval={tmp_path}/gd_eval/model.ckpt", *extra)
+
+
+@pytest.fixture(scope="module")
+def gd_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("gd")
+    values = gd_values(tmp_path)
+    return tmp_path, values, run(resnet_at_digits.ModelHelper, values)
+
+
+def test_learner_reaches_the_flops_target_with_a_thinned_artifact(gd_run):
+    tmp_path, values, report = gd_run
+    saved = json.load(open(tmp_path / "gd_eval" / "report.json"))
+    ratio = saved["flops"]["compressed"] / saved["flops"]["full"]
+    assert 0.45 <= ratio <= 0.5
+    assert saved["gate_decorator"]["flops_ratio"] == pytest.approx(ratio)
+    assert saved["gate_decorator"]["gated_layers"] == 9
+    assert len(saved["gate_decorator"]["rounds"]) >= 2       # several tick-tock rounds
+    assert saved["params"]["compressed"] < 0.6 * saved["params"]["full"]
+    for key in ("full", "gated", "compressed_before_finetune", "compressed"):
+        assert 0.0 <= saved["accuracy"][key] <= 1.0
+    # melting is exact: the thinned model scores what the gated one does
+    assert saved["accuracy"]["compressed_before_finetune"] == pytest.approx(saved["accuracy"]["gated"])
+    # only block-inner channels shrink: the residual width (e.g. layer1.0.conv1's input) stays
+    assert all(name.endswith("conv2") for name in saved["kept_channels"])
+    model, _ = load_model(values["gd_save_path_eval"])
+    assert sum(p.numel() for p in model.parameters()) == saved["params"]["compressed"]
+    assert model.layer1[0].conv1.in_channels == 16
+    assert saved["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, saved["onnx"]["max_abs_output"])
+    assert [e["learner"] for e in saved["chain"]] == ["full-prec", "gate-decorator"]
+
+
+def test_resume_continues_the_finetuning_of_the_thinned_model(gd_run):
+    tmp_path, values, report = gd_run
+    resumed = run(resnet_at_digits.ModelHelper, {
+        **values, "resume": True, "gd_save_path_eval": str(tmp_path / "resumed" / "m.ckpt")})
+    assert "tock0" not in resumed["wall_s"]                 # no new tick-tock
+    assert resumed["params"]["compressed"] == report["params"]["compressed"]
+    assert resumed["accuracy"]["compressed"] == pytest.approx(report["accuracy"]["compressed"])
+
+
+def test_unreachable_target_names_the_reachable_ratio(gd_run):
+    tmp_path, values, _ = gd_run
+    with pytest.raises(ConfigError, match=r"cannot be reached.*keeps 0\.\d+ of its FLOPs"):
+        run(resnet_at_digits.ModelHelper, {**values, "gd_preserve_ratio": 0.05,
+                                          "gd_save_path_eval": str(tmp_path / "x" / "m.ckpt")})
+
+
+@pytest.mark.parametrize("flag, value", [("gd_preserve_ratio", 0.0), ("gd_preserve_ratio", 1.5),
+                                         ("gd_p", 0.0), ("gd_t", 0), ("gd_lr_min", 1.0)])
+def test_bad_options_are_refused(tmp_path, flag, value):
+    with pytest.raises(ConfigError, match=flag):
+        run(resnet_at_digits.ModelHelper, {**gd_values(tmp_path), flag: value})
