@@ -92,6 +92,26 @@ def test_int8_files_are_judged_by_accuracy(exported, monkeypatch):
         verify_artifact(results["onnx_fp32"]["path"], model, batches, kind="fp32")
 
 
+def test_fakequant_files_export_as_float_and_are_judged_by_decisions(tmp_path):
+    """A DoReFa/PACT model (activations rounded by float ops) deploys as a float file whose
+    check is the int8 one: a runtime's last-bit conv difference may move an activation on a
+    rounding boundary to the next level."""
+    from compression.dorefa_pact import attach_clipped_quantizers, bake_weights
+
+    torch.manual_seed(0)
+    h = helper()
+    model = h.build_model()
+    attach_clipped_quantizers(model, "pact", 4, 4, alpha_init=2.0)
+    model = bake_weights(model).eval()
+    batches = batches_of(h)
+    results = deploy({"fakequant": (model, str(tmp_path / "model"))}, formats_for("onnx", ("fakequant",)),
+                     batches, batches[0][0][:2])
+    figures = results["onnx_fakequant"]
+    assert figures["kind"] == "fakequant" and figures["parity_ok"]
+    assert figures["top1_agreement"] >= 0.95
+    assert abs(figures["accuracy"] - figures["accuracy_torch"]) <= 0.005
+
+
 def test_missing_packages_name_the_install_command(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(formats_module.importlib.util, "find_spec",
