@@ -19,6 +19,7 @@ BUILTIN_MODULES = (
     "learners.quant.uniform",
     "learners.quant.non_uniform",
     "learners.quant.uniform_tf",
+    "learners.schedule.learner",
 )
 
 

@@ -1,0 +1,141 @@
+"""The CompressionScheduler: ONE trainer callback that runs a policy's active instances.
+
+Epochs are global: ``offset`` (the first epoch of the current training segment) plus
+``step // iters_per_epoch``. At the first step of an epoch the pruners active in it fire
+(Distiller's ``on_epoch_begin``); each (policy, epoch) event fires once, also across a resume
+(the fired events are the callback's state). Regularizers and PACT's alpha decay add to the
+loss in ``before_backward_pass`` during their active epochs. Thinning and quantizer
+attachment change the model and happen between segments (``learners.schedule``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from compression.dorefa_pact import pact_alpha_l2
+from compression.graph import analyse
+from compression.masks import attach_masks, masks_of
+from compression.schedule.policy import Policy
+from compression.schedule.pruners import PRUNERS, REGULARIZERS
+from learners.trainer import Callback, StepState, Trainer
+from utils.model_io import unwrap
+
+
+class CompressionScheduler(Callback):
+    def __init__(self, policy: Policy, model: nn.Module, input_shape, iters_per_epoch: int,
+                 broadcast: Callable | None = None) -> None:
+        self.policy = policy
+        self.input_shape = tuple(input_shape)
+        self.iters_per_epoch = iters_per_epoch
+        self.broadcast = broadcast
+        layers = analyse(model, input_shape)
+        self.pruners = [(i, p, PRUNERS[p.instance.cls](p.instance, p, layers))
+                        for i, p in enumerate(policy.policies) if p.kind == "pruner"]
+        owner: dict[str, str] = {}
+        for _, entry, pruner in self.pruners:
+            for name in pruner.mask_layers():
+                if owner.setdefault(name, entry.instance.name) != entry.instance.name:
+                    raise entry.instance.where.error(
+                        f"{name} is also masked by pruner {owner[name]} (its weight, or the input "
+                        "channels / filters a structured pruner removes); one pruner per layer")
+        self.regularizers = [p for p in policy.policies if p.kind == "regularizer"]
+        self.pact_decay = [p for p in policy.policies if p.kind == "quantizer"
+                           and p.instance.params.get("act_clip_decay", 0.0) > 0]
+        self.fired: set[str] = set()
+        self.keep: dict[str, torch.Tensor] = {}   # structured pruning: consumer -> kept inputs
+        self.model: nn.Module = model
+        self.offset = 0
+
+    # -- segments --------------------------------------------------------------------------
+    def set_segment(self, model: nn.Module, start_epoch: int, attach: bool = True) -> None:
+        """Train ``model`` from ``start_epoch``; masks are attached to every layer a pruner
+        with events still to run from ``start_epoch`` on needs (AGP masks persist once
+        attached). ``attach=False``: the model has its masks already (a resumed checkpoint)."""
+        self.model, self.offset = unwrap(model), start_epoch
+        if not attach:
+            return
+        have = set(masks_of(self.model))
+        needed = []
+        for index, entry, pruner in self.pruners:
+            if any(e >= start_epoch and f"{index}:{e}" not in self.fired for e in entry.active_epochs()):
+                needed += [n for n in pruner.mask_layers() if n not in have and n not in needed]
+        if needed:
+            attach_masks(self.model, needed)
+
+    def epoch_of(self, step: int) -> int:
+        return self.offset + step // self.iters_per_epoch
+
+    def fire(self, epoch: int) -> bool:
+        """Run the pruner events of ``epoch`` not run yet; True when any ran."""
+        ran = False
+        for index, entry, pruner in self.pruners:
+            key = f"{index}:{epoch}"
+            if key in self.fired or epoch not in entry.active_epochs():
+                continue
+            pruner.apply(self.model, epoch, self.keep)
+            self.fired.add(key)
+            ran = True
+        if ran and self.broadcast is not None:
+            self._sync()
+        return ran
+
+    @torch.no_grad()
+    def _sync(self) -> None:
+        """Rank 0's masks and keep dict on every rank (decisions are deterministic anyway)."""
+        masks = masks_of(self.model)
+        payload = self.broadcast({"masks": {n: m.mask.cpu() for n, m in masks.items()},
+                                  "keep": {n: k.cpu() for n, k in self.keep.items()}})
+        for name, mask in payload["masks"].items():
+            masks[name].mask.copy_(mask)
+        self.keep = dict(payload["keep"])
+
+    def reset_structure(self) -> None:
+        """After thinning: the kept channels are now the architecture."""
+        self.keep = {}
+
+    def zeros_targets(self) -> dict[str, int]:
+        """layer -> the exact zero count its AGP pruner aims at now (its last fired event)."""
+        targets = {}
+        for index, entry, pruner in self.pruners:
+            if not hasattr(pruner, "target_zeros"):
+                continue
+            done = [e for e in entry.active_epochs() if f"{index}:{e}" in self.fired]
+            if done:
+                targets.update(pruner.target_zeros(self.model, max(done)))
+        return targets
+
+    # -- hooks -----------------------------------------------------------------------------
+    def on_minibatch_begin(self, trainer: Trainer, state: StepState) -> None:
+        self.fire(self.epoch_of(state.step))
+
+    def before_backward_pass(self, trainer: Trainer, state: StepState) -> None:
+        epoch = self.epoch_of(state.step)
+        extra = None
+        for entry in self.regularizers:
+            if entry.first_epoch <= epoch <= entry.last_epoch and epoch in self._range(entry):
+                term = REGULARIZERS[entry.instance.cls](self.model, entry.instance.params)
+                extra = term if extra is None else extra + term
+        for entry in self.pact_decay:
+            if epoch >= entry.first_epoch:
+                term = entry.instance.params["act_clip_decay"] * pact_alpha_l2(self.model).to(
+                    state.loss.device)
+                extra = term if extra is None else extra + term
+        if extra is not None:
+            state.loss = state.loss + extra
+
+    @staticmethod
+    def _range(entry) -> range | list[int]:
+        """A regularizer is on over its whole range (every epoch of [start, end] with frequency
+        1, the listed epochs with ``epochs: [..]``)."""
+        if entry.epochs is not None:
+            return entry.active_epochs()
+        return range(entry.starting_epoch, entry.ending_epoch + 1, entry.frequency)
+
+    def state_dict(self) -> dict:
+        return {"fired": sorted(self.fired), "keep": {n: k.tolist() for n, k in self.keep.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fired = set(state.get("fired", []))
+        self.keep = {n: torch.tensor(k, dtype=torch.long) for n, k in state.get("keep", {}).items()}

@@ -1,0 +1,1 @@
+"""``--learner=schedule``: a Distiller-style YAML compression schedule (``--compress``)."""

@@ -1,0 +1,236 @@
+"""schedule: run a Distiller-style compression-schedule YAML (``--compress=policy.yaml``).
+
+Pre-trained model -> policy validated against it -> training in SEGMENTS split at the thinning
+epochs and the quantizers' first epochs; at a segment's first epoch: the pruners of that epoch
+fire, a thinning extension physically thins the masked structured-pruned model
+(``compression.thinning.thin``, recorded in the spec), quantizers starting then are attached;
+then the segment trains (its own ``fit``, tag ``epochs_<first>_<last>``, fresh optimizer, the
+one ``CompressionScheduler`` callback) -> masks / quantized weights baked -> artifact + ONNX +
+report. ``--resume`` restarts the interrupted segment from its checkpoint's spec.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from compression.dorefa_pact import bake_weights, clipped_quant_entry
+from compression.graph import analyse
+from compression.masks import attach_masks, detach_masks, maskable_layers, masks_of, sparsity_table
+from compression.schedule.lr import policy_lr
+from compression.schedule.policy import Policy, check_epochs, check_weights, load_policy
+from compression.schedule.quantizers import apply_quantizer, weight_layers
+from compression.schedule.scheduler import CompressionScheduler
+from compression.thinning import thin
+from learners import composition
+from learners.abstract_learner import AbstractLearner
+from learners.channel_base import kept_channels
+from learners.registry import register_learner
+from learners.schedule.config import ScheduleConfig
+from utils.checkpoint import load_file
+from utils.lrn_rate import scaled_lr
+from utils.model_io import build_model
+
+log = logging.getLogger("pocketflow")
+MASK_SUFFIX = ".parametrizations.weight.0.mask"
+
+
+def segment_starts(policy: Policy, nb_epochs: int) -> list[int]:
+    """Epoch 0, every thinning epoch and every quantizer's first epoch (below ``nb_epochs``)."""
+    starts = {0, *(e for p in policy.of_kind("extension") for e in p.active_epochs()),
+              *(p.first_epoch for p in policy.of_kind("quantizer"))}
+    return sorted(e for e in starts if e < nb_epochs)
+
+
+def _bake_masks(model: nn.Module, layers: list, keep: dict) -> None:
+    """Bake the masks of the layers thinning rebuilds (consumers, producers): exact zeros stay."""
+    touched = set()
+    for layer in layers:
+        if layer.name in keep:
+            touched |= {layer.name, *([layer.producer] if layer.shrinks_producer else []),
+                        *layer.followers}
+    for name in touched:
+        module = model.get_submodule(name)
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+def policy_tags(policy: Policy) -> frozenset:
+    tags = set()
+    classes = {p.instance.cls for p in policy.of_kind("pruner")}
+    if "AutomatedGradualPruner" in classes or (classes and not policy.of_kind("extension")):
+        tags.add("sparse")
+    if policy.of_kind("extension"):
+        tags.add("thinned")
+    if policy.of_kind("quantizer"):
+        tags.add("quantized")
+    return frozenset(tags)
+
+
+@register_learner("schedule", config=ScheduleConfig)
+class ScheduleLearner(AbstractLearner):
+    produces = frozenset({"sparse", "thinned", "quantized"})
+    refuses = {"quantized": composition.PRUNE_QUANTIZED}
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._policy: Policy | None = None
+        if self.cfg.exec_mode == "train":
+            self._policy = load_policy(self.own_cfg.compress)  # a bad file fails before training
+
+    @property
+    def policy(self) -> Policy:
+        if self._policy is None:
+            self._policy = load_policy(self.own_cfg.compress)
+        return self._policy
+
+    @property
+    def checkpoint_path(self) -> str:
+        return self.own_cfg.sch_save_path
+
+    @property
+    def artifact_path(self) -> str:
+        return self.own_cfg.sch_save_path_eval
+
+    def result_tags(self) -> frozenset:
+        return policy_tags(self.policy)
+
+    # -- segments --------------------------------------------------------------------------
+    def _resumed(self, tags: list[str]) -> tuple[int, dict, list[str]] | None:
+        """(segment index, spec, masked layers) of an interrupted run (``--resume``)."""
+        if not (self.cfg.resume and os.path.isfile(self.checkpoint_path)):
+            return None
+        ckpt = load_file(self.checkpoint_path, kind="checkpoint")
+        if ckpt.get("tag") not in tags or not ckpt.get("meta", {}).get("spec"):
+            return None
+        masked = [k[: -len(MASK_SUFFIX)] for k in ckpt["model"] if k.endswith(MASK_SUFFIX)]
+        return tags.index(ckpt["tag"]), ckpt["meta"]["spec"], masked
+
+    def _quantize(self, model: nn.Module, start: int, resumed: bool, info: list) -> None:
+        for entry in self.policy.of_kind("quantizer"):
+            if entry.first_epoch == start or (resumed and entry.first_epoch <= start):
+                masked = sorted(set(masks_of(model)) & set(weight_layers(model, entry.instance)))
+                if masked:
+                    raise entry.instance.where.error(
+                        f"the quantizer would quantize weights a pruner still masks ({', '.join(masked)}); "
+                        "list the quantized layers under 'weights:' without them")
+                info.append(apply_quantizer(model, entry.instance))
+
+    def _boundary(self, model: nn.Module, spec: dict, scheduler: CompressionScheduler, start: int,
+                  report: dict, quant: list) -> tuple[nn.Module, dict]:
+        """What happens when epoch ``start`` begins a segment: pruning, thinning, quantizers."""
+        scheduler.set_segment(model, start)
+        scheduler.fire(start)
+        thin_epochs = {e for p in self.policy.of_kind("extension") for e in p.active_epochs()}
+        if start in thin_epochs:
+            if not scheduler.keep:
+                log.warning("thinning at epoch %d: no structured pruner has selected channels yet; "
+                            "nothing to remove", start)
+            else:
+                layers = analyse(model, self.helper.input_shape)
+                _bake_masks(model, layers, scheduler.keep)
+                thinned, spec = thin(model, layers, scheduler.keep, spec)
+                report["thinning"] = {"epoch": start, **self._parity(model, thinned)}
+                model = thinned.to(self.device)
+                report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
+                log.info("thinned at epoch %d: masked vs thinned max |diff| = %.2e | accuracy %.4f",
+                         start, report["thinning"]["max_abs_diff"],
+                         report["accuracy"]["compressed_before_finetune"])
+            scheduler.reset_structure()
+            scheduler.set_segment(model, start)
+        before = len(quant)
+        self._quantize(model, start, False, quant)
+        if len(quant) > before and "thinning" not in report:
+            report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
+        return model, spec
+
+    @torch.no_grad()
+    def _parity(self, masked: nn.Module, thinned: nn.Module) -> dict:
+        inputs, _ = next(iter(self.eval_loader()))
+        inputs = inputs.to(self.device)
+        a, b = masked.eval()(inputs), thinned.eval()(inputs)
+        masked.train(), thinned.train()
+        return {"max_abs_diff": float((a - b).abs().max()), "max_abs_output": float(a.abs().max())}
+
+    # -- the flow ----------------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg, policy = self.own_cfg, self.policy
+        report = self.new_report()
+        full, saved = self.load_start()
+        spec = copy.deepcopy(saved.get("spec") or saved.get("meta", {}).get("spec"))
+        check_weights(policy, list(maskable_layers(full)))
+        nb_epochs = cfg.sch_nb_epochs or policy.last_epoch + 1
+        check_epochs(policy, nb_epochs)
+        agp = {w[: -len(".weight")] for p in policy.of_kind("pruner")
+               for w in p.instance.params.get("weights") or []}
+        for entry in policy.of_kind("quantizer"):
+            both = sorted(agp & set(weight_layers(full, entry.instance)))
+            if both:
+                raise entry.instance.where.error(
+                    f"the quantizer would quantize weights an AutomatedGradualPruner masks "
+                    f"({', '.join(both)}); list the quantized layers under 'weights:' without them")
+        report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
+        iters = cfg.sch_epoch_iters or len(self.train_loader())
+        base_lr = cfg.sch_lrn_rate or scaled_lr(self.helper.cfg.lrn_rate_init,
+                                                self.helper.global_batch(self.mgw.size()),
+                                                self.helper.cfg.batch_size_norm)
+        schedule = policy_lr(policy, base_lr, iters, nb_epochs)
+        model = copy.deepcopy(full)
+        scheduler = CompressionScheduler(policy, model, self.helper.input_shape, iters,
+                                         self.mgw.broadcast_object if self.mgw.size() > 1 else None)
+        starts = segment_starts(policy, nb_epochs)
+        ends = [*starts[1:], nb_epochs]
+        tags = [f"epochs_{s}_{e - 1}" for s, e in zip(starts, ends)]
+        resumed = self._resumed(tags)
+        quant: list[dict] = []
+        teacher = self.distillation_teacher()
+        for index, (start, end, tag) in enumerate(zip(starts, ends, tags)):
+            if resumed is not None and index < resumed[0]:
+                continue
+            if resumed is not None and index == resumed[0]:
+                spec = resumed[1]
+                model = build_model(spec).to(self.device)
+                if resumed[2]:
+                    attach_masks(model, resumed[2])
+                self._quantize(model, start, True, quant)
+                scheduler.set_segment(model, start, attach=False)
+            else:
+                model, spec = self._boundary(model, spec, scheduler, start, report, quant)
+            log.info("schedule segment %s: epochs %d..%d, %d steps", tag, start, end - 1,
+                     (end - start) * iters)
+            self.fit(model, schedule.segment(start, end), tag=tag, spec=spec, callbacks=[scheduler],
+                     teacher=teacher)
+        report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
+        targets = scheduler.zeros_targets()
+        pruned = sorted(set(masks_of(model)))
+        if quant:
+            bake_weights(model)
+            spec = {**spec, "transforms": [*spec.get("transforms", []), clipped_quant_entry(model)]}
+        detach_masks(model)
+        if "sparse" in self.result_tags():
+            report["sparsity"] = self._sparsity(model, pruned, targets)
+        if quant:
+            report["quantization"] = [{k: v for k, v in q.items()} for q in quant]
+        report["policy"] = policy.summary()
+        size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["compressed"]})
+        if self.mgw.is_primary():
+            self.model_report(self.original(), "full", report, os.path.getsize(self.cfg.save_path_eval))
+            self.model_report(model, "compressed", report, size)
+            if "thinned" in self.result_tags():
+                report["kept_channels"] = kept_channels(full, model)
+            self.deploy_model(model, report, kind="fakequant" if quant else "fp32")
+        return self.finish_report(report)
+
+    @staticmethod
+    def _sparsity(model: nn.Module, names: list[str], targets: dict) -> dict:
+        table = sparsity_table(model)
+        layers = {n: {**table["layers"][n], "target_zeros": targets.get(n)} for n in names
+                  if n in table["layers"]}
+        zeros = sum(v["zeros"] for v in layers.values())
+        numel = sum(v["numel"] for v in layers.values())
+        return {"layers": layers, "zeros": zeros, "numel": numel,
+                "sparsity": zeros / numel if numel else 0.0, "overall": table["sparsity"]}
