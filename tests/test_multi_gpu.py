@@ -233,3 +233,21 @@ def test_chain_on_two_processes(tmp_path):
     assert [s["learner"] for s in report["chain"]] == ["full-prec", "chn-pruned-rmt", "non-uniform"]
     assert report["params"]["compressed"] == thinned["params"]["compressed"]
     assert report["deploy"]["onnx_fp32"]["parity_ok"]
+
+
+def test_gate_decorator_on_two_processes(tmp_path):
+    """Ticks on rank 0 (gates broadcast), tocks and fine-tuning on both ranks."""
+    proc = launch("nets/resnet_at_digits_run.py", "-n=2", "--mgw_backend=torch",
+                  "--learner=gate-decorator", f"--save_path={tmp_path}/ckpt/model.ckpt",
+                  f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
+                  "--report_latency=false", "--nb_epochs_rat=0.05", "--batch_size=32",
+                  "--image_size=8", "--summ_step=10", "--gd_tick_nb_batches=2", "--gd_t=3",
+                  "--gd_p=0.05", "--gd_tock_epoch=0.1", f"--gd_save_path={tmp_path}/g/m.ckpt",
+                  f"--gd_save_path_eval={tmp_path}/g_eval/m.ckpt", timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "tock0: parameters identical on all 2 ranks" in proc.stdout
+    assert "finetune: parameters identical on all 2 ranks" in proc.stdout
+    with open(tmp_path / "g_eval" / "report.json") as handle:
+        report = json.load(handle)
+    assert 0.45 <= report["flops"]["compressed"] / report["flops"]["full"] <= 0.5
+    assert report["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, report["onnx"]["max_abs_output"])

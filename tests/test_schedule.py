@@ -177,7 +177,6 @@ def test_bad_policy_through_the_entry_script_exits_2(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
 def test_filters_and_agp_on_two_processes(tmp_path):
     """Masks and keep dicts from rank 0; both ranks thin and train the same model."""
     import os
