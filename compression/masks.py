@@ -129,3 +129,15 @@ def sparsity_table(model: nn.Module) -> dict:
     numel = sum(v["numel"] for v in layers.values())
     return {"layers": layers, "zeros": zeros, "numel": numel,
             "sparsity": zeros / numel if numel else 0.0}
+
+
+def sparsity_of(model: nn.Module, names: list[str], targets: dict) -> dict:
+    """The sparsity table restricted to the pruned layers ``names``, each with the zero count
+    its pruner aimed at (``targets``), and their totals."""
+    table = sparsity_table(model)
+    layers = {n: {**table["layers"][n], "target_zeros": targets.get(n)} for n in names
+              if n in table["layers"]}
+    zeros = sum(v["zeros"] for v in layers.values())
+    numel = sum(v["numel"] for v in layers.values())
+    return {"layers": layers, "zeros": zeros, "numel": numel,
+            "sparsity": zeros / numel if numel else 0.0, "overall": table["sparsity"]}

@@ -135,3 +135,23 @@ def load_sparse_model(path: str) -> tuple[nn.Module, dict]:
     model = build_model(obj["spec"])
     load_weights(model, state, path)
     return model, obj
+
+
+def export_sparse_files(model: nn.Module, spec: dict, stem: str, inputs: torch.Tensor,
+                        meta: dict | None = None) -> dict:
+    """``<stem>.coo.pt`` and ``<stem>.csr.pt``, each loaded back and run on ``inputs`` against
+    ``model``: ``{layout: {"path", "bytes", "max_abs_diff"}}``."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        expected = model(inputs).cpu()
+    model.train(was_training)
+    files = {}
+    for layout in LAYOUTS:
+        path = f"{stem}.{layout}.pt"
+        size = save_sparse_model(path, model, spec, layout, meta)
+        loaded, _ = load_sparse_model(path)
+        with torch.no_grad():
+            diff = float((loaded.eval()(inputs.cpu()) - expected).abs().max())
+        files[layout] = {"path": path, "bytes": size, "max_abs_diff": diff}
+    return files

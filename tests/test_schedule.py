@@ -98,6 +98,10 @@ policies:
         assert report["sparsity"]["layers"][layer]["target_zeros"] == zeros
     assert int((model.conv1.weight == 0).sum()) == 0  # not listed: dense
     assert report["policy"]["instances"] == {"pruners": {"p": "AutomatedGradualPruner"}}
+    files = report["sparse_files"]                   # COO / CSR files, exact round trip
+    assert set(files) == {"coo", "csr"} and all(f["max_abs_diff"] == 0.0 for f in files.values())
+    assert report["bytes_on_disk"]["compressed"] == min(f["bytes"] for f in files.values())
+    assert report["bytes_on_disk"]["compressed"] < report["bytes_on_disk"]["full"]
 
 
 def test_structured_masked_model_equals_the_thinned_one():

@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 
 from compression.dorefa_pact import bake_weights, clipped_quant_entry
 from compression.graph import analyse
-from compression.masks import attach_masks, detach_masks, maskable_layers, masks_of, sparsity_table
+from compression.masks import attach_masks, detach_masks, maskable_layers, masks_of, sparsity_of
 from compression.schedule.lr import policy_lr
 from compression.schedule.policy import Policy, check_epochs, check_weights, load_policy
 from compression.schedule.quantizers import apply_quantizer, weight_layers
@@ -212,7 +212,7 @@ class ScheduleLearner(AbstractLearner):
             spec = {**spec, "transforms": [*spec.get("transforms", []), clipped_quant_entry(model)]}
         detach_masks(model)
         if "sparse" in self.result_tags():
-            report["sparsity"] = self._sparsity(model, pruned, targets)
+            report["sparsity"] = sparsity_of(model, pruned, targets)
         if quant:
             report["quantization"] = [{k: v for k, v in q.items()} for q in quant]
         report["policy"] = policy.summary()
@@ -220,17 +220,9 @@ class ScheduleLearner(AbstractLearner):
         if self.mgw.is_primary():
             self.model_report(self.original(), "full", report, os.path.getsize(self.cfg.save_path_eval))
             self.model_report(model, "compressed", report, size)
+            if "sparse" in self.result_tags():
+                self.export_sparse(model, spec, report)
             if "thinned" in self.result_tags():
                 report["kept_channels"] = kept_channels(full, model)
             self.deploy_model(model, report, kind="fakequant" if quant else "fp32")
         return self.finish_report(report)
-
-    @staticmethod
-    def _sparsity(model: nn.Module, names: list[str], targets: dict) -> dict:
-        table = sparsity_table(model)
-        layers = {n: {**table["layers"][n], "target_zeros": targets.get(n)} for n in names
-                  if n in table["layers"]}
-        zeros = sum(v["zeros"] for v in layers.values())
-        numel = sum(v["numel"] for v in layers.values())
-        return {"layers": layers, "zeros": zeros, "numel": numel,
-                "sparsity": zeros / numel if numel else 0.0, "overall": table["sparsity"]}

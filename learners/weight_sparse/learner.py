@@ -10,14 +10,12 @@ import copy
 import logging
 import os
 
-import torch
 from torch import nn
 
 from compression.batchnorm import recalibrate_bn
 from compression.layer_regression import layerwise_regression
 from compression.masks import (attach_masks, detach_masks, maskable_layers, masks_of, set_masks,
-                               sparsity_table)
-from compression.sparse_format import LAYOUTS, load_sparse_model, save_sparse_model
+                               sparsity_of)
 from compression.ratio_list import read_ratio_list
 from compression.sparsity_allocation import nb_zeros_heurist, nb_zeros_uniform
 from learners import composition
@@ -134,43 +132,15 @@ class WeightSparseLearner(AbstractLearner):
         targets = {n: int((m.mask == 0).sum()) for n, m in masks_of(model).items()}
         report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
         detach_masks(model)
-        report["sparsity"] = self._sparsity(model, names, targets, final)
+        report["sparsity"] = {**sparsity_of(model, names, targets),
+                              "target_zeros": sum(targets.values()),
+                              "protocol_counts": None if final is None else list(final.values())}
         size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["compressed"]})
         if self.mgw.is_primary():
             self.model_report(self.original(), "full", report,
                               os.path.getsize(self.cfg.save_path_eval))
             self.model_report(model, "compressed", report, size)
-            report["sparse_files"] = self.export_sparse(model, spec)
-            report["bytes_on_disk"]["compressed"] = min(
-                f["bytes"] for f in report["sparse_files"].values())
+            self.export_sparse(model, spec, report)
             self.deploy_model(model, report)
         return self.finish_report(report)
-
-    @staticmethod
-    def _sparsity(model: nn.Module, names: list[str], targets: dict, final: dict | None) -> dict:
-        table = sparsity_table(model)
-        layers = {n: {**table["layers"][n], "target_zeros": targets[n]} for n in names}
-        zeros = sum(v["zeros"] for v in layers.values())
-        numel = sum(v["numel"] for v in layers.values())
-        return {"layers": layers, "zeros": zeros, "numel": numel, "sparsity": zeros / numel,
-                "target_zeros": sum(targets.values()),
-                "protocol_counts": None if final is None else list(final.values())}
-
-    def export_sparse(self, model: nn.Module, spec: dict) -> dict:
-        """COO and CSR files beside the artifact, each loaded back and compared on real data."""
-        inputs, _ = next(iter(self.eval_loader()))
-        model.eval()
-        with torch.no_grad():
-            expected = model(inputs.to(self.device)).cpu()
-        files = {}
-        for layout in LAYOUTS:
-            path = os.path.splitext(self.artifact_path)[0] + f".{layout}.pt"
-            size = save_sparse_model(path, model, spec, layout, {"learner": self.learner_name})
-            loaded, _ = load_sparse_model(path)
-            with torch.no_grad():
-                diff = float((loaded.eval()(inputs.cpu()) - expected).abs().max())
-            files[layout] = {"path": path, "bytes": size, "max_abs_diff": diff}
-            log.info("sparse %s file %s: %d bytes | round-trip max |diff| = %.1e", layout, path,
-                     size, diff)
-        return files
 
