@@ -256,6 +256,15 @@ class AbstractLearner(ABC):
                  " -> ".join(e["learner"] for e in self.chain))
         return model.to(self.device), obj
 
+    def begin(self) -> tuple[dict, nn.Module, dict]:
+        """The start of every compression: a new report holding the original's accuracy, the
+        model to compress (``load_start``) and its architecture spec."""
+        report = self.new_report()
+        full, saved = self.load_start()
+        spec = saved.get("spec") or saved.get("meta", {}).get("spec")
+        report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
+        return report, full, spec
+
     def original(self) -> nn.Module:
         """The full-precision model of ``--save_path_eval`` (the reference of every report)."""
         if self._original is None:
@@ -386,6 +395,12 @@ class AbstractLearner(ABC):
         report["bytes_on_disk"][side] = size
         if self.cfg.report_latency:
             report["latency_ms"][side] = measure_latency(model, self.helper.input_shape)
+
+    def report_sides(self, report: dict, model: nn.Module, size: int | None) -> None:
+        """FLOPs, params, bytes and latency of the original (``full``) and of ``model``
+        (``compressed``, ``size`` bytes on disk)."""
+        self.model_report(self.original(), "full", report, os.path.getsize(self.cfg.save_path_eval))
+        self.model_report(model, "compressed", report, size)
 
     def new_report(self) -> dict:
         return empty_report(self.learner_name, self.helper.model_name, self.helper.dataset_name)

@@ -151,10 +151,7 @@ class ChannelLearnerBase(AbstractLearner):
 
     # -- the flow ----------------------------------------------------------------------------
     def train(self) -> dict:
-        report = self.new_report()
-        full, saved = self.load_start()
-        full_spec = saved.get("spec") or saved.get("meta", {}).get("spec")
-        report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
+        report, full, full_spec = self.begin()
         resumed = self.resumed_architecture("finetune")
         if resumed is not None:
             model, spec = resumed
@@ -179,8 +176,7 @@ class ChannelLearnerBase(AbstractLearner):
         return self.finish_report(report)
 
     def _fill_report(self, report: dict, full: nn.Module, model: nn.Module, size: int) -> None:
-        self.model_report(self.original(), "full", report, os.path.getsize(self.cfg.save_path_eval))
-        self.model_report(model, "compressed", report, size)
+        self.report_sides(report, model, size)
         report["kept_channels"] = kept_channels(full, model)
         self.deploy_model(model, report)
 

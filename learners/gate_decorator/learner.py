@@ -172,10 +172,7 @@ class GateDecoratorLearner(AbstractLearner):
 
     # -- the flow ----------------------------------------------------------------------------
     def train(self) -> dict:
-        report = self.new_report()
-        full, saved = self.load_start()
-        full_spec = saved.get("spec") or saved.get("meta", {}).get("spec")
-        report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
+        report, full, full_spec = self.begin()
         resumed = self.resumed_architecture("finetune")
         if resumed is not None:
             model, spec = resumed
@@ -195,8 +192,7 @@ class GateDecoratorLearner(AbstractLearner):
         report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
         size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["compressed"]})
         if self.mgw.is_primary():
-            self.model_report(self.original(), "full", report, os.path.getsize(self.cfg.save_path_eval))
-            self.model_report(model, "compressed", report, size)
+            self.report_sides(report, model, size)
             report["kept_channels"] = kept_channels(full, model)
             self.deploy_model(model, report)
         return self.finish_report(report)

@@ -101,10 +101,7 @@ class QuantLearnerBase(AbstractLearner):
 
     # -- the flow ----------------------------------------------------------------------------
     def train(self) -> dict:
-        report = self.new_report()
-        full, saved = self.load_start()
-        full_spec = saved.get("spec")
-        report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
+        report, full, full_spec = self.begin()
         layers = self.layers(full)
         bits = self.bit_widths(full, layers, report)
         model = self.quantize(copy.deepcopy(full), bits)
@@ -124,9 +121,7 @@ class QuantLearnerBase(AbstractLearner):
         plain = detach_weight_quantizers(model)
         size = self.save_artifact(plain, spec, {"accuracy": report["accuracy"]["compressed"]})
         if self.mgw.is_primary():
-            self.model_report(self.original(), "full", report,
-                              os.path.getsize(self.cfg.save_path_eval))
-            self.model_report(plain, "compressed", report, size)
+            self.report_sides(report, plain, size)
             report["bytes_on_disk"]["compressed"] = report["quantization"]["file"]["bytes"]
             if self.settings.activation_bits >= 32:
                 self.deploy_model(plain, report)

@@ -218,8 +218,7 @@ class ScheduleLearner(AbstractLearner):
         report["policy"] = policy.summary()
         size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["compressed"]})
         if self.mgw.is_primary():
-            self.model_report(self.original(), "full", report, os.path.getsize(self.cfg.save_path_eval))
-            self.model_report(model, "compressed", report, size)
+            self.report_sides(report, model, size)
             if "sparse" in self.result_tags():
                 self.export_sparse(model, spec, report)
             if "thinned" in self.result_tags():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 
 from torch import nn
 
@@ -110,10 +109,7 @@ class WeightSparseLearner(AbstractLearner):
 
     def train(self) -> dict:
         cfg = self.own_cfg
-        report = self.new_report()
-        full, saved = self.load_start()
-        spec = saved.get("spec")
-        report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
+        report, full, spec = self.begin()
         layers = self.layers(full)
         names = list(layers)
         total = round(cfg.ws_prune_ratio * sum(m.weight.numel() for m in layers.values()))
@@ -137,9 +133,7 @@ class WeightSparseLearner(AbstractLearner):
                               "protocol_counts": None if final is None else list(final.values())}
         size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["compressed"]})
         if self.mgw.is_primary():
-            self.model_report(self.original(), "full", report,
-                              os.path.getsize(self.cfg.save_path_eval))
-            self.model_report(model, "compressed", report, size)
+            self.report_sides(report, model, size)
             self.export_sparse(model, spec, report)
             self.deploy_model(model, report)
         return self.finish_report(report)
