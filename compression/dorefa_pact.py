@@ -33,20 +33,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compression.masks import maskable_layers, parametrize_weights
+from compression.quantizers import optional_bits
 from utils.model_io import register_spec_transform
 
 METHODS = ("dorefa", "pact")
 RELUS = (nn.ReLU, nn.ReLU6)
 ENTRY_TYPE = "clipped_act_quant"
-
-
-def _check_bits(bits: object) -> int | None:
-    """``bits`` as an int in 1..16, or None for full precision (None or an int >= 32)."""
-    if bits is None:
-        return None
-    if isinstance(bits, bool) or not isinstance(bits, int) or not (1 <= bits <= 16 or bits >= 32):
-        raise ValueError(f"bits must be an int in 1..16 (None or >= 32: full precision), got {bits!r}")
-    return None if bits >= 32 else bits
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -128,7 +120,7 @@ class _Bits(nn.Module):
 
     @bits.setter
     def bits(self, value: int | None) -> None:
-        self._bits = _check_bits(value)
+        self._bits = optional_bits(value)
 
     @property
     def levels(self) -> float | None:
@@ -228,7 +220,7 @@ def attach_clipped_quantizers(model: nn.Module, method: str, weight_bits: int | 
     "weight_layers", "activation_modules"}`` (the layers / modules actually changed)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    weight_bits, activation_bits = _check_bits(weight_bits), _check_bits(activation_bits)
+    weight_bits, activation_bits = optional_bits(weight_bits), optional_bits(activation_bits)
     make_act = lambda: _make_activation(method, activation_bits, alpha_init)  # noqa: E731
     make_act()                                                  # validates alpha_init up front
     layers = maskable_layers(model)

@@ -48,6 +48,15 @@ def _check_bits(bits: int) -> int:
     return bits
 
 
+def optional_bits(bits: object) -> int | None:
+    """``bits`` as an int in 1..16, or None for full precision (None or an int >= 32)."""
+    if bits is None or (isinstance(bits, int) and not isinstance(bits, bool) and bits >= 32):
+        return None
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
+        raise ValueError(f"bits must be an int in 1..16 (None or >= 32: full precision), got {bits!r}")
+    return bits
+
+
 def nb_buckets(shape: tuple | list | torch.Size, bucket_type: str, bucket_size: int) -> int:
     """How many ranges/codebooks a tensor of ``shape`` has."""
     if bucket_type == "channel" and len(shape) >= 1:
@@ -142,8 +151,7 @@ class UniformWeightQuantizer(nn.Module):
 
     @bits.setter
     def bits(self, value: int | None) -> None:
-        full = value is None or (isinstance(value, int) and value >= 32)
-        self._bits = None if full else _check_bits(value)
+        self._bits = optional_bits(value)
 
     def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return quantize_codes(weight, self.bits, self.bucket_type, self.bucket_size)
