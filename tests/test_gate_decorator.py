@@ -3,6 +3,7 @@ a thinned model, and the learner end to end on digits."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -215,3 +216,15 @@ def test_digits_half_flops_loses_at_most_one_point(tmp_path):
           f"after FT {report['accuracy']['compressed']:.4f}")
     assert 0.45 <= flops <= 0.5
     assert report["accuracy"]["compressed"] >= report["accuracy"]["full"] - 0.01
+
+
+def test_resume_after_the_tick_tock_rounds_skips_them(gd_run):
+    """The gated model is saved after every round: a run interrupted after the last one
+    resumes with the same gates (no new round) and melts them into the same thinned model."""
+    tmp_path, values, report = gd_run
+    os.remove(values["gd_save_path"])                       # only ticktock.pt is left
+    resumed = run(resnet_at_digits.ModelHelper, {
+        **values, "resume": True, "gd_save_path_eval": str(tmp_path / "resumed2" / "m.ckpt")})
+    assert resumed["gate_decorator"]["rounds"] == []
+    assert resumed["kept_channels"] == report["kept_channels"]
+    assert resumed["accuracy"]["gated"] == pytest.approx(report["accuracy"]["gated"])
