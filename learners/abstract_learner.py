@@ -198,6 +198,7 @@ class AbstractLearner(ABC):
                                 resume=self.cfg.resume, keep_top=keep_top)
             return {"best": result.best, "reward": result.best_reward,
                     "history": result.history, "top": [info for _, info in result.top],
+                    "kept_baseline": result.kept_baseline,
                     "seconds_per_rollout": result.seconds_per_rollout}
 
         start = time.perf_counter()

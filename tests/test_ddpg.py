@@ -334,3 +334,40 @@ def test_search_plays_the_baseline_first_and_never_returns_worse():
     plain = _RecordingEnv(baseline=None)
     run_search(plain, cfg, nb_rlouts=2, nb_rlouts_min=2, seed=0)
     assert plain.rollouts[0] != pytest.approx([0.3, 0.3, 0.3])
+
+
+class _AccuracyEnv(_RecordingEnv):
+    """The baseline [0.3]*3 scores ``base``; any other roll-out scores ``other``."""
+
+    def __init__(self, base: dict, other: dict, min_gain: float = 0.0) -> None:
+        super().__init__(baseline=[0.3, 0.3, 0.3])
+        self.base, self.other = base, other
+        from learners.quant.bits_env import gains_accuracy
+        self.beats_baseline = lambda info, baseline: gains_accuracy(info, baseline, min_gain)
+
+    def finish(self) -> tuple[float, dict]:
+        from learners.rl.search import accuracy_reward
+
+        is_base = self.rollouts[-1] == pytest.approx([0.3, 0.3, 0.3])
+        scores = self.base if is_base else self.other
+        return accuracy_reward(scores), {"actions": list(self.rollouts[-1]), **scores}
+
+
+def test_a_best_rollout_that_does_not_beat_the_baseline_for_real_is_replaced_by_it():
+    """``beats_baseline`` (the bits search's): the uniform strategy is kept unless a searched
+    one gains held-out accuracy beyond ``min_gain``; a lower loss alone is not enough."""
+    from learners.rl.search import run_search
+
+    cfg = DdpgConfig(**FAST, ddpg_batch_size=4)
+    base = {"accuracy": 0.9, "loss": 0.5}
+    result = run_search(_AccuracyEnv(base, {"accuracy": 0.9, "loss": 0.1}), cfg, nb_rlouts=4,
+                        nb_rlouts_min=2, seed=0)
+    assert max(result.history[1:]) > result.history[0]       # "better" on the reward alone
+    assert result.kept_baseline and result.best["actions"] == pytest.approx([0.3, 0.3, 0.3])
+    assert result.best_reward == pytest.approx(result.history[0])
+    gain = {"accuracy": 0.95, "loss": 0.5}
+    result = run_search(_AccuracyEnv(base, gain), cfg, nb_rlouts=4, nb_rlouts_min=2, seed=0)
+    assert not result.kept_baseline and result.best["accuracy"] == 0.95
+    result = run_search(_AccuracyEnv(base, gain, min_gain=0.1), cfg, nb_rlouts=4, nb_rlouts_min=2,
+                        seed=0)
+    assert result.kept_baseline and result.best["accuracy"] == 0.9

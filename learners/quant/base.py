@@ -97,7 +97,7 @@ class QuantLearnerBase(AbstractLearner):
 
         sizes = [m.weight.numel() for m in layers.values()]
         return BitsEnv(layer_features(layers), sizes, s.equivalent_bits, s.w_bit_min,
-                       s.w_bit_max, score)
+                       s.w_bit_max, score, s.rl_min_gain)
 
     # -- the flow ----------------------------------------------------------------------------
     def train(self) -> dict:

@@ -10,6 +10,9 @@ vector is a valid strategy: a random one is a variation of uniform, not the AMC-
 sequential clipping that spared the first layers and forced the minimum onto the last ones.
 
 The reward is ``learners.rl.search.accuracy_reward``: held-out accuracy, loss as a tie-break.
+A mixed strategy replaces the uniform one only when its held-out accuracy is higher by more
+than ``min_gain`` (``beats_baseline``): a lower loss alone, on a small held-out split, is
+noise as likely as a gain, and the uniform strategy is the safe default.
 """
 from __future__ import annotations
 
@@ -18,6 +21,11 @@ from typing import Callable
 import numpy as np
 
 from learners.rl.search import accuracy_reward
+
+
+def gains_accuracy(info: dict, baseline: dict, min_gain: float = 0.0) -> bool:
+    """Held-out accuracy higher than the baseline's by more than ``min_gain``."""
+    return float(info["accuracy"]) > float(baseline["accuracy"]) + min_gain
 
 
 def allocate_bits(prefs: list[float], sizes: list[int], budget: float, w_min: int,
@@ -58,8 +66,10 @@ class BitsEnv:
     a_min, a_max = 0.0, 1.0
 
     def __init__(self, features: np.ndarray, sizes: list[int], equivalent_bits: float,
-                 w_min: int, w_max: int, score: Callable[[list[int]], dict]) -> None:
+                 w_min: int, w_max: int, score: Callable[[list[int]], dict],
+                 min_gain: float = 0.0) -> None:
         self.features, self.sizes, self.score = features, sizes, score
+        self.min_gain = min_gain
         self.budget = equivalent_bits * sum(sizes)
         self.w_min, self.w_max = w_min, w_max
         self.nb_steps = len(sizes)
@@ -84,6 +94,9 @@ class BitsEnv:
     def baseline_actions(self) -> list[float]:
         """Equal preferences: the uniform strategy, the first roll-out of every search."""
         return [1.0] * self.nb_steps
+
+    def beats_baseline(self, info: dict, baseline: dict) -> bool:
+        return gains_accuracy(info, baseline, self.min_gain)
 
     def take(self, step: int, action: float) -> None:
         self.prefs.append(float(action))

@@ -36,6 +36,7 @@ class QuantSettings:
     enbl_rl_global_tune: bool
     lrn_rate_rg: float
     nb_iters_feval: int
+    rl_min_gain: float
 
     def check(self, prefix: str) -> None:
         def bits_ok(value: int, name: str) -> None:
@@ -59,6 +60,8 @@ class QuantSettings:
         check(0 < self.nb_rlouts_min <= self.nb_rlouts, f"{prefix}_nb_rlouts_min",
               f"must be in [1, {prefix}_nb_rlouts={self.nb_rlouts}], got {self.nb_rlouts_min}")
         check(self.nb_iters_feval > 0, f"{prefix}_nb_iters_feval", "must be positive")
+        check(0 <= self.rl_min_gain < 1, f"{prefix}_rl_min_gain",
+              f"must be in [0, 1), got {self.rl_min_gain}")
 
 
 def _settings(cfg, prefix: str) -> QuantSettings:
@@ -69,7 +72,7 @@ def _settings(cfg, prefix: str) -> QuantSettings:
         get("quantize_all_layers"), get("lrn_rate"), get("enbl_rl_agent"), get("equivalent_bits"),
         get("nb_rlouts"), get("nb_rlouts_min"), get("w_bit_min"), get("w_bit_max"),
         get("tune_layerwise_steps"), get("tune_global_steps"), get("enbl_rl_layerwise_tune"),
-        get("enbl_rl_global_tune"), get("lrn_rate_rg"), get("nb_iters_feval"))
+        get("enbl_rl_global_tune"), get("lrn_rate_rg"), get("nb_iters_feval"), get("rl_min_gain"))
 
 
 @dataclass
@@ -102,6 +105,9 @@ class UqlConfig(DdpgConfig):
     uql_enbl_rl_global_tune: bool = option(True, "uniform: RL reward after global fine-tuning")
     uql_lrn_rate_rg: float = option(1e-3, "uniform: Adam rate of the layer-wise tuning")
     uql_nb_iters_feval: int = option(25, "uniform: held-out batches of the RL reward")
+    uql_rl_min_gain: float = option(0.0, "uniform: held-out accuracy a searched strategy must "
+                                         "gain over the uniform one to replace it (0: any "
+                                         "gain; a lower loss alone keeps uniform)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -144,6 +150,8 @@ class NuqlConfig(DdpgConfig):
     nuql_enbl_rl_global_tune: bool = option(True, "non-uniform: reward after global fine-tuning")
     nuql_lrn_rate_rg: float = option(1e-3, "non-uniform: Adam rate of the layer-wise tuning")
     nuql_nb_iters_feval: int = option(25, "non-uniform: held-out batches of the RL reward")
+    nuql_rl_min_gain: float = option(0.0, "non-uniform: held-out accuracy a searched strategy "
+                                          "must gain over the uniform one to replace it")
 
     def __post_init__(self) -> None:
         super().__post_init__()

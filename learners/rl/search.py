@@ -7,7 +7,10 @@ per layer, clips it into the allowed range, scores the roll-out, feeds the agent
 the best strategy. An environment with ``baseline_actions()`` (e.g. equal preferences: the
 uniform strategy) has its first roll-out play those actions instead of the agent's, so the
 search never returns a strategy that scores worse than the baseline on its own reward, and the
-agent's replay buffer starts with a known-good example. With a checkpoint path the search
+agent's replay buffer starts with a known-good example. An environment with
+``beats_baseline(info, baseline_info)`` also decides whether the best roll-out's advantage is
+real: when it is not (e.g. the same held-out accuracy, a lower loss only), the search returns
+the baseline (``result.kept_baseline``). With a checkpoint path the search
 saves itself after every roll-out and an interrupted search resumes where it stopped.
 """
 from __future__ import annotations
@@ -57,6 +60,8 @@ class SearchResult:
     history: list = field(default_factory=list)  # [reward per roll-out]
     seconds_per_rollout: float = 0.0
     top: list = field(default_factory=list)      # [(reward, info)] of the best roll-outs, best first
+    baseline: tuple | None = None                # (reward, info) of the baseline roll-out
+    kept_baseline: bool = False                  # the best roll-out did not beat it for real
 
 
 def _rollout(env: SearchEnv, agent: DdpgAgent,
@@ -89,7 +94,8 @@ def run_search(env: SearchEnv, cfg: DdpgConfig, nb_rlouts: int, nb_rlouts_min: i
         saved = load_file(checkpoint_path, kind="search")
         agent.load_state_dict(saved["agent"])
         result = SearchResult(saved["best_reward"], saved["best"], list(saved["history"]),
-                              saved["seconds_per_rollout"], [tuple(t) for t in saved.get("top", [])])
+                              saved["seconds_per_rollout"], [tuple(t) for t in saved.get("top", [])],
+                              tuple(saved["baseline"]) if saved.get("baseline") else None)
         start_rollout = int(saved["rollout"])
         log.info("search resumed at roll-out %d/%d from %s", start_rollout, nb_rlouts,
                  checkpoint_path)
@@ -99,6 +105,8 @@ def run_search(env: SearchEnv, cfg: DdpgConfig, nb_rlouts: int, nb_rlouts_min: i
         baseline = getattr(env, "baseline_actions", None)
         fixed = baseline() if index == 0 and baseline is not None else None
         states, actions, reward, info = _rollout(env, agent, fixed)
+        if fixed is not None:
+            result.baseline = (reward, info)
         observe_rollout(agent, states, actions, reward)
         losses = agent.train()
         if reward > result.best_reward:
@@ -115,5 +123,19 @@ def run_search(env: SearchEnv, cfg: DdpgConfig, nb_rlouts: int, nb_rlouts_min: i
                 "agent": agent.state_dict(), "rollout": index + 1, "best_reward": result.best_reward,
                 "best": result.best, "history": result.history,
                 "seconds_per_rollout": result.seconds_per_rollout,
-                "top": [list(t) for t in result.top]})
+                "top": [list(t) for t in result.top],
+                "baseline": list(result.baseline) if result.baseline else None})
+    return _guard_baseline(env, result)
+
+
+def _guard_baseline(env: SearchEnv, result: SearchResult) -> SearchResult:
+    """The baseline instead of a best roll-out whose advantage the environment deems noise."""
+    beats = getattr(env, "beats_baseline", None)
+    if beats is None or result.baseline is None or result.best is result.baseline[1]:
+        return result
+    if not beats(result.best, result.baseline[1]):
+        log.info("best roll-out (reward %.4f) does not beat the baseline (reward %.4f) by the "
+                 "required margin: keeping the baseline", result.best_reward, result.baseline[0])
+        result.best_reward, result.best = result.baseline
+        result.kept_baseline = True
     return result
