@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compression.masks import maskable_layers, parametrize_weights
-from compression.quantizers import optional_bits
+from compression.quantizers import BitsModule, optional_bits
 from utils.model_io import register_spec_transform
 
 METHODS = ("dorefa", "pact")
@@ -107,30 +107,7 @@ def _plain(*tensors: torch.Tensor) -> bool:
                                           and any(t.requires_grad for t in tensors))
 
 
-class _Bits(nn.Module):
-    """``bits`` property (validated, changeable at any time) and ``levels`` = 2^k - 1."""
-
-    def __init__(self, bits: int | None) -> None:
-        super().__init__()
-        self.bits = bits
-
-    @property
-    def bits(self) -> int | None:
-        return self._bits
-
-    @bits.setter
-    def bits(self, value: int | None) -> None:
-        self._bits = optional_bits(value)
-
-    @property
-    def levels(self) -> float | None:
-        return None if self._bits is None else float(2 ** self._bits - 1)
-
-    def extra_repr(self) -> str:
-        return f"bits={self.bits}"
-
-
-class DorefaWeightQuantizer(_Bits):
+class DorefaWeightQuantizer(BitsModule):
     """DoReFa weight fake quantizer (parametrization): weight -> w_q in [-1, 1] (k >= 2) or
     sign(w) * mean|w| (k = 1); None: identity."""
 
@@ -146,7 +123,7 @@ class DorefaWeightQuantizer(_Bits):
         return 2 * _RoundSTE.apply(t / (2 * peak) + 0.5, self.levels) - 1
 
 
-class DorefaActivation(_Bits):
+class DorefaActivation(BitsModule):
     """Replaces a ReLU: quantize_k(clamp(x, 0, 1)) with the clipped STE."""
 
     method = "dorefa"
@@ -157,7 +134,7 @@ class DorefaActivation(_Bits):
         return _DorefaActSTE.apply(x, self.levels)
 
 
-class PactActivation(_Bits):
+class PactActivation(BitsModule):
     """Replaces a ReLU: round(clamp(x, 0, alpha) * n / alpha) * alpha / n, learnable ``alpha``."""
 
     method = "pact"

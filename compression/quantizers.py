@@ -119,6 +119,30 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, b
                         shape)
 
 
+class BitsModule(nn.Module):
+    """A quantizer's ``bits`` (validated by ``optional_bits``, changeable at any time; None:
+    full precision) and ``levels`` = 2^k - 1."""
+
+    def __init__(self, bits: int | None) -> None:
+        super().__init__()
+        self.bits = bits
+
+    @property
+    def bits(self) -> int | None:
+        return self._bits
+
+    @bits.setter
+    def bits(self, value: int | None) -> None:
+        self._bits = optional_bits(value)
+
+    @property
+    def levels(self) -> float | None:
+        return None if self._bits is None else float(2 ** self._bits - 1)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+
 class _StraightThrough(torch.autograd.Function):
     """Returns ``q`` exactly; the gradient goes unchanged to both ``x`` and ``q``, or to ``x``
     only where ``lo <= x <= hi`` when a range is given (clipped STE for activations)."""
@@ -134,24 +158,15 @@ class _StraightThrough(torch.autograd.Function):
         return (grad if inside is None else grad * inside), grad, None, None
 
 
-class UniformWeightQuantizer(nn.Module):
+class UniformWeightQuantizer(BitsModule):
     """k-bit uniform fake quantizer of a weight (parametrization); ``bits`` may be changed at
     any time; ``None`` or >= 32 means full precision (identity)."""
 
     def __init__(self, bits: int | None = 4, bucket_type: str = "channel",
                  bucket_size: int = 512) -> None:
-        super().__init__()
+        super().__init__(bits)
         _check_bucket(bucket_type, bucket_size)
         self.bucket_type, self.bucket_size = bucket_type, int(bucket_size)
-        self.bits = bits
-
-    @property
-    def bits(self) -> int | None:
-        return self._bits
-
-    @bits.setter
-    def bits(self, value: int | None) -> None:
-        self._bits = optional_bits(value)
 
     def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return quantize_codes(weight, self.bits, self.bucket_type, self.bucket_size)
