@@ -81,16 +81,18 @@ class GatedBatchNorm2d(nn.Module):
 
 def gate_points(model: nn.Module, layers: Sequence[PrunableLayer],
                 skip: Sequence[str] = ()) -> dict[str, str]:
-    """``BN name -> consumer layer`` for every chain whose producer is followed by a BN: the
-    channels a gate may close (skip: substrings of consumer names left alone)."""
+    """``BN name -> consumer layer`` for every chain with a BN between producer and consumer:
+    the channels a gate may close (skip: substrings of consumer names left alone). The gate
+    goes on the last BN before the consumer, so a closed channel reaches it as exact zeros
+    (a gate before a depthwise conv would still let that conv's BN bias through)."""
     points = {}
     for layer in layers:
         if not layer.shrinks_producer or any(s in layer.name for s in skip):
             continue
         bns = [f for f in layer.followers
                if isinstance(model.get_submodule(f), nn.BatchNorm2d) and model.get_submodule(f).affine]
-        if bns:
-            points[bns[-1]] = layer.name  # the BN right after the producer (walked back last)
+        if bns:  # the BN nearest the consumer (walked back first): with a depthwise conv in
+            points[bns[0]] = layer.name  # between, a closed gate there still outputs exact zeros
     return points
 
 

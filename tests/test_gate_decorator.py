@@ -106,6 +106,30 @@ def test_melted_and_thinned_model_computes_what_the_gated_one_does():
     assert (thinned.eval()(x) - expected).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("net", ["mobilenet_v1", "mobilenet_v2"])
+def test_melting_is_exact_through_depthwise_convs(net):
+    """The gate sits on the last BN before the consumer: a closed channel reaches it as an exact
+    zero even with a depthwise conv (and its BN bias) in between."""
+    torch.manual_seed(0)
+    model = build_from_spec(net_spec(net, num_classes=10, small_input=True)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.uniform_(-0.5, 0.5)
+    shape = (3, 16, 16)
+    layers = analyse(model, shape)
+    points = gate_points(model, layers)
+    assert len(points) == {"mobilenet_v1": 14, "mobilenet_v2": 20}[net]
+    attach_gates(model, list(points))
+    with torch.no_grad():
+        for gate in gates_of(model).values():
+            gate.mask[: len(gate.mask) // 2] = 0
+    x = torch.randn(4, *shape)
+    expected = model(x).detach()
+    thinned, _ = thin(model, layers, melt_gates(model, points))
+    assert (thinned.eval()(x) - expected).abs().max() <= 1e-5 * max(1.0, float(expected.abs().max()))
+
+
 def test_global_pruner_stops_at_the_flops_target_and_keeps_the_minimum():
     model = resnet20()
     layers = analyse(model, SHAPE)
