@@ -9,8 +9,8 @@ for the RL run its bit widths (first seed), equivalent bits and seconds per roll
 
 Prints a table, then, as the LAST line, one JSON object:
 {"full", "runs": {name: {"before_ft", "after_ft", "after_ft_per_seed", "drop_points",
- "bytes"}}, "rl": {...},
- "goals": {"u8_drop_le_0.5", "u4_drop_le_1.5", "nu4_err_le_u4", "rl4_ge_u4"}}.
+ "bytes"}}, "rl": {name: {...}},
+ "goals": {"u8_drop_le_0.5", "u4_drop_le_1.5", "nu4_err_le_u4", "rl4_ge_u4", "rl3_ge_u3"}}.
 
     python benchmarks/quant_bits.py [--ft_epochs_rat=1] [--nb_rlouts=40] [--seeds=0,1,2]
 """
@@ -31,7 +31,8 @@ flags.DEFINE_integer("nb_rlouts", 40, "--uql_nb_rlouts of the RL run")
 flags.DEFINE_integer("nb_rlouts_min", 15, "--uql_nb_rlouts_min of the RL run")
 flags.DEFINE_integer("tune_global_steps", 20, "--uql_tune_global_steps per roll-out")
 flags.DEFINE_list("runs", ["u8", "u4", "u2", "nu4", "rl4"],
-                  "configurations to run (also nu4c: codebooks per output channel)")
+                  "configurations to run (also nu4c: codebooks per output channel; u3 and rl3: "
+                  "3 bits)")
 flags.DEFINE_list("seeds", ["0"], "--seed values: every configuration runs once per seed and the "
                   "table gives the mean (one test image is 0.28 points on digits, so single "
                   "runs at ~99 % differ by noise)")
@@ -41,11 +42,14 @@ FLAGS = flags.FLAGS
 CONFIGS = {
     "u8": ("uniform", ["--uql_weight_bits=8"]),
     "u4": ("uniform", ["--uql_weight_bits=4"]),
+    "u3": ("uniform", ["--uql_weight_bits=3"]),
     "u2": ("uniform", ["--uql_weight_bits=2"]),
     "nu4": ("non-uniform", ["--nuql_weight_bits=4"]),
     "nu4c": ("non-uniform", ["--nuql_weight_bits=4", "--nuql_use_buckets",
                              "--nuql_bucket_type=channel"]),
     "rl4": ("uniform", ["--uql_enbl_rl_agent", "--uql_equivalent_bits=4", "--uql_w_bit_min=2",
+                        "--uql_w_bit_max=8"]),
+    "rl3": ("uniform", ["--uql_enbl_rl_agent", "--uql_equivalent_bits=3", "--uql_w_bit_min=2",
                         "--uql_w_bit_max=8"]),
 }
 
@@ -77,14 +81,17 @@ def main(argv: list[str]) -> None:
     for name, row in rows.items():
         print(f"{name:<6}{row['before_ft']:>11.4f}{row['after_ft']:>10.4f}"
               f"{row['drop_points']:>11.2f}{row['bytes']:>10d}")
-    rl = None
-    if "rl4" in reports:
-        search, quant = reports["rl4"][0]["search"], reports["rl4"][0]["quantization"]
-        rl = {"bits": quant["bits"], "equivalent_bits": search["equivalent_bits"],
-              "nb_rlouts": len(search["history"]),
-              "seconds_per_rollout": search["seconds_per_rollout"]}
-        print(f"rl4: bits {list(quant['bits'].values())}, {search['equivalent_bits']:.3f} bits "
-              f"per weight, {rl['nb_rlouts']} roll-outs, {rl['seconds_per_rollout']:.2f} s each")
+    rl = {}
+    for name in (n for n in reports if n.startswith("rl")):
+        search, quant = reports[name][0]["search"], reports[name][0]["quantization"]
+        rl[name] = {"bits": quant["bits"], "equivalent_bits": search["equivalent_bits"],
+                    "nb_rlouts": len(search["history"]),
+                    "seconds_per_rollout": search["seconds_per_rollout"],
+                    "kept_uniform_per_seed": [r["search"]["kept_baseline"] for r in reports[name]]}
+        print(f"{name}: bits {list(quant['bits'].values())}, {search['equivalent_bits']:.3f} bits "
+              f"per weight, {rl[name]['nb_rlouts']} roll-outs, "
+              f"{rl[name]['seconds_per_rollout']:.2f} s each; uniform kept per seed: "
+              f"{rl[name]['kept_uniform_per_seed']}")
 
     def goal(test):
         try:
@@ -97,7 +104,8 @@ def main(argv: list[str]) -> None:
         "u4_drop_le_1.5": goal(lambda: rows["u4"]["drop_points"] <= 1.5),
         "nu4_err_le_u4": goal(lambda: rows["nu4"]["after_ft"] >= rows["u4"]["after_ft"]),
         "nu4c_err_le_u4": goal(lambda: rows["nu4c"]["after_ft"] >= rows["u4"]["after_ft"]),
-        "rl4_ge_u4": goal(lambda: rows["rl4"]["after_ft"] >= rows["u4"]["after_ft"])}}))
+        "rl4_ge_u4": goal(lambda: rows["rl4"]["after_ft"] >= rows["u4"]["after_ft"]),
+        "rl3_ge_u3": goal(lambda: rows["rl3"]["after_ft"] >= rows["u3"]["after_ft"])}}))
 
 
 if __name__ == "__main__":
