@@ -3,7 +3,8 @@ digits, all from the same pre-trained model: one ``--learner=schedule --compress
 run each (``--export_format=onnx``: every result is exported and checked in onnxruntime).
 
 Prints a table (accuracy before / after the policy's fine-tuning, FLOPs and params kept,
-sparsity of the pruned weights, ONNX parity), then, as the LAST line, one JSON object:
+sparsity of the pruned weights, bytes on disk of the smallest file: sparse COO/CSR, bit-packed
+or the artifact, ONNX parity), then, as the LAST line, one JSON object:
 {"full", "runs": {policy: {...}}, "goals": {"agp_exact", "filters_thinned_exact",
  "quantized_reported"}}.
 
@@ -47,6 +48,7 @@ def one(name: str) -> dict:
             "flops_ratio": report["flops"]["compressed"] / report["flops"]["full"],
             "params_ratio": report["params"]["compressed"] / report["params"]["full"],
             "sparsity": sparsity.get("sparsity"),
+            "bytes": report["bytes_on_disk"]["compressed"], "full_bytes": report["bytes_on_disk"]["full"],
             "exact_zeros": all(v["zeros"] == v["target_zeros"] for v in sparsity.get("layers", {}).values()
                                if v.get("target_zeros") is not None) if sparsity else None,
             "thinning_max_abs_diff": thinning.get("max_abs_diff"),
@@ -65,11 +67,11 @@ def main(argv: list[str]) -> None:
     full = next(iter(rows.values()))["full"]
     print(f"\nResNet-20 / digits, full model {full:.4f}")
     print(f"{'policy':<14}{'before FT':>10}{'after FT':>10}{'drop pt':>9}{'FLOPs':>8}{'params':>8}"
-          f"{'sparsity':>10}{'ONNX ok':>9}")
+          f"{'sparsity':>10}{'bytes':>10}{'ONNX ok':>9}")
     for name, row in rows.items():
         print(f"{name:<14}{fmt(row['before_ft'], '.4f'):>10}{row['after_ft']:>10.4f}"
               f"{100 * (full - row['after_ft']):>9.2f}{row['flops_ratio']:>8.3f}"
-              f"{row['params_ratio']:>8.3f}{fmt(row['sparsity'], '.4f'):>10}"
+              f"{row['params_ratio']:>8.3f}{fmt(row['sparsity'], '.4f'):>10}{row['bytes']:>10,}"
               f"{str(row['onnx_parity_ok']):>9}")
     filters = rows.get("filters")
     goals = {"agp_exact": rows["agp"]["exact_zeros"] if "agp" in rows else None,

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compression.masks import maskable_layers, parametrize_weights
-from compression.quantizers import BitsModule, optional_bits
+from compression.quantizers import BitsModule, optional_bits, register_weight_quantizer
 from utils.model_io import register_spec_transform
 
 METHODS = ("dorefa", "pact")
@@ -107,9 +107,29 @@ def _plain(*tensors: torch.Tensor) -> bool:
                                           and any(t.requires_grad for t in tensors))
 
 
+@register_weight_quantizer
 class DorefaWeightQuantizer(BitsModule):
     """DoReFa weight fake quantizer (parametrization): weight -> w_q in [-1, 1] (k >= 2) or
-    sign(w) * mean|w| (k = 1); None: identity."""
+    sign(w) * mean|w| (k = 1); None: identity. ``encode`` gives the same values as k-bit codes
+    on one uniform grid per tensor, which ``compression.quant_format`` bit-packs."""
+
+    bucket_type, bucket_size = "layer", 1
+
+    @torch.no_grad()
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(codes, scale [1], offset [1])``: ``forward(weight) == scale * codes / (2^k - 1)
+        + offset`` exactly (k >= 2: scale 2, offset -1; k = 1: scale 2 mean|w|, offset
+        -mean|w|)."""
+        w = weight.detach()
+        if self.bits == 1:
+            m = w.abs().mean().float()
+            return (w >= 0).long(), (2 * m).reshape(1), (-m).reshape(1)
+        t = torch.tanh(w)
+        peak = t.abs().max()
+        if peak == 0:
+            return torch.zeros_like(w, dtype=torch.long), torch.zeros(1), torch.zeros(1)
+        codes = torch.round((t / (2 * peak) + 0.5) * self.levels)
+        return codes.long(), torch.full((1,), 2.0), torch.full((1,), -1.0)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.bits is None:

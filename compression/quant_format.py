@@ -28,7 +28,7 @@ import os
 import torch
 from torch import nn
 
-from compression.quantizers import (ACT_ATTR, BUCKET_TYPES, UniformWeightQuantizer,
+from compression.quantizers import (ACT_ATTR, BUCKET_TYPES, CodebookQuantizer,
                                     activation_quantizers_of, attach_activation_quantizers,
                                     dequantize, from_buckets, nb_buckets, quantizers_of,
                                     to_buckets)
@@ -106,12 +106,12 @@ def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def _encode(quantizer: nn.Module, weight: torch.Tensor) -> dict:
     entry = {"bits": quantizer.bits, "shape": list(weight.shape), "bucket_type": quantizer.bucket_type,
              "bucket_size": quantizer.bucket_size}
-    if isinstance(quantizer, UniformWeightQuantizer):
-        codes, scales, offsets = quantizer.encode(weight)
-        entry.update(method="uniform", scales=scales.cpu(), offsets=offsets.cpu())
-    else:
+    if isinstance(quantizer, CodebookQuantizer):
         codes, centres = quantizer.encode(weight)
         entry.update(method="codebook", centres=centres.cpu())
+    else:  # uniform grids: k-bit codes, a scale and an offset per bucket
+        codes, scales, offsets = quantizer.encode(weight)
+        entry.update(method="uniform", scales=scales.cpu(), offsets=offsets.cpu())
     entry["codes"] = pack_bits(codes, quantizer.bits)
     return entry
 
@@ -236,7 +236,7 @@ def quantized_size_report(model: nn.Module) -> dict:
             continue
         shape = model.get_submodule(name).parametrizations["weight"].original.shape
         numel, buckets = math.prod(shape), nb_buckets(shape, q.bucket_type, q.bucket_size)
-        overhead = buckets * (8 if isinstance(q, UniformWeightQuantizer) else 4 * 2 ** q.bits)
+        overhead = buckets * (4 * 2 ** q.bits if isinstance(q, CodebookQuantizer) else 8)
         codes = packed_nbytes(numel, q.bits)
         layers[name] = {"bits": q.bits, "numel": numel, "buckets": buckets, "code_bytes": codes,
                         "overhead_bytes": overhead, "payload_bytes": codes + overhead,
@@ -250,3 +250,17 @@ def quantized_size_report(model: nn.Module) -> dict:
             "ratio": payload / (4 * numel) if numel else 0.0,
             "bits_per_weight": 8 * payload / numel if numel else 0.0, "other_bytes": other}
 
+
+
+def export_quantized(path: str, model: nn.Module, spec: dict, meta: dict | None = None) -> dict:
+    """Write ``model`` (weight quantizers attached) bit-packed, load it back and compare every
+    quantized weight bit for bit: ``{"file": {"path", "bytes", "round_trip_exact"},
+    "sizes": quantized_size_report(model)}``."""
+    size = save_quantized_model(path, model, spec, meta)
+    loaded, _ = load_quantized_model(path)
+    model = unwrap(model)
+    exact = all(torch.equal(loaded.get_submodule(n).weight,
+                            q(model.get_submodule(n).parametrizations["weight"].original).detach().cpu())
+                for n, q in quantizers_of(model).items())
+    return {"file": {"path": path, "bytes": size, "round_trip_exact": exact},
+            "sizes": quantized_size_report(model)}

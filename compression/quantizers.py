@@ -303,7 +303,16 @@ class CodebookQuantizer(nn.Module):
                 f"bucket_size={self.bucket_size}, opt_mode={self.opt_mode}")
 
 
-WEIGHT_QUANTIZERS = (UniformWeightQuantizer, CodebookQuantizer)
+# The weight parametrizations ``quantizers_of`` finds. Each has ``bits``, ``bucket_type``,
+# ``bucket_size`` and ``encode`` (codebook: codes and centres; the others: codes, scales and
+# offsets with value = scale * code / (2^k - 1) + offset), which the bit-packed format stores.
+WEIGHT_QUANTIZERS: list[type] = [UniformWeightQuantizer, CodebookQuantizer]
+
+
+def register_weight_quantizer(cls: type) -> type:
+    """Class decorator: another weight quantizer ``quantizers_of`` (and the packed format) knows."""
+    WEIGHT_QUANTIZERS.append(cls)
+    return cls
 
 
 class ActivationQuantizer(nn.Module):
@@ -360,7 +369,7 @@ def quantizers_of(model: nn.Module) -> dict[str, nn.Module]:
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module, "weight"):
             for p in module.parametrizations["weight"]:
-                if isinstance(p, WEIGHT_QUANTIZERS):
+                if isinstance(p, tuple(WEIGHT_QUANTIZERS)):
                     found[name] = p
     return found
 

@@ -22,6 +22,7 @@ from nets import resnet_at_digits
 from nets.registry import build_from_spec, net_spec
 from tests.conftest import finish, start_entry
 from tests.test_learners import flag_values
+from compression.quant_format import load_quantized_model
 from utils.model_io import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,6 +168,13 @@ def test_quantized_artifact_reloads_with_16_levels(tmp_path, tiny_pretrained, on
     with torch.no_grad():
         assert torch.equal(reloaded.eval()(inputs), reference.eval()(inputs))
     assert report["accuracy"]["compressed"] is not None
+    # the bit-packed file: 4-bit codes, the same weights and outputs, a fraction of the bytes
+    packed = report["quantized_file"]["file"]
+    assert packed["round_trip_exact"] and report["bytes_on_disk"]["compressed"] == packed["bytes"]
+    assert packed["bytes"] < 0.3 * report["bytes_on_disk"]["full"]
+    unpacked, _ = load_quantized_model(packed["path"])
+    with torch.no_grad():
+        assert torch.equal(unpacked.eval()(inputs), reference(inputs))
 
 
 def test_bad_policy_through_the_entry_script_exits_2(tmp_path):

@@ -19,11 +19,10 @@ from torch import nn
 from compression.batchnorm import recalibrate_bn
 from compression.layer_regression import layerwise_regression
 from compression.masks import maskable_layers
-from compression.quant_format import (load_quantized_model, quantized_size_report,
-                                      save_quantized_model)
+from compression.quant_format import export_quantized
 from compression.quant_spec import act_quant_entry
 from compression.quantizers import (attach_activation_quantizers, attach_weight_quantizers,
-                                    detach_weight_quantizers, quantizers_of)
+                                    detach_weight_quantizers)
 from learners import composition
 from learners.abstract_learner import AbstractLearner
 from learners.quant.bits_env import BitsEnv
@@ -132,14 +131,9 @@ class QuantLearnerBase(AbstractLearner):
 
     def _export(self, model: nn.Module, spec: dict, bits: dict) -> dict:
         """Bit-packed file beside the artifact, loaded back and compared weight by weight."""
-        path = os.path.splitext(self.artifact_path)[0] + ".quant.pt"
-        size = save_quantized_model(path, model, spec, {"learner": self.learner_name})
-        loaded, _ = load_quantized_model(path)
-        expected = {n: q(model.get_submodule(n).parametrizations["weight"].original).detach().cpu()
-                    for n, q in quantizers_of(model).items()}
-        exact = all(torch.equal(loaded.get_submodule(n).weight, w) for n, w in expected.items())
-        sizes = quantized_size_report(model)
-        log.info("quantized file %s: %d bytes | round trip exact: %s", path, size, exact)
-        return {"bits": dict(bits), "file": {"path": path, "bytes": size, "round_trip_exact": exact},
-                "sizes": sizes, "activation_bits": self.settings.activation_bits,
+        packed = export_quantized(os.path.splitext(self.artifact_path)[0] + ".quant.pt", model,
+                                  spec, {"learner": self.learner_name})
+        log.info("quantized file %s: %d bytes | round trip exact: %s", packed["file"]["path"],
+                 packed["file"]["bytes"], packed["file"]["round_trip_exact"])
+        return {"bits": dict(bits), **packed, "activation_bits": self.settings.activation_bits,
                 "bucket_type": self.settings.bucket_type}

@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 
 from compression.dorefa_pact import bake_weights, clipped_quant_entry
 from compression.graph import analyse
+from compression.quant_format import export_quantized
 from compression.masks import attach_masks, detach_masks, maskable_layers, masks_of, sparsity_of
 from compression.schedule.lr import policy_lr
 from compression.schedule.policy import Policy, check_epochs, check_weights, load_policy
@@ -207,10 +208,14 @@ class ScheduleLearner(AbstractLearner):
         report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
         targets = scheduler.zeros_targets()
         pruned = sorted(set(masks_of(model)))
-        if quant:
-            bake_weights(model)
-            spec = {**spec, "transforms": [*spec.get("transforms", []), clipped_quant_entry(model)]}
         detach_masks(model)
+        packed = None
+        if quant:
+            spec = {**spec, "transforms": [*spec.get("transforms", []), clipped_quant_entry(model)]}
+            if self.mgw.is_primary():  # k-bit codes of every quantized weight, exact round trip
+                packed = export_quantized(os.path.splitext(self.artifact_path)[0] + ".quant.pt",
+                                          model, spec, {"learner": self.learner_name})
+            bake_weights(model)
         if "sparse" in self.result_tags():
             report["sparsity"] = sparsity_of(model, pruned, targets)
         if quant:
@@ -221,6 +226,9 @@ class ScheduleLearner(AbstractLearner):
             self.report_sides(report, model, size)
             if "sparse" in self.result_tags():
                 self.export_sparse(model, spec, report)
+            if packed is not None:
+                report["quantized_file"] = packed
+                report["bytes_on_disk"]["compressed"] = packed["file"]["bytes"]
             if "thinned" in self.result_tags():
                 report["kept_channels"] = kept_channels(full, model)
             self.deploy_model(model, report, kind="fakequant" if quant else "fp32")
