@@ -23,6 +23,7 @@ from nets.registry import build_from_spec, net_spec
 from tests.conftest import finish, start_entry
 from tests.test_learners import flag_values
 from compression.quant_format import load_quantized_model
+from utils.config import ConfigError
 from utils.model_io import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -288,3 +289,25 @@ policies:
     resumed, _ = load_model(values["sch_save_path_eval"])
     for key, value in model.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_quantizing_agp_pruned_weights_is_refused_with_the_place(tmp_path, tiny_pretrained):
+    policy = tmp_path / "both.yaml"
+    policy.write_text("""version: 1
+pruners:
+  p: {class: AutomatedGradualPruner, initial_sparsity: 0.1, final_sparsity: 0.5,
+      weights: [layer1.0.conv1.weight]}
+quantizers:
+  q: {class: PACTQuantizer, bits_activations: 4, bits_weights: 4}
+policies:
+  - pruner: {instance_name: p}
+    starting_epoch: 0
+    ending_epoch: 1
+  - quantizer: {instance_name: q}
+    starting_epoch: 0
+    ending_epoch: 1
+""")
+    with pytest.raises(ConfigError, match=rf"{policy}:6:\d+: quantizers\.q: the quantizer would "
+                                          r"quantize weights an AutomatedGradualPruner masks "
+                                          r"\(layer1\.0\.conv1\)"):
+        run(resnet_at_digits.ModelHelper, sch_values(tmp_path, tiny_pretrained, policy))

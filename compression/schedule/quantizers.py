@@ -18,6 +18,16 @@ def weight_layers(model: nn.Module, instance: Instance) -> list[str]:
     return names[1:-1] if len(names) > 2 else names
 
 
+def check_not_pruned(model: nn.Module, instance: Instance, pruned: set[str], by: str) -> None:
+    """A quantizer may not cover weights a pruner masks (DoReFa would turn the pruned zeros into
+    +-1/(2^k - 1)); the error names the quantizer's place in the file."""
+    both = sorted(pruned & set(weight_layers(model, instance)))
+    if both:
+        raise instance.where.error(
+            f"the quantizer would quantize weights {by} masks ({', '.join(both)}); list the "
+            "quantized layers under 'weights:' without them")
+
+
 def apply_quantizer(model: nn.Module, instance: Instance) -> dict:
     """Attach the instance's weight and activation quantizers to ``model`` (in place)."""
     p = instance.params

@@ -107,10 +107,10 @@ class GateDecoratorLearner(AbstractLearner):
 
     def tock(self, model: nn.Module, round_index: int) -> None:
         cfg = self.own_cfg
-        nb_iters = iters_for_epochs(cfg.gd_tock_epoch, self.helper.nb_smpls_train,
-                                    self.helper.global_batch(self.mgw.size()))
         if cfg.gd_tock_epoch == 0:
             return
+        nb_iters = iters_for_epochs(cfg.gd_tock_epoch, self.helper.nb_smpls_train,
+                                    self.helper.global_batch(self.mgw.size()))
         self.fit(model, ConstantLr(cfg.gd_lrn_rate_tock, nb_iters), tag=f"tock{round_index}",
                  callbacks=[GateSparsity(model, cfg.gd_sparse_lambda)])
 

@@ -24,7 +24,7 @@ from compression.quant_format import export_quantized
 from compression.masks import attach_masks, detach_masks, maskable_layers, masks_of, sparsity_of
 from compression.schedule.lr import policy_lr
 from compression.schedule.policy import Policy, check_epochs, check_weights, load_policy
-from compression.schedule.quantizers import apply_quantizer, weight_layers
+from compression.schedule.quantizers import apply_quantizer, check_not_pruned
 from compression.schedule.scheduler import CompressionScheduler
 from compression.thinning import thin
 from learners import composition
@@ -114,11 +114,7 @@ class ScheduleLearner(AbstractLearner):
     def _quantize(self, model: nn.Module, start: int, resumed: bool, info: list) -> None:
         for entry in self.policy.of_kind("quantizer"):
             if entry.first_epoch == start or (resumed and entry.first_epoch <= start):
-                masked = sorted(set(masks_of(model)) & set(weight_layers(model, entry.instance)))
-                if masked:
-                    raise entry.instance.where.error(
-                        f"the quantizer would quantize weights a pruner still masks ({', '.join(masked)}); "
-                        "list the quantized layers under 'weights:' without them")
+                check_not_pruned(model, entry.instance, set(masks_of(model)), "a pruner still")
                 info.append(apply_quantizer(model, entry.instance))
 
     def _boundary(self, model: nn.Module, spec: dict, scheduler: CompressionScheduler, start: int,
@@ -169,11 +165,7 @@ class ScheduleLearner(AbstractLearner):
         agp = {w[: -len(".weight")] for p in policy.of_kind("pruner")
                for w in p.instance.params.get("weights") or []}
         for entry in policy.of_kind("quantizer"):
-            both = sorted(agp & set(weight_layers(full, entry.instance)))
-            if both:
-                raise entry.instance.where.error(
-                    f"the quantizer would quantize weights an AutomatedGradualPruner masks "
-                    f"({', '.join(both)}); list the quantized layers under 'weights:' without them")
+            check_not_pruned(full, entry.instance, agp, "an AutomatedGradualPruner")
         report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
         iters = cfg.sch_epoch_iters or len(self.train_loader())
         base_lr = cfg.sch_lrn_rate or scaled_lr(self.helper.cfg.lrn_rate_init,
