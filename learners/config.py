@@ -9,42 +9,61 @@ from utils.config import check, option
 
 @dataclass
 class LearnerConfig:
-    learner: str = option("full-prec", "learner name (see README for the list)")
+    learner: str = option("full-prec", "learner name (see README for the list)", run_only=True)
     exec_mode: str = option("train", "train: train/compress; eval: evaluate a saved model",
-                            choices=["train", "eval"])
-    device: str = option("auto", "auto picks CUDA when available", choices=["auto", "cpu", "cuda"])
+                            choices=["train", "eval"], run_only=True)
+    device: str = option("auto", "auto picks CUDA when available", choices=["auto", "cpu", "cuda"],
+                         run_only=True)
     seed: int = option(0, "random seed (weights, data order, augmentation)")
-    resume: bool = option(False, "continue an interrupted run from the checkpoint at save_path")
-    save_path: str = option("./models/model.ckpt", "training checkpoint (resumable state)")
+    resume: bool = option(False, "continue an interrupted run from the checkpoint at save_path "
+                                 "(refused when it belongs to another learner or other settings; "
+                                 "run without --resume to start over)", run_only=True)
+    save_path: str = option("./models/model.ckpt", "training checkpoint (resumable state)",
+                            run_only=True)
     save_path_eval: str = option("./models_eval/model.ckpt",
-                                 "final model artifact (architecture + weights); report.json beside it")
-    log_dir: str = option("./logs", "TensorBoard log directory ('' disables TensorBoard)")
-    summ_step: int = option(100, "log lr, loss, accuracy and images/s every this many steps")
-    save_step: int = option(1000, "save a checkpoint and evaluate every this many steps")
+                                 "final model artifact (architecture + weights); report.json beside it",
+                                 run_only=True)
+    log_dir: str = option("./logs", "TensorBoard log directory ('' disables TensorBoard)",
+                          run_only=True)
+    summ_step: int = option(100, "log lr, loss, accuracy and images/s every this many steps",
+                            run_only=True)
+    save_step: int = option(1000, "save a checkpoint and evaluate every this many steps "
+                                  "(a checkpoint is written only when its evaluation is finite)",
+                            run_only=True)
+    nan_check_step: int = option(0, "check the training loss for NaN/inf every this many steps "
+                                    "and stop at the first non-finite one (0: every summ_step)",
+                                 run_only=True)
     momentum: float = option(0.9, "momentum of the SGD optimizer")
     enbl_dst: bool = option(False, "add a knowledge-distillation loss from a teacher model")
     loss_w_dst: float = option(4.0, "weight of the distillation loss")
     tempr_dst: float = option(4.0, "distillation temperature")
     dst_model_path: str = option("", "teacher model artifact for distillation (any architecture); "
-                                     "default: the pre-trained model of this helper")
+                                     "default: the pre-trained model of this helper", run_only=True)
     enbl_warm_start: bool = option(False, "initialise from a saved model artifact")
     warm_start_path: str = option("", "model artifact to warm-start from "
-                                      "(default: the helper's pre-trained model, save_path_eval)")
-    enbl_multi_gpu: bool = option(False, "train with several processes (set by run_local.sh -n=N)")
-    mgw_backend: str = option("auto", "multi-process backend", choices=["auto", "horovod", "torch"])
+                                      "(default: the helper's pre-trained model, save_path_eval)",
+                                  run_only=True)
+    enbl_multi_gpu: bool = option(False, "train with several processes (set by run_local.sh -n=N)",
+                                  run_only=True)
+    mgw_backend: str = option("auto", "multi-process backend", choices=["auto", "horovod", "torch"],
+                              run_only=True)
     mgw_timeout_s: float = option(1800.0, "torch.distributed: seconds a collective may wait (other "
-                                          "ranks wait while rank 0 searches or selects)")
+                                          "ranks wait while rank 0 searches or selects)",
+                                  run_only=True)
     export_format: str = option("auto", "deployment files of the result, each checked in its "
                                         "runtime: pte (ExecuTorch/XNNPACK), onnx (onnxruntime), "
                                         "both, none; auto: onnx when installed",
-                                choices=list(EXPORT_CHOICES))
+                                choices=list(EXPORT_CHOICES), run_only=True)
     deploy_eval_batches: int = option(0, "eval-set batches the deployment files are checked on "
-                                         "(0: the whole eval set)")
-    report_latency: bool = option(True, "measure CPU latency of the models in the report")
+                                         "(0: the whole eval set)", run_only=True)
+    report_latency: bool = option(True, "measure CPU latency of the models in the report",
+                                  run_only=True)
 
     def __post_init__(self) -> None:
         check(self.summ_step > 0, "summ_step", f"must be positive, got {self.summ_step}")
         check(self.save_step > 0, "save_step", f"must be positive, got {self.save_step}")
+        check(self.nan_check_step >= 0, "nan_check_step", f"must be >= 0, got {self.nan_check_step}")
+        check(self.loss_w_dst >= 0, "loss_w_dst", f"must be >= 0, got {self.loss_w_dst}")
         check(self.tempr_dst > 0, "tempr_dst", f"must be positive, got {self.tempr_dst}")
         check(self.mgw_timeout_s > 0, "mgw_timeout_s", f"must be positive, got {self.mgw_timeout_s}")
         check(self.deploy_eval_batches >= 0, "deploy_eval_batches", "must be >= 0")

@@ -24,20 +24,26 @@ from utils.lrn_rate import PiecewiseLr, iters_for_epochs, scaled_lr
 class HelperConfig:
     """Data and schedule options shared by every ModelHelper (PocketFlow's names)."""
 
-    data_dir_local: str = option("", "directory holding the dataset files (layouts: README)")
+    data_dir_local: str = option("", "directory holding the dataset files (layouts: README)",
+                                 run_only=True)
     batch_size: int = option(128, "training mini-batch size per process")
-    batch_size_eval: int = option(100, "evaluation mini-batch size")
+    batch_size_eval: int = option(100, "evaluation mini-batch size", run_only=True)
     nb_epochs_rat: float = option(1.0, "multiplier on the helper's number of training epochs")
     lrn_rate_init: float = option(0.1, "initial learning rate for a global batch of batch_size_norm")
     batch_size_norm: int = option(128, "global batch size that lrn_rate_init refers to")
     loss_w_dcy: float = option(2e-4, "weight decay (L2) coefficient")
-    nb_threads: int = option(0, "data-loading worker processes per training process")
+    nb_threads: int = option(0, "data-loading worker processes per training process",
+                             run_only=True)
 
     def __post_init__(self) -> None:
         check(self.batch_size > 0, "batch_size", f"must be positive, got {self.batch_size}")
         check(self.batch_size_eval > 0, "batch_size_eval", "must be positive")
         check(self.nb_epochs_rat > 0, "nb_epochs_rat", f"must be positive, got {self.nb_epochs_rat}")
         check(self.nb_threads >= 0, "nb_threads", "must be >= 0")
+        check(self.lrn_rate_init > 0, "lrn_rate_init", f"must be positive, got {self.lrn_rate_init}")
+        check(self.batch_size_norm > 0, "batch_size_norm",
+              f"must be positive, got {self.batch_size_norm}")
+        check(self.loss_w_dcy >= 0, "loss_w_dcy", f"must be >= 0, got {self.loss_w_dcy}")
 
 
 class AbstractModelHelper(ABC):

@@ -18,11 +18,18 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the flag and the valid range."""
 
 
-def option(default: Any, help: str, choices: Iterable[str] | None = None) -> Any:  # noqa: A002
-    """A dataclass field that becomes a flag with this help text (and enum choices)."""
+def option(default: Any, help: str, choices: Iterable[str] | None = None,  # noqa: A002
+           run_only: bool = False) -> Any:
+    """A dataclass field that becomes a flag with this help text (and enum choices).
+
+    ``run_only``: the option says how this run goes (paths, logging, devices, exports), not
+    what it computes, so it may differ between a run and its ``--resume`` (``settings``).
+    """
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = list(choices)
+    if run_only:
+        meta["run_only"] = True
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -96,6 +103,23 @@ def to_plain_dict(cfg: Any) -> dict:
     """A dataclass as a dict of plain values (storable with torch.save / weights_only)."""
     return dataclasses.asdict(cfg)
 
+
+def settings(*cfgs: Any) -> dict:
+    """The options of these config dataclasses that decide what a run computes (every field
+    not marked ``run_only`` and not an output location ``*save_path*``), as one plain dict:
+    what a resumed run must share with the run that wrote its checkpoint."""
+    merged = {}
+    for cfg in cfgs:
+        if cfg is None:
+            continue
+        # a subclass that redefines a field (e.g. its own data_dir_local default) keeps the
+        # base class's run_only mark
+        run_only = {f.name for base in type(cfg).__mro__ if dataclasses.is_dataclass(base)
+                    for f in dataclasses.fields(base) if f.metadata.get("run_only")}
+        for f in dataclasses.fields(cfg):
+            if f.name not in run_only and "save_path" not in f.name:  # output locations
+                merged[f.name] = getattr(cfg, f.name)
+    return merged
 
 
 def split_names(text: str) -> list[str]:

@@ -34,7 +34,8 @@ class ChannelConfig(DdpgConfig, CpStrategyOptions):
     cp_skip_frst_layer: bool = option(True, "do not prune the layer that reads the image")
     cp_skip_last_layer: bool = option(True, "do not prune the last layer (the classifier)")
     cp_skip_op_names: str = option("", "comma-separated substrings of layer names not to prune")
-    cp_warm_start: bool = option(False, "skip selection: start from cp_save_path_ws")
+    cp_warm_start: bool = option(False, "skip selection: start from cp_save_path_ws",
+                                 run_only=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()

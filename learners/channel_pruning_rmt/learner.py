@@ -41,7 +41,8 @@ class CprConfig(DdpgConfig, CprStrategyOptions):
                                    choices=["closed", "adam"])
     cpr_lstsq_lrn_rate: float = option(1e-3, "Adam learning rate of the refit (solver adam)")
     cpr_lstsq_nb_iters: int = option(100, "Adam iterations of the refit (solver adam)")
-    cpr_warm_start: bool = option(False, "skip selection: start from cpr_save_path_ws")
+    cpr_warm_start: bool = option(False, "skip selection: start from cpr_save_path_ws",
+                                  run_only=True)
     cpr_selection: str = option("ista", "channel selection criterion", choices=list(SELECTIONS))
     cpr_channel_multiple: int = option(0, "round each kept-channel count to a multiple of this; "
                                           "0: 8 under a latency budget (CPU kernels run fastest "

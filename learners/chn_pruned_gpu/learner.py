@@ -39,7 +39,8 @@ class CpgConfig:
     cpg_nb_smpls: int = option(5000, "training samples used for the layer regressions")
     cpg_nb_crops_per_smpl: int = option(10, "random output positions sampled per sample")
     cpg_channel_multiple: int = option(1, "round each kept-channel count to a multiple of this")
-    cpg_warm_start: bool = option(False, "skip selection: start from cpg_save_path_ws")
+    cpg_warm_start: bool = option(False, "skip selection: start from cpg_save_path_ws",
+                                  run_only=True)
 
     def __post_init__(self) -> None:
         check_ratio(self.cpg_prune_ratio, "cpg_prune_ratio")

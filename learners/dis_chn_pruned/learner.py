@@ -61,7 +61,8 @@ class DcpConfig(DdpgConfig, DcpStrategyOptions):
     dcp_channel_multiple: int = option(0, "round each kept-channel count to a multiple of this; "
                                           "0: 8 under a latency budget (CPU kernels run fastest "
                                           "on multiples of 8), else 1 (PocketFlow's exact count)")
-    dcp_warm_start: bool = option(False, "skip selection: start from dcp_save_path_ws")
+    dcp_warm_start: bool = option(False, "skip selection: start from dcp_save_path_ws",
+                                  run_only=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
