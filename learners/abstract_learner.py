@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import time
 from abc import ABC, abstractmethod
@@ -22,16 +23,23 @@ from learners.callbacks import LoggingCallback, LrScheduleCallback, PeriodicCall
 from learners.config import LearnerConfig
 from learners.distillation import DistillationCallback
 from learners.registry import learner_class
+from learners.resume import check_resumable, stamp
 from learners.trainer import Callback, Trainer, TrainingDivergedError, model_is_finite
 from nets.abstract_model_helper import AbstractModelHelper
 from utils.checkpoint import CheckpointError, load_file, rng_state, save_file, set_rng_state
-from utils.data_loading import make_eval_loader, make_train_loader
+from utils.config import settings
+from utils.data_loading import check_one_batch, make_eval_loader, make_train_loader
 from utils.model_io import build_model, load_model, load_weights, save_model, unwrap
 from utils.model_stats import count_flops, count_params, measure_latency
 from utils.multi_gpu_wrapper import MultiGpuWrapper, SingleProcess
 from utils.report import empty_report, format_report, write_report
+from utils.run_lock import RunLock, RunLockedError
 
 log = logging.getLogger("pocketflow")
+# Files derived from an artifact ``<stem>.<ext>``: exports and sparse/packed copies. A run that
+# replaces the artifact removes the previous run's ones first, so none is left stale.
+DERIVED_SUFFIXES = (".onnx", ".pte", ".pt2", "_fp32.onnx", "_fp32.pte", ".coo.pt", ".csr.pt",
+                    ".quant.pt")
 
 
 class AbstractLearner(ABC):
@@ -54,6 +62,10 @@ class AbstractLearner(ABC):
         self.wall_s: dict[str, float] = {}
         self._original: nn.Module | None = None
         self.chain: list[dict] = []  # stages before this learner's (set by load_start)
+        # the options that decide what this run computes: a resumed run must share them
+        self.run_settings = settings(cfg, helper.cfg, own_cfg)
+        self.lock: RunLock | None = None  # the run's output-directory lock (launch.run)
+        self._outputs_begun = False       # remove_stale_outputs ran
         self.export_formats()  # an export format that is not installed fails before training
 
     # -- what a learner must provide -------------------------------------------------------
@@ -70,6 +82,45 @@ class AbstractLearner(ABC):
     def artifact_path(self) -> str:
         """The final model this learner produces (``report.json`` goes beside it)."""
         return self.cfg.save_path_eval
+
+    def output_dirs(self) -> list[str]:
+        """The directories this learner writes to: its checkpoint's, its artifact's and those
+        of its own ``*save_path*`` options (the run holds a lock on each, ``utils.run_lock``)."""
+        paths = [self.checkpoint_path, self.artifact_path]
+        if self.own_cfg is not None:
+            paths += [getattr(self.own_cfg, name) for name in vars(self.own_cfg)
+                      if "save_path" in name and getattr(self.own_cfg, name)]
+        return sorted({os.path.dirname(os.path.abspath(p)) for p in paths})
+
+    def resume_files(self) -> list[tuple[str, str]]:
+        """``(path, kind)`` of every state file ``--resume`` continues from."""
+        return [(self.checkpoint_path, "checkpoint"), (self.search_path, "search")]
+
+    def preflight(self) -> None:
+        """Checks that need no training, before anything is written: every resumable file
+        belongs to this learner and these settings; the data give one batch per process."""
+        for path, kind in self.resume_files():
+            self.resume_state(path, kind)
+        check_one_batch(len(self.helper.build_dataset_train()), self.helper.cfg.batch_size,
+                        self.mgw.size())
+
+    def resume_state(self, path: str, kind: str) -> dict | None:
+        """With ``--resume``, the state file at ``path`` (None when absent), refused when it
+        belongs to another learner or was written with other settings (``learners.resume``)."""
+        if not (self.cfg.resume and os.path.isfile(path)):
+            return None
+        obj = load_file(path, kind=kind)
+        check_resumable(obj, path, self.learner_name, self.run_settings)
+        return obj
+
+    def state_meta(self) -> dict:
+        """``meta`` entries of every resumable file this learner writes."""
+        return stamp(self.learner_name, self.run_settings)
+
+    @property
+    def search_path(self) -> str:
+        """A strategy search's resumable state, beside the training checkpoint."""
+        return os.path.join(os.path.dirname(self.checkpoint_path) or ".", "search.pt")
 
     def evaluate(self) -> dict:
         """``--exec_mode=eval``: evaluate the saved artifact; no search or training is re-run."""
@@ -193,9 +244,9 @@ class AbstractLearner(ABC):
 
         def search() -> dict:
             result = run_search(make_env(), self.own_cfg, nb_rlouts, nb_rlouts_min,
-                                seed=self.cfg.seed, checkpoint_path=os.path.join(
-                                    os.path.dirname(self.checkpoint_path) or ".", "search.pt"),
-                                resume=self.cfg.resume, keep_top=keep_top)
+                                seed=self.cfg.seed, checkpoint_path=self.search_path,
+                                resumed=self.resume_state(self.search_path, "search"),
+                                meta=self.state_meta(), keep_top=keep_top)
             return {"best": result.best, "reward": result.best_reward,
                     "history": result.history, "top": [info for _, info in result.top],
                     "kept_baseline": result.kept_baseline,
@@ -226,6 +277,8 @@ class AbstractLearner(ABC):
             log.info("no pre-trained model at %s: training one with full-prec first", path)
             start = time.perf_counter()
             full_prec = learner_class("full-prec")(self.helper, self.cfg, None, self.mgw, self.run_meta)
+            self.lock_more(full_prec.output_dirs())
+            full_prec.preflight()
             full_prec.train()
             self.wall_s["pretrain"] = time.perf_counter() - start
         model, saved = load_model(path)
@@ -266,6 +319,20 @@ class AbstractLearner(ABC):
         report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
         return report, full, spec
 
+    def lock_more(self, directories: list[str]) -> None:
+        """Add ``directories`` to this run's lock (a pre-training writes the full model's)."""
+        if self.lock is None:
+            return
+        error = None
+        if self.mgw.is_primary():
+            try:
+                self.lock.add(directories)
+            except RunLockedError as exc:
+                error = str(exc)
+        error = self.mgw.broadcast_object(error)
+        if error:
+            raise RunLockedError(error)
+
     def original(self) -> nn.Module:
         """The full-precision model of ``--save_path_eval`` (the reference of every report)."""
         if self._original is None:
@@ -276,10 +343,8 @@ class AbstractLearner(ABC):
         """With ``--resume``, the architecture of an interrupted ``fit`` of ``tag`` whose model
         differs from the start (thinned): ``(model, spec)`` from the checkpoint's spec; ``fit``
         then restores its weights, optimizer and step from the same checkpoint."""
-        if not (self.cfg.resume and os.path.isfile(self.checkpoint_path)):
-            return None
-        ckpt = load_file(self.checkpoint_path, kind="checkpoint")
-        if ckpt.get("tag") != tag or not ckpt.get("meta", {}).get("spec"):
+        ckpt = self.resume_state(self.checkpoint_path, "checkpoint")
+        if ckpt is None or ckpt.get("tag") != tag or not ckpt.get("meta", {}).get("spec"):
             return None
         spec = ckpt["meta"]["spec"]
         return build_model(spec).to(self.device), spec
@@ -299,6 +364,7 @@ class AbstractLearner(ABC):
         if teacher is not None:
             callbacks.append(DistillationCallback(teacher, self.cfg.loss_w_dst, self.cfg.tempr_dst))
         start_step = self._maybe_resume(model, optimizer, callbacks, tag)
+        last_saved = start_step or None   # the step of the last good checkpoint of this fit
         if start_step == 0:
             self.mgw.broadcast_parameters(model)
         wrapped = self.mgw.wrap_model(model)
@@ -310,12 +376,20 @@ class AbstractLearner(ABC):
                                              self.summary_writer(), prefix=tag))
         trainer = Trainer(wrapped, optimizer, self.helper.calc_loss, loader, schedule.nb_iters,
                           self.device, callbacks, forward=self.helper.forward_train,
-                          start_step=start_step)
+                          start_step=start_step,
+                          check_every=self.cfg.nan_check_step or self.cfg.summ_step,
+                          reduce=self.mgw.allreduce if self.mgw.size() > 1 else None)
 
         def save_and_eval(tr: Trainer, step: int) -> None:
+            nonlocal last_saved
             self.mgw.broadcast_parameters(model)  # identical BN statistics on every rank
+            metrics = self.run_evaluation(model)  # first: only a model that evaluates is saved
+            if not math.isfinite(metrics["loss"]):
+                raise TrainingDivergedError(
+                    f"at step {step} the model evaluates to a NaN or infinite loss (its weights "
+                    "exploded); stopped without saving it", step)
             self._save_checkpoint(model, optimizer, callbacks, tag, step, spec)
-            metrics = self.run_evaluation(model)
+            last_saved = step
             if self.mgw.is_primary():
                 log.info("%s step %d | eval loss = %.4f | eval accuracy = %.4f", tag, step,
                          metrics["loss"], metrics["accuracy"])
@@ -323,7 +397,14 @@ class AbstractLearner(ABC):
                     self._writer.add_scalar(f"{tag}/eval_accuracy", metrics["accuracy"], step)
 
         trainer.callbacks.append(PeriodicCallback(self.cfg.save_step, save_and_eval))
-        trainer.fit()
+        try:
+            trainer.fit()
+        except TrainingDivergedError as exc:
+            kept = (f"the last good checkpoint (step {last_saved}) is kept at {self.checkpoint_path}"
+                    if last_saved else "no checkpoint of this training was written")
+            raise TrainingDivergedError(
+                f"{tag}: {exc}; {kept}. Lower the learning rate (--lrn_rate_init, or the "
+                "learner's own) or check the data.", exc.step) from None
         self.mgw.broadcast_parameters(model)  # rank 0's BN statistics everywhere, once at the end
         self._check_replicas(model, tag)
         self.wall_s[tag] = self.wall_s.get(tag, 0.0) + time.perf_counter() - start
@@ -347,15 +428,13 @@ class AbstractLearner(ABC):
             "tag": tag,
             "rng": rng_state(),
             "callbacks": [cb.state_dict() for cb in callbacks],
-            "meta": {"learner": self.learner_name, "spec": spec, "config": self.run_meta,
+            "meta": {**self.state_meta(), "spec": spec, "config": self.run_meta,
                      **self.helper.describe()},
         })
 
     def _maybe_resume(self, model, optimizer, callbacks, tag) -> int:
-        if not (self.cfg.resume and os.path.isfile(self.checkpoint_path)):
-            return 0
-        ckpt = load_file(self.checkpoint_path, kind="checkpoint")
-        if ckpt.get("tag") != tag:
+        ckpt = self.resume_state(self.checkpoint_path, "checkpoint")
+        if ckpt is None or ckpt.get("tag") != tag:  # another stage of this learner: start it
             return 0
         load_weights(model, ckpt["model"], self.checkpoint_path)
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -381,12 +460,41 @@ class AbstractLearner(ABC):
                                         f"over {self.artifact_path}")
         size = None
         if self.mgw.is_primary():
+            self.remove_stale_outputs()
             size = save_model(self.artifact_path, model, spec,
                               {"learner": self.learner_name, **self.helper.describe(),
                                "produces": sorted(self.result_tags()), "chain": self.chain,
                                **(meta or {})})
         self.mgw.barrier()
         return size
+
+    def derived_paths(self) -> list[str]:
+        """Every file derived from the artifact, and the report beside it."""
+        stem = os.path.splitext(self.artifact_path)[0]
+        return [stem + suffix for suffix in DERIVED_SUFFIXES] + [self.report_path]
+
+    @property
+    def report_path(self) -> str:
+        return os.path.join(os.path.dirname(self.artifact_path) or ".", "report.json")
+
+    def output_stem(self) -> str:
+        """``<artifact without extension>``, the stem of every file derived from the artifact;
+        asking for it starts this run's outputs (``remove_stale_outputs``)."""
+        self.remove_stale_outputs()
+        return os.path.splitext(self.artifact_path)[0]
+
+    def remove_stale_outputs(self) -> None:
+        """Before this run writes its first output beside the artifact: remove the files a
+        previous run derived from it (exports, sparse/packed copies, its report), so that every
+        file beside the new artifact comes from this run (primary process only; later calls do
+        nothing). A run that fails before writing any output leaves the previous ones whole."""
+        if self._outputs_begun:
+            return
+        self._outputs_begun = True
+        for path in self.derived_paths():
+            if os.path.abspath(path) != os.path.abspath(self.artifact_path) and os.path.isfile(path):
+                os.remove(path)
+                log.info("removed %s, written by the previous run of this artifact", path)
 
     def model_report(self, model: nn.Module, side: str, report: dict, size: int | None) -> None:
         """Fill FLOPs, parameters, bytes on disk and latency of ``model`` as ``side``."""
@@ -421,8 +529,8 @@ class AbstractLearner(ABC):
                 "bytes": report["bytes_on_disk"]["compressed"]}]
         report["wall_s"] = {k: round(v, 2) for k, v in self.wall_s.items()}
         if self.mgw.is_primary():
-            write_report(os.path.join(os.path.dirname(self.artifact_path) or ".", "report.json"),
-                         report)
+            report["files"] = files_with_digests([self.artifact_path, *self.derived_paths()[:-1]])
+            write_report(self.report_path, report)
             print(format_report(report), flush=True)
         if self._writer is not None:
             self._writer.close()
@@ -434,7 +542,7 @@ class AbstractLearner(ABC):
         from compression.sparse_format import export_sparse_files
 
         inputs, _ = next(iter(self.eval_loader()))
-        files = export_sparse_files(model, spec, os.path.splitext(self.artifact_path)[0],
+        files = export_sparse_files(model, spec, self.output_stem(),
                                     inputs.to(self.device), {"learner": self.learner_name})
         for layout, f in files.items():
             log.info("sparse %s file %s: %d bytes | round-trip max |diff| = %.1e", layout,
@@ -476,4 +584,19 @@ class AbstractLearner(ABC):
     def deploy_model(self, model: nn.Module, report: dict, kind: str = "fp32") -> dict:
         """The float result beside the artifact (``<artifact stem>.onnx`` / ``.pte``); ``kind``
         ``fakequant`` for a float model with rounded activations (``deployment.verify``)."""
-        return self.deploy(report, {kind: (model, os.path.splitext(self.artifact_path)[0])})
+        return self.deploy(report, {kind: (model, self.output_stem())})
+
+
+def files_with_digests(paths: list[str]) -> dict:
+    """``{path: {"bytes", "sha256"}}`` of the files of ``paths`` that exist."""
+    import hashlib
+
+    files = {}
+    for path in paths:
+        if os.path.isfile(path):
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            files[path] = {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+    return files

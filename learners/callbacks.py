@@ -65,7 +65,6 @@ class LoggingCallback(Callback):
             self._emit(trainer, state.step)
 
     def _emit(self, trainer: Trainer, step: int) -> None:
-        trainer.check_finite()
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
         means = {k: float(v) / self._count for k, v in self._sums.items()}
         speed = self._count * self.images_per_step / elapsed
@@ -90,8 +89,9 @@ class LoggingCallback(Callback):
 class PeriodicCallback(Callback):
     """Calls ``action(trainer, step)`` every ``every`` steps and at the end of training.
 
-    Used for checkpointing and evaluation; the loss is checked for NaN first, so a diverged
-    model never overwrites the last good checkpoint.
+    Used for checkpointing and evaluation; the losses since the last check and the weights
+    are checked for NaN/inf first (on every process), so a diverged model never overwrites the
+    last good checkpoint.
     """
 
     def __init__(self, every: int, action: Callable[[Trainer, int], None],

@@ -22,12 +22,13 @@ from learners.trainer import TrainingDivergedError
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, define_flags as define_dataclass_flags, from_flag_dict
 from utils.multi_gpu_wrapper import DistributedSetupError, MultiGpuWrapper
+from utils.run_lock import RunLock, RunLockedError
 
 log = logging.getLogger("pocketflow")
 
 # Errors that are the user's to fix: printed as one clear message, exit status 2.
 USER_ERRORS = (ConfigError, DataError, CheckpointError, DistributedSetupError,
-               TrainingDivergedError, Int8ExportUnavailable)
+               TrainingDivergedError, Int8ExportUnavailable, RunLockedError)
 
 
 def define_flags(flag_values: Any, helper_cls: type) -> None:
@@ -67,7 +68,11 @@ def build_learner(helper_cls: type, values: dict, mgw: MultiGpuWrapper):
 
 
 def run(helper_cls: type, values: dict) -> dict:
-    """Build everything from flag values and train or evaluate; returns the report/metrics."""
+    """Build everything from flag values and train or evaluate; returns the report/metrics.
+
+    Training holds a lock on every output directory for the whole run (a second run on the
+    same paths fails at once) and checks what can be checked before anything is written
+    (``AbstractLearner.preflight``)."""
     mgw = MultiGpuWrapper.create(bool(values.get("enbl_multi_gpu")),
                                  values.get("mgw_backend", "auto"),
                                  float(values.get("mgw_timeout_s", 1800.0)))
@@ -77,9 +82,31 @@ def run(helper_cls: type, values: dict) -> dict:
         learner = build_learner(helper_cls, values, mgw)
         if learner.cfg.exec_mode == "eval":
             return learner.evaluate()
-        return learner.train()
+        lock = lock_outputs(learner, mgw)
+        try:
+            learner.preflight()
+            return learner.train()
+        finally:
+            lock.release()
     finally:
         mgw.shutdown()
+
+
+def lock_outputs(learner, mgw: MultiGpuWrapper) -> RunLock:
+    """The learner's output directories locked by the primary process (every process raises
+    the same RunLockedError when another run holds one)."""
+    lock = RunLock(learner.output_dirs())
+    error = None
+    if mgw.is_primary():
+        try:
+            lock.acquire()
+        except RunLockedError as exc:
+            error = str(exc)
+    error = mgw.broadcast_object(error)
+    if error:
+        raise RunLockedError(error)
+    learner.lock = lock
+    return lock
 
 
 def main(helper_cls: type, values: dict, argv: list | None = None) -> None:

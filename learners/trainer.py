@@ -15,7 +15,12 @@ from torch import nn
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss (or the weights, or the evaluation) became NaN or infinite; ``step`` is the
+    first step seen non-finite (None when unknown)."""
+
+    def __init__(self, message: str, step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 def model_is_finite(model: nn.Module) -> bool:
@@ -64,12 +69,18 @@ class Trainer:
 
     The loader's sampler must be resumable (``utils.data_loading.make_train_loader``): the
     trainer sets its epoch and, when starting mid-epoch, how many batches to skip.
+
+    Every loss is kept (detached, no device sync) until the next check, every
+    ``check_every`` steps and at the end: the first non-finite one stops the run with
+    ``TrainingDivergedError`` naming its step. ``reduce`` (an all-reduce sum over processes)
+    makes every process see the same verdict at the same step.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn,
                  loader: Iterable, nb_iters: int, device: torch.device,
                  callbacks: Sequence[Callback] = (), forward: ForwardFn | None = None,
-                 start_step: int = 0) -> None:
+                 start_step: int = 0, check_every: int = 0,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
@@ -79,7 +90,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.forward = forward or (lambda m, x: m(x))
         self.step = start_step
-        self._finite = torch.ones((), dtype=torch.bool, device=device)
+        self.check_every = check_every
+        self.reduce = reduce
+        self._losses: list[torch.Tensor] = []   # losses since the last check
         self.stop_requested = False
 
     # -- helpers used by callbacks --------------------------------------------------------
@@ -92,17 +105,31 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def check_finite(self, check_model: bool = False) -> None:
-        """Raise TrainingDivergedError if any loss since the start was NaN/inf (syncs once).
+        """Raise TrainingDivergedError if a loss since the last check was NaN/inf (one sync);
+        every process must call it at the same step when ``reduce`` is set.
 
         With ``check_model`` the parameters and buffers are checked too (before a save: the
         update of the last finite step, or BN statistics, can already be non-finite).
         """
-        if check_model and not model_is_finite(self.model):
-            self._finite &= False
+        first = self.step - len(self._losses)   # the last step before the window
+        bad = (~torch.isfinite(torch.stack(self._losses))).float() if self._losses else \
+            torch.zeros(0, device=self.device)
+        model_bad = torch.tensor([0.0 if not check_model or model_is_finite(self.model) else 1.0],
+                                 device=bad.device)
+        flags = torch.cat([bad, model_bad])
+        if self.reduce is not None:
+            flags = self.reduce(flags)
+        self._losses.clear()
+        bad_steps = flags[:-1].nonzero()
+        if len(bad_steps):
+            step = first + int(bad_steps[0]) + 1
             raise TrainingDivergedError(
-                f"the training loss became NaN or infinite before step {self.step}; stopped "
-                "without saving the diverged weights (the last good checkpoint is kept). "
-                "Lower the learning rate (--lrn_rate_init) or check the data.")
+                f"the training loss became NaN or infinite at step {step}; stopped at step "
+                f"{self.step} without saving the diverged weights", step)
+        if flags[-1] > 0:
+            raise TrainingDivergedError(
+                f"the weights became NaN or infinite by step {self.step} (the loss was still "
+                "finite); stopped without saving them", self.step)
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -147,10 +174,12 @@ class Trainer:
         state.outputs = self.forward(self.model, state.inputs)
         state.loss, state.metrics = self.loss_fn(state.labels, state.outputs)
         self._call("before_backward_pass", state)
-        self._finite &= torch.isfinite(state.loss.detach())
+        self._losses.append(state.loss.detach().float().reshape(()))
         self.optimizer.zero_grad()  # set_to_none by default; Horovod's wrapper takes no argument
         state.loss.backward()
         self.optimizer.step()
         self.step += 1
         state.step = self.step
+        if self.check_every and self.step % self.check_every == 0:
+            self.check_finite()
         self._call("on_minibatch_end", state)

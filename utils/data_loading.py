@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datasets.errors import DataError
 from datasets.sampler import ShardedSampler, eval_shard_indices
 
 
@@ -33,12 +34,23 @@ class ResumableSampler(Sampler):
 
 def make_train_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1,
                       seed: int = 0, nb_threads: int = 0, shuffle: bool = True) -> DataLoader:
-    """Shuffled (seeded per epoch), sharded by rank, incomplete last batch dropped."""
+    """Shuffled (seeded per epoch), sharded by rank, incomplete last batch dropped; a dataset
+    too small for one batch per process is refused (DataError naming the flag)."""
+    check_one_batch(len(dataset), batch_size, world_size)
     sampler = ResumableSampler(
         ShardedSampler(len(dataset), rank=rank, world_size=world_size, shuffle=shuffle, seed=seed,
                        drop_last=True), batch_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
                       num_workers=nb_threads, pin_memory=torch.cuda.is_available())
+
+
+def check_one_batch(nb_samples: int, batch_size: int, world_size: int = 1) -> None:
+    """DataError unless ``nb_samples`` give each of ``world_size`` processes a full batch."""
+    if nb_samples // max(world_size, 1) < batch_size:
+        per = f" per process x {world_size} processes" if world_size > 1 else ""
+        raise DataError(f"the training set has {nb_samples} samples, fewer than one batch of "
+                        f"--batch_size={batch_size}{per} (incomplete batches are dropped); "
+                        "lower --batch_size or add training data")
 
 
 def make_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1,

@@ -32,7 +32,7 @@ from learners.channel_base import kept_channels
 from learners.gate_decorator.config import GateDecoratorConfig
 from learners.registry import register_learner
 from learners.trainer import Callback, Trainer
-from utils.checkpoint import load_file, save_file
+from utils.checkpoint import save_file
 from utils.config import ConfigError
 from utils.lrn_rate import ConstantLr, TriangularLr, iters_for_epochs
 
@@ -77,6 +77,9 @@ class GateDecoratorLearner(AbstractLearner):
         """The gated model after each tick-tock round (``--resume`` continues from it)."""
         return os.path.join(os.path.dirname(self.checkpoint_path) or ".", "ticktock.pt")
 
+    def resume_files(self) -> list[tuple[str, str]]:
+        return [*super().resume_files(), (self.rounds_path, "checkpoint")]
+
     # -- tick-tock ---------------------------------------------------------------------------
     def tick(self, model: nn.Module, batches: list, pruner: GlobalGatePruner) -> dict:
         """Train the gates alone over ``batches`` collecting Taylor scores, then close the
@@ -120,9 +123,9 @@ class GateDecoratorLearner(AbstractLearner):
 
     def _resume_rounds(self, model: nn.Module) -> int:
         """The next round after the last one saved (0 without ``--resume``)."""
-        if not (self.cfg.resume and os.path.isfile(self.rounds_path)):
+        saved = self.resume_state(self.rounds_path, "checkpoint")
+        if saved is None:
             return 0
-        saved = load_file(self.rounds_path, kind="checkpoint")
         model.load_state_dict(saved["model"])
         log.info("resumed tick-tock after round %d from %s", saved["round"], self.rounds_path)
         return int(saved["round"]) + 1
@@ -163,7 +166,7 @@ class GateDecoratorLearner(AbstractLearner):
                             "open": sum(g.nb_kept for g in gates.values())})
             if self.mgw.is_primary():
                 save_file(self.rounds_path, "checkpoint", {
-                    "round": round_index,
+                    "meta": self.state_meta(), "round": round_index,
                     "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
             round_index += 1
         report["gate_decorator"] = {"rounds": history, "flops_ratio": pruner.ratio(gates),

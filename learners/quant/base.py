@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from abc import abstractmethod
 
 import torch
@@ -131,7 +130,7 @@ class QuantLearnerBase(AbstractLearner):
 
     def _export(self, model: nn.Module, spec: dict, bits: dict) -> dict:
         """Bit-packed file beside the artifact, loaded back and compared weight by weight."""
-        packed = export_quantized(os.path.splitext(self.artifact_path)[0] + ".quant.pt", model,
+        packed = export_quantized(self.output_stem() + ".quant.pt", model,
                                   spec, {"learner": self.learner_name})
         log.info("quantized file %s: %d bytes | round trip exact: %s", packed["file"]["path"],
                  packed["file"]["bytes"], packed["file"]["round_trip_exact"])

@@ -128,7 +128,7 @@ class UniformQuantTFLearner(AbstractLearner):
         runtime; agreement of the int8 program with the converted model; int8 vs fp32
         latency in ExecuTorch."""
         int8 = convert_int8(qat)
-        stem = os.path.splitext(self.artifact_path)[0]
+        stem = self.output_stem()
         pt2_bytes = save_int8_program(int8, example.cpu(), stem + ".pt2")
         formats = self.export_formats()
         formats = [FORMATS["pte"], *[f for f in formats if f.name != "pte"]]

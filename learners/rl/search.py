@@ -16,7 +16,6 @@ saves itself after every roll-out and an interrupted search resumes where it sto
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,7 +24,7 @@ import numpy as np
 
 from learners.rl.agent import DdpgAgent, observe_rollout
 from learners.rl.config import DdpgConfig
-from utils.checkpoint import load_file, save_file
+from utils.checkpoint import save_file
 
 log = logging.getLogger("pocketflow")
 
@@ -81,17 +80,20 @@ def _rollout(env: SearchEnv, agent: DdpgAgent,
 
 
 def run_search(env: SearchEnv, cfg: DdpgConfig, nb_rlouts: int, nb_rlouts_min: int, seed: int = 0,
-               checkpoint_path: str | None = None, resume: bool = False,
-               keep_top: int = 1) -> SearchResult:
+               checkpoint_path: str | None = None, resumed: dict | None = None,
+               meta: dict | None = None, keep_top: int = 1) -> SearchResult:
     """``nb_rlouts`` roll-outs; the replay buffer holds ``nb_rlouts_min`` roll-outs and the agent
     trains once it is full (the first roll-outs explore at the initial noise). ``keep_top``:
-    how many of the best roll-outs ``result.top`` keeps (e.g. to re-rank them more carefully)."""
+    how many of the best roll-outs ``result.top`` keeps (e.g. to re-rank them more carefully).
+
+    After every roll-out the search state goes to ``checkpoint_path`` (with ``meta``);
+    ``resumed``: such a state, already loaded and checked, to continue from."""
     agent = DdpgAgent(env.state_dim, 1, env.a_min, env.a_max, cfg,
                       buffer_size=env.nb_steps * nb_rlouts_min, nb_rlouts=nb_rlouts, seed=seed)
     result = SearchResult(best_reward=-float("inf"), best={})
     start_rollout = 0
-    if resume and checkpoint_path and os.path.isfile(checkpoint_path):
-        saved = load_file(checkpoint_path, kind="search")
+    if resumed is not None:
+        saved = resumed
         agent.load_state_dict(saved["agent"])
         result = SearchResult(saved["best_reward"], saved["best"], list(saved["history"]),
                               saved["seconds_per_rollout"], [tuple(t) for t in saved.get("top", [])],
@@ -120,7 +122,8 @@ def run_search(env: SearchEnv, cfg: DdpgConfig, nb_rlouts: int, nb_rlouts_min: i
                  f" | critic loss {losses['critic_loss']:.4f}" if losses else "")
         if checkpoint_path:
             save_file(checkpoint_path, "search", {
-                "agent": agent.state_dict(), "rollout": index + 1, "best_reward": result.best_reward,
+                "meta": meta or {}, "agent": agent.state_dict(), "rollout": index + 1,
+                "best_reward": result.best_reward,
                 "best": result.best, "history": result.history,
                 "seconds_per_rollout": result.seconds_per_rollout,
                 "top": [list(t) for t in result.top],

@@ -205,7 +205,7 @@ class ScheduleLearner(AbstractLearner):
         if quant:
             spec = {**spec, "transforms": [*spec.get("transforms", []), clipped_quant_entry(model)]}
             if self.mgw.is_primary():  # k-bit codes of every quantized weight, exact round trip
-                packed = export_quantized(os.path.splitext(self.artifact_path)[0] + ".quant.pt",
+                packed = export_quantized(self.output_stem() + ".quant.pt",
                                           model, spec, {"learner": self.learner_name})
             bake_weights(model)
         if "sparse" in self.result_tags():
