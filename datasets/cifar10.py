@@ -1,6 +1,7 @@
 """CIFAR-10 from either native format (binary `.bin` or python pickles)."""
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -13,6 +14,7 @@ from datasets.transforms import Augment, pad_and_random_crop, random_hflip
 
 MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+log = logging.getLogger("pocketflow")
 RECORD_BYTES = 1 + 3 * 32 * 32
 _TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 _TEST = ["test_batch"]
@@ -65,17 +67,33 @@ def read_python(path):
 
 
 def find_files(data_dir, split):
-    """Paths of the batch files for `split` and the reader to use."""
+    """Paths of the batch files for `split` and the reader to use (binary files first; when
+    both layouts are present, the log says which one is read)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     names = _TRAIN if split == "train" else _TEST
+    found = []
     for sub in SUBDIRS:
         root = os.path.join(data_dir, sub)
-        for suffix, reader in ((".bin", read_binary), ("", read_python)):
+        for suffix, reader, layout in ((".bin", read_binary, "binary"), ("", read_python, "python")):
             paths = [os.path.join(root, n + suffix) for n in names]
             if all(os.path.isfile(p) for p in paths):
-                return paths, reader
-    raise data_error(f"CIFAR-10 {split} files not found under {data_dir!r}", LAYOUT)
+                found.append((paths, reader, layout, root))
+    if not found:
+        raise data_error(f"CIFAR-10 {split} files not found under {data_dir!r}", LAYOUT)
+    paths, reader, layout, root = found[0]
+    others = ", ".join(f"{lay} files in {where}" for _, _, lay, where in found[1:])
+    log.info("CIFAR-10 %s: reading the %s files in %s%s", split, layout, root,
+             f" (ignoring the {others})" if others else "")
+    return paths, reader
+
+
+def check_records(path, count, expected):
+    """DataError unless a batch file holds ``expected`` images (None: any count)."""
+    if expected is not None and count != expected:
+        raise _malformed(path, f"{count} images, expected {expected} per batch file (a cut or "
+                               "partial copy?); set --cifar_records_per_file to the count of "
+                               "your files, or 0 to accept any")
 
 
 def augmentation():
@@ -84,13 +102,18 @@ def augmentation():
 
 
 class Cifar10(InMemoryImageDataset):
-    """CIFAR-10 split held in memory as uint8; `nb_smpls` keeps the first N."""
+    """CIFAR-10 split held in memory as uint8; `nb_smpls` keeps the first N; with
+    `records_per_file` every batch file must hold exactly that many images."""
 
-    def __init__(self, data_dir, split="train", augment=True, seed=0, nb_smpls=None):
+    def __init__(self, data_dir, split="train", augment=True, seed=0, nb_smpls=None,
+                 records_per_file=None):
         paths, reader = find_files(data_dir, split)
         parts = [reader(p) for p in paths]
+        for path, (_, labels) in zip(paths, parts):
+            check_records(path, len(labels), records_per_file)
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
+        log.info("CIFAR-10 %s: %d images from %d files", split, len(labels), len(paths))
         if nb_smpls is not None:
             images, labels = images[:nb_smpls], labels[:nb_smpls]
         super().__init__(torch.from_numpy(np.ascontiguousarray(images)),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 
@@ -52,7 +53,9 @@ def read_idx(path, magic, ndim):
     if got != magic:
         raise _malformed(path, f"magic number {got}, expected {magic}")
     dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    want = header + int(np.prod(dims))
+    want = header + math.prod(dims)  # exact: the header's dims can be anything
+    if dims[0] == 0:
+        raise _malformed(path, "the header counts 0 items")
     if len(raw) != want:
         raise _malformed(path, f"{len(raw)} bytes, dims {dims} need {want}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)

@@ -4,14 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nets import resnet_at_cifar10
-from nets.abstract_model_helper import HelperConfig
 from nets.registry import net_spec
 from utils.config import option
 
 
 @dataclass
-class Config(HelperConfig):
-    data_dir_local: str = option("./data/cifar-10", "CIFAR-10 directory (binary or python version)")
+class Config(resnet_at_cifar10.CifarDataConfig):
     lrn_rate_init: float = option(0.01, "initial learning rate for a global batch of batch_size_norm")
 
 

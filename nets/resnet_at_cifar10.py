@@ -12,9 +12,21 @@ RESNET_SIZES = (20, 32, 44, 56)
 
 
 @dataclass
-class Config(HelperConfig):
-    resnet_size: int = option(20, "ResNet depth: 20, 32, 44 or 56")
+class CifarDataConfig(HelperConfig):
+    """The data options of every CIFAR-10 helper."""
+
     data_dir_local: str = option("./data/cifar-10", "CIFAR-10 directory (binary or python version)")
+    cifar_records_per_file: int = option(10000, "images expected in each CIFAR-10 batch file (the "
+                                                "real set: 10000); 0 accepts any count")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.cifar_records_per_file >= 0, "cifar_records_per_file", "must be >= 0")
+
+
+@dataclass
+class Config(CifarDataConfig):
+    resnet_size: int = option(20, "ResNet depth: 20, 32, 44 or 56")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,7 +62,9 @@ class ModelHelper(ImageClassificationHelper):
         return net_spec(f"resnet{self.cfg.resnet_size}", num_classes=10, in_channels=3)
 
     def load_train(self, augment: bool):
-        return Cifar10(self.cfg.data_dir_local, "train", augment=augment, seed=self.seed)
+        return Cifar10(self.cfg.data_dir_local, "train", augment=augment, seed=self.seed,
+                       records_per_file=self.cfg.cifar_records_per_file or None)
 
     def load_eval(self):
-        return Cifar10(self.cfg.data_dir_local, "test", augment=False, seed=self.seed)
+        return Cifar10(self.cfg.data_dir_local, "test", augment=False, seed=self.seed,
+                       records_per_file=self.cfg.cifar_records_per_file or None)

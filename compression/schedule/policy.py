@@ -98,14 +98,21 @@ def load_policy(path: str) -> Policy:
     if not os.path.isfile(path):
         raise PolicyError(f"--compress: no such file {path!r}; expected a Distiller-style compression "
                           "schedule YAML (version, pruners/quantizers/..., policies)")
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"--compress: cannot read {path!r} as UTF-8 text ({exc})") from None
+    try:
+        return _parse(path, text)
+    except yaml.MarkedYAMLError as exc:  # malformed YAML, or a tag no safe loader constructs
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
         raise PolicyError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
+
+
+def _parse(path: str, text: str) -> Policy:
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
     if root is None:
         raise PolicyError(f"{path}: the file is empty; expected version, pruners/quantizers/..., policies")
     top = mapping(path, root, "<top>")
