@@ -4,25 +4,27 @@
         [--out=model.dot] [--formats=png,svg]
 
 Always writes the ``.dot`` file (``--out``; default: beside the model, ``<model>.dot``), then
-renders it into ``<out stem>.<format>`` for each of ``--formats`` (empty: DOT only) with the
-``dot`` program of Graphviz. Without ``dot`` on PATH the DOT file is kept and the tool exits
-with status 2 and the install commands (apt-get / conda / brew install graphviz).
+renders it into ``<out stem>.<format>`` for each of ``--formats`` with the ``dot`` program of
+Graphviz. Without ``--formats`` it renders a PNG when ``dot`` is installed, and otherwise stops
+after the DOT file (exit 0, with the install commands). ``--formats`` given explicitly without
+``dot`` on PATH: the DOT file is kept and the tool exits with status 2 and the install commands.
 """
 from __future__ import annotations
 
 import os
+import shutil
 
 from absl import app, flags
 
 from tools.common import (check_writable, define_input_flags, helper_from_flags, load_artifact,
                           resolve_input_shape, tool_main)
-from utils.model_draw import GraphvizUnavailable, count_nodes_edges, render, write_dot
+from utils.model_draw import INSTALL_HINT, GraphvizUnavailable, count_nodes_edges, render, write_dot
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "model artifact (a learner's --*_save_path_eval)")
 flags.DEFINE_string("out", "", "the .dot file to write (default: <model without extension>.dot)")
 flags.DEFINE_list("formats", ["png"], "formats rendered by Graphviz's dot (png, svg, pdf...; "
-                  "empty: only the .dot file)")
+                  "empty: only the .dot file); when not given, png only if dot is installed")
 define_input_flags(FLAGS)
 flags.mark_flag_as_required("model")
 
@@ -36,6 +38,10 @@ def main() -> None:
                                 FLAGS.model)
     nb_nodes, nb_edges = count_nodes_edges(write_dot(model, shape, out, name=os.path.basename(FLAGS.model)))
     print(f"wrote {out} ({nb_nodes} nodes, {nb_edges} edges)")
+    if not FLAGS["formats"].present and shutil.which("dot") is None:
+        print(f"not rendered: Graphviz's dot is not installed ({INSTALL_HINT}); then run "
+              f"dot -Tpng {out} -o {os.path.splitext(out)[0]}.png")
+        return
     for fmt in FLAGS.formats:
         print(f"wrote {render(out, fmt)}")
 
