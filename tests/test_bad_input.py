@@ -132,8 +132,10 @@ def test_entry_script_nan_loss_exits_2(entry):
     root, procs = entry
     res = finish(procs["nan"])
     assert res.returncode == 2, res.stderr[-2000:]
-    assert re.fullmatch(r"error: the training loss became NaN or infinite before step \d+; "
-                        r"stopped without saving the diverged weights \(the last good checkpoint "
-                        r"is kept\)\. Lower the learning rate \(--lrn_rate_init\) or check the "
-                        r"data\.\n", res.stderr), res.stderr[-2000:]
+    # checked every step (--summ_step=1): stopped at the very step whose loss was not finite
+    match = re.fullmatch(r"error: train: the training loss became NaN or infinite at step (\d+); "
+                         r"stopped at step (\d+) without saving the diverged weights; no checkpoint "
+                         r"of this training was written\. Lower the learning rate \(--lrn_rate_init, "
+                         r"or the learner's own\) or check the data\.\n", res.stderr)
+    assert match and match[1] == match[2], res.stderr[-2000:]
     assert not (root / "nan" / "models_eval").exists()  # no artifact from a diverged run

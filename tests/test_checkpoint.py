@@ -13,8 +13,8 @@ from learners.launch import run
 from learners.trainer import TrainingDivergedError
 from nets.registry import create_net, net_spec
 from nets.resnet_at_digits import ModelHelper
-from utils.checkpoint import (CheckpointError, atomic_save, load_file, rng_state, save_file,
-                              set_rng_state)
+from utils.checkpoint import (VERSION, CheckpointError, atomic_save, load_file, rng_state,
+                              save_file, set_rng_state)
 from utils.model_io import load_model, load_weights_from, save_model
 
 
@@ -38,7 +38,7 @@ def test_model_artifact_round_trip(tmp_path):
     path = tmp_path / "m.ckpt"
     model = save_resnet(path)
     loaded, obj = load_model(str(path))
-    assert obj["format"] == "pocketflow-torch" and obj["kind"] == "model" and obj["version"] == 1
+    assert obj["format"] == "pocketflow-torch" and obj["kind"] == "model" and obj["version"] == VERSION
     assert obj["spec"] == {"net": "resnet20", "kwargs": {"num_classes": 10, "in_channels": 1}}
     ref, got = model.state_dict(), loaded.state_dict()
     assert ref.keys() == got.keys()
@@ -245,9 +245,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_digits_values):
     with pytest.raises(TrainingDivergedError) as info:
         run(NanAfter, values)
     message = str(info.value)
-    # NaN in the loss of step 4 -> detected at the next check (save at step 6)
-    assert "NaN or infinite before step 6" in message
-    assert "--lrn_rate_init" in message and "last good checkpoint is kept" in message
+    # NaN in the loss of step 5 -> detected at the next check (the save at step 6)
+    assert message == (
+        f"train: the training loss became NaN or infinite at step 5; stopped at step 6 without "
+        f"saving the diverged weights; the last good checkpoint (step 4) is kept at "
+        f"{values['save_path']}. Lower the learning rate (--lrn_rate_init, or the learner's "
+        "own) or check the data.")
+    assert info.value.step == 5
     ckpt = load_file(values["save_path"], kind="checkpoint")
     assert ckpt["step"] == 4
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -258,11 +262,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_digits_values):
         assert torch.isfinite(model.eval()(torch.randn(2, 1, 16, 16))).all()
 
 
-def test_huge_learning_rate_never_saves_non_finite_weights(tiny_digits_values):
-    values = {**tiny_digits_values, "lrn_rate_init": 1e6, "save_step": 1, "summ_step": 100}
-    with pytest.raises(TrainingDivergedError, match="NaN or infinite"):
+def test_huge_learning_rate_keeps_the_last_checkpoint_that_evaluates(tiny_digits_values):
+    """At lr 1e2 the weights of step 2 are finite but evaluate to NaN: the checkpoint of step 1
+    (which evaluates) is kept, the run stops naming step 2."""
+    values = {**tiny_digits_values, "lrn_rate_init": 1e2, "save_step": 1, "summ_step": 100}
+    with pytest.raises(TrainingDivergedError) as info:
         run(ModelHelper, values)
+    assert str(info.value).startswith("train: at step 2 the model evaluates to a NaN or infinite "
+                                      "loss (its weights exploded); stopped without saving it; "
+                                      f"the last good checkpoint (step 1) is kept at "
+                                      f"{values['save_path']}.")
     ckpt = load_file(values["save_path"], kind="checkpoint")
-    bad = [k for k, v in ckpt["model"].items()
-           if v.is_floating_point() and not torch.isfinite(v).all()]
-    assert bad == [], f"checkpoint of step {ckpt['step']} holds non-finite {bad}"
+    assert ckpt["step"] == 1
+    model, _ = load_model(values["save_path"])
+    helper = ModelHelper(ModelHelper.Config(image_size=8))
+    inputs = torch.stack([helper.build_dataset_eval()[i][0] for i in range(64)])
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(inputs)).all()

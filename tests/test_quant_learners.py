@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
@@ -41,6 +42,10 @@ def test_fixed_bits_quantize_the_middle_layers_and_round_trip(tmp_path, tiny_pre
     assert "conv1" not in quant["bits"] and "fc" not in quant["bits"]   # first/last stay fp32
     assert set(quant["bits"].values()) == {bits} and len(quant["bits"]) == 20
     assert quant["file"]["round_trip_exact"] is True
+    # the packed file is written before the artifact: it is this run's and stays listed
+    assert sorted(saved["files"]) == sorted([values[f"{prefix}_save_path_eval"], quant["file"]["path"],
+                                             saved["onnx"]["path"]])
+    assert all(os.path.getsize(p) == f["bytes"] for p, f in saved["files"].items())
     assert saved["bytes_on_disk"]["compressed"] < 0.3 * saved["bytes_on_disk"]["full"]
     model, _ = load_model(values[f"{prefix}_save_path_eval"])
     for name in QUANTIZED:       # at most 2^bits values per channel (one range or codebook)

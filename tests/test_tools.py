@@ -105,6 +105,8 @@ def clis(files, thinned, tmp_path_factory):
         "summary_bad": tool("summary", f"--model={files['train']}"),
         "draw": tool("draw", f"--model={files['model']}", f"--out={out / 'graph' / 'm.dot'}", *DIGITS8),
         "draw_bad": tool("draw", f"--model={files['text']}", f"--out={out / 'bad.dot'}"),
+        "draw_png": tool("draw", f"--model={files['model']}", f"--out={out / 'asked' / 'm.dot'}",
+                         "--formats=png", *DIGITS8),
         "export": tool("export_onnx", f"--model={thinned[0]}", f"--out={out / 'thin.onnx'}", *DIGITS8),
         "export_bad": tool("export_onnx", f"--model={files['train']}", f"--out={out / 'bad.onnx'}"),
         "latency": tool("latency", f"--model_a={files['model']}", f"--model_b={files['onnx']}",
@@ -479,10 +481,16 @@ def test_draw_cli(clis, files):
     dot = (out / "graph" / "m.dot").read_text()
     assert f"wrote {out / 'graph' / 'm.dot'} (75 nodes, 83 edges)" in result.stdout
     assert count_nodes_edges(dot) == (75, 83) and "layer1.0.conv1\\nConv2d\\n1x16x8x8" in dot
+    asked = done(clis, "draw_png")
+    assert (out / "asked" / "m.dot").read_text() == dot
+    assert result.returncode == 0, result.stderr       # by default: render only when dot exists
     if shutil.which("dot") is None:
-        assert_user_error(result, "needs Graphviz's `dot` program", "apt-get install graphviz")
+        assert "not rendered: Graphviz's dot is not installed (install Graphviz: apt-get" in result.stdout
+        assert not (out / "graph" / "m.png").exists()
+        assert_user_error(asked, "needs Graphviz's `dot` program", "apt-get install graphviz")
     else:
-        assert result.returncode == 0 and (out / "graph" / "m.png").exists()
+        assert (out / "graph" / "m.png").exists()
+        assert asked.returncode == 0 and (out / "asked" / "m.png").exists()
     assert_user_error(done(clis, "draw_bad"), files["text"], "not a valid pocketflow-torch file")
     assert not (out / "bad.dot").exists()
 
