@@ -30,13 +30,15 @@ def learner_values(helper_cls: type, model: str, outdir: str, seed: int, ft_epoc
 
 def run_all(helper_cls: type, names: Iterable[str], seeds: Iterable[int],
             values: Callable[[str, str, int], dict]) -> dict[str, list[dict]]:
-    """``{name: [report per seed]}``; ``values(name, outdir, seed)`` gives each run's flags."""
-    reports: dict[str, list[dict]] = {}
-    seeds = list(seeds)
-    for name in names:
-        for seed in seeds:
+    """``{name: [report per seed]}``; ``values(name, outdir, seed)`` gives each run's flags.
+    Seeds on the outside, names inside (every method's run of one seed, then the next seed),
+    so drift of the machine's load hits every method's wall times alike."""
+    names = list(names)
+    reports: dict[str, list[dict]] = {name: [] for name in names}
+    for seed in seeds:
+        for name in names:
             with tempfile.TemporaryDirectory(prefix=f"bench_{name}_") as outdir:
-                reports.setdefault(name, []).append(run(helper_cls, values(name, outdir, seed)))
+                reports[name].append(run(helper_cls, values(name, outdir, seed)))
     return reports
 
 

@@ -5,13 +5,15 @@ the per-layer ratio that gives the same FLOPs, all from the SAME pre-trained mod
 One ``learners.launch.run`` per configuration and seed (own temporary directory,
 ``--report_latency=false``, ``--nb_epochs_rat=--ft_epochs_rat``); from the reports, averaged over
 ``--seeds``: FLOPs kept, accuracy of the thinned model before fine-tuning and after, and for the
-search its seconds per roll-out and kept channels.
+search its seconds per roll-out, kept channels and whether the final re-ranking kept the
+uniform strategy or a searched one.
 
 Prints a table, then, as the LAST line, one JSON object:
 {"full", "preserve", "runs": {name: {"flops_ratio", "before_ft", "after_ft", "after_ft_per_seed"}},
- "search": {"seconds_per_rollout", "nb_rlouts", "kept"}, "goals": {"auto_ge_uniform_before_ft",
- "auto_ge_uniform_after_ft", "channel_flops_within_2pct"}} (chn-pruned-gpu has one ratio for
-every layer: its FLOPs are the nearest below the budget, printed in the table).
+ "search": {"seconds_per_rollout", "nb_rlouts", "kept", "rerank_chosen_uniform"},
+ "goals": {"auto_ge_uniform_before_ft", "auto_ge_uniform_after_ft", "channel_flops_within_2pct"}}
+(chn-pruned-gpu has one ratio for every layer: its FLOPs are the nearest below the budget,
+printed in the table; ``rerank_chosen_uniform`` is null without a re-ranking).
 
     python benchmarks/channel_search.py [--preserve=0.5] [--nb_rlouts=60] [--nb_rerank=4]
         [--seeds=0,1,2]
@@ -102,12 +104,17 @@ def main(argv: list[str]) -> None:
     search = None
     if "auto" in reports:
         first = reports["auto"][0]
+        rerank = first["strategy"].get("rerank")  # absent: no re-ranking (--nb_rerank=0)
         search = {"seconds_per_rollout": first["search"]["seconds_per_rollout"],
                   "nb_rlouts": len(first["search"]["history"]),
-                  "kept": {k: v[0] for k, v in first["strategy"]["kept"].items()}}
+                  "kept": {k: v[0] for k, v in first["strategy"]["kept"].items()},
+                  "rerank_chosen_uniform": rerank["candidates"][rerank["chosen"]]["uniform"]
+                  if rerank else None}
+        chose = {True: "chose the uniform strategy", False: "kept a searched strategy", None: "none"}
         print(f"auto: {search['nb_rlouts']} roll-outs, {search['seconds_per_rollout']:.2f} s each "
               f"({60 / search['seconds_per_rollout']:.1f} per minute); kept channels "
-              f"{list(search['kept'].values())}")
+              f"{list(search['kept'].values())}; re-ranking: "
+              f"{chose[search['rerank_chosen_uniform']]}")
 
     def goal(test):
         try:

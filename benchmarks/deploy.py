@@ -1,19 +1,26 @@
 """Compose and deploy on ResNet-20 / digits: chn-pruned-rmt (uniform, ``--preserve`` of the
 FLOPs) -> uniform-tf (int8 QAT warm-started from the thinned model, distilled from the
 original full model), every result exported to ExecuTorch (XNNPACK) and ONNX and checked in
-its runtime, then every file timed against the ORIGINAL model in eager PyTorch fp32.
+its runtime, then every file timed against the ORIGINAL model in eager PyTorch fp32 and every
+.pte / .onnx file also against the original model's file in the same runtime (original
+``pte_fp32`` for .pte files, original ``onnx_fp32`` for .onnx files), so runtime gains and
+compression gains can be told apart.
 
 Runs (``learners.launch.run``, in ``--outdir``): ``chn-pruned-rmt`` with
 ``--export_format=both``, then ``uniform-tf --enbl_warm_start --warm_start_path=<thinned>
 --enbl_dst --export_format=both``; the original full model is exported the same way
 (``deployment.pipeline``). Latency: ``utils.model_stats.time_runners`` (interleaved rounds, the same
-``--threads`` in torch, onnxruntime and ExecuTorch), batch 1 and 64, all in this process.
+``--threads`` in torch, onnxruntime and ExecuTorch, the starting file rotated every round),
+batch 1 and 64, all in this process.
 
 Prints the chain, a table of every file (runtime, bytes, size ratio vs the original's state
-dict, accuracy, parity, ms and speed-up vs eager fp32 original at each batch size), the goals,
-then, as the LAST line, one JSON object:
+dict, accuracy, parity, ms, speed-up vs eager fp32 original and, for .pte / .onnx files, vs the
+original in the same runtime at each batch size), the goals, then, as the LAST line, one JSON
+object:
 {"chain": [...], "files": {name: {"path", "runtime", "bytes", "size_ratio", "accuracy",
- "parity_ok", "ms", "speedup"}}, "state_dict_bytes", "goals": {...}}
+ "parity_ok", "ms", "speedup", "same_runtime_baseline", "speedup_vs_same_runtime"}},
+ "state_dict_bytes", "goals": {...}} ("same_runtime_baseline" and "speedup_vs_same_runtime" are
+null for files that are neither .pte nor .onnx).
 
     python benchmarks/deploy.py [--preserve=0.5] [--ft_epochs_rat=0.5] [--qat_epochs_rat=0.5]
 """
@@ -45,6 +52,9 @@ flags.DEFINE_integer("repeats", 60, "timed calls per file and batch size (over 3
 flags.DEFINE_list("batch_sizes", ["1", "64"], "batch sizes timed")
 flags.DEFINE_integer("seed", 0, "--seed of the runs")
 FLAGS = flags.FLAGS
+
+# the original model's file each runtime's files are also compared with
+SAME_RUNTIME_BASELINES = {".pte": "original pte_fp32", ".onnx": "original onnx_fp32"}
 
 
 def state_dict_bytes(model: torch.nn.Module) -> int:
@@ -95,21 +105,29 @@ def main(argv: list) -> None:
         entry.update(bytes=os.path.getsize(entry["path"]), ms=ms[name],
                      speedup={k: base_ms[k] / v for k, v in ms[name].items()})
         entry["size_ratio"] = base_bytes / entry["bytes"]
+        baseline = SAME_RUNTIME_BASELINES.get(os.path.splitext(entry["path"])[1].lower())
+        entry["same_runtime_baseline"] = baseline if baseline in ms else None
+        entry["speedup_vs_same_runtime"] = ({k: ms[baseline][k] / v for k, v in ms[name].items()}
+                                            if baseline in ms else None)
 
     print(f"\nchain ({helper.model_name} @ {helper.dataset_name}):")
     for i, stage in enumerate(chain["chain"]):
         print(f"  {i}. {stage['learner']:<16} accuracy {stage['accuracy']:.4f}  flops "
               f"{stage['flops']:>11,}  params {stage['params']:>8,}  bytes {stage['bytes']:>10,}")
-    print(f"\nfp32 original state dict: {base_bytes:,} bytes | {FLAGS.threads} threads | speed-up "
-          "= eager fp32 original ms / file ms")
-    head = "".join(f"{f'bs{b} ms':>10}{'x':>7}" for b in batch_sizes)
+    print(f"\nfp32 original state dict: {base_bytes:,} bytes | {FLAGS.threads} threads | x = eager "
+          "fp32 original ms / file ms | rt x = the original's file in the same runtime (pte_fp32, "
+          "onnx_fp32) ms / file ms")
+    head = "".join(f"{f'bs{b} ms':>10}{'x':>7}{'rt x':>7}" for b in batch_sizes)
     print(f"{'file':<26}{'runtime':>12}{'bytes':>10}{'smaller':>8}{'acc':>8}{'parity':>7}{head}")
     for name, e in files.items():
+        same = e["speedup_vs_same_runtime"]
         cells = "".join(f"{e['ms'][f'bs{b}']:>10.3f}{e['speedup'][f'bs{b}']:>7.2f}"
+                        + (f"{same[f'bs{b}']:>7.2f}" if same else f"{'-':>7}")
                         for b in batch_sizes)
         print(f"{name:<26}{e['runtime']:>12}{e['bytes']:>10,}{e['size_ratio']:>8.2f}"
               f"{e['accuracy']:>8.4f}{'ok' if e['parity_ok'] else 'FAIL':>7}{cells}")
     chained = {k: v for k, v in files.items() if k.startswith("chain")}
+    same_runtime = [f["speedup_vs_same_runtime"] for f in chained.values() if f["speedup_vs_same_runtime"]]
     drop = 100 * (chain["accuracy"]["full"] - chain["accuracy"]["compressed"])
     goals = {
         "chain_drop_le_1.5_points": drop <= 1.5,
@@ -118,6 +136,11 @@ def main(argv: list) -> None:
         if "bs1" in base_ms else None,
         "chained_int8_pte_bs1_ge_5x": chained["chain pte_int8"]["speedup"].get("bs1", 0) >= 5,
         "chained_ge_6x_smaller": max(f["size_ratio"] for f in chained.values()) >= 6,
+        # against the original model's file in the chained file's own runtime
+        "best_chained_bs1_faster_than_original_same_runtime":
+        max(s["bs1"] for s in same_runtime) > 1 if "bs1" in base_ms and same_runtime else None,
+        "chained_int8_pte_bs1_faster_than_original_pte":
+        chained["chain pte_int8"]["speedup_vs_same_runtime"].get("bs1", 0) > 1,
     }
     print(f"\nchain accuracy: full {chain['accuracy']['full']:.4f} -> "
           f"{chain['accuracy']['compressed']:.4f} ({drop:+.2f} points drop)")

@@ -10,9 +10,10 @@ cosine learning rate, for ``--steps`` steps on the CPU with ``--threads`` intra-
 * framework: ``learners.trainer.Trainer`` with the callbacks a full-precision run has:
   ``LrScheduleCallback``, ``LoggingCallback`` (summ_step=100, no TensorBoard, no progress bar;
   its lines go to /dev/null) and a ``PeriodicCallback`` every 100 steps (a no-op action:
-  checkpoints and evaluation are real work a bare loop would not do, so they are left out);
-  the loss is the helpers' ``calc_loss`` (cross-entropy plus an accuracy metric), as in a
-  real run.
+  checkpoints and evaluation are real work a bare loop would not do, so they are left out),
+  and ``check_every=SUMM_STEP`` (the NaN/inf check of the losses every summ_step steps that
+  real runs do); the loss is the helpers' ``calc_loss`` (cross-entropy plus an accuracy
+  metric), as in a real run.
 * bare: set the LR, forward, cross-entropy, zero_grad, backward, step; per epoch it calls
   ``set_epoch`` on the sampler and the dataset, as the Trainer does, so both see the same
   batches and augmentations.
@@ -78,7 +79,8 @@ def run_framework(dataset, steps: int):
     callbacks = [LrScheduleCallback(schedule),
                  LoggingCallback(SUMM_STEP, BATCH_SIZE, writer=None, progress=False),
                  PeriodicCallback(SAVE_STEP, lambda trainer, step: None)]
-    trainer = Trainer(model, optimizer, calc_loss, loader, steps, DEVICE, callbacks)
+    trainer = Trainer(model, optimizer, calc_loss, loader, steps, DEVICE, callbacks,
+                      check_every=SUMM_STEP)  # as a real run's fit (check_every=summ_step)
     start = time.perf_counter()
     trainer.fit()
     return time.perf_counter() - start, model

@@ -24,13 +24,16 @@ all starting from the SAME pre-trained model (``--model``, passed as ``--save_pa
   ``compression.graph.analyse`` + ``choose_layers``, the learner's ``select`` on a deep copy of
   the full model, ``compression.thinning.thin``, then ``learner.run_evaluation`` of the
   thinned model (the before-fine-tune accuracy). Selection time covers select +
-  thin; the fine-tune columns are empty. If ``--model`` is missing it is trained first (as
+  thin: one untimed warm-up selection first, then ``--rounds`` timed rounds, round ``r``
+  starting at criterion ``r mod n`` (no criterion is always first), median over the rounds;
+  the fine-tune columns are empty. If ``--model`` is missing it is trained first (as
   above). This is the quick way to compare the criteria before fine-tuning.
 
 Prints a table, then, as the LAST line, one JSON object:
 {"ratio", "seed", "selection_only", "full", "before_ft": {method: acc}, "after_ft": {...},
 "flops_ratio": {...}, "selection_s": {...}, "finetune_s": {...},
-"ista_gt_l1_gt_random_before_ft": bool (null unless all three criteria ran)}.
+"ista_gt_l1_gt_random_before_ft": bool (null unless all three criteria ran),
+"selection_rounds": timed rounds per criterion (1 in the full flow)}.
 
     python benchmarks/pruning_quality.py [--ratio=0.5] [--ft_epochs_rat=0.3] [--selection_only]
 """
@@ -39,6 +42,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import statistics
 import tempfile
 import time
 
@@ -64,6 +68,8 @@ flags.DEFINE_float("ft_epochs_rat", 0.3, "--nb_epochs_rat of the fine-tuning (an
 flags.DEFINE_integer("seed", 0, "--seed of every run")
 flags.DEFINE_boolean("selection_only", False, "skip fine-tuning: select + thin + evaluate only")
 flags.DEFINE_list("methods", list(SELECTIONS), "selection criteria to compare")
+flags.DEFINE_integer("rounds", 3, "--selection_only: timed rounds per criterion, each starting at "
+                                  "the next criterion (median time)", lower_bound=1)
 flags.DEFINE_integer("threads", 2, "torch intra-op threads")
 FLAGS = flags.FLAGS
 
@@ -117,7 +123,8 @@ def selection_only(methods: list[str]) -> dict:
         chosen = choose_layers(layers, cfg.cpr_skip_frst_layer, cfg.cpr_skip_last_layer,
                                cfg.skip_names)
         batches = base.calibration_batches(cfg.cpr_nb_smpls)
-        for method in methods:
+
+        def select(method: str) -> tuple:
             seed_everything(FLAGS.seed)
             learner = build_learner(ModelHelper, flag_values(method, outdir), SingleProcess())
             start = time.perf_counter()
@@ -125,14 +132,27 @@ def selection_only(methods: list[str]) -> dict:
             keep, _ = learner.select(full, pruned, chosen,
                                      learner.kept_counts(full, layers, chosen, {}), batches)
             thinned, _ = thin(pruned, layers, keep, full_spec)
-            seconds = time.perf_counter() - start
+            return learner, thinned, time.perf_counter() - start
+
+        select(methods[0])  # untimed warm-up: no criterion is timed cold
+        seconds: dict[str, list[float]] = {method: [] for method in methods}
+        results = {}
+        for r in range(FLAGS.rounds):
+            start = r % len(methods)
+            for method in methods[start:] + methods[:start]:
+                learner, thinned, took = select(method)
+                seconds[method].append(took)
+                results.setdefault(method, (learner, thinned))  # seeded: every round selects alike
+        for method in methods:
+            learner, thinned = results[method]
             thinned = thinned.to(learner.device)
             rows[method] = {"full": full_acc,
                             "before_ft": learner.run_evaluation(thinned)["accuracy"],
                             "after_ft": None,
                             "flops_ratio": count_flops(thinned, learner.helper.input_shape)
                             / full_flops,
-                            "selection_s": round(seconds, 2), "finetune_s": None}
+                            "selection_s": round(statistics.median(seconds[method]), 2),
+                            "finetune_s": None}
     return rows
 
 
@@ -153,8 +173,8 @@ def main(argv) -> None:
     else:
         rows = {method: full_flow(method) for method in FLAGS.methods}
 
-    mode = "selection only (no fine-tune)" if FLAGS.selection_only else \
-        f"fine-tune nb_epochs_rat={FLAGS.ft_epochs_rat}"
+    mode = f"selection only (no fine-tune), time: median of {FLAGS.rounds} rounds after a warm-up" \
+        if FLAGS.selection_only else f"fine-tune nb_epochs_rat={FLAGS.ft_epochs_rat}"
     first = rows[FLAGS.methods[0]]
     print(f"\nchn-pruned-rmt on resnet_20 @ digits | prune ratio {FLAGS.ratio} | {mode} | "
           f"seed {FLAGS.seed} | full model {FLAGS.model}: accuracy {first['full']:.4f}")
@@ -178,7 +198,8 @@ def main(argv) -> None:
                       "after_ft": column("after_ft"), "flops_ratio": column("flops_ratio"),
                       "selection_s": column("selection_s", 2),
                       "finetune_s": column("finetune_s", 2),
-                      "ista_gt_l1_gt_random_before_ft": ordered}), flush=True)
+                      "ista_gt_l1_gt_random_before_ft": ordered,
+                      "selection_rounds": FLAGS.rounds if FLAGS.selection_only else 1}), flush=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ roll-outs per minute), then, as the LAST line, one JSON object:
  "before_ft", "after_ft", "rollouts_per_min", "rerank_chosen_uniform", "latency_ratio_in_run", "kept"}},
  "goals": {"cpr_optimal_ge_uniform_after_ft", "dcp_optimal_ge_uniform_after_ft",
  "flops_within_2pct", "latency_within_5pct_in_run", "latency_remeasured_le_budget_plus_5pct"}}
+(an optimal-vs-uniform goal is null when the two runs kept the same channel counts).
 
     python benchmarks/rl_ratios.py [--preserve=0.5] [--nb_rlouts=60] [--latency_budget=0.8]
 """
@@ -123,7 +124,13 @@ def main(argv: list[str]) -> None:
               f"{r['before_ft']:>11.4f}{r['after_ft']:>10.4f}{rate:>8}  {r['kept']}")
 
     def at_least(a: str, b: str) -> bool | None:
+        """a's accuracy after fine-tuning >= b's; None when either is missing, or when both
+        ended with the same kept counts (the same architecture: any gap is seed noise)."""
         if a not in rows or b not in rows:
+            return None
+        if rows[a]["kept"] == rows[b]["kept"]:
+            print(f"{a} vs {b}: no verdict (null), both kept the same channel counts "
+                  f"{rows[a]['kept']}; the accuracy gap is run-to-run noise, not the strategy")
             return None
         return rows[a]["after_ft"] >= rows[b]["after_ft"]
 

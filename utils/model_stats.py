@@ -191,7 +191,8 @@ def time_runners(runners: dict, input_shape: Sequence[int], batch_sizes: Sequenc
                  rounds: int = 3) -> dict:
     """Median ms per batch of every runner (name -> ``x -> outputs``), measured side by side:
     ``rounds`` rounds, each timing every runner in turn (``repeats / rounds`` calls after
-    ``warmup``), so drift of the machine hits all of them alike; ``{name: {"bs1": ms, ..}}``.
+    ``warmup``), round ``r`` starting at runner ``r mod n`` so that no runner is always first,
+    and drift of the machine hits all of them alike; ``{name: {"bs1": ms, ..}}``.
     ExecuTorch's pool is resized to ``nb_threads`` as well (it ignores torch's setting)."""
     if nb_threads and any(getattr(r, "runtime", "") == "executorch" for r in runners.values()):
         from compression.int8_qat import set_runtime_threads
@@ -199,8 +200,10 @@ def time_runners(runners: dict, input_shape: Sequence[int], batch_sizes: Sequenc
         set_runtime_threads(nb_threads)
     per_round = max(1, -(-repeats // rounds))
     samples: dict = {name: {f"bs{b}": [] for b in batch_sizes} for name in runners}
-    for _ in range(rounds):
-        for name, runner in runners.items():
+    order = list(runners.items())
+    for r in range(rounds):
+        start = r % max(1, len(order))
+        for name, runner in order[start:] + order[:start]:
             times = time_forward(runner, input_shape, batch_sizes, nb_threads, warmup, per_round)
             for key, ms in times.items():
                 samples[name][key].append(ms)
