@@ -19,16 +19,20 @@ def alpha_for_gamma(gamma: float, scale: float, nb_rows: int) -> float:
 
 
 def sklearn_select(design: torch.Tensor, target: torch.Tensor, nb_keep: int, alpha: float,
-                   tol: float) -> tuple[torch.Tensor, int]:
+                   tol: float, gram: bool = False) -> tuple[torch.Tensor, int]:
     """From ``alpha``, double until at most ``nb_keep`` coefficients are non-zero, then bisect
     (one fit per probe: scikit-learn solves one penalty at a time) until exactly ``nb_keep``
-    are or the interval is narrower than ``tol``; returns (kept indices, number of fits)."""
+    are or the interval is narrower than ``tol``; returns (kept indices, number of fits).
+    ``gram``: compute ``A'A`` once and hand it to every fit (scikit-learn's ``precompute``),
+    its fastest mode when the rows far outnumber the columns."""
     from sklearn.linear_model import Lasso
 
     x, y = design.numpy(), target.numpy()
+    precompute = x.T @ x if gram else False
 
     def support(alpha: float):
-        coef = Lasso(alpha=alpha, fit_intercept=False, max_iter=1000, tol=1e-4).fit(x, y).coef_
+        coef = Lasso(alpha=alpha, fit_intercept=False, max_iter=1000, tol=1e-4,
+                     precompute=precompute).fit(x, y).coef_
         return coef, int((coef != 0).sum())
 
     low, fits, best = 0.0, 0, None
