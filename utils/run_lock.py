@@ -91,7 +91,7 @@ class RunLock:
                 break
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:500]}\n".encode())
+        os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n".encode())
         self._held.append((path, fd))
         _HELD.add(directory)
         for removed in remove_stale_temp_files(directory):
