@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from datasets.errors import DataError
 from deployment.formats import formats_for
 from deployment.pipeline import deploy, eval_batches
 from learners import composition
@@ -103,6 +104,9 @@ class AbstractLearner(ABC):
             self.resume_state(path, kind)
         check_one_batch(len(self.helper.build_dataset_train()), self.helper.cfg.batch_size,
                         self.mgw.size())
+        if len(self.helper.build_dataset_eval()) == 0:
+            raise DataError("the evaluation set is empty: no accuracy could be measured; check "
+                            "--data_dir_local and the helper's load_eval / build_dataset_eval")
 
     def resume_state(self, path: str, kind: str) -> dict | None:
         """With ``--resume``, the state file at ``path`` (None when absent), refused when it

@@ -419,6 +419,17 @@ def test_malformed_input_is_one_error_line_and_changes_nothing(cases, name, frag
     assert not (base / "pwned").exists()
 
 
+class EmptyEval(ModelHelper):
+    def build_dataset_eval(self):
+        return torch.utils.data.TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))
+
+
+def test_an_empty_evaluation_set_is_refused_before_any_write(tiny_digits_values, tmp_path):
+    with pytest.raises(DataError, match="the evaluation set is empty"):
+        run(EmptyEval, tiny_digits_values)
+    assert list(tmp_path.iterdir()) == []          # not even the output folders
+
+
 def test_cifar_record_count_and_layout_are_logged(tmp_path, pf_log):
     data = cifar_bin_dir(tmp_path / "c", records=3, python_too=True)
     assert len(Cifar10(str(data), "train", augment=False)) == 15
