@@ -27,7 +27,8 @@ setup(
         "int8": ["executorch>=1.5,<1.6"],
         # the tools' plots and spreadsheets (sensitivity PNG, summary xlsx)
         "tools": ["matplotlib>=3.7", "openpyxl>=3.1"],
-        "dev": ["pytest>=7.0", "ruff>=0.5", "onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.5", "executorch>=1.5,<1.6",
+        "dev": ["pytest>=7.0", "ruff>=0.5", "onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.5",
+                "executorch>=1.5,<1.6",
                 "matplotlib>=3.7", "openpyxl>=3.1"],
         "horovod": ["horovod==0.28.1"],
     },

@@ -120,9 +120,9 @@ def selection_only(methods: list[str]) -> dict:
         full_flops = count_flops(full, base.helper.input_shape)
         cfg = base.own_cfg
         layers = analyse(full, base.helper.input_shape)
-        chosen = choose_layers(layers, cfg.cpr_skip_frst_layer, cfg.cpr_skip_last_layer,
+        chosen = choose_layers(layers, cfg.skip_frst_layer, cfg.skip_last_layer,
                                cfg.skip_names)
-        batches = base.calibration_batches(cfg.cpr_nb_smpls)
+        batches = base.calibration_batches(cfg.nb_smpls)
 
         def select(method: str) -> tuple:
             seed_everything(FLAGS.seed)

@@ -64,7 +64,8 @@ class AbstractLearner(ABC):
         self._original: nn.Module | None = None
         self.chain: list[dict] = []  # stages before this learner's (set by load_start)
         # the options that decide what this run computes: a resumed run must share them
-        self.run_settings = settings(cfg, helper.cfg, own_cfg)
+        self.run_settings = settings((cfg, ""), (helper.cfg, ""),
+                                     (own_cfg, getattr(type(self), "flag_prefix", "")))
         self.lock: RunLock | None = None  # the run's output-directory lock (launch.run)
         self._outputs_begun = False       # remove_stale_outputs ran
         self.export_formats()  # an export format that is not installed fails before training
@@ -247,7 +248,7 @@ class AbstractLearner(ABC):
         from learners.rl.search import run_search
 
         def search() -> dict:
-            result = run_search(make_env(), self.own_cfg, nb_rlouts, nb_rlouts_min,
+            result = run_search(make_env(), self.own_cfg.ddpg, nb_rlouts, nb_rlouts_min,
                                 seed=self.cfg.seed, checkpoint_path=self.search_path,
                                 resumed=self.resume_state(self.search_path, "search"),
                                 meta=self.state_meta(), keep_top=keep_top)

@@ -33,27 +33,27 @@ class ChannelLearnerBase(AbstractLearner):
     """Subclasses set ``paths`` (checkpoint, artifact, selection result) and the three steps."""
 
     def choose(self, layers: list[PrunableLayer]) -> list[PrunableLayer]:
-        """The layers to prune: the ``<prefix>_skip_frst_layer`` / ``_skip_last_layer`` /
-        ``_skip_op_names`` rules applied."""
-        return choose_layers(layers, self._option("skip_frst_layer"),
-                             self._option("skip_last_layer"), self.own_cfg.skip_names)
+        """The layers to prune: the ``skip_frst_layer`` / ``skip_last_layer`` /
+        ``skip_op_names`` rules applied."""
+        cfg = self.own_cfg
+        return choose_layers(layers, cfg.skip_frst_layer, cfg.skip_last_layer, cfg.skip_names)
 
     def kept_counts(self, full: nn.Module, layers: list[PrunableLayer],
                     chosen: list[PrunableLayer], report: dict) -> dict[str, int]:
         """``layer -> kept input channels``; runs on EVERY rank (a search is collective).
-        Default: ``<prefix>_prune_ratio`` of every layer's inputs removed (PocketFlow's count),
-        rounded to ``<prefix>_channel_multiple``. A learner whose config has the ratio options
-        of ``learners.strategy_options`` also gets their protocols (``uniform`` under a FLOPs
-        or latency budget, ``list``, ``optimal``: ``learners.channel_strategy``); without a
-        budget (``<prefix>_preserve_ratio=0``) ``uniform`` is the count above and ``optimal``
-        searches at its FLOPs."""
+        Default: ``prune_ratio`` of every layer's inputs removed (PocketFlow's count),
+        rounded to ``channel_multiple``. A learner whose config has the ratio options of
+        ``learners.strategy_options`` (a ``strategy`` field) also gets their protocols
+        (``uniform`` under a FLOPs or latency budget, ``list``, ``optimal``:
+        ``learners.channel_strategy``); without a budget (``preserve_ratio=0``) ``uniform`` is
+        the count above and ``optimal`` searches at its FLOPs."""
         multiple = self.channel_multiple
-        ratio = self._option("prune_ratio")
+        ratio = self.own_cfg.prune_ratio
         counts = counts_for_ratios(chosen, {layer.name: ratio for layer in chosen}, multiple)
-        settings = getattr(self.own_cfg, "strategy_settings", None)
-        if settings is None:
+        strategy = getattr(self.own_cfg, "strategy", None)
+        if strategy is None:
             return counts
-        s = settings(multiple=multiple)
+        s = strategy.settings(multiple=multiple)
         if s.preserve_ratio == 0:
             s.uniform_counts = counts
             s.preserve_ratio = ChannelFlops(full, layers, self.helper.input_shape).ratio(counts)
@@ -61,12 +61,12 @@ class ChannelLearnerBase(AbstractLearner):
 
     @property
     def channel_multiple(self) -> int:
-        """``<prefix>_channel_multiple``; 0 (where allowed): 8 under a latency budget (CPU
-        kernels run fastest on multiples of 8), else 1 (PocketFlow's exact counts)."""
-        multiple = self._option("channel_multiple")
+        """``channel_multiple``; 0 (where allowed): 8 under a latency budget (CPU kernels run
+        fastest on multiples of 8), else 1 (PocketFlow's exact counts)."""
+        multiple = self.own_cfg.channel_multiple
         if multiple == 0:
-            latency = getattr(self.own_cfg, f"{self.flag_prefix}_budget_type", "") == "latency"
-            return 8 if latency else 1
+            strategy = getattr(self.own_cfg, "strategy", None)
+            return 8 if strategy is not None and strategy.budget_type == "latency" else 1
         return multiple
 
     @abstractmethod
@@ -92,27 +92,22 @@ class ChannelLearnerBase(AbstractLearner):
     def calibration_samples(self) -> int:
         """Training samples the final selection sees."""
 
-    flag_prefix: str = ""  # the learner's options are <prefix>_save_path, _save_path_eval, ...
-
-    def _option(self, name: str):
-        return getattr(self.own_cfg, f"{self.flag_prefix}_{name}")
-
     @property
     def checkpoint_path(self) -> str:
-        return self._option("save_path")
+        return self.own_cfg.save_path
 
     @property
     def artifact_path(self) -> str:
-        return self._option("save_path_eval")
+        return self.own_cfg.save_path_eval
 
     @property
     def selection_path(self) -> str:
         """Where the thinned model right after selection is saved (for warm starts)."""
-        return self._option("save_path_ws")
+        return self.own_cfg.save_path_ws
 
     @property
     def warm_start_selection(self) -> bool:
-        return self._option("warm_start")
+        return self.own_cfg.warm_start
 
     # -- steps -------------------------------------------------------------------------------
     def calibration_batches(self, nb_smpls: int) -> list[torch.Tensor]:

@@ -6,6 +6,7 @@ Entry scripts (``nets/*_run.py``) are the only place flags are parsed; they call
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import sys
@@ -20,7 +21,7 @@ from learners.config import LearnerConfig
 from learners.registry import learner_class, learner_configs, list_learners
 from learners.trainer import TrainingDivergedError
 from utils.checkpoint import CheckpointError
-from utils.config import ConfigError, define_flags as define_dataclass_flags, from_flag_dict
+from utils.config import ConfigError, define_flags as define_dataclass_flags, flag_name, from_flag_dict
 from utils.multi_gpu_wrapper import DistributedSetupError, MultiGpuWrapper
 from utils.run_lock import RunLock, RunLockedError
 
@@ -39,8 +40,8 @@ def define_flags(flag_values: Any, helper_cls: type) -> None:
                            flag_values=flag_values)
     define_dataclass_flags(LearnerConfig, flag_values)
     define_dataclass_flags(helper_cls.Config, flag_values)
-    for config_cls in learner_configs().values():
-        define_dataclass_flags(config_cls, flag_values)
+    for config_cls, prefix in learner_configs().values():
+        define_dataclass_flags(config_cls, flag_values, prefix)
 
 
 def setup_logging(primary: bool) -> None:
@@ -62,8 +63,8 @@ def build_learner(helper_cls: type, values: dict, mgw: MultiGpuWrapper):
     cfg = from_flag_dict(LearnerConfig, values)
     helper = helper_cls(from_flag_dict(helper_cls.Config, values), seed=cfg.seed)
     learner_cls = learner_class(cfg.learner)
-    own_cls = learner_configs().get(cfg.learner)
-    own_cfg = from_flag_dict(own_cls, values) if own_cls else None
+    own = learner_configs().get(cfg.learner)
+    own_cfg = from_flag_dict(own[0], values, own[1]) if own else None
     return learner_cls(helper, cfg, own_cfg, mgw, run_meta=dict(values))
 
 
@@ -116,5 +117,15 @@ def main(helper_cls: type, values: dict, argv: list | None = None) -> None:
     try:
         run(helper_cls, values)
     except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {as_flags(exc, values.get('learner'))}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def as_flags(exc: Exception, learner: str | None) -> Exception:
+    """A learner's ConfigError names its options by field (``--preserve_ratio``); on the
+    command line they are the learner's prefixed flags (``--gd_preserve_ratio``)."""
+    own = learner_configs().get(learner or "")
+    if not isinstance(exc, ConfigError) or own is None:
+        return exc
+    cls, prefix = own
+    return exc.renamed({f.name: flag_name(f, prefix) for f in dataclasses.fields(cls)})

@@ -1,11 +1,12 @@
-"""name -> learner class registry (``@register_learner("chn-pruned-rmt", config=CprConfig)``)."""
+"""name -> learner class registry (``@register_learner("chn-pruned-rmt", config=CprConfig,
+prefix="cpr")``): the learner's options dataclass and the prefix of its flags."""
 from __future__ import annotations
 
 import importlib
 from typing import Callable
 
 _LEARNERS: dict[str, type] = {}
-_CONFIGS: dict[str, type | None] = {}
+_CONFIGS: dict[str, tuple[type, str]] = {}
 
 # Modules whose import registers the built-in learners (imported lazily, on first lookup).
 BUILTIN_MODULES = (
@@ -23,15 +24,19 @@ BUILTIN_MODULES = (
 )
 
 
-def register_learner(name: str, config: type | None = None) -> Callable[[type], type]:
-    """Class decorator; ``config`` is the learner's own options dataclass (its flags)."""
+def register_learner(name: str, config: type | None = None,
+                     prefix: str = "") -> Callable[[type], type]:
+    """Class decorator; ``config`` is the learner's own options dataclass, whose fields become
+    the flags ``--<prefix>_<field>``."""
 
     def decorate(cls: type) -> type:
         if name in _LEARNERS:
             raise ValueError(f"learner {name!r} is already registered ({_LEARNERS[name].__name__})")
         _LEARNERS[name] = cls
-        _CONFIGS[name] = config
+        if config is not None:
+            _CONFIGS[name] = (config, prefix)
         cls.learner_name = name
+        cls.config_cls, cls.flag_prefix = config, prefix
         return cls
 
     return decorate
@@ -54,7 +59,7 @@ def learner_class(name: str) -> type:
     return _LEARNERS[name]
 
 
-def learner_configs() -> dict[str, type]:
-    """Every registered learner's options dataclass (for flag definition)."""
+def learner_configs() -> dict[str, tuple[type, str]]:
+    """Every registered learner's ``(options dataclass, flag prefix)``."""
     _load_builtins()
-    return {name: cfg for name, cfg in _CONFIGS.items() if cfg is not None}
+    return dict(_CONFIGS)

@@ -16,7 +16,7 @@ from learners.chn_pruned_gpu.learner import CpgConfig
 from learners.launch import run
 from nets import resnet_at_digits
 from tests.test_learners import flag_values
-from utils.config import ConfigError
+from utils.config import ConfigError, from_flag_dict
 from utils.model_io import load_model
 
 
@@ -84,8 +84,10 @@ def test_group_prox_is_a_selection_of_chn_pruned_rmt_too():
 @pytest.mark.parametrize("field,value", [("cpg_prune_ratio", 1.0), ("cpg_lrn_rate_adam", 0.0),
                                          ("cpg_nb_iters_layer", 0)])
 def test_bad_options_name_the_flag(field, value):
-    with pytest.raises(ConfigError, match=f"--{field}"):
-        CpgConfig(**{field: value})
+    with pytest.raises(ConfigError, match=f"^--{field}:"):
+        from_flag_dict(CpgConfig, {field: value}, prefix="cpg")
+    with pytest.raises(ConfigError, match=f"^--{field[4:]}:"):
+        CpgConfig(**{field[4:]: value})
 
 
 def test_learner_prunes_exact_counts_thins_and_exports(tmp_path, tiny_pretrained):

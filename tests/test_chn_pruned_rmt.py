@@ -13,7 +13,7 @@ from learners.channel_pruning_rmt.learner import CprConfig
 from learners.launch import run
 from nets import resnet_at_digits
 from tests.test_learners import flag_values
-from utils.config import ConfigError
+from utils.config import ConfigError, from_flag_dict
 from utils.model_io import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,8 +74,10 @@ def test_warm_start_skips_selection(pruned_run):
 
 @pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5])
 def test_ratio_outside_unit_interval_is_refused(ratio):
-    with pytest.raises(ConfigError, match=r"--cpr_prune_ratio: must be in \[0, 1\)"):
-        CprConfig(cpr_prune_ratio=ratio)
+    with pytest.raises(ConfigError, match=r"^--prune_ratio: must be in \[0, 1\)"):
+        CprConfig(prune_ratio=ratio)
+    with pytest.raises(ConfigError, match=r"^--cpr_prune_ratio: must be in \[0, 1\)"):
+        from_flag_dict(CprConfig, {"cpr_prune_ratio": ratio}, prefix="cpr")
 
 
 def test_entry_script_refuses_bad_ratio(tmp_path):

@@ -13,10 +13,10 @@ from torch import nn
 from learners.rl import DdpgAgent, DdpgConfig, Transition, observe_rollout
 from learners.rl.networks import soft_update
 from learners.rl.replay_buffer import ReplayBuffer
-from utils.config import ConfigError, define_flags, from_flag_dict, option
+from utils.config import ConfigError, define_flags, from_flag_dict, nested, option
 
 # hyper-parameters of the learning tests: faster than the defaults (fewer roll-outs, CPU time)
-FAST = dict(ddpg_lrn_rate=3e-3, ddpg_tau=0.05, ddpg_nb_train_iters=4)
+FAST = dict(lrn_rate=3e-3, tau=0.05, nb_train_iters=4)
 
 
 @pytest.fixture(autouse=True)
@@ -54,8 +54,8 @@ def test_learns_move_to_target_from_one_shared_reward_per_rollout():
     the greedy policy ends 0.065-0.156 from the target over 10 seeds (untrained 0.455-0.588;
     optimum ~0, standing still 0.52); 0.193 for seed 0 with other library builds (the
     trajectory is chaotic in float rounding), hence the margin."""
-    cfg = DdpgConfig(ddpg_noise_type="action", ddpg_noise_std_init=0.5,
-                     ddpg_noise_std_finl=0.05, **FAST)
+    cfg = DdpgConfig(noise_type="action", noise_std_init=0.5,
+                     noise_std_finl=0.05, **FAST)
     agent = DdpgAgent(5, 2, -A_MAX, A_MAX, cfg, buffer_size=80 * STEPS, nb_rlouts=250, seed=0)
     untrained = mean_final_distance(agent)
     rng = np.random.default_rng(0)
@@ -72,7 +72,7 @@ def test_learns_per_layer_ratios_one_step_budget_task():
     (x, x^2) with x = layer / 9, reward -|a - f(x)|, f = 0.2 + 0.6 x^2; 150 roll-outs, the
     first 50 fill the buffer; mean |a - f| ends at 0.005-0.029 over 10 seeds (untrained
     0.137-0.248)."""
-    cfg = DdpgConfig(ddpg_noise_std_init=0.5, ddpg_noise_std_finl=0.01, **FAST)
+    cfg = DdpgConfig(noise_std_init=0.5, noise_std_finl=0.01, **FAST)
     agent = DdpgAgent(2, 1, 0.0, 1.0, cfg, buffer_size=50, nb_rlouts=150, seed=0)
     xs = np.linspace(0.0, 1.0, 10)
     feats = [np.array([x, x * x]) for x in xs]
@@ -97,8 +97,8 @@ def test_learns_per_layer_ratios_one_step_budget_task():
 @pytest.mark.parametrize("noise_type", ["param", "action"])
 def test_actions_always_within_per_dimension_bounds(noise_type):
     a_min, a_max = np.array([0.0, -1.0, 2.0]), np.array([1.0, 0.2, 8.0])
-    cfg = DdpgConfig(ddpg_noise_type=noise_type, ddpg_noise_std_init=5.0, ddpg_batch_size=4,
-                     ddpg_nb_train_iters=2)
+    cfg = DdpgConfig(noise_type=noise_type, noise_std_init=5.0, batch_size=4,
+                     nb_train_iters=2)
     agent = DdpgAgent(4, 3, a_min, a_max, cfg, buffer_size=6, nb_rlouts=5, seed=1)
     rng = np.random.default_rng(0)
     for rollout in range(4):
@@ -127,7 +127,7 @@ def test_observe_rollout_links_states_and_shares_the_reward():
 
 
 def test_train_waits_for_a_full_buffer():
-    cfg = DdpgConfig(ddpg_batch_size=4, ddpg_nb_train_iters=3)
+    cfg = DdpgConfig(batch_size=4, nb_train_iters=3)
     agent = DdpgAgent(2, 1, 0.0, 1.0, cfg, buffer_size=4, nb_rlouts=10)
     observe_rollout(agent, [np.zeros(2)] * 3, [[0.5]] * 3, 1.0)
     assert agent.train() is None
@@ -139,7 +139,7 @@ def test_train_waits_for_a_full_buffer():
 
 def test_same_seed_same_actions_and_global_rng_untouched():
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()[1].copy()
-    cfg = DdpgConfig(ddpg_batch_size=4, ddpg_nb_train_iters=2)
+    cfg = DdpgConfig(batch_size=4, nb_train_iters=2)
     runs = []
     for seed in (3, 3, 4):
         agent = DdpgAgent(2, 1, 0.0, 1.0, cfg, buffer_size=2, nb_rlouts=5, seed=seed)
@@ -157,8 +157,8 @@ def test_same_seed_same_actions_and_global_rng_untouched():
 @pytest.mark.parametrize("noise_type,prtl", [("param", "tdecy"), ("param", "adapt"),
                                              ("action", "tdecy")])
 def test_state_dict_round_trip_gives_identical_behaviour(noise_type, prtl):
-    cfg = DdpgConfig(ddpg_noise_type=noise_type, ddpg_noise_prtl=prtl, ddpg_batch_size=4,
-                     ddpg_nb_train_iters=2)
+    cfg = DdpgConfig(noise_type=noise_type, noise_prtl=prtl, batch_size=4,
+                     nb_train_iters=2)
 
     def rollout(agent: DdpgAgent, k: int) -> list:
         states = [np.array([k, i], dtype=float) for i in range(2)]
@@ -225,14 +225,14 @@ def test_soft_update_is_exact_and_copies_buffers():
 
 
 def test_reward_baseline_is_an_ema_of_rollout_rewards():
-    cfg = DdpgConfig(ddpg_bsln_decy_rate=0.5)
+    cfg = DdpgConfig(bsln_decy_rate=0.5)
     agent = DdpgAgent(1, 1, 0.0, 1.0, cfg, buffer_size=10, nb_rlouts=5)
     assert agent.baseline is None
     for reward, expected in [(1.0, 1.0), (3.0, 2.0), (-1.0, 0.5)]:
         agent.observe(Transition([0.0], [0.5], 100.0, [0.0], terminal=False))  # no effect
         agent.observe(Transition([0.0], [0.5], reward, [0.0], terminal=True))
         assert agent.baseline == expected
-    off = DdpgAgent(1, 1, 0.0, 1.0, DdpgConfig(ddpg_enbl_bsln_func=False), 10, 5)
+    off = DdpgAgent(1, 1, 0.0, 1.0, DdpgConfig(enbl_bsln_func=False), 10, 5)
     observe_rollout(off, [[0.0]], [[0.5]], 2.0)
     assert off.baseline is None
 
@@ -240,8 +240,8 @@ def test_reward_baseline_is_an_ema_of_rollout_rewards():
 def test_tdecy_noise_decays_geometrically_after_the_warm_up():
     """Buffer of 3 one-step roll-outs, 10 roll-outs: roll-outs 0-3 use std_init, roll-out 9
     std_finl, each step in between multiplies by (finl / init) ** (1 / 6)."""
-    cfg = DdpgConfig(ddpg_noise_std_init=0.5, ddpg_noise_std_finl=5e-4, ddpg_batch_size=2,
-                     ddpg_nb_train_iters=1)
+    cfg = DdpgConfig(noise_std_init=0.5, noise_std_finl=5e-4, batch_size=2,
+                     nb_train_iters=1)
     agent = DdpgAgent(1, 1, 0.0, 1.0, cfg, buffer_size=3, nb_rlouts=10)
     stds = [agent.noise.std]
     for _ in range(11):
@@ -256,9 +256,9 @@ def test_adaptive_noise_moves_the_std_toward_the_target_distance():
     """One adaption per gradient step: with std 1 the perturbed actions move far more than 1%
     of the range (std shrinks 5 times), and never by 99% of it (std grows 5 times)."""
     for dst_finl, expected in [(0.01, 1.5 ** -5), (0.99, 1.5 ** 5)]:
-        cfg = DdpgConfig(ddpg_noise_prtl="adapt", ddpg_noise_std_init=1.0, ddpg_batch_size=4,
-                         ddpg_nb_train_iters=5, ddpg_noise_adpt_rat=1.5,
-                         ddpg_noise_dst_finl=dst_finl)
+        cfg = DdpgConfig(noise_prtl="adapt", noise_std_init=1.0, batch_size=4,
+                         nb_train_iters=5, noise_adpt_rat=1.5,
+                         noise_dst_finl=dst_finl)
         agent = DdpgAgent(2, 1, 0.0, 1.0, cfg, buffer_size=4, nb_rlouts=5)
         observe_rollout(agent, [np.ones(2), -np.ones(2)] * 2, [[0.5]] * 4, 0.0)
         assert agent.train()["noise_std"] == pytest.approx(expected)
@@ -266,32 +266,36 @@ def test_adaptive_noise_moves_the_std_toward_the_target_distance():
 
 # -- config ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("field,value", [
-    ("ddpg_actor_hidden", 0), ("ddpg_tau", 0.0), ("ddpg_tau", 1.5), ("ddpg_gamma", -0.1),
-    ("ddpg_gamma", 1.1), ("ddpg_lrn_rate", 0.0), ("ddpg_batch_size", 0),
-    ("ddpg_nb_train_iters", 0), ("ddpg_bsln_decy_rate", 1.0), ("ddpg_noise_type", "gauss"),
-    ("ddpg_noise_prtl", "linear"), ("ddpg_noise_std_init", 0.0), ("ddpg_noise_std_finl", 0.0),
-    ("ddpg_noise_std_finl", 2.0), ("ddpg_noise_dst_finl", 0.0), ("ddpg_noise_adpt_rat", 1.0)])
-def test_config_errors_name_the_flag(field, value):
+    ("actor_hidden", 0), ("tau", 0.0), ("tau", 1.5), ("gamma", -0.1),
+    ("gamma", 1.1), ("lrn_rate", 0.0), ("batch_size", 0),
+    ("nb_train_iters", 0), ("bsln_decy_rate", 1.0), ("noise_type", "gauss"),
+    ("noise_prtl", "linear"), ("noise_std_init", 0.0), ("noise_std_finl", 0.0),
+    ("noise_std_finl", 2.0), ("noise_dst_finl", 0.0), ("noise_adpt_rat", 1.0)])
+def test_config_errors_name_the_option_and_the_flag(field, value):
     with pytest.raises(ConfigError, match=f"^--{field}: "):
         DdpgConfig(**{field: value})
+    with pytest.raises(ConfigError, match=f"^--ddpg_{field}: "):
+        from_flag_dict(DdpgConfig, {f"ddpg_{field}": value})
 
 
-def test_config_is_a_base_of_learner_configs_and_defines_flags():
+def test_config_nests_in_learner_configs_under_its_own_prefix():
     @dataclass
-    class SearchConfig(DdpgConfig):
-        search_nb_rlouts: int = option(300, "roll-outs")
+    class SearchConfig:
+        nb_rlouts: int = option(300, "roll-outs")
+        ddpg: DdpgConfig = nested(DdpgConfig)
 
-        def __post_init__(self) -> None:
-            super().__post_init__()
-
-    with pytest.raises(ConfigError, match="^--ddpg_noise_prtl: 'adapt' needs"):
-        SearchConfig(ddpg_noise_type="action", ddpg_noise_prtl="adapt")
+    with pytest.raises(ConfigError, match="^--noise_prtl: 'adapt' needs --noise_type=param"):
+        SearchConfig(ddpg=DdpgConfig(noise_type="action", noise_prtl="adapt"))
     fv = flags.FlagValues()
-    define_flags(SearchConfig, fv)
-    fv(["prog", "--ddpg_gamma=0.5", "--ddpg_noise_type=action"])
-    cfg = from_flag_dict(SearchConfig, fv.flag_values_dict())
-    assert (cfg.ddpg_gamma, cfg.ddpg_noise_type, cfg.ddpg_tau) == (0.5, "action", 0.01)
+    define_flags(SearchConfig, fv, prefix="search")
+    assert "search_nb_rlouts" in fv and "ddpg_gamma" in fv and "search_ddpg_gamma" not in fv
+    fv(["prog", "--ddpg_gamma=0.5", "--ddpg_noise_type=action", "--search_nb_rlouts=7"])
+    cfg = from_flag_dict(SearchConfig, fv.flag_values_dict(), prefix="search")
+    assert (cfg.ddpg.gamma, cfg.ddpg.noise_type, cfg.ddpg.tau, cfg.nb_rlouts) == (0.5, "action", 0.01, 7)
     assert fv["ddpg_noise_prtl"].parser.enum_values == ["tdecy", "adapt"]
+    with pytest.raises(ConfigError, match="^--ddpg_noise_prtl: 'adapt' needs --ddpg_noise_type=param"):
+        from_flag_dict(SearchConfig, {"ddpg_noise_type": "action", "ddpg_noise_prtl": "adapt"},
+                       prefix="search")
 
 
 # -- the shared roll-out loop ----------------------------------------------------------------
@@ -324,7 +328,7 @@ class _RecordingEnv:
 def test_search_plays_the_baseline_first_and_never_returns_worse():
     from learners.rl.search import run_search
 
-    cfg = DdpgConfig(**FAST, ddpg_batch_size=4)
+    cfg = DdpgConfig(**FAST, batch_size=4)
     env = _RecordingEnv(baseline=[0.3, 0.3, 0.3])
     result = run_search(env, cfg, nb_rlouts=4, nb_rlouts_min=2, seed=0)
     assert env.rollouts[0] == pytest.approx([0.3, 0.3, 0.3])
@@ -358,7 +362,7 @@ def test_a_best_rollout_that_does_not_beat_the_baseline_for_real_is_replaced_by_
     one gains held-out accuracy beyond ``min_gain``; a lower loss alone is not enough."""
     from learners.rl.search import run_search
 
-    cfg = DdpgConfig(**FAST, ddpg_batch_size=4)
+    cfg = DdpgConfig(**FAST, batch_size=4)
     base = {"accuracy": 0.9, "loss": 0.5}
     result = run_search(_AccuracyEnv(base, {"accuracy": 0.9, "loss": 0.1}), cfg, nb_rlouts=4,
                         nb_rlouts_min=2, seed=0)

@@ -19,7 +19,7 @@ from nets import resnet_at_digits
 from nets.registry import create_net, list_nets
 from tests.test_compression import INPUT_SIZES
 from tests.test_learners import flag_values
-from utils.config import ConfigError
+from utils.config import ConfigError, from_flag_dict
 from utils.model_io import load_model
 
 
@@ -79,8 +79,10 @@ def test_greedy_selection_finds_the_channels_the_output_depends_on():
 @pytest.mark.parametrize("field,value", [("dcp_prune_ratio", 1.0), ("dcp_nb_stages", -1),
                                          ("dcp_lrn_rate_adam", 0.0), ("dcp_nb_batches", 0)])
 def test_bad_options_name_the_flag(field, value):
-    with pytest.raises(ConfigError, match=f"--{field}"):
-        DcpConfig(**{field: value})
+    with pytest.raises(ConfigError, match=f"^--{field}:"):
+        from_flag_dict(DcpConfig, {field: value}, prefix="dcp")
+    with pytest.raises(ConfigError, match=f"^--{field[4:]}:"):
+        DcpConfig(**{field[4:]: value})
 
 
 def test_learner_keeps_exact_counts_and_exports_no_heads(tmp_path, tiny_pretrained):

@@ -13,7 +13,7 @@ from learners.quant.bits_env import allocate_bits
 from learners.quant.config import NuqlConfig, UqlConfig
 from nets import resnet_at_digits
 from tests.test_learners import flag_values
-from utils.config import ConfigError
+from utils.config import ConfigError, from_flag_dict
 from utils.model_io import load_model
 
 QUANTIZED = ["layer1.0.conv1", "layer2.0.conv1", "layer3.2.conv2"]
@@ -111,20 +111,24 @@ def test_allocate_bits_refuses_an_impossible_budget():
 
 
 @pytest.mark.parametrize("kwargs,flag", [
-    ({"uql_weight_bits": 0}, "uql_weight_bits"),
-    ({"uql_weight_bits": 17}, "uql_weight_bits"),
-    ({"uql_w_bit_min": 6, "uql_w_bit_max": 4}, "uql_w_bit_min"),
-    ({"uql_equivalent_bits": 1.5}, "uql_equivalent_bits"),      # below w_bit_min: impossible
-    ({"uql_activation_bits": 20}, "uql_activation_bits"),
+    ({"weight_bits": 0}, "weight_bits"),
+    ({"weight_bits": 17}, "weight_bits"),
+    ({"w_bit_min": 6, "w_bit_max": 4}, "w_bit_min"),
+    ({"equivalent_bits": 1.5}, "equivalent_bits"),      # below w_bit_min: impossible
+    ({"activation_bits": 20}, "activation_bits"),
 ])
 def test_bad_bits_are_refused_with_the_flag_name(kwargs, flag):
-    with pytest.raises(ConfigError, match=f"--{flag}:"):
+    with pytest.raises(ConfigError, match=f"^--{flag}:"):
         UqlConfig(**kwargs)
+    with pytest.raises(ConfigError, match=f"^--uql_{flag}:"):
+        from_flag_dict(UqlConfig, {f"uql_{k}": v for k, v in kwargs.items()}, prefix="uql")
 
 
 def test_non_uniform_flags_are_checked_too():
-    with pytest.raises(ConfigError, match="--nuql_weight_bits:"):
-        NuqlConfig(nuql_weight_bits=40)
+    with pytest.raises(ConfigError, match="^--nuql_weight_bits:"):
+        from_flag_dict(NuqlConfig, {"nuql_weight_bits": 40}, prefix="nuql")
+    with pytest.raises(ConfigError, match=r"^--nuql_w_bit_min: must be <= --nuql_w_bit_max"):
+        from_flag_dict(NuqlConfig, {"nuql_w_bit_min": 6, "nuql_w_bit_max": 4}, prefix="nuql")
 
 
 def test_uniform_tf_ends_in_a_real_int8_program(tmp_path, tiny_pretrained):

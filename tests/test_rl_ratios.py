@@ -139,7 +139,7 @@ def test_latency_budget_is_settled_on_measurements(tmp_path, tiny_pretrained, mo
 @pytest.mark.parametrize("flags,match", [
     (["--{p}_preserve_ratio=1.5"], "must be in \\(0, 1\\] or 0, got 1.5"),
     (["--{p}_preserve_ratio=-0.2"], "must be in \\(0, 1\\] or 0, got -0.2"),
-    (["--{p}_budget_type=latency"], "a latency budget needs {p}_preserve_ratio in \\(0, 1\\]"),
+    (["--{p}_budget_type=latency"], "a latency budget needs --{p}_preserve_ratio in \\(0, 1\\]"),
     (["--{p}_prune_ratio_prtl=optimal", "--{p}_nb_rlouts=2", "--{p}_nb_rlouts_min=3"],
      "{p}_nb_rlouts_min"),
 ])

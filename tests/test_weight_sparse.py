@@ -14,7 +14,7 @@ from learners.launch import run
 from learners.weight_sparse.config import WsConfig
 from nets import resnet_at_digits
 from tests.test_learners import flag_values
-from utils.config import ConfigError
+from utils.config import ConfigError, from_flag_dict
 from utils.model_io import load_model
 
 
@@ -124,8 +124,10 @@ def test_optimal_search_respects_the_budget_and_resumes(tmp_path, pretrained):
 
 @pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5])
 def test_ratio_outside_unit_interval_is_refused(ratio):
-    with pytest.raises(ConfigError, match=r"--ws_prune_ratio: must be in \[0, 1\)"):
-        WsConfig(ws_prune_ratio=ratio)
+    with pytest.raises(ConfigError, match=r"^--prune_ratio: must be in \[0, 1\)"):
+        WsConfig(prune_ratio=ratio)
+    with pytest.raises(ConfigError, match=r"^--ws_prune_ratio: must be in \[0, 1\)"):
+        from_flag_dict(WsConfig, {"ws_prune_ratio": ratio}, prefix="ws")
 
 
 def test_unknown_protocol_lists_the_valid_ones(tmp_path):
@@ -136,8 +138,8 @@ def test_unknown_protocol_lists_the_valid_ones(tmp_path):
 
 
 def test_buffer_larger_than_the_search_is_refused():
-    with pytest.raises(ConfigError, match="--ws_nb_rlouts_min"):
-        WsConfig(ws_nb_rlouts=10, ws_nb_rlouts_min=20)
+    with pytest.raises(ConfigError, match=r"^--ws_nb_rlouts_min: must be in \[1, --ws_nb_rlouts=10\]"):
+        from_flag_dict(WsConfig, {"ws_nb_rlouts": 10, "ws_nb_rlouts_min": 20}, prefix="ws")
 
 
 @pytest.mark.slow

@@ -1,15 +1,25 @@
 """Config dataclasses <-> absl flags, without reading FLAGS anywhere.
 
 Every configurable module describes its options once, as a dataclass whose fields carry
-``metadata={"help": ..., "choices": [...]}``.  Entry scripts turn those dataclasses into absl
-flags (``define_flags``) and, after parsing, build the dataclasses back from the plain
-flag-values dict the entry script passes in (``from_flag_dict``).  Library code only ever sees dataclasses.
+``metadata={"help": ..., "choices": [...]}`` (``option``). Field names are the options' own
+names (``prune_ratio``); a flag prefix is added only when flags are defined
+(``define_flags(CprConfig, fv, prefix="cpr")`` gives ``--cpr_prune_ratio``) and removed when
+the dataclass is built back from the parsed flag values (``from_flag_dict``). A field whose
+type is itself a config dataclass is flattened into the same flags, under that class's
+``FLAG_PREFIX`` when it has one (``ddpg``) and the enclosing prefix otherwise; ``option(...,
+flag="compress")`` gives a field a flag name of its own. Library code only ever sees
+dataclasses, so a Python caller writes ``CprConfig(prune_ratio=0.3)``.
+
+Validation lives in each dataclass's ``__post_init__`` (``check``): the message names the
+option as ``--<field>``, and ``from_flag_dict`` renames such references to the flags they
+came from, so a command-line user reads ``--cpr_prune_ratio``.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, Iterable, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -17,22 +27,35 @@ T = TypeVar("T")
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the flag and the valid range."""
 
+    def renamed(self, names: Mapping[str, str]) -> "ConfigError":
+        """The same error with ``--<field>`` references replaced by ``--<flag>``."""
+        text = re.sub(r"--(\w+)", lambda m: f"--{names.get(m[1], m[1])}", str(self))
+        return ConfigError(text)
+
 
 def option(default: Any, help: str, choices: Iterable[str] | None = None,  # noqa: A002
-           run_only: bool = False) -> Any:
+           run_only: bool = False, flag: str | None = None) -> Any:
     """A dataclass field that becomes a flag with this help text (and enum choices).
 
     ``run_only``: the option says how this run goes (paths, logging, devices, exports), not
     what it computes, so it may differ between a run and its ``--resume`` (``settings``).
+    ``flag``: the flag's full name, whatever the prefix (e.g. Distiller's ``--compress``).
     """
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = list(choices)
     if run_only:
         meta["run_only"] = True
+    if flag:
+        meta["flag"] = flag
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def nested(cls: type) -> Any:
+    """A field holding another config dataclass (its options become flags too)."""
+    return dataclasses.field(default_factory=cls)
 
 
 def _base_type(tp: Any) -> Any:
@@ -54,33 +77,71 @@ def _definers(flags_module: Any) -> dict:
     }
 
 
-def define_flags(cls: type, flag_values: Any) -> None:
-    """Define one absl flag per field of dataclass ``cls`` on ``flag_values``.
+def flag_name(field: dataclasses.Field, prefix: str = "") -> str:
+    """The flag of ``field`` under ``prefix``."""
+    explicit = field.metadata.get("flag")
+    if explicit:
+        return explicit
+    return f"{prefix}_{field.name}" if prefix else field.name
+
+
+def _nested_prefix(cls: type, prefix: str) -> str:
+    return getattr(cls, "FLAG_PREFIX", prefix)
+
+
+def _fields(cls: type) -> Iterator[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        yield f, hints[f.name]
+
+
+def flag_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """``(flag name, field, type)`` of every option of ``cls``, nested configs flattened."""
+    for f, tp in _fields(cls):
+        if dataclasses.is_dataclass(tp):
+            yield from flag_fields(tp, _nested_prefix(tp, prefix))
+        else:
+            yield flag_name(f, prefix), f, tp
+
+
+def define_flags(cls: type, flag_values: Any, prefix: str = "") -> None:
+    """Define one absl flag per option of dataclass ``cls`` on ``flag_values``.
 
     A flag that already exists (shared by two configs, e.g. ``batch_size``) is left alone, so
     the first definition's default wins; configs that share a name must agree on its meaning.
     """
     from absl import flags as absl_flags
 
-    hints = typing.get_type_hints(cls)
     definers = _definers(absl_flags)
-    for f in dataclasses.fields(cls):
-        if f.name in flag_values:
+    for name, f, tp in flag_fields(cls, prefix or _nested_prefix(cls, "")):
+        if name in flag_values:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", f.name)
         choices = f.metadata.get("choices")
         if choices is not None:
-            absl_flags.DEFINE_enum(f.name, default, choices, help_text, flag_values=flag_values)
+            absl_flags.DEFINE_enum(name, default, choices, help_text, flag_values=flag_values)
             continue
-        definers[_base_type(hints[f.name])](f.name, default, help_text, flag_values=flag_values)
+        definers[_base_type(tp)](name, default, help_text, flag_values=flag_values)
 
 
-def from_flag_dict(cls: type[T], values: Mapping[str, Any], **overrides: Any) -> T:
-    """Build dataclass ``cls`` from a flat name -> value mapping (extra keys are ignored)."""
-    kwargs = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
+def from_flag_dict(cls: type[T], values: Mapping[str, Any], prefix: str = "", **overrides: Any) -> T:
+    """Build dataclass ``cls`` from a flat flag name -> value mapping (extra keys are ignored);
+    ``overrides`` set fields by their own names. A validation error names the flags."""
+    kwargs, names = {}, {}
+    prefix = prefix or _nested_prefix(cls, "")
+    for f, tp in _fields(cls):
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = from_flag_dict(tp, values, _nested_prefix(tp, prefix))
+            continue
+        name = names[f.name] = flag_name(f, prefix)
+        if name in values:
+            kwargs[f.name] = values[name]
     kwargs.update(overrides)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise exc.renamed(names) from None
 
 
 def check(condition: bool, flag: str, message: str) -> None:
@@ -104,12 +165,25 @@ def to_plain_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def settings(*cfgs: Any) -> dict:
-    """The options of these config dataclasses that decide what a run computes (every field
-    not marked ``run_only`` and not an output location ``*save_path*``), as one plain dict:
-    what a resumed run must share with the run that wrote its checkpoint."""
+def flag_values_of(cfg: Any, prefix: str = "") -> dict:
+    """``{flag name: value}`` of a config instance, nested configs flattened."""
+    values = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            values.update(flag_values_of(value, _nested_prefix(type(value), prefix)))
+        else:
+            values[flag_name(f, prefix)] = value
+    return values
+
+
+def settings(*cfgs: tuple[Any, str]) -> dict:
+    """The options of these ``(config, flag prefix)`` pairs that decide what a run computes
+    (every field not marked ``run_only`` and not an output location ``*save_path*``), as one
+    ``{flag name: value}`` dict: what a resumed run must share with the run that wrote its
+    checkpoint."""
     merged = {}
-    for cfg in cfgs:
+    for cfg, prefix in cfgs:
         if cfg is None:
             continue
         # a subclass that redefines a field (e.g. its own data_dir_local default) keeps the
@@ -117,8 +191,11 @@ def settings(*cfgs: Any) -> dict:
         run_only = {f.name for base in type(cfg).__mro__ if dataclasses.is_dataclass(base)
                     for f in dataclasses.fields(base) if f.metadata.get("run_only")}
         for f in dataclasses.fields(cfg):
-            if f.name not in run_only and "save_path" not in f.name:  # output locations
-                merged[f.name] = getattr(cfg, f.name)
+            value = getattr(cfg, f.name)
+            if dataclasses.is_dataclass(value):
+                merged.update(settings((value, _nested_prefix(type(value), prefix))))
+            elif f.name not in run_only and "save_path" not in f.name:  # output locations
+                merged[flag_name(f, prefix)] = value
     return merged
 
 

@@ -25,28 +25,26 @@ from learners.registry import register_learner
 log = logging.getLogger("pocketflow")
 
 
-@register_learner("channel", config=ChannelConfig)
+@register_learner("channel", config=ChannelConfig, prefix="cp")
 class ChannelPrunedLearner(ChannelLearnerBase):
-
-    flag_prefix = "cp"
 
     @property
     def calibration_samples(self) -> int:
-        return self.own_cfg.cp_nb_batches * self.helper.cfg.batch_size
+        return self.own_cfg.nb_batches * self.helper.cfg.batch_size
 
     def kept_counts(self, full, layers, chosen, report):
-        return plan_counts(self, full, layers, chosen, self.own_cfg.strategy(), report)
+        return plan_counts(self, full, layers, chosen, self.own_cfg.strategy_settings(), report)
 
     def _settings(self) -> SelectionSettings:
         cfg = self.own_cfg
-        return SelectionSettings(method="ista" if cfg.cp_lasso else "l1",
-                                 nb_crops=cfg.cp_nb_points_per_layer, seed=self.cfg.seed)
+        return SelectionSettings(method="ista" if cfg.lasso else "l1",
+                                 nb_crops=cfg.nb_points_per_layer, seed=self.cfg.seed)
 
     def select(self, full, pruned, chosen, counts, batches):
         return select_channels(full, pruned, chosen, counts, batches, self._settings())
 
     def select_final(self, full, pruned, chosen, counts, batches):
-        size = self.own_cfg.cp_list_group
+        size = self.own_cfg.list_group
         groups = [chosen[i:i + size] for i in range(0, len(chosen), size)]
         keep, stats = {}, []
         for index, group in enumerate(groups):
@@ -61,7 +59,7 @@ class ChannelPrunedLearner(ChannelLearnerBase):
     def _group_finetune(self, pruned, keep) -> None:
         """Adam on the masked model (pruned input channels held at zero) between groups."""
         cfg = self.own_cfg
-        steps = max(1, int(cfg.cp_nb_iters_ft_ratio * self.helper.nb_iters_train(1)))
+        steps = max(1, int(cfg.nb_iters_ft_ratio * self.helper.nb_iters_train(1)))
         attach_masks(pruned, list(keep))
         for name, mask in masks_of(pruned).items():
             mask.mask.zero_()
@@ -69,8 +67,8 @@ class ChannelPrunedLearner(ChannelLearnerBase):
         batches = self.cached_batches(self.helper.build_dataset_train(),
                                       min(steps, self.helper.nb_iters_train(1)))
         log.info("group fine-tune: %d Adam steps at %.1e on %d pruned layers", steps,
-                 cfg.cp_lrn_rate_ft, len(keep))
+                 cfg.lrn_rate_ft, len(keep))
         pruned.train()
-        self.short_finetune(pruned, batches, cfg.cp_lrn_rate_ft, steps)
+        self.short_finetune(pruned, batches, cfg.lrn_rate_ft, steps)
         pruned.eval()
         detach_masks(pruned)

@@ -17,63 +17,55 @@ from compression.channel_selection import (SelectionSettings, choose_layers, sel
 from learners.channel_base import ChannelLearnerBase
 from learners.channel_pruning_rmt.learner import log_layer
 from learners.registry import register_learner
-from utils.config import check, check_ratio, option, split_names
+from learners.channel_options import ChannelOptions
+from utils.config import check, check_ratio, option
 
 
 @dataclass
-class CpgConfig:
-    cpg_save_path: str = option("./models_cpg/model.ckpt", "chn-pruned-gpu: training checkpoint")
-    cpg_save_path_eval: str = option("./models_cpg_eval/model.ckpt",
-                                     "chn-pruned-gpu: final thinned model (report.json beside it)")
-    cpg_save_path_ws: str = option("./models_cpg_ws/model.ckpt",
-                                   "chn-pruned-gpu: thinned model right after selection")
-    cpg_prune_ratio: float = option(0.5, "fraction of each layer's input channels removed")
-    cpg_skip_ht_layers: bool = option(True, "do not prune the first (head) and last (tail) layers")
-    cpg_skip_op_names: str = option("", "comma-separated substrings of layer names not to prune")
-    cpg_lrn_rate_pgd_init: float = option(
+class CpgConfig(ChannelOptions):
+    save_path: str = option("./models_cpg/model.ckpt", "chn-pruned-gpu: training checkpoint")
+    save_path_eval: str = option("./models_cpg_eval/model.ckpt",
+                                 "chn-pruned-gpu: final thinned model (report.json beside it)")
+    save_path_ws: str = option("./models_cpg_ws/model.ckpt",
+                               "chn-pruned-gpu: thinned model right after selection")
+    prune_ratio: float = option(0.5, "fraction of each layer's input channels removed")
+    skip_ht_layers: bool = option(True, "do not prune the first (head) and last (tail) layers")
+    lrn_rate_pgd_init: float = option(
         1e-2, "initial proximal step on the layer's problem scaled by ||P'P||_F (PocketFlow's "
         "1e-10 was for the unscaled problem); x1.4 after a decrease, x0.7 otherwise")
-    cpg_nb_iters_pgd: int = option(1000, "proximal gradient iterations per layer")
-    cpg_lrn_rate_adam: float = option(1e-2, "Adam rate of the masked refit")
-    cpg_nb_iters_layer: int = option(1000, "masked Adam iterations per layer")
-    cpg_nb_smpls: int = option(5000, "training samples used for the layer regressions")
-    cpg_nb_crops_per_smpl: int = option(10, "random output positions sampled per sample")
-    cpg_channel_multiple: int = option(1, "round each kept-channel count to a multiple of this")
-    cpg_warm_start: bool = option(False, "skip selection: start from cpg_save_path_ws",
-                                  run_only=True)
+    nb_iters_pgd: int = option(1000, "proximal gradient iterations per layer")
+    lrn_rate_adam: float = option(1e-2, "Adam rate of the masked refit")
+    nb_iters_layer: int = option(1000, "masked Adam iterations per layer")
+    nb_smpls: int = option(5000, "training samples used for the layer regressions")
+    nb_crops_per_smpl: int = option(10, "random output positions sampled per sample")
+    channel_multiple: int = option(1, "round each kept-channel count to a multiple of this")
 
     def __post_init__(self) -> None:
-        check_ratio(self.cpg_prune_ratio, "cpg_prune_ratio")
-        check(self.cpg_lrn_rate_pgd_init > 0, "cpg_lrn_rate_pgd_init", "must be positive")
-        check(self.cpg_lrn_rate_adam > 0, "cpg_lrn_rate_adam", "must be positive")
-        for name in ("cpg_nb_iters_pgd", "cpg_nb_iters_layer", "cpg_nb_smpls",
-                     "cpg_nb_crops_per_smpl", "cpg_channel_multiple"):
+        check_ratio(self.prune_ratio, "prune_ratio")
+        check(self.lrn_rate_pgd_init > 0, "lrn_rate_pgd_init", "must be positive")
+        check(self.lrn_rate_adam > 0, "lrn_rate_adam", "must be positive")
+        for name in ("nb_iters_pgd", "nb_iters_layer", "nb_smpls", "nb_crops_per_smpl",
+                     "channel_multiple"):
             check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
 
-    @property
-    def skip_names(self) -> list[str]:
-        return split_names(self.cpg_skip_op_names)
 
-
-@register_learner("chn-pruned-gpu", config=CpgConfig)
+@register_learner("chn-pruned-gpu", config=CpgConfig, prefix="cpg")
 class ChannelPrunedGpuLearner(ChannelLearnerBase):
-
-    flag_prefix = "cpg"
 
     @property
     def calibration_samples(self) -> int:
-        return self.own_cfg.cpg_nb_smpls
+        return self.own_cfg.nb_smpls
 
     def choose(self, layers):
         cfg = self.own_cfg
-        return choose_layers(layers, cfg.cpg_skip_ht_layers, cfg.cpg_skip_ht_layers,
+        return choose_layers(layers, cfg.skip_ht_layers, cfg.skip_ht_layers,
                              cfg.skip_names)
 
     def select(self, full, pruned, chosen, counts, batches):
         cfg = self.own_cfg
         settings = SelectionSettings(
-            method="group-prox", nb_crops=cfg.cpg_nb_crops_per_smpl, lstsq="adam",
-            lstsq_lrn_rate=cfg.cpg_lrn_rate_adam, lstsq_nb_iters=cfg.cpg_nb_iters_layer,
-            seed=self.cfg.seed, prox_lrn_rate=cfg.cpg_lrn_rate_pgd_init,
-            prox_nb_iters=cfg.cpg_nb_iters_pgd)
+            method="group-prox", nb_crops=cfg.nb_crops_per_smpl, lstsq="adam",
+            lstsq_lrn_rate=cfg.lrn_rate_adam, lstsq_nb_iters=cfg.nb_iters_layer,
+            seed=self.cfg.seed, prox_lrn_rate=cfg.lrn_rate_pgd_init,
+            prox_nb_iters=cfg.nb_iters_pgd)
         return select_channels(full, pruned, chosen, counts, batches, settings, on_layer=log_layer)

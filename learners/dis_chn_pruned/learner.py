@@ -2,10 +2,10 @@
 
 The network is split into blocks by auxiliary heads (``heads.py``). Block by block: the
 network and the block's head are fine-tuned with Adam on the final + discrimination losses
-(``dcp_nb_iters_block`` steps); then each layer of the block, in execution order, gets its
+(``nb_iters_block`` steps); then each layer of the block, in execution order, gets its
 input channels by the greedy gradient criterion on reconstruction + discrimination loss
 (``dcp.greedy_channels``) and is fine-tuned alone with its pruned channels held at zero
-(``dcp_nb_iters_layer`` steps). The heads are then dropped, the network is thinned, and the
+(``nb_iters_layer`` steps). The heads are then dropped, the network is thinned, and the
 shared flow fine-tunes, exports and reports it. Selection runs on the primary process.
 """
 from __future__ import annotations
@@ -23,68 +23,65 @@ from learners.dis_chn_pruned.dcp import (DcpObjective, ZeroPrunedInputs, greedy_
 from learners.dis_chn_pruned.heads import build_heads, head_points
 from learners.registry import register_learner
 from learners.rl.config import DdpgConfig
-from learners.strategy_options import prune_ratio_options
+from learners.channel_options import ChannelOptions
+from learners.strategy_options import RatioStrategy
 from learners.trainer import Trainer
-from utils.config import check, check_ratio, option, split_names
+from utils.config import check, check_ratio, nested, option
 
 log = logging.getLogger("pocketflow")
 
 
-DcpStrategyOptions = prune_ratio_options("dcp")
+@dataclass
+class DcpStrategy(RatioStrategy):
+    prune_list_file: str = option("./dcp_ratio.list", "list: fraction of input channels KEPT per "
+                                                      "layer ('<ratio>' or '<layer> <ratio>')")
 
 
 @dataclass
-class DcpConfig(DdpgConfig, DcpStrategyOptions):
-    dcp_save_path: str = option("./models_dcp/model.ckpt", "dis-chn-pruned: training checkpoint")
-    dcp_save_path_eval: str = option("./models_dcp_eval/model.ckpt",
-                                     "dis-chn-pruned: final thinned model (report.json beside it)")
-    dcp_save_path_ws: str = option("./models_dcp_ws/model.ckpt",
-                                   "dis-chn-pruned: thinned model right after selection")
-    dcp_prune_ratio: float = option(0.5, "fraction of each layer's input channels removed")
-    dcp_nb_stages: int = option(3, "auxiliary heads (at most the net's stage_names): the "
-                                   "network is split into dcp_nb_stages + 1 blocks")
-    dcp_lrn_rate_adam: float = option(1e-3, "Adam rate of the block and layer fine-tuning")
-    dcp_nb_iters_block: int = option(10000, "Adam steps per block on final + discrimination "
-                                            "loss (PocketFlow's CIFAR value; far less suffices "
-                                            "on small data)")
-    dcp_nb_iters_layer: int = option(500, "Adam steps per layer on reconstruction + "
-                                          "discrimination loss, pruned channels held at zero")
-    dcp_nb_batches: int = option(20, "cached training batches the selection cycles through")
-    dcp_lstsq_init: bool = option(True, "start a layer's fine-tune from the closed-form "
-                                        "least-squares refit of its kept channels (not in "
-                                        "PocketFlow: it makes the layer fine-tune start at the "
-                                        "reconstruction optimum instead of the old weights)")
-    dcp_nb_crops_per_smpl: int = option(10, "output positions per sample of that refit")
-    dcp_skip_frst_layer: bool = option(True, "do not prune the layer that reads the input image")
-    dcp_skip_last_layer: bool = option(False, "do not prune the last layer (the classifier)")
-    dcp_skip_op_names: str = option("", "comma-separated substrings of layer names not to prune")
-    dcp_channel_multiple: int = option(0, "round each kept-channel count to a multiple of this; "
-                                          "0: 8 under a latency budget (CPU kernels run fastest "
-                                          "on multiples of 8), else 1 (PocketFlow's exact count)")
-    dcp_warm_start: bool = option(False, "skip selection: start from dcp_save_path_ws",
-                                  run_only=True)
+class DcpConfig(ChannelOptions):
+    save_path: str = option("./models_dcp/model.ckpt", "dis-chn-pruned: training checkpoint")
+    save_path_eval: str = option("./models_dcp_eval/model.ckpt",
+                                 "dis-chn-pruned: final thinned model (report.json beside it)")
+    save_path_ws: str = option("./models_dcp_ws/model.ckpt",
+                               "dis-chn-pruned: thinned model right after selection")
+    prune_ratio: float = option(0.5, "fraction of each layer's input channels removed")
+    nb_stages: int = option(3, "auxiliary heads (at most the net's stage_names): the network is "
+                               "split into nb_stages + 1 blocks")
+    lrn_rate_adam: float = option(1e-3, "Adam rate of the block and layer fine-tuning")
+    nb_iters_block: int = option(10000, "Adam steps per block on final + discrimination loss "
+                                        "(PocketFlow's CIFAR value; far less suffices on small "
+                                        "data)")
+    nb_iters_layer: int = option(500, "Adam steps per layer on reconstruction + discrimination "
+                                      "loss, pruned channels held at zero")
+    nb_batches: int = option(20, "cached training batches the selection cycles through")
+    lstsq_init: bool = option(True, "start a layer's fine-tune from the closed-form "
+                                    "least-squares refit of its kept channels (not in "
+                                    "PocketFlow: it makes the layer fine-tune start at the "
+                                    "reconstruction optimum instead of the old weights)")
+    nb_crops_per_smpl: int = option(10, "output positions per sample of that refit")
+    channel_multiple: int = option(0, "round each kept-channel count to a multiple of this; 0: 8 "
+                                      "under a latency budget (CPU kernels run fastest on "
+                                      "multiples of 8), else 1 (PocketFlow's exact count)")
+    skip_frst_layer: bool = option(True, "do not prune the layer that reads the input image")
+    skip_last_layer: bool = option(False, "do not prune the last layer (the classifier)")
+    strategy: DcpStrategy = nested(DcpStrategy)
+    ddpg: DdpgConfig = nested(DdpgConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.check_strategy()
-        check_ratio(self.dcp_prune_ratio, "dcp_prune_ratio")
-        check(self.dcp_nb_stages >= 0, "dcp_nb_stages", "must be >= 0")
-        check(self.dcp_lrn_rate_adam > 0, "dcp_lrn_rate_adam", "must be positive")
-        check(self.dcp_nb_iters_block >= 0, "dcp_nb_iters_block", "must be >= 0")
-        check(self.dcp_nb_iters_layer >= 0, "dcp_nb_iters_layer", "must be >= 0")
-        check(self.dcp_nb_batches > 0, "dcp_nb_batches", "must be positive")
-        check(self.dcp_nb_crops_per_smpl > 0, "dcp_nb_crops_per_smpl", "must be positive")
-        check(self.dcp_channel_multiple >= 0, "dcp_channel_multiple", "must be >= 0")
-
-    @property
-    def skip_names(self) -> list[str]:
-        return split_names(self.dcp_skip_op_names)
+        check_ratio(self.prune_ratio, "prune_ratio")
+        check(self.channel_multiple >= 0, "channel_multiple",
+              f"must be >= 0, got {self.channel_multiple}")
+        check(self.nb_stages >= 0, "nb_stages", "must be >= 0")
+        check(self.lrn_rate_adam > 0, "lrn_rate_adam", "must be positive")
+        check(self.nb_iters_block >= 0, "nb_iters_block", "must be >= 0")
+        check(self.nb_iters_layer >= 0, "nb_iters_layer", "must be >= 0")
+        check(self.nb_batches > 0, "nb_batches", "must be positive")
+        check(self.nb_crops_per_smpl > 0, "nb_crops_per_smpl", "must be positive")
 
 
-@register_learner("dis-chn-pruned", config=DcpConfig)
+@register_learner("dis-chn-pruned", config=DcpConfig, prefix="dcp")
 class DisChnPrunedLearner(ChannelLearnerBase):
-
-    flag_prefix = "dcp"
 
     @property
     def calibration_samples(self) -> int:
@@ -92,9 +89,9 @@ class DisChnPrunedLearner(ChannelLearnerBase):
 
     def select(self, full, pruned, chosen, counts, batches):
         cfg = self.own_cfg
-        data = self.cached_batches(self.helper.build_dataset_train(), cfg.dcp_nb_batches)
+        data = self.cached_batches(self.helper.build_dataset_train(), cfg.nb_batches)
         shape = self.helper.input_shape
-        points = head_points(pruned, cfg.dcp_nb_stages)
+        points = head_points(pruned, cfg.nb_stages)
         with torch.no_grad():
             nb_classes = pruned.eval()(data[0][0][:1]).shape[1]
         heads = build_heads(pruned, points, shape, nb_classes)
@@ -112,19 +109,19 @@ class DisChnPrunedLearner(ChannelLearnerBase):
                 objective.set_stage(block, None, bn_train=True)
                 params = list(pruned.parameters()) + (
                     list(heads[block].parameters()) if block < len(points) else [])
-                self._tune(objective, params, cfg.dcp_nb_iters_block, data, zero)
+                self._tune(objective, params, cfg.nb_iters_block, data, zero)
                 for layer in members:
                     start = time.perf_counter()
                     objective.set_stage(block, layer.name, bn_train=False)
                     keep[layer.name] = greedy_channels(objective, layer.name, counts[layer.name],
                                                        data)
                     zero.apply()
-                    if cfg.dcp_lstsq_init:
+                    if cfg.lstsq_init:
                         refit_kept(full, pruned, layer.name, keep[layer.name],
-                                   [inputs for inputs, _ in data], cfg.dcp_nb_crops_per_smpl,
+                                   [inputs for inputs, _ in data], cfg.nb_crops_per_smpl,
                                    torch.Generator().manual_seed(self.cfg.seed))
                     module = pruned.get_submodule(layer.name)
-                    self._tune(objective, [module.weight], cfg.dcp_nb_iters_layer, data, zero)
+                    self._tune(objective, [module.weight], cfg.nb_iters_layer, data, zero)
                     stats.append(self._record(objective, layer, keep, data, block, start))
         finally:
             objective.close()
@@ -134,13 +131,13 @@ class DisChnPrunedLearner(ChannelLearnerBase):
     def select_rollout(self, full, pruned, chosen, counts, batches):
         """DCP's own selection fine-tunes blocks and layers (minutes); a search's roll-outs rank
         per-layer counts with LASSO + least squares on the same cached batches instead."""
-        settings = SelectionSettings("ista", self.own_cfg.dcp_nb_crops_per_smpl, seed=self.cfg.seed)
+        settings = SelectionSettings("ista", self.own_cfg.nb_crops_per_smpl, seed=self.cfg.seed)
         return select_channels(full, pruned, chosen, counts, batches, settings)
 
     def _tune(self, objective, params, nb_iters: int, data, zero: ZeroPrunedInputs) -> None:
         if nb_iters <= 0:
             return
-        optimizer = torch.optim.Adam(params, lr=self.own_cfg.dcp_lrn_rate_adam)
+        optimizer = torch.optim.Adam(params, lr=self.own_cfg.lrn_rate_adam)
         Trainer(objective, optimizer, objective.loss, data, nb_iters, self.device,
                 callbacks=[zero]).fit()
 

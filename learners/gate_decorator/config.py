@@ -9,41 +9,41 @@ from utils.config import check, check_ratio, option, split_names
 
 @dataclass
 class GateDecoratorConfig:
-    gd_save_path: str = option("./models_gd/model.ckpt", "gate-decorator: training checkpoint")
-    gd_save_path_eval: str = option("./models_gd_eval/model.ckpt",
-                                    "gate-decorator: final thinned model (report.json beside it)")
-    gd_preserve_ratio: float = option(0.5, "fraction of the FLOPs the pruned model keeps")
-    gd_p: float = option(0.02, "fraction of all gated channels closed per tick (the authors' p)")
-    gd_t: int = option(10, "ticks between two tocks (the authors' T)")
-    gd_tock_epoch: float = option(1.0, "epochs of each tock: the whole net fine-tuned with the "
-                                       "L1 penalty on gates (the authors' tock_epoch)")
-    gd_sparse_lambda: float = option(1e-3, "weight of the L1 penalty on gates during tocks")
-    gd_flops_eta: float = option(0.0, "FLOPs-aware ranking: importance minus eta x the "
-                                      "relative FLOPs of one channel of the layer")
-    gd_tick_nb_batches: int = option(10, "training batches of each tick (gates trained alone, "
-                                         "Taylor importance accumulated)")
-    gd_tick_lrn_rate: float = option(1e-3, "SGD rate of the gates during a tick")
-    gd_lrn_rate_tock: float = option(1e-3, "SGD rate of the tocks")
-    gd_lr_min: float = option(1e-3, "fine-tuning: triangular schedule from lr_min ...")
-    gd_lr_max: float = option(1e-2, "... up to lr_max at mid-run and back; the fine-tuning "
-                                    "runs the helper's epochs x nb_epochs_rat")
-    gd_minimal_ratio: float = option(0.1, "fraction of each gated layer's channels always kept")
-    gd_skip_op_names: str = option("", "comma-separated substrings of layer names not to prune")
+    save_path: str = option("./models_gd/model.ckpt", "gate-decorator: training checkpoint")
+    save_path_eval: str = option("./models_gd_eval/model.ckpt",
+                                 "gate-decorator: final thinned model (report.json beside it)")
+    preserve_ratio: float = option(0.5, "fraction of the FLOPs the pruned model keeps")
+    p: float = option(0.02, "fraction of all gated channels closed per tick (the authors' p)")
+    t: int = option(10, "ticks between two tocks (the authors' T)")
+    tock_epoch: float = option(1.0, "epochs of each tock: the whole net fine-tuned with the "
+                                    "L1 penalty on gates (the authors' tock_epoch)")
+    sparse_lambda: float = option(1e-3, "weight of the L1 penalty on gates during tocks")
+    flops_eta: float = option(0.0, "FLOPs-aware ranking: importance minus eta x the "
+                                   "relative FLOPs of one channel of the layer")
+    tick_nb_batches: int = option(10, "training batches of each tick (gates trained alone, "
+                                      "Taylor importance accumulated)")
+    tick_lrn_rate: float = option(1e-3, "SGD rate of the gates during a tick")
+    lrn_rate_tock: float = option(1e-3, "SGD rate of the tocks")
+    lr_min: float = option(1e-3, "fine-tuning: triangular schedule from lr_min ...")
+    lr_max: float = option(1e-2, "... up to lr_max at mid-run and back; the fine-tuning "
+                                 "runs the helper's epochs x nb_epochs_rat")
+    minimal_ratio: float = option(0.1, "fraction of each gated layer's channels always kept")
+    skip_op_names: str = option("", "comma-separated substrings of layer names not to prune")
 
     def __post_init__(self) -> None:
-        check_ratio(self.gd_preserve_ratio, "gd_preserve_ratio", low_inclusive=False,
+        check_ratio(self.preserve_ratio, "preserve_ratio", low_inclusive=False,
                     high_inclusive=True)
-        check(0 < self.gd_p <= 1, "gd_p", f"must be in (0, 1], got {self.gd_p}")
-        check(self.gd_t >= 1, "gd_t", f"must be >= 1, got {self.gd_t}")
-        check(self.gd_tock_epoch >= 0, "gd_tock_epoch", "must be >= 0")
-        check(self.gd_sparse_lambda >= 0, "gd_sparse_lambda", "must be >= 0")
-        check(self.gd_tick_nb_batches >= 1, "gd_tick_nb_batches", "must be >= 1")
-        check(0 <= self.gd_minimal_ratio < 1, "gd_minimal_ratio", "must be in [0, 1)")
-        for name in ("gd_tick_lrn_rate", "gd_lrn_rate_tock", "gd_lr_min", "gd_lr_max"):
+        check(0 < self.p <= 1, "p", f"must be in (0, 1], got {self.p}")
+        check(self.t >= 1, "t", f"must be >= 1, got {self.t}")
+        check(self.tock_epoch >= 0, "tock_epoch", "must be >= 0")
+        check(self.sparse_lambda >= 0, "sparse_lambda", "must be >= 0")
+        check(self.tick_nb_batches >= 1, "tick_nb_batches", "must be >= 1")
+        check(0 <= self.minimal_ratio < 1, "minimal_ratio", "must be in [0, 1)")
+        for name in ("tick_lrn_rate", "lrn_rate_tock", "lr_min", "lr_max"):
             check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
-        check(self.gd_lr_min <= self.gd_lr_max, "gd_lr_min",
-              f"must be <= gd_lr_max ({self.gd_lr_max}), got {self.gd_lr_min}")
+        check(self.lr_min <= self.lr_max, "lr_min",
+              f"must be <= --lr_max ({self.lr_max}), got {self.lr_min}")
 
     @property
     def skip_names(self) -> list[str]:
-        return split_names(self.gd_skip_op_names)
+        return split_names(self.skip_op_names)

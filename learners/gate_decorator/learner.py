@@ -59,18 +59,18 @@ class FrozenBatchNorm(Callback):
                 module.eval()
 
 
-@register_learner("gate-decorator", config=GateDecoratorConfig)
+@register_learner("gate-decorator", config=GateDecoratorConfig, prefix="gd")
 class GateDecoratorLearner(AbstractLearner):
     produces = frozenset({"thinned"})
     refuses = {"quantized": composition.PRUNE_QUANTIZED}
 
     @property
     def checkpoint_path(self) -> str:
-        return self.own_cfg.gd_save_path
+        return self.own_cfg.save_path
 
     @property
     def artifact_path(self) -> str:
-        return self.own_cfg.gd_save_path_eval
+        return self.own_cfg.save_path_eval
 
     @property
     def rounds_path(self) -> str:
@@ -93,7 +93,7 @@ class GateDecoratorLearner(AbstractLearner):
             gate.g.requires_grad_(True)
             gate.score.zero_()
             gate.collect_scores(True)
-        optimizer = torch.optim.SGD([g.g for g in gates.values()], lr=cfg.gd_tick_lrn_rate,
+        optimizer = torch.optim.SGD([g.g for g in gates.values()], lr=cfg.tick_lrn_rate,
                                     momentum=self.cfg.momentum)
         try:
             Trainer(model, optimizer, self.helper.calc_loss, batches, len(batches), self.device,
@@ -103,19 +103,19 @@ class GateDecoratorLearner(AbstractLearner):
                 gate.collect_scores(False)
             for p, flag in trainable.items():
                 p.requires_grad_(flag)
-        nb = max(1, int(round(cfg.gd_p * sum(g.mask.numel() for g in gates.values()))))
-        pruner.prune(gates, nb, cfg.gd_preserve_ratio)
+        nb = max(1, int(round(cfg.p * sum(g.mask.numel() for g in gates.values()))))
+        pruner.prune(gates, nb, cfg.preserve_ratio)
         return {name: {k: v.detach().cpu() for k, v in gate.state_dict().items()}
                 for name, gate in gates.items()}
 
     def tock(self, model: nn.Module, round_index: int) -> None:
         cfg = self.own_cfg
-        if cfg.gd_tock_epoch == 0:
+        if cfg.tock_epoch == 0:
             return
-        nb_iters = iters_for_epochs(cfg.gd_tock_epoch, self.helper.nb_smpls_train,
+        nb_iters = iters_for_epochs(cfg.tock_epoch, self.helper.nb_smpls_train,
                                     self.helper.global_batch(self.mgw.size()))
-        self.fit(model, ConstantLr(cfg.gd_lrn_rate_tock, nb_iters), tag=f"tock{round_index}",
-                 callbacks=[GateSparsity(model, cfg.gd_sparse_lambda)])
+        self.fit(model, ConstantLr(cfg.lrn_rate_tock, nb_iters), tag=f"tock{round_index}",
+                 callbacks=[GateSparsity(model, cfg.sparse_lambda)])
 
     def _load_gate_states(self, model: nn.Module, states: dict) -> None:
         for name, gate in gates_of(model).items():
@@ -139,28 +139,28 @@ class GateDecoratorLearner(AbstractLearner):
             raise ConfigError("gate-decorator: no channel of this model can be gated: it needs a "
                               "BatchNorm2d between a conv and the one layer that reads it")
         pruner = GlobalGatePruner(full, layers, points, self.helper.input_shape,
-                                  cfg.gd_minimal_ratio, cfg.gd_flops_eta)
-        if pruner.floor_ratio() > cfg.gd_preserve_ratio:
+                                  cfg.minimal_ratio, cfg.flops_eta)
+        if pruner.floor_ratio() > cfg.preserve_ratio:
             raise ConfigError(
-                f"--gd_preserve_ratio={cfg.gd_preserve_ratio} cannot be reached: with every gated "
-                f"layer at its minimum (gd_minimal_ratio={cfg.gd_minimal_ratio}) the model keeps "
+                f"--preserve_ratio={cfg.preserve_ratio} cannot be reached: with every gated "
+                f"layer at its minimum (--minimal_ratio={cfg.minimal_ratio}) the model keeps "
                 f"{pruner.floor_ratio():.3f} of its FLOPs")
         model = copy.deepcopy(full)
         attach_gates(model, list(points))
         gates = gates_of(model)
-        batches = self.cached_batches(self.helper.build_dataset_train(), cfg.gd_tick_nb_batches)
+        batches = self.cached_batches(self.helper.build_dataset_train(), cfg.tick_nb_batches)
         history = []
         round_index = self._resume_rounds(model)
-        while pruner.ratio(gates) > cfg.gd_preserve_ratio:
-            for _ in range(cfg.gd_t):
+        while pruner.ratio(gates) > cfg.preserve_ratio:
+            for _ in range(cfg.t):
                 states = self.on_primary(lambda: self.tick(model, batches, pruner))
                 self._load_gate_states(model, states)
-                if pruner.ratio(gates) <= cfg.gd_preserve_ratio:
+                if pruner.ratio(gates) <= cfg.preserve_ratio:
                     break
             ratio = pruner.ratio(gates)
             log.info("gate-decorator round %d: %d channels open, FLOPs ratio %.4f", round_index,
                      sum(g.nb_kept for g in gates.values()), ratio)
-            if ratio > cfg.gd_preserve_ratio:
+            if ratio > cfg.preserve_ratio:
                 self.tock(model, round_index)
             history.append({"round": round_index, "flops_ratio": ratio,
                             "open": sum(g.nb_kept for g in gates.values())})
@@ -190,7 +190,7 @@ class GateDecoratorLearner(AbstractLearner):
                      report["accuracy"]["full"], report["accuracy"]["gated"],
                      report["accuracy"]["compressed_before_finetune"])
         cfg = self.own_cfg
-        schedule = TriangularLr(cfg.gd_lr_min, cfg.gd_lr_max, self.helper.nb_iters_train(self.mgw.size()))
+        schedule = TriangularLr(cfg.lr_min, cfg.lr_max, self.helper.nb_iters_train(self.mgw.size()))
         self.fit(model, schedule, tag="finetune", spec=spec, teacher=self.distillation_teacher())
         report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
         size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["compressed"]})

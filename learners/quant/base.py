@@ -25,7 +25,6 @@ from compression.quantizers import (attach_activation_quantizers, attach_weight_
 from learners import composition
 from learners.abstract_learner import AbstractLearner
 from learners.quant.bits_env import BitsEnv
-from learners.quant.config import QuantSettings
 from learners.weight_sparse.search_env import layer_features
 from utils.lrn_rate import CosineLr
 
@@ -41,21 +40,17 @@ class QuantLearnerBase(AbstractLearner):
         """The weight quantizer (a parametrization) of layer ``name`` at ``bits``."""
 
     @property
-    def settings(self) -> QuantSettings:
-        return self.own_cfg.settings
-
-    @property
     def checkpoint_path(self) -> str:
-        return self.settings.save_path
+        return self.own_cfg.save_path
 
     @property
     def artifact_path(self) -> str:
-        return self.settings.save_path_eval
+        return self.own_cfg.save_path_eval
 
     # -- which layers, how many bits -----------------------------------------------------------
     def layers(self, model: nn.Module) -> dict[str, nn.Module]:
         layers = maskable_layers(model)
-        if not self.settings.quantize_all_layers and len(layers) > 2:
+        if not self.own_cfg.quantize_all_layers and len(layers) > 2:
             names = list(layers)  # first and last layers stay full precision (PocketFlow)
             layers = {n: layers[n] for n in names[1:-1]}
         return layers
@@ -63,14 +58,14 @@ class QuantLearnerBase(AbstractLearner):
     def quantize(self, model: nn.Module, bits: dict[str, int]) -> nn.Module:
         """Attach weight quantizers at ``bits`` (and activation quantizers) to ``model``."""
         attach_weight_quantizers(model, list(bits), lambda n: self.make_quantizer(n, bits[n]))
-        if self.settings.activation_bits < 32:
-            attach_activation_quantizers(model, list(bits), self.settings.activation_bits)
+        if self.own_cfg.activation_bits < 32:
+            attach_activation_quantizers(model, list(bits), self.own_cfg.activation_bits)
         return model
 
     def bit_widths(self, full: nn.Module, layers: dict, report: dict) -> dict[str, int]:
-        if not self.settings.enbl_rl_agent:
-            return dict.fromkeys(layers, self.settings.weight_bits)
-        s = self.settings
+        if not self.own_cfg.enbl_rl_agent:
+            return dict.fromkeys(layers, self.own_cfg.weight_bits)
+        s = self.own_cfg
         best = self.search_on_primary(lambda: self._env(full, layers), s.nb_rlouts,
                                       s.nb_rlouts_min, report)
         return dict(zip(layers, best["bits"]))
@@ -78,7 +73,7 @@ class QuantLearnerBase(AbstractLearner):
     def _env(self, full: nn.Module, layers: dict) -> BitsEnv:
         """Reward: quantize -> (layer-wise regression) -> (short fine-tune) -> BN statistics
         re-estimated -> accuracy on held-out batches of the training set."""
-        s = self.settings
+        s = self.own_cfg
         names = list(layers)
         train, val = self.search_batches(min(s.tune_global_steps, 100), s.nb_iters_feval)
 
@@ -105,11 +100,11 @@ class QuantLearnerBase(AbstractLearner):
         model = self.quantize(copy.deepcopy(full), bits)
         report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
         spec = dict(full_spec)
-        if self.settings.activation_bits < 32:
+        if self.own_cfg.activation_bits < 32:
             spec["transforms"] = [*full_spec.get("transforms", []),
-                                  act_quant_entry(list(bits), self.settings.activation_bits)]
-        schedule = CosineLr(self.settings.lrn_rate, self.helper.nb_iters_train(self.mgw.size()))
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.settings.lrn_rate)
+                                  act_quant_entry(list(bits), self.own_cfg.activation_bits)]
+        schedule = CosineLr(self.own_cfg.lrn_rate, self.helper.nb_iters_train(self.mgw.size()))
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.own_cfg.lrn_rate)
         teacher = self.distillation_teacher()
         self.fit(model, schedule, tag="finetune", spec=spec, teacher=teacher, optimizer=optimizer)
         report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
@@ -121,7 +116,7 @@ class QuantLearnerBase(AbstractLearner):
         if self.mgw.is_primary():
             self.report_sides(report, plain, size)
             report["bytes_on_disk"]["compressed"] = report["quantization"]["file"]["bytes"]
-            if self.settings.activation_bits >= 32:
+            if self.own_cfg.activation_bits >= 32:
                 self.deploy_model(plain, report)
             else:
                 report["onnx"] = {"path": None, "max_abs_diff": None,
@@ -134,5 +129,5 @@ class QuantLearnerBase(AbstractLearner):
                                   spec, {"learner": self.learner_name})
         log.info("quantized file %s: %d bytes | round trip exact: %s", packed["file"]["path"],
                  packed["file"]["bytes"], packed["file"]["round_trip_exact"])
-        return {"bits": dict(bits), **packed, "activation_bits": self.settings.activation_bits,
-                "bucket_type": self.settings.bucket_type}
+        return {"bits": dict(bits), **packed, "activation_bits": self.own_cfg.activation_bits,
+                "bucket_type": self.own_cfg.buckets}

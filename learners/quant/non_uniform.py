@@ -10,10 +10,9 @@ from learners.quant.config import NuqlConfig
 from learners.registry import register_learner
 
 
-@register_learner("non-uniform", config=NuqlConfig)
+@register_learner("non-uniform", config=NuqlConfig, prefix="nuql")
 class NonUniformQuantLearner(QuantLearnerBase):
 
     def make_quantizer(self, name: str, bits: int) -> nn.Module:
-        s, cfg = self.settings, self.own_cfg
-        return CodebookQuantizer(bits, cfg.nuql_init_style, s.bucket_type, s.bucket_size,
-                                 cfg.nuql_opt_mode)
+        s = self.own_cfg
+        return CodebookQuantizer(bits, s.init_style, s.buckets, s.bucket_size, s.opt_mode)

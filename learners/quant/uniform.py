@@ -10,9 +10,9 @@ from learners.quant.config import UqlConfig
 from learners.registry import register_learner
 
 
-@register_learner("uniform", config=UqlConfig)
+@register_learner("uniform", config=UqlConfig, prefix="uql")
 class UniformQuantLearner(QuantLearnerBase):
 
     def make_quantizer(self, name: str, bits: int) -> nn.Module:
-        s = self.settings
-        return UniformWeightQuantizer(bits, s.bucket_type, s.bucket_size)
+        s = self.own_cfg
+        return UniformWeightQuantizer(bits, s.buckets, s.bucket_size)

@@ -38,21 +38,21 @@ log = logging.getLogger("pocketflow")
 
 @dataclass
 class UqtfConfig:
-    uqtf_save_path: str = option("./models_uqtf/model.ckpt", "uniform-tf: training checkpoint")
-    uqtf_save_path_eval: str = option("./models_uqtf_eval/model.pte",
-                                      "uniform-tf: the int8 ExecuTorch program (XNNPACK); the fp32 "
-                                      "program and report.json go beside it")
-    uqtf_lrn_rate_dcy: float = option(1e-2, "uniform-tf: QAT learning rate = the helper's "
-                                            "schedule x this (PocketFlow's default)")
-    uqtf_nb_calib_batches: int = option(10, "uniform-tf: training batches that initialise the "
-                                            "quantization ranges before QAT")
-    uqtf_max_batch: int = option(256, "uniform-tf: largest batch the program runs at once "
-                                      "(bigger batches are split)")
+    save_path: str = option("./models_uqtf/model.ckpt", "uniform-tf: training checkpoint")
+    save_path_eval: str = option("./models_uqtf_eval/model.pte",
+                                 "uniform-tf: the int8 ExecuTorch program (XNNPACK); the fp32 "
+                                 "program and report.json go beside it")
+    lrn_rate_dcy: float = option(1e-2, "uniform-tf: QAT learning rate = the helper's "
+                                       "schedule x this (PocketFlow's default)")
+    nb_calib_batches: int = option(10, "uniform-tf: training batches that initialise the "
+                                       "quantization ranges before QAT")
+    max_batch: int = option(256, "uniform-tf: largest batch the program runs at once "
+                                 "(bigger batches are split)")
 
     def __post_init__(self) -> None:
-        check(self.uqtf_lrn_rate_dcy > 0, "uqtf_lrn_rate_dcy", "must be positive")
-        check(self.uqtf_nb_calib_batches > 0, "uqtf_nb_calib_batches", "must be positive")
-        check(self.uqtf_max_batch > 0, "uqtf_max_batch", "must be positive")
+        check(self.lrn_rate_dcy > 0, "lrn_rate_dcy", "must be positive")
+        check(self.nb_calib_batches > 0, "nb_calib_batches", "must be positive")
+        check(self.max_batch > 0, "max_batch", "must be positive")
 
 
 class _Program(nn.Module):
@@ -66,7 +66,7 @@ class _Program(nn.Module):
         return self.program(x).to(x.device)
 
 
-@register_learner("uniform-tf", config=UqtfConfig)
+@register_learner("uniform-tf", config=UqtfConfig, prefix="uqtf")
 class UniformQuantTFLearner(AbstractLearner):
     export_kinds = ("fp32", "int8")
     produces = frozenset({"quantized"})
@@ -74,11 +74,11 @@ class UniformQuantTFLearner(AbstractLearner):
 
     @property
     def checkpoint_path(self) -> str:
-        return self.own_cfg.uqtf_save_path
+        return self.own_cfg.save_path
 
     @property
     def artifact_path(self) -> str:
-        return self.own_cfg.uqtf_save_path_eval
+        return self.own_cfg.save_path_eval
 
     @property
     def fp32_path(self) -> str:
@@ -101,10 +101,10 @@ class UniformQuantTFLearner(AbstractLearner):
         example = torch.zeros(2, *self.helper.input_shape, device=self.device)
         # thinned layers pick channels by one-hot matrices: one XNNPACK program, no gathers
         qat = prepare_qat(gathers_as_matrices(full, self.helper.input_shape), example)
-        calib = self.cached_batches(self.helper.build_dataset_train(), cfg.uqtf_nb_calib_batches)
+        calib = self.cached_batches(self.helper.build_dataset_train(), cfg.nb_calib_batches)
         qat.calibrate(x for x, _ in calib)
         report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(qat)["accuracy"]
-        schedule = ScaledLr(self.helper.lr_schedule(self.mgw.size()), cfg.uqtf_lrn_rate_dcy)
+        schedule = ScaledLr(self.helper.lr_schedule(self.mgw.size()), cfg.lrn_rate_dcy)
         teacher = self.distillation_teacher()
         self.fit(qat, schedule, tag="finetune", teacher=teacher)
         report["accuracy_qat"] = self.run_evaluation(qat)["accuracy"]
@@ -133,7 +133,7 @@ class UniformQuantTFLearner(AbstractLearner):
         formats = self.export_formats()
         formats = [FORMATS["pte"], *[f for f in formats if f.name != "pte"]]
         models = {"int8": (int8, stem), "fp32": (copy.deepcopy(full).cpu(), stem + "_fp32")}
-        results = self.deploy(report, models, formats, max_batch=self.own_cfg.uqtf_max_batch)
+        results = self.deploy(report, models, formats, max_batch=self.own_cfg.max_batch)
         program, fp32 = PteModel(self.artifact_path), PteModel(self.fp32_path)
         inputs, _ = next(iter(self.eval_loader()))
         with torch.no_grad():

@@ -2,7 +2,7 @@
 
 A learner walks over the layers of a network, asks ``act`` for one action per layer, computes
 one reward for the whole roll-out and records it with ``observe_rollout``; ``train`` then takes
-``ddpg_nb_train_iters`` gradient steps once the replay buffer is full.  All randomness comes from
+``nb_train_iters`` gradient steps once the replay buffer is full.  All randomness comes from
 a private generator seeded with ``seed``: the global torch / numpy RNG states are left untouched.
 Actor and critic share one Adam rate, as in PocketFlow (an actor rate of a tenth of the critic's
 changed the tests' results by less than their seed-to-seed spread).
@@ -53,15 +53,15 @@ class DdpgAgent:
         with torch.random.fork_rng(devices=[]):  # initial weights without the global RNG
             torch.manual_seed(seed)
             bounds = torch.from_numpy(self.a_min), torch.from_numpy(self.a_max)
-            self.actor = Actor(state_dim, action_dim, cfg.ddpg_actor_hidden, *bounds)
-            self.critic = Critic(state_dim, action_dim, cfg.ddpg_actor_hidden, *bounds)
+            self.actor = Actor(state_dim, action_dim, cfg.actor_hidden, *bounds)
+            self.critic = Critic(state_dim, action_dim, cfg.actor_hidden, *bounds)
         self.actor.to(self.device)
         self.critic.to(self.device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         fused = self.device.type in ("cpu", "cuda")  # one kernel per step: ~15% faster on CPU
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), cfg.ddpg_lrn_rate, fused=fused)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), cfg.ddpg_lrn_rate,
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), cfg.lrn_rate, fused=fused)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), cfg.lrn_rate,
                                            fused=fused)
         self.buffer = ReplayBuffer(buffer_size, state_dim, action_dim)
         self.noise = ExplorationNoise(cfg, self.actor, nb_rlouts, self.generator)
@@ -85,26 +85,26 @@ class DdpgAgent:
                            t.terminal)
         if not t.terminal:
             return
-        if self.cfg.ddpg_enbl_bsln_func:
-            rate = self.cfg.ddpg_bsln_decy_rate
+        if self.cfg.enbl_bsln_func:
+            rate = self.cfg.bsln_decy_rate
             self.baseline = (float(t.reward) if self.baseline is None
                              else rate * self.baseline + (1.0 - rate) * float(t.reward))
         self.nb_rlouts_done += 1
         self.noise.end_rollout(self.nb_rlouts_done, self.buffer.ready)
 
     def train(self) -> dict[str, float] | None:
-        """``ddpg_nb_train_iters`` gradient steps (None while the buffer is not full yet)."""
+        """``nb_train_iters`` gradient steps (None while the buffer is not full yet)."""
         if not self.buffer.ready:
             return None
         cfg, critic_losses, actor_losses = self.cfg, [], []
-        for _ in range(cfg.ddpg_nb_train_iters):
+        for _ in range(cfg.nb_train_iters):
             batch = {k: v.to(self.device) for k, v in
-                     self.buffer.sample(cfg.ddpg_batch_size, self.generator).items()}
+                     self.buffer.sample(cfg.batch_size, self.generator).items()}
             self.noise.adapt(self.actor, batch["states"])
             critic_losses.append(self._critic_step(batch))
             actor_losses.append(self._actor_step(batch["states"]))
-            soft_update(self.actor_target, self.actor, cfg.ddpg_tau)
-            soft_update(self.critic_target, self.critic, cfg.ddpg_tau)
+            soft_update(self.actor_target, self.actor, cfg.tau)
+            soft_update(self.critic_target, self.critic, cfg.tau)
         return {"critic_loss": float(np.mean(critic_losses)),
                 "actor_loss": float(np.mean(actor_losses)), "noise_std": float(self.noise.std)}
 
@@ -113,7 +113,7 @@ class DdpgAgent:
             next_states = batch["next_states"]
             next_q = self.critic_target(next_states, self.actor_target(next_states))
             rewards = batch["rewards"] - (self.baseline or 0.0)
-            target = rewards + self.cfg.ddpg_gamma * (1.0 - batch["terminals"]) * next_q
+            target = rewards + self.cfg.gamma * (1.0 - batch["terminals"]) * next_q
         loss = F.mse_loss(self.critic(batch["states"], batch["actions"]), target)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -47,12 +47,12 @@ class ExplorationNoise:
     def __init__(self, cfg: DdpgConfig, actor: Actor, nb_rlouts: int,
                  generator: torch.Generator) -> None:
         self.cfg, self.nb_rlouts, self.generator = cfg, nb_rlouts, generator
-        self.std = cfg.ddpg_noise_std_init
+        self.std = cfg.noise_std_init
         self.warm_rlouts: int | None = None  # roll-outs done when the buffer became full
         self.pending = True  # re-draw the perturbed actor before the next noisy action
-        param = cfg.ddpg_noise_type == "param"
+        param = cfg.noise_type == "param"
         self.noisy = copy.deepcopy(actor).requires_grad_(False) if param else None
-        self.probe = copy.deepcopy(self.noisy) if cfg.ddpg_noise_prtl == "adapt" else None
+        self.probe = copy.deepcopy(self.noisy) if cfg.noise_prtl == "adapt" else None
 
     def actions(self, actor: Actor, states: torch.Tensor) -> torch.Tensor:
         """Exploratory actions of ``actor`` for a batch of states."""
@@ -66,7 +66,7 @@ class ExplorationNoise:
 
     def tdecy_std(self, nb_done: int) -> float:
         """std of the roll-out that follows ``nb_done`` finished ones (tdecy protocol)."""
-        init, finl = self.cfg.ddpg_noise_std_init, self.cfg.ddpg_noise_std_finl
+        init, finl = self.cfg.noise_std_init, self.cfg.noise_std_finl
         if self.warm_rlouts is None:
             return init
         span = self.nb_rlouts - 1 - self.warm_rlouts
@@ -77,7 +77,7 @@ class ExplorationNoise:
         """A roll-out ended (``nb_done`` in all): schedule the next one's std and perturbation."""
         if buffer_ready and self.warm_rlouts is None:
             self.warm_rlouts = nb_done
-        if self.cfg.ddpg_noise_prtl == "tdecy":
+        if self.cfg.noise_prtl == "tdecy":
             self.std = self.tdecy_std(nb_done)
         self.pending = True
 
@@ -88,8 +88,8 @@ class ExplorationNoise:
             return
         perturb_actor(self.probe, actor, self.std, self.generator)
         dist = ((actor(states) - self.probe(states)).abs() / actor.a_range).mean().item()
-        rate = self.cfg.ddpg_noise_adpt_rat
-        self.std = self.std / rate if dist > self.cfg.ddpg_noise_dst_finl else self.std * rate
+        rate = self.cfg.noise_adpt_rat
+        self.std = self.std / rate if dist > self.cfg.noise_dst_finl else self.std * rate
 
     def state_dict(self) -> dict:
         warm = -1 if self.warm_rlouts is None else self.warm_rlouts

@@ -9,17 +9,18 @@ from utils.config import check, option
 @dataclass
 class ScheduleConfig:
     compress: str = option("", "schedule: Distiller-style compression-schedule YAML (pruners, "
-                               "regularizers, quantizers, lr_schedulers, extensions, policies)")
-    sch_nb_epochs: int = option(0, "schedule: training epochs (0: the policy's last epoch + 1)")
-    sch_epoch_iters: int = option(0, "schedule: optimizer steps per policy epoch (0: one pass over "
-                                     "the training set)")
-    sch_lrn_rate: float = option(0.0, "schedule: base learning rate of the policy's lr_schedulers "
-                                      "(0: the helper's initial rate, scaled by the global batch)")
-    sch_save_path: str = option("./models_sch/model.ckpt", "schedule: training checkpoint")
-    sch_save_path_eval: str = option("./models_sch_eval/model.ckpt",
-                                     "schedule: final model (report.json beside it)")
+                               "regularizers, quantizers, lr_schedulers, extensions, policies)",
+                           flag="compress")
+    nb_epochs: int = option(0, "schedule: training epochs (0: the policy's last epoch + 1)")
+    epoch_iters: int = option(0, "schedule: optimizer steps per policy epoch (0: one pass over "
+                                 "the training set)")
+    lrn_rate: float = option(0.0, "schedule: base learning rate of the policy's lr_schedulers "
+                                  "(0: the helper's initial rate, scaled by the global batch)")
+    save_path: str = option("./models_sch/model.ckpt", "schedule: training checkpoint")
+    save_path_eval: str = option("./models_sch_eval/model.ckpt",
+                                 "schedule: final model (report.json beside it)")
 
     def __post_init__(self) -> None:
-        check(self.sch_nb_epochs >= 0, "sch_nb_epochs", f"must be >= 0, got {self.sch_nb_epochs}")
-        check(self.sch_epoch_iters >= 0, "sch_epoch_iters", f"must be >= 0, got {self.sch_epoch_iters}")
-        check(self.sch_lrn_rate >= 0, "sch_lrn_rate", f"must be >= 0, got {self.sch_lrn_rate}")
+        check(self.nb_epochs >= 0, "nb_epochs", f"must be >= 0, got {self.nb_epochs}")
+        check(self.epoch_iters >= 0, "epoch_iters", f"must be >= 0, got {self.epoch_iters}")
+        check(self.lrn_rate >= 0, "lrn_rate", f"must be >= 0, got {self.lrn_rate}")

@@ -72,7 +72,7 @@ def policy_tags(policy: Policy) -> frozenset:
     return frozenset(tags)
 
 
-@register_learner("schedule", config=ScheduleConfig)
+@register_learner("schedule", config=ScheduleConfig, prefix="sch")
 class ScheduleLearner(AbstractLearner):
     produces = frozenset({"sparse", "thinned", "quantized"})
     refuses = {"quantized": composition.PRUNE_QUANTIZED}
@@ -91,11 +91,11 @@ class ScheduleLearner(AbstractLearner):
 
     @property
     def checkpoint_path(self) -> str:
-        return self.own_cfg.sch_save_path
+        return self.own_cfg.save_path
 
     @property
     def artifact_path(self) -> str:
-        return self.own_cfg.sch_save_path_eval
+        return self.own_cfg.save_path_eval
 
     def result_tags(self) -> frozenset:
         return policy_tags(self.policy)
@@ -160,15 +160,15 @@ class ScheduleLearner(AbstractLearner):
         full, saved = self.load_start()
         spec = copy.deepcopy(saved.get("spec") or saved.get("meta", {}).get("spec"))
         check_weights(policy, list(maskable_layers(full)))
-        nb_epochs = cfg.sch_nb_epochs or policy.last_epoch + 1
+        nb_epochs = cfg.nb_epochs or policy.last_epoch + 1
         check_epochs(policy, nb_epochs)
         agp = {w[: -len(".weight")] for p in policy.of_kind("pruner")
                for w in p.instance.params.get("weights") or []}
         for entry in policy.of_kind("quantizer"):
             check_not_pruned(full, entry.instance, agp, "an AutomatedGradualPruner")
         report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
-        iters = cfg.sch_epoch_iters or len(self.train_loader())
-        base_lr = cfg.sch_lrn_rate or scaled_lr(self.helper.cfg.lrn_rate_init,
+        iters = cfg.epoch_iters or len(self.train_loader())
+        base_lr = cfg.lrn_rate or scaled_lr(self.helper.cfg.lrn_rate_init,
                                                 self.helper.global_batch(self.mgw.size()),
                                                 self.helper.cfg.batch_size_norm)
         schedule = policy_lr(policy, base_lr, iters, nb_epochs)

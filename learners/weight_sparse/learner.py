@@ -28,18 +28,18 @@ from utils.config import ConfigError
 log = logging.getLogger("pocketflow")
 
 
-@register_learner("weight-sparse", config=WsConfig)
+@register_learner("weight-sparse", config=WsConfig, prefix="ws")
 class WeightSparseLearner(AbstractLearner):
     produces = frozenset({"sparse"})
     refuses = {"quantized": composition.PRUNE_QUANTIZED}
 
     @property
     def checkpoint_path(self) -> str:
-        return self.own_cfg.ws_save_path
+        return self.own_cfg.save_path
 
     @property
     def artifact_path(self) -> str:
-        return self.own_cfg.ws_save_path_eval
+        return self.own_cfg.save_path_eval
 
     # -- which layers, how many zeros -----------------------------------------------------
     def layers(self, model: nn.Module) -> dict[str, nn.Module]:
@@ -55,15 +55,15 @@ class WeightSparseLearner(AbstractLearner):
         """Zeros per layer at the end (``None`` for the global protocol, decided by ranking)."""
         cfg = self.own_cfg
         sizes = [m.weight.numel() for m in layers.values()]
-        protocol = cfg.ws_prune_ratio_prtl
+        protocol = cfg.prune_ratio_prtl
         if protocol == "global":
             return None
         if protocol == "uniform":
-            counts = nb_zeros_uniform(sizes, cfg.ws_prune_ratio)
+            counts = nb_zeros_uniform(sizes, cfg.prune_ratio)
         elif protocol == "heurist":
-            counts = nb_zeros_heurist(sizes, cfg.ws_prune_ratio)
+            counts = nb_zeros_heurist(sizes, cfg.prune_ratio)
         elif protocol == "list":
-            ratios = read_ratio_list(cfg.ws_prune_list_file, list(layers))
+            ratios = read_ratio_list(cfg.prune_list_file, list(layers))
             counts = [min(n - 1, round(ratios[name] * n)) for name, n in zip(layers, sizes)]
         else:
             counts = self._searched_counts(full, layers, sizes, report)
@@ -72,47 +72,47 @@ class WeightSparseLearner(AbstractLearner):
     def _searched_counts(self, full, layers, sizes, report) -> list[int]:
         """DDPG search on the primary process; every rank receives the best counts."""
         cfg = self.own_cfg
-        return self.search_on_primary(lambda: self._env(full, layers, sizes), cfg.ws_nb_rlouts,
-                                      cfg.ws_nb_rlouts_min, report)["counts"]
+        return self.search_on_primary(lambda: self._env(full, layers, sizes), cfg.nb_rlouts,
+                                      cfg.nb_rlouts_min, report)["counts"]
 
     def _env(self, full: nn.Module, layers: dict, sizes: list[int]) -> SparsityEnv:
         """Reward of a strategy: masks -> layer-wise regression -> short fine-tune -> BN
         statistics re-estimated -> accuracy on held-out batches of the training set."""
         cfg = self.own_cfg
         names = list(layers)
-        train, val = self.search_batches(min(cfg.ws_nb_iters_ft, 100), cfg.ws_nb_iters_feval)
+        train, val = self.search_batches(min(cfg.nb_iters_ft, 100), cfg.nb_iters_feval)
 
         def score(counts: list[int]) -> float:
             model = copy.deepcopy(full)
             attach_masks(model, names)
             set_masks(model, dict(zip(names, counts)))
-            layerwise_regression(full, model, names, train[0][0], cfg.ws_lrn_rate_rg,
-                                 cfg.ws_nb_iters_rg)
-            self.short_finetune(model, train, cfg.ws_lrn_rate_ft, cfg.ws_nb_iters_ft)
+            layerwise_regression(full, model, names, train[0][0], cfg.lrn_rate_rg,
+                                 cfg.nb_iters_rg)
+            self.short_finetune(model, train, cfg.lrn_rate_ft, cfg.nb_iters_ft)
             recalibrate_bn(model, train[:10])
             return self.run_evaluation(model, loader=val, local=True)["accuracy"]
 
-        total = round(cfg.ws_prune_ratio * sum(sizes))
-        return SparsityEnv(layer_features(layers), sizes, total, score, cfg.ws_reward_type)
+        total = round(cfg.prune_ratio * sum(sizes))
+        return SparsityEnv(layer_features(layers), sizes, total, score, cfg.reward_type)
 
     # -- the flow ----------------------------------------------------------------------------
     def mask_callback(self, model: nn.Module, names: list[str], final: dict | None,
                       total: int) -> MaskScheduleCallback:
         cfg = self.own_cfg
-        if cfg.ws_schedule == "oneshot":
+        if cfg.schedule == "oneshot":
             return MaskScheduleCallback(model, names, final, total, {0}, 0, 0, 1.0)
         nb_iters = self.helper.lr_schedule(self.mgw.size()).nb_iters
-        beg, end = round(cfg.ws_iter_ratio_beg * nb_iters), round(cfg.ws_iter_ratio_end * nb_iters)
+        beg, end = round(cfg.iter_ratio_beg * nb_iters), round(cfg.iter_ratio_end * nb_iters)
         return MaskScheduleCallback(model, names, final, total,
-                                    update_steps(beg, end, cfg.ws_mask_update_step), beg, end,
-                                    cfg.ws_prune_ratio_exp)
+                                    update_steps(beg, end, cfg.mask_update_step), beg, end,
+                                    cfg.prune_ratio_exp)
 
     def train(self) -> dict:
         cfg = self.own_cfg
         report, full, spec = self.begin()
         layers = self.layers(full)
         names = list(layers)
-        total = round(cfg.ws_prune_ratio * sum(m.weight.numel() for m in layers.values()))
+        total = round(cfg.prune_ratio * sum(m.weight.numel() for m in layers.values()))
         final = self.final_counts(full, layers, report)
 
         model = copy.deepcopy(full)
@@ -120,7 +120,7 @@ class WeightSparseLearner(AbstractLearner):
         callback = self.mask_callback(model, names, final, total)
         set_masks(model, callback.counts_at(callback.end))  # one-shot: before fine-tuning
         report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
-        if cfg.ws_schedule == "agp":
+        if cfg.schedule == "agp":
             set_masks(model, dict.fromkeys(names, 0))  # dense again; the ramp starts at beg
         teacher = self.distillation_teacher()
         self.fit(model, self.helper.lr_schedule(self.mgw.size()), tag="finetune", spec=spec,
