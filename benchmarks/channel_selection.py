@@ -38,7 +38,7 @@ from compression.graph import analyse
 from compression.ista import normalised_problem, select_exact
 from compression.layer_sampling import collect, gram_and_corr, layer_weight, normal_equations
 from compression.lstsq import reconstruction_error, refit_closed
-from learners.launch import build_learner
+from learners.launch import build
 from learners.launch import define_flags as define_run_flags
 from nets.resnet_at_digits import ModelHelper
 from utils.model_io import load_model
@@ -59,8 +59,8 @@ def main(_) -> None:
     define_run_flags(fv, ModelHelper)
     fv(["prog", "--learner=chn-pruned-rmt", f"--save_path_eval={FLAGS.model}", "--log_dir=",
         "--report_latency=false"])
-    learner = build_learner(ModelHelper, fv.flag_values_dict(), SingleProcess())
-    full, _ = learner.load_pretrained() if not os.path.isfile(FLAGS.model) else load_model(FLAGS.model)
+    runner, learner = build(ModelHelper, fv.flag_values_dict(), SingleProcess())
+    full, _ = runner.load_pretrained() if not os.path.isfile(FLAGS.model) else load_model(FLAGS.model)
     full.eval()
     batches = [b for b in learner.calibration_batches(5000)]
     gen = torch.Generator().manual_seed(0)

@@ -22,7 +22,7 @@ all starting from the SAME pre-trained model (``--model``, passed as ``--save_pa
 * ``--selection_only``: no fine-tuning; the learner's pieces are run directly, once per
   criterion, on the same calibration batches: ``utils.model_io.load_model``,
   ``compression.graph.analyse`` + ``choose_layers``, the learner's ``select`` on a deep copy of
-  the full model, ``compression.thinning.thin``, then ``learner.run_evaluation`` of the
+  the full model, ``compression.thinning.thin``, then ``learner.ctx.accuracy`` of the
   thinned model (the before-fine-tune accuracy). Selection time covers select +
   thin: one untimed warm-up selection first, then ``--rounds`` timed rounds, round ``r``
   starting at criterion ``r mod n`` (no criterion is always first), median over the rounds;
@@ -52,7 +52,7 @@ from absl import app, flags
 from compression.channel_selection import SELECTIONS, choose_layers
 from compression.graph import analyse
 from compression.thinning import thin
-from learners.launch import build_learner, run, seed_everything, setup_logging
+from learners.launch import build, run, seed_everything, setup_logging
 from learners.launch import define_flags as define_run_flags
 from nets.resnet_at_digits import ModelHelper
 from utils.model_io import load_model
@@ -110,23 +110,23 @@ def selection_only(methods: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="pruning_quality_sel_") as outdir:
         setup_logging(True)
         seed_everything(FLAGS.seed)
-        base = build_learner(ModelHelper, flag_values(methods[0], outdir), SingleProcess())
+        runner, base = build(ModelHelper, flag_values(methods[0], outdir), SingleProcess())
         if not os.path.isfile(FLAGS.model):
-            base.load_pretrained()  # full-prec training, nb_epochs_rat = ft_epochs_rat
+            runner.load_pretrained()  # full-prec training, nb_epochs_rat = ft_epochs_rat
         full, saved = load_model(FLAGS.model)
-        full = full.to(base.device).eval()
+        full = full.to(base.ctx.device).eval()
         full_spec = saved.get("spec") or saved.get("meta", {}).get("spec")
-        full_acc = base.run_evaluation(full)["accuracy"]
-        full_flops = count_flops(full, base.helper.input_shape)
-        cfg = base.own_cfg
-        layers = analyse(full, base.helper.input_shape)
+        full_acc = base.ctx.accuracy(full)
+        full_flops = count_flops(full, base.ctx.helper.input_shape)
+        cfg = base.cfg
+        layers = analyse(full, base.ctx.helper.input_shape)
         chosen = choose_layers(layers, cfg.skip_frst_layer, cfg.skip_last_layer,
                                cfg.skip_names)
         batches = base.calibration_batches(cfg.nb_smpls)
 
         def select(method: str) -> tuple:
             seed_everything(FLAGS.seed)
-            learner = build_learner(ModelHelper, flag_values(method, outdir), SingleProcess())
+            _, learner = build(ModelHelper, flag_values(method, outdir), SingleProcess())
             start = time.perf_counter()
             pruned = copy.deepcopy(full)
             keep, _ = learner.select(full, pruned, chosen,
@@ -145,11 +145,11 @@ def selection_only(methods: list[str]) -> dict:
                 results.setdefault(method, (learner, thinned))  # seeded: every round selects alike
         for method in methods:
             learner, thinned = results[method]
-            thinned = thinned.to(learner.device)
+            thinned = thinned.to(learner.ctx.device)
             rows[method] = {"full": full_acc,
-                            "before_ft": learner.run_evaluation(thinned)["accuracy"],
+                            "before_ft": learner.ctx.accuracy(thinned),
                             "after_ft": None,
-                            "flops_ratio": count_flops(thinned, learner.helper.input_shape)
+                            "flops_ratio": count_flops(thinned, learner.ctx.helper.input_shape)
                             / full_flops,
                             "selection_s": round(statistics.median(seconds[method]), 2),
                             "finetune_s": None}

@@ -233,3 +233,16 @@ def mask_inputs(model: nn.Module, keep: Mapping[str, torch.Tensor]) -> None:
         mask = torch.zeros(module.weight.shape[1], dtype=torch.bool, device=module.weight.device)
         mask[torch.as_tensor(index, dtype=torch.long, device=mask.device)] = True
         module.weight[:, ~mask] = 0.0
+
+
+def in_channels(model: nn.Module) -> dict[str, int]:
+    """Input channels of every conv and linear layer."""
+    return {name: module.weight.shape[1] for name, module in model.named_modules()
+            if isinstance(module, (nn.Conv2d, nn.Linear))}
+
+
+def kept_channels(before: dict[str, int], thinned: nn.Module) -> dict:
+    """layer -> [kept input channels, original input channels] for every layer that shrank
+    (``before``: ``in_channels`` of the model it was thinned from)."""
+    return {name: [now, before[name]] for name, now in in_channels(thinned).items()
+            if name in before and now != before[name]}

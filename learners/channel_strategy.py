@@ -66,13 +66,14 @@ class StrategySettings:
 
 
 def plan_counts(learner, full: nn.Module, layers: list[PrunableLayer],
-                chosen: list[PrunableLayer], s: StrategySettings, report: dict) -> dict[str, int]:
-    """``layer -> kept input channels`` for ``chosen`` (on every rank; collective for auto)."""
+                chosen: list[PrunableLayer], s: StrategySettings, sections: dict) -> dict[str, int]:
+    """``layer -> kept input channels`` for ``chosen`` (on every rank; collective for auto);
+    the report's ``strategy`` (and ``search``) sections go into ``sections``."""
     if s.protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {s.protocol!r}; valid: {', '.join(PROTOCOLS)}")
     if s.budget not in BUDGETS:
         raise ValueError(f"unknown budget {s.budget!r}; valid: {', '.join(BUDGETS)}")
-    flops = ChannelFlops(full, layers, learner.helper.input_shape)
+    flops = ChannelFlops(full, layers, learner.ctx.helper.input_shape)
     names = [layer.name for layer in chosen]
     strategy: dict = {"protocol": s.protocol, "budget": s.budget}
     if s.protocol == "list":
@@ -87,12 +88,12 @@ def plan_counts(learner, full: nn.Module, layers: list[PrunableLayer],
     else:
         counts = _budgeted(learner, full, layers, chosen, flops, s, strategy)
     if "search" in strategy:
-        report["search"] = strategy.pop("search")
-    report["strategy"] = {
+        sections["search"] = strategy.pop("search")
+    sections["strategy"] = {
         "budget_target": None, **strategy, "flops_ratio": flops.ratio(counts),
         "kept": {layer.name: [counts[layer.name], layer.in_channels] for layer in chosen}}
     log.info("strategy %s: FLOPs kept %.4f (%s budget %s) | kept channels %s", s.protocol,
-             flops.ratio(counts), s.budget, report["strategy"]["budget_target"],
+             flops.ratio(counts), s.budget, sections["strategy"]["budget_target"],
              [counts[name] for name in names])
     return counts
 
@@ -102,7 +103,7 @@ def _budgeted(learner, full: nn.Module, layers: list[PrunableLayer], chosen: lis
     """Counts of the uniform or searched strategy that meet the budget."""
     min_ratio = amc_min_ratio(s.preserve_ratio) if s.min_ratio is None else s.min_ratio
     names = [layer.name for layer in chosen]
-    shape = learner.helper.input_shape
+    shape = learner.ctx.helper.input_shape
     strategy["budget_target"] = s.preserve_ratio
     cache: dict = {}
 
@@ -134,11 +135,11 @@ def _budgeted(learner, full: nn.Module, layers: list[PrunableLayer], chosen: lis
                               rollout_scorer(learner, full, layers, chosen, s), min_ratio,
                               s.multiple, s.reward_policy, s.noise_tolerance, cost_model())
 
-        best = learner.search_on_primary(make_env, s.nb_rlouts, s.nb_rlouts_min, strategy,
-                                         keep_top=max(1, s.nb_rerank))
+        best, strategy["search"] = learner.ctx.search(make_env, learner.cfg.ddpg, s.nb_rlouts,
+                                                      s.nb_rlouts_min, keep_top=max(1, s.nb_rerank))
         prefs = best["prefs"]
         if s.nb_rerank > 0:
-            prefs = learner.on_primary(lambda: _rerank(
+            prefs = learner.ctx.on_primary(lambda: _rerank(
                 learner, full, layers, chosen, s, [info["prefs"] for info in best["top"]],
                 allocate, strategy))
     if s.budget == "flops":
@@ -150,7 +151,7 @@ def _budgeted(learner, full: nn.Module, layers: list[PrunableLayer], chosen: lis
         return {"counts": counts, "trials": trials,
                 "table_ratio": cost_model().ratio(counts), "table_ms": cost_model().total}
 
-    settled = learner.on_primary(settle)
+    settled = learner.ctx.on_primary(settle)
     measured = min((t["measured"] for t in settled["trials"]),
                    key=lambda m: abs(m - s.preserve_ratio))
     within = abs(measured - s.preserve_ratio) <= s.latency_tolerance * s.preserve_ratio
@@ -191,14 +192,15 @@ def _rerank(learner, full, layers, chosen, s: StrategySettings, candidates: list
 def rollout_scorer(learner, full: nn.Module, layers: list[PrunableLayer],
                    chosen: list[PrunableLayer], s: StrategySettings):
     """``counts -> {"accuracy", "loss"}`` of the pruned, thinned (and briefly tuned) model."""
-    train, val = learner.search_batches(max(s.rl_nb_batches, s.rl_ft_steps), s.nb_iters_feval)
+    ctx = learner.ctx
+    train, val = ctx.search_batches(max(s.rl_nb_batches, s.rl_ft_steps), s.nb_iters_feval)
     calibration = [inputs for inputs, _ in train[:s.rl_nb_batches]]
 
     def score(counts: dict[str, int]) -> dict:
         pruned = copy.deepcopy(full)
         keep, _ = learner.select_rollout(full, pruned, chosen, counts, calibration)
         thinned, _ = thin(pruned, layers, keep)
-        learner.short_finetune(thinned, train, s.rl_lrn_rate, s.rl_ft_steps)
-        return learner.run_evaluation(thinned, loader=val, local=True)
+        ctx.short_finetune(thinned, train, s.rl_lrn_rate, s.rl_ft_steps)
+        return ctx.evaluate(thinned, loader=val, local=True)
 
     return score

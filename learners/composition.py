@@ -86,8 +86,10 @@ def check_fits(learner_cls: type, chain: list[dict], path: str) -> None:
                              f"{tag} (by {maker}; chain {route}); {reason}")
 
 
-def load_start(path: str, learner_cls: type, helper) -> tuple[nn.Module, dict, list[dict]]:
-    """Load and check the warm-start artifact: ``(model, file dict, its chain)``."""
+def load_start(path: str, learner_cls: type, helper,
+               base: nn.Module | None = None) -> tuple[nn.Module, dict, list[dict]]:
+    """Load and check the warm-start artifact: ``(model, file dict, its chain)``; ``base``: the
+    module an artifact of an unregistered net builds on."""
     kind = DEPLOYMENT_SUFFIXES.get(os.path.splitext(path)[1].lower())
     if kind:
         raise ChainError(f"--warm_start_path={path} is {kind} (a deployment artifact), not a "
@@ -100,7 +102,7 @@ def load_start(path: str, learner_cls: type, helper) -> tuple[nn.Module, dict, l
     if obj.get("kind") != "model":
         raise ChainError(f"--warm_start_path={path} holds a {obj.get('kind')!r}, not a model "
                          "artifact (a learner's --*_save_path_eval)")
-    model, obj = load_model(path)
+    model, obj = load_model(path, base=base)
     shape = obj.get("meta", {}).get("input_shape")
     if shape is not None and list(shape) != list(helper.input_shape):
         raise ChainError(f"{path} takes inputs of shape {list(shape)} but this helper feeds "

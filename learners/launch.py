@@ -19,6 +19,7 @@ from compression.int8_qat import Int8ExportUnavailable
 from datasets.errors import DataError
 from learners.config import LearnerConfig
 from learners.registry import learner_class, learner_configs, list_learners
+from learners.runner import Runner
 from learners.trainer import TrainingDivergedError
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, define_flags as define_dataclass_flags, flag_name, from_flag_dict
@@ -58,14 +59,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_learner(helper_cls: type, values: dict, mgw: MultiGpuWrapper):
-    """Configs from the flat flag values -> a ready learner (no training yet)."""
+def build(helper_cls: type, values: dict, mgw: MultiGpuWrapper):
+    """Configs from the flat flag values -> ``(runner, learner)``, ready (no training yet)."""
     cfg = from_flag_dict(LearnerConfig, values)
     helper = helper_cls(from_flag_dict(helper_cls.Config, values), seed=cfg.seed)
-    learner_cls = learner_class(cfg.learner)
     own = learner_configs().get(cfg.learner)
+    learner_class(cfg.learner)  # an unknown name lists the valid ones
     own_cfg = from_flag_dict(own[0], values, own[1]) if own else None
-    return learner_cls(helper, cfg, own_cfg, mgw, run_meta=dict(values))
+    runner = Runner(helper, cfg, mgw, run_meta=dict(values))
+    return runner, runner.learner(cfg.learner, own_cfg)
 
 
 def run(helper_cls: type, values: dict) -> dict:
@@ -73,30 +75,36 @@ def run(helper_cls: type, values: dict) -> dict:
 
     Training holds a lock on every output directory for the whole run (a second run on the
     same paths fails at once) and checks what can be checked before anything is written
-    (``AbstractLearner.preflight``)."""
+    (``Runner.preflight``)."""
     mgw = MultiGpuWrapper.create(bool(values.get("enbl_multi_gpu")),
                                  values.get("mgw_backend", "auto"),
                                  float(values.get("mgw_timeout_s", 1800.0)))
     setup_logging(mgw.is_primary())
     try:
         seed_everything(int(values.get("seed", 0)))
-        learner = build_learner(helper_cls, values, mgw)
-        if learner.cfg.exec_mode == "eval":
-            return learner.evaluate()
-        lock = lock_outputs(learner, mgw)
-        try:
-            learner.preflight()
-            return learner.train()
-        finally:
-            lock.release()
+        runner, learner = build(helper_cls, values, mgw)
+        if runner.cfg.exec_mode == "eval":
+            return runner.evaluate(learner)
+        return locked_run(runner, learner)
     finally:
         mgw.shutdown()
 
 
-def lock_outputs(learner, mgw: MultiGpuWrapper) -> RunLock:
-    """The learner's output directories locked by the primary process (every process raises
-    the same RunLockedError when another run holds one)."""
-    lock = RunLock(learner.output_dirs())
+def locked_run(runner: Runner, learner) -> dict:
+    """``runner.run(learner)`` holding the lock of its output folders, after the preflight."""
+    lock = lock_outputs(runner.output_dirs(learner), runner.mgw)
+    runner.lock = lock
+    try:
+        runner.preflight(learner)
+        return runner.run(learner)
+    finally:
+        lock.release()
+
+
+def lock_outputs(directories: list[str], mgw: MultiGpuWrapper) -> RunLock:
+    """``directories`` locked by the primary process (every process raises the same
+    RunLockedError when another run holds one)."""
+    lock = RunLock(directories)
     error = None
     if mgw.is_primary():
         try:
@@ -106,7 +114,6 @@ def lock_outputs(learner, mgw: MultiGpuWrapper) -> RunLock:
     error = mgw.broadcast_object(error)
     if error:
         raise RunLockedError(error)
-    learner.lock = lock
     return lock
 
 

@@ -44,8 +44,8 @@ def kill_in_save(nth: int) -> None:
 def hold(seconds: float) -> None:
     real_lock = launch.lock_outputs
 
-    def lock_outputs(learner, mgw):
-        lock = real_lock(learner, mgw)
+    def lock_outputs(directories, mgw):
+        lock = real_lock(directories, mgw)
         print(f"LOCKED {os.getpid()}", flush=True)
         time.sleep(seconds)
         return lock

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from learners.composition import ChainError
-from learners.launch import build_learner, run
+from learners.launch import build, run
 from nets import resnet_at_digits
 from tests.test_learners import flag_values
 from utils.model_io import load_model
@@ -91,15 +91,15 @@ def test_chain_keeps_accuracy_and_every_file_matches_its_model(chain):
 
 def test_warm_start_compresses_the_artifact_and_distils_from_the_full_model(chain):
     _, full, cpr, _, _, uqtf_values = chain
-    learner = build_learner(Helper, uqtf_values, SingleProcess())
-    start, _ = learner.load_start()
+    runner, learner = build(Helper, uqtf_values, SingleProcess())
+    start, _ = runner.start(learner)
     assert sum(p.numel() for p in start.parameters()) == cpr["params"]["compressed"]
-    teacher = learner.distillation_teacher()
+    teacher = learner.ctx.teacher()
     assert sum(p.numel() for p in teacher.parameters()) == full["params"]["full"]
-    assert teacher is not learner.original()
+    assert teacher is not runner.original()
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
-        assert torch.equal(teacher.eval()(x), learner.original().eval()(x))
+        assert torch.equal(teacher.eval()(x), runner.original().eval()(x))
 
 
 def test_weight_sparse_then_non_uniform(chain, tmp_path):

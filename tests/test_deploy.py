@@ -15,7 +15,7 @@ from deployment import formats as formats_module
 from deployment.formats import FORMATS, FormatUnavailable, formats_for
 from deployment.pipeline import deploy
 from deployment.verify import ArtifactMismatch, verify_artifact
-from learners.launch import build_learner
+from learners.launch import build
 from nets import resnet_at_digits
 from tests.test_learners import flag_values
 from utils.data_loading import make_eval_loader
@@ -129,7 +129,7 @@ def test_missing_packages_name_the_install_command(monkeypatch, tmp_path):
     # a learner asked for a missing format fails when it is built, before any training
     values = flag_values(tmp_path, "--export_format=both")
     with pytest.raises(FormatUnavailable, match="executorch"):
-        build_learner(resnet_at_digits.ModelHelper, values, SingleProcess())
+        build(resnet_at_digits.ModelHelper, values, SingleProcess())
     assert not (tmp_path / "eval").exists()
 
 

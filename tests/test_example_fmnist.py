@@ -80,17 +80,17 @@ def _flag_values(helper_cls, argv):
 
 
 def test_tutorial_trains_saves_and_reloads(example, tmp_path, monkeypatch):
-    from learners.abstract_learner import AbstractLearner
+    from learners.outputs import Outputs
     from utils.model_io import load_model
 
-    saved = {}  # the trained model itself, as the learner hands it to save_artifact
-    original_save = AbstractLearner.save_artifact
+    saved = {}  # the trained model itself, as the runner hands it to save_artifact
+    original_save = Outputs.save_artifact
 
-    def save_artifact(self, model, spec, meta=None):
+    def save_artifact(self, model, spec, meta):
         saved["model"] = model
         return original_save(self, model, spec, meta)
 
-    monkeypatch.setattr(AbstractLearner, "save_artifact", save_artifact)
+    monkeypatch.setattr(Outputs, "save_artifact", save_artifact)
 
     data_dir = str(tmp_path / "fashion-mnist")
     _write_fmnist(data_dir)

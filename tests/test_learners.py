@@ -1,6 +1,7 @@
 """The learner framework: registry, the shared loop, distillation, full-prec end to end."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -9,6 +10,7 @@ import pytest
 import torch
 from absl import flags
 
+from learners.base import Learner
 from learners.distillation import DistillationCallback, distillation_loss
 from learners.launch import define_flags, run
 from learners.registry import learner_class, list_learners
@@ -36,12 +38,15 @@ def test_unknown_learner_lists_valid_names():
 
 
 @pytest.mark.parametrize("name", list_learners())
-def test_every_learner_implements_the_interface(name):
+def test_every_learner_implements_the_protocol(name):
     cls = learner_class(name)
-    assert cls.learner_name == name
-    for method in ("train", "evaluate", "fit", "run_evaluation", "save_artifact"):
-        assert callable(getattr(cls, method))
-    assert not getattr(cls.train, "__isabstractmethod__", False)
+    assert issubclass(cls, Learner) and cls.learner_name == name
+    assert not getattr(cls, "__abstractmethods__", None), cls.__abstractmethods__
+    assert cls.compress is not Learner.compress
+    if cls.config_cls is not None:  # its options: an unprefixed dataclass, flags with a prefix
+        assert dataclasses.is_dataclass(cls.config_cls) and cls.flag_prefix
+        names = {f.name for f in dataclasses.fields(cls.config_cls)}
+        assert not any(n.startswith(cls.flag_prefix + "_") for n in names), names
 
 
 # -- distillation --------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 The spec is the plain dict of ``nets.registry.net_spec``; compression steps that change the
 architecture (e.g. physical thinning) append entries to ``spec["transforms"]``, each applied
-by the function registered for its ``type`` with ``register_spec_transform``.
+by the function registered for its ``type`` with ``register_spec_transform``. A model that is
+not a registered net (a plain ``nn.Module`` handed to the Python API) has the spec
+``module_spec(model)``: it rebuilds from an instance of the same class given as ``base``.
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 from typing import Any, Callable
@@ -30,9 +33,23 @@ def register_spec_transform(name: str) -> Callable[[SpecTransform], SpecTransfor
     return decorate
 
 
-def build_model(spec: dict) -> nn.Module:
-    """Base net from the spec, then every recorded architecture transform in order."""
-    model = build_from_spec(spec)
+def module_spec(model: nn.Module) -> dict:
+    """The spec of a model that is not a registered net: its class, rebuilt from a ``base``."""
+    cls = type(model)
+    return {"net": None, "module": f"{cls.__module__}.{cls.__qualname__}", "kwargs": {}}
+
+
+def build_model(spec: dict, base: nn.Module | None = None) -> nn.Module:
+    """Base net from the spec (a copy of ``base`` when given), then every recorded
+    architecture transform in order."""
+    if base is not None:
+        model = copy.deepcopy(base)
+    elif isinstance(spec, dict) and spec.get("net") is None and "module" in spec:
+        raise CheckpointError(
+            f"the base architecture is the module {spec['module']}, not a registered net: pass "
+            "an instance of it (base=...), or register a builder with nets.registry.register_net")
+    else:
+        model = build_from_spec(spec)
     for entry in spec.get("transforms", []):
         if entry.get("type") not in _TRANSFORMS:
             for module in BUILTIN_TRANSFORM_MODULES:
@@ -56,10 +73,12 @@ def save_model(path: str, model: nn.Module, spec: dict, meta: dict | None = None
     return os.path.getsize(path)
 
 
-def load_model(path: str, map_location: Any = "cpu") -> tuple[nn.Module, dict]:
+def load_model(path: str, map_location: Any = "cpu",
+               base: nn.Module | None = None) -> tuple[nn.Module, dict]:
     """Rebuild the model of an artifact; returns ``(model, file dict)``.
 
-    A training checkpoint is accepted too when it records the architecture spec.
+    A training checkpoint is accepted too when it records the architecture spec. ``base``: an
+    instance of the original model's class, for an artifact of a net that is not registered.
     """
     obj = load_file(path, map_location=map_location)
     if obj["kind"] == "checkpoint":
@@ -72,7 +91,7 @@ def load_model(path: str, map_location: Any = "cpu") -> tuple[nn.Module, dict]:
     if spec is None or state_dict is None:
         raise CheckpointError(f"{path} does not record an architecture spec and weights")
     try:
-        model = build_model(spec)
+        model = build_model(spec, base)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the architecture: {exc}") from exc
     load_weights(model, state_dict, path)

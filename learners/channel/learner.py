@@ -30,21 +30,21 @@ class ChannelPrunedLearner(ChannelLearnerBase):
 
     @property
     def calibration_samples(self) -> int:
-        return self.own_cfg.nb_batches * self.helper.cfg.batch_size
+        return self.cfg.nb_batches * self.ctx.helper.cfg.batch_size
 
     def kept_counts(self, full, layers, chosen, report):
-        return plan_counts(self, full, layers, chosen, self.own_cfg.strategy_settings(), report)
+        return plan_counts(self, full, layers, chosen, self.cfg.strategy_settings(), report)
 
     def _settings(self) -> SelectionSettings:
-        cfg = self.own_cfg
+        cfg = self.cfg
         return SelectionSettings(method="ista" if cfg.lasso else "l1",
-                                 nb_crops=cfg.nb_points_per_layer, seed=self.cfg.seed)
+                                 nb_crops=cfg.nb_points_per_layer, seed=self.ctx.seed)
 
     def select(self, full, pruned, chosen, counts, batches):
         return select_channels(full, pruned, chosen, counts, batches, self._settings())
 
     def select_final(self, full, pruned, chosen, counts, batches):
-        size = self.own_cfg.list_group
+        size = self.cfg.list_group
         groups = [chosen[i:i + size] for i in range(0, len(chosen), size)]
         keep, stats = {}, []
         for index, group in enumerate(groups):
@@ -58,17 +58,17 @@ class ChannelPrunedLearner(ChannelLearnerBase):
 
     def _group_finetune(self, pruned, keep) -> None:
         """Adam on the masked model (pruned input channels held at zero) between groups."""
-        cfg = self.own_cfg
-        steps = max(1, int(cfg.nb_iters_ft_ratio * self.helper.nb_iters_train(1)))
+        cfg = self.cfg
+        steps = max(1, int(cfg.nb_iters_ft_ratio * self.ctx.helper.nb_iters_train(1)))
         attach_masks(pruned, list(keep))
         for name, mask in masks_of(pruned).items():
             mask.mask.zero_()
             mask.mask[:, keep[name].to(mask.mask.device)] = 1.0
-        batches = self.cached_batches(self.helper.build_dataset_train(),
-                                      min(steps, self.helper.nb_iters_train(1)))
+        batches = self.ctx.cached_batches(self.ctx.helper.build_dataset_train(),
+                                      min(steps, self.ctx.helper.nb_iters_train(1)))
         log.info("group fine-tune: %d Adam steps at %.1e on %d pruned layers", steps,
                  cfg.lrn_rate_ft, len(keep))
         pruned.train()
-        self.short_finetune(pruned, batches, cfg.lrn_rate_ft, steps)
+        self.ctx.short_finetune(pruned, batches, cfg.lrn_rate_ft, steps)
         pruned.eval()
         detach_masks(pruned)

@@ -73,11 +73,11 @@ class ChannelPrunedRmtLearner(ChannelLearnerBase):
 
     @property
     def calibration_samples(self) -> int:
-        return self.own_cfg.nb_smpls
+        return self.cfg.nb_smpls
 
     def select(self, full, pruned, chosen, counts, batches):
         return select_channels(full, pruned, chosen, counts, batches,
-                               self.own_cfg.selection_settings(self.cfg.seed), on_layer=log_layer)
+                               self.cfg.selection_settings(self.ctx.seed), on_layer=log_layer)
 
 
 def log_layer(record: dict) -> None:

@@ -54,18 +54,18 @@ class ChannelPrunedGpuLearner(ChannelLearnerBase):
 
     @property
     def calibration_samples(self) -> int:
-        return self.own_cfg.nb_smpls
+        return self.cfg.nb_smpls
 
     def choose(self, layers):
-        cfg = self.own_cfg
+        cfg = self.cfg
         return choose_layers(layers, cfg.skip_ht_layers, cfg.skip_ht_layers,
                              cfg.skip_names)
 
     def select(self, full, pruned, chosen, counts, batches):
-        cfg = self.own_cfg
+        cfg = self.cfg
         settings = SelectionSettings(
             method="group-prox", nb_crops=cfg.nb_crops_per_smpl, lstsq="adam",
             lstsq_lrn_rate=cfg.lrn_rate_adam, lstsq_nb_iters=cfg.nb_iters_layer,
-            seed=self.cfg.seed, prox_lrn_rate=cfg.lrn_rate_pgd_init,
+            seed=self.ctx.seed, prox_lrn_rate=cfg.lrn_rate_pgd_init,
             prox_nb_iters=cfg.nb_iters_pgd)
         return select_channels(full, pruned, chosen, counts, batches, settings, on_layer=log_layer)

@@ -85,18 +85,18 @@ class DisChnPrunedLearner(ChannelLearnerBase):
 
     @property
     def calibration_samples(self) -> int:
-        return self.helper.cfg.batch_size  # DCP reads labelled batches of its own
+        return self.ctx.helper.cfg.batch_size  # DCP reads labelled batches of its own
 
     def select(self, full, pruned, chosen, counts, batches):
-        cfg = self.own_cfg
-        data = self.cached_batches(self.helper.build_dataset_train(), cfg.nb_batches)
-        shape = self.helper.input_shape
+        cfg = self.cfg
+        data = self.ctx.cached_batches(self.ctx.helper.build_dataset_train(), cfg.nb_batches)
+        shape = self.ctx.helper.input_shape
         points = head_points(pruned, cfg.nb_stages)
         with torch.no_grad():
             nb_classes = pruned.eval()(data[0][0][:1]).shape[1]
         heads = build_heads(pruned, points, shape, nb_classes)
         blocks = layer_blocks(pruned, chosen, points, shape)
-        objective = DcpObjective(pruned, full.eval(), heads, points, self.helper.calc_loss)
+        objective = DcpObjective(pruned, full.eval(), heads, points, self.ctx.helper.calc_loss)
         keep: dict[str, torch.Tensor] = {}
         zero = ZeroPrunedInputs(pruned, keep)
         stats = []
@@ -119,7 +119,7 @@ class DisChnPrunedLearner(ChannelLearnerBase):
                     if cfg.lstsq_init:
                         refit_kept(full, pruned, layer.name, keep[layer.name],
                                    [inputs for inputs, _ in data], cfg.nb_crops_per_smpl,
-                                   torch.Generator().manual_seed(self.cfg.seed))
+                                   torch.Generator().manual_seed(self.ctx.seed))
                     module = pruned.get_submodule(layer.name)
                     self._tune(objective, [module.weight], cfg.nb_iters_layer, data, zero)
                     stats.append(self._record(objective, layer, keep, data, block, start))
@@ -131,14 +131,14 @@ class DisChnPrunedLearner(ChannelLearnerBase):
     def select_rollout(self, full, pruned, chosen, counts, batches):
         """DCP's own selection fine-tunes blocks and layers (minutes); a search's roll-outs rank
         per-layer counts with LASSO + least squares on the same cached batches instead."""
-        settings = SelectionSettings("ista", self.own_cfg.nb_crops_per_smpl, seed=self.cfg.seed)
+        settings = SelectionSettings("ista", self.cfg.nb_crops_per_smpl, seed=self.ctx.seed)
         return select_channels(full, pruned, chosen, counts, batches, settings)
 
     def _tune(self, objective, params, nb_iters: int, data, zero: ZeroPrunedInputs) -> None:
         if nb_iters <= 0:
             return
-        optimizer = torch.optim.Adam(params, lr=self.own_cfg.lrn_rate_adam)
-        Trainer(objective, optimizer, objective.loss, data, nb_iters, self.device,
+        optimizer = torch.optim.Adam(params, lr=self.cfg.lrn_rate_adam)
+        Trainer(objective, optimizer, objective.loss, data, nb_iters, self.ctx.device,
                 callbacks=[zero]).fit()
 
     @torch.no_grad()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 
 import torch
 from torch import nn
@@ -27,8 +26,7 @@ from compression.gates import (GlobalGatePruner, attach_gates, gate_l1, gate_poi
 from compression.graph import analyse
 from compression.thinning import thin
 from learners import composition
-from learners.abstract_learner import AbstractLearner
-from learners.channel_base import kept_channels
+from learners.base import Learner, Result
 from learners.gate_decorator.config import GateDecoratorConfig
 from learners.registry import register_learner
 from learners.trainer import Callback, Trainer
@@ -60,31 +58,23 @@ class FrozenBatchNorm(Callback):
 
 
 @register_learner("gate-decorator", config=GateDecoratorConfig, prefix="gd")
-class GateDecoratorLearner(AbstractLearner):
+class GateDecoratorLearner(Learner):
     produces = frozenset({"thinned"})
     refuses = {"quantized": composition.PRUNE_QUANTIZED}
 
     @property
-    def checkpoint_path(self) -> str:
-        return self.own_cfg.save_path
-
-    @property
-    def artifact_path(self) -> str:
-        return self.own_cfg.save_path_eval
-
-    @property
     def rounds_path(self) -> str:
         """The gated model after each tick-tock round (``--resume`` continues from it)."""
-        return os.path.join(os.path.dirname(self.checkpoint_path) or ".", "ticktock.pt")
+        return self.ctx.state_path("ticktock.pt")
 
     def resume_files(self) -> list[tuple[str, str]]:
-        return [*super().resume_files(), (self.rounds_path, "checkpoint")]
+        return [(self.rounds_path, "checkpoint")]
 
     # -- tick-tock ---------------------------------------------------------------------------
     def tick(self, model: nn.Module, batches: list, pruner: GlobalGatePruner) -> dict:
         """Train the gates alone over ``batches`` collecting Taylor scores, then close the
         least important; returns the gates' state (mask, g, score) for every rank."""
-        cfg = self.own_cfg
+        cfg = self.cfg
         gates = gates_of(model)
         trainable = {p: p.requires_grad for p in model.parameters()}
         for p in model.parameters():
@@ -94,10 +84,11 @@ class GateDecoratorLearner(AbstractLearner):
             gate.score.zero_()
             gate.collect_scores(True)
         optimizer = torch.optim.SGD([g.g for g in gates.values()], lr=cfg.tick_lrn_rate,
-                                    momentum=self.cfg.momentum)
+                                    momentum=self.ctx.cfg.momentum)
         try:
-            Trainer(model, optimizer, self.helper.calc_loss, batches, len(batches), self.device,
-                    callbacks=[FrozenBatchNorm()], forward=self.helper.forward_train).fit()
+            Trainer(model, optimizer, self.ctx.helper.calc_loss, batches, len(batches),
+                    self.ctx.device, callbacks=[FrozenBatchNorm()],
+                    forward=self.ctx.helper.forward_train).fit()
         finally:
             for gate in gates.values():
                 gate.collect_scores(False)
@@ -109,36 +100,36 @@ class GateDecoratorLearner(AbstractLearner):
                 for name, gate in gates.items()}
 
     def tock(self, model: nn.Module, round_index: int) -> None:
-        cfg = self.own_cfg
+        cfg = self.cfg
         if cfg.tock_epoch == 0:
             return
-        nb_iters = iters_for_epochs(cfg.tock_epoch, self.helper.nb_smpls_train,
-                                    self.helper.global_batch(self.mgw.size()))
-        self.fit(model, ConstantLr(cfg.lrn_rate_tock, nb_iters), tag=f"tock{round_index}",
-                 callbacks=[GateSparsity(model, cfg.sparse_lambda)])
+        nb_iters = iters_for_epochs(cfg.tock_epoch, self.ctx.helper.nb_smpls_train,
+                                    self.ctx.helper.global_batch(self.ctx.mgw.size()))
+        self.ctx.fit(model, ConstantLr(cfg.lrn_rate_tock, nb_iters), tag=f"tock{round_index}",
+                     callbacks=[GateSparsity(model, cfg.sparse_lambda)])
 
     def _load_gate_states(self, model: nn.Module, states: dict) -> None:
         for name, gate in gates_of(model).items():
-            gate.load_state_dict({k: v.to(self.device) for k, v in states[name].items()})
+            gate.load_state_dict({k: v.to(self.ctx.device) for k, v in states[name].items()})
 
     def _resume_rounds(self, model: nn.Module) -> int:
         """The next round after the last one saved (0 without ``--resume``)."""
-        saved = self.resume_state(self.rounds_path, "checkpoint")
+        saved = self.ctx.resume_state(self.rounds_path, "checkpoint")
         if saved is None:
             return 0
         model.load_state_dict(saved["model"])
         log.info("resumed tick-tock after round %d from %s", saved["round"], self.rounds_path)
         return int(saved["round"]) + 1
 
-    def prune(self, full: nn.Module, report: dict) -> tuple[nn.Module, dict]:
+    def prune(self, full: nn.Module, sections: dict) -> tuple[nn.Module, dict]:
         """Tick-tock rounds to the FLOPs target; returns ``(gated model, consumer -> kept)``."""
-        cfg = self.own_cfg
-        layers = analyse(full, self.helper.input_shape)
+        cfg = self.cfg
+        layers = analyse(full, self.ctx.helper.input_shape)
         points = gate_points(full, layers, cfg.skip_names)
         if not points:
             raise ConfigError("gate-decorator: no channel of this model can be gated: it needs a "
                               "BatchNorm2d between a conv and the one layer that reads it")
-        pruner = GlobalGatePruner(full, layers, points, self.helper.input_shape,
+        pruner = GlobalGatePruner(full, layers, points, self.ctx.helper.input_shape,
                                   cfg.minimal_ratio, cfg.flops_eta)
         if pruner.floor_ratio() > cfg.preserve_ratio:
             raise ConfigError(
@@ -148,12 +139,13 @@ class GateDecoratorLearner(AbstractLearner):
         model = copy.deepcopy(full)
         attach_gates(model, list(points))
         gates = gates_of(model)
-        batches = self.cached_batches(self.helper.build_dataset_train(), cfg.tick_nb_batches)
+        batches = self.ctx.cached_batches(self.ctx.helper.build_dataset_train(),
+                                          cfg.tick_nb_batches)
         history = []
         round_index = self._resume_rounds(model)
         while pruner.ratio(gates) > cfg.preserve_ratio:
             for _ in range(cfg.t):
-                states = self.on_primary(lambda: self.tick(model, batches, pruner))
+                states = self.ctx.on_primary(lambda: self.tick(model, batches, pruner))
                 self._load_gate_states(model, states)
                 if pruner.ratio(gates) <= cfg.preserve_ratio:
                     break
@@ -164,38 +156,31 @@ class GateDecoratorLearner(AbstractLearner):
                 self.tock(model, round_index)
             history.append({"round": round_index, "flops_ratio": ratio,
                             "open": sum(g.nb_kept for g in gates.values())})
-            if self.mgw.is_primary():
+            if self.ctx.mgw.is_primary():
                 save_file(self.rounds_path, "checkpoint", {
-                    "meta": self.state_meta(), "round": round_index,
+                    "meta": self.ctx.state_meta(), "round": round_index,
                     "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
             round_index += 1
-        report["gate_decorator"] = {"rounds": history, "flops_ratio": pruner.ratio(gates),
-                                    "gated_layers": len(points)}
+        sections["gate_decorator"] = {"rounds": history, "flops_ratio": pruner.ratio(gates),
+                                      "gated_layers": len(points)}
         return model, points
 
     # -- the flow ----------------------------------------------------------------------------
-    def train(self) -> dict:
-        report, full, full_spec = self.begin()
-        resumed = self.resumed_architecture("finetune")
+    def compress(self, full: nn.Module, full_spec: dict) -> Result:
+        ctx, sections, extra, before = self.ctx, {}, {}, None
+        resumed = ctx.resumed_architecture("finetune")
         if resumed is not None:
             model, spec = resumed
         else:
-            gated, points = self.prune(full, report)
-            report["accuracy"]["gated"] = self.run_evaluation(gated)["accuracy"]
+            gated, points = self.prune(full, sections)
+            extra["gated"] = ctx.accuracy(gated)
             keep = melt_gates(gated, points)
-            model, spec = thin(gated, analyse(full, self.helper.input_shape), keep, full_spec)
-            model = model.to(self.device)
-            report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
-            log.info("accuracy: full %.4f | gated %.4f | thinned before fine-tune %.4f",
-                     report["accuracy"]["full"], report["accuracy"]["gated"],
-                     report["accuracy"]["compressed_before_finetune"])
-        cfg = self.own_cfg
-        schedule = TriangularLr(cfg.lr_min, cfg.lr_max, self.helper.nb_iters_train(self.mgw.size()))
-        self.fit(model, schedule, tag="finetune", spec=spec, teacher=self.distillation_teacher())
-        report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
-        size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["compressed"]})
-        if self.mgw.is_primary():
-            self.report_sides(report, model, size)
-            report["kept_channels"] = kept_channels(full, model)
-            self.deploy_model(model, report)
-        return self.finish_report(report)
+            model, spec = thin(gated, analyse(full, ctx.helper.input_shape), keep, full_spec)
+            model = model.to(ctx.device)
+            before = ctx.accuracy(model)
+            log.info("accuracy: gated %.4f | thinned before fine-tune %.4f", extra["gated"], before)
+        cfg = self.cfg
+        schedule = TriangularLr(cfg.lr_min, cfg.lr_max, ctx.helper.nb_iters_train(ctx.mgw.size()))
+        ctx.fit(model, schedule, tag="finetune", spec=spec, teacher=ctx.teacher())
+        return Result(model, spec, before_finetune=before, sections=sections,
+                      accuracy_extra=extra)

@@ -23,7 +23,7 @@ from compression.quant_spec import act_quant_entry
 from compression.quantizers import (attach_activation_quantizers, attach_weight_quantizers,
                                     detach_weight_quantizers)
 from learners import composition
-from learners.abstract_learner import AbstractLearner
+from learners.base import Learner, Result
 from learners.quant.bits_env import BitsEnv
 from learners.weight_sparse.search_env import layer_features
 from utils.lrn_rate import CosineLr
@@ -31,7 +31,7 @@ from utils.lrn_rate import CosineLr
 log = logging.getLogger("pocketflow")
 
 
-class QuantLearnerBase(AbstractLearner):
+class QuantLearnerBase(Learner):
     produces = frozenset({"quantized"})
     refuses = {"quantized": composition.REQUANTIZE}
 
@@ -39,18 +39,10 @@ class QuantLearnerBase(AbstractLearner):
     def make_quantizer(self, name: str, bits: int) -> nn.Module:
         """The weight quantizer (a parametrization) of layer ``name`` at ``bits``."""
 
-    @property
-    def checkpoint_path(self) -> str:
-        return self.own_cfg.save_path
-
-    @property
-    def artifact_path(self) -> str:
-        return self.own_cfg.save_path_eval
-
     # -- which layers, how many bits -----------------------------------------------------------
     def layers(self, model: nn.Module) -> dict[str, nn.Module]:
         layers = maskable_layers(model)
-        if not self.own_cfg.quantize_all_layers and len(layers) > 2:
+        if not self.cfg.quantize_all_layers and len(layers) > 2:
             names = list(layers)  # first and last layers stay full precision (PocketFlow)
             layers = {n: layers[n] for n in names[1:-1]}
         return layers
@@ -58,24 +50,24 @@ class QuantLearnerBase(AbstractLearner):
     def quantize(self, model: nn.Module, bits: dict[str, int]) -> nn.Module:
         """Attach weight quantizers at ``bits`` (and activation quantizers) to ``model``."""
         attach_weight_quantizers(model, list(bits), lambda n: self.make_quantizer(n, bits[n]))
-        if self.own_cfg.activation_bits < 32:
-            attach_activation_quantizers(model, list(bits), self.own_cfg.activation_bits)
+        if self.cfg.activation_bits < 32:
+            attach_activation_quantizers(model, list(bits), self.cfg.activation_bits)
         return model
 
-    def bit_widths(self, full: nn.Module, layers: dict, report: dict) -> dict[str, int]:
-        if not self.own_cfg.enbl_rl_agent:
-            return dict.fromkeys(layers, self.own_cfg.weight_bits)
-        s = self.own_cfg
-        best = self.search_on_primary(lambda: self._env(full, layers), s.nb_rlouts,
-                                      s.nb_rlouts_min, report)
+    def bit_widths(self, full: nn.Module, layers: dict, sections: dict) -> dict[str, int]:
+        if not self.cfg.enbl_rl_agent:
+            return dict.fromkeys(layers, self.cfg.weight_bits)
+        s = self.cfg
+        best, sections["search"] = self.ctx.search(lambda: self._env(full, layers), s.ddpg,
+                                                   s.nb_rlouts, s.nb_rlouts_min)
         return dict(zip(layers, best["bits"]))
 
     def _env(self, full: nn.Module, layers: dict) -> BitsEnv:
         """Reward: quantize -> (layer-wise regression) -> (short fine-tune) -> BN statistics
         re-estimated -> accuracy on held-out batches of the training set."""
-        s = self.own_cfg
+        s = self.cfg
         names = list(layers)
-        train, val = self.search_batches(min(s.tune_global_steps, 100), s.nb_iters_feval)
+        train, val = self.ctx.search_batches(min(s.tune_global_steps, 100), s.nb_iters_feval)
 
         def score(bits: list[int]) -> dict:
             model = self.quantize(copy.deepcopy(full), dict(zip(names, bits)))
@@ -84,50 +76,47 @@ class QuantLearnerBase(AbstractLearner):
                 layerwise_regression(full, model, names, train[0][0], s.lrn_rate_rg,
                                      s.tune_layerwise_steps)
             if s.enbl_rl_global_tune:
-                self.short_finetune(model, train, s.lrn_rate, s.tune_global_steps)
+                self.ctx.short_finetune(model, train, s.lrn_rate, s.tune_global_steps)
             recalibrate_bn(model, train[:10])
-            return self.run_evaluation(model, loader=val, local=True)
+            return self.ctx.evaluate(model, loader=val, local=True)
 
         sizes = [m.weight.numel() for m in layers.values()]
         return BitsEnv(layer_features(layers), sizes, s.equivalent_bits, s.w_bit_min,
                        s.w_bit_max, score, s.rl_min_gain)
 
     # -- the flow ----------------------------------------------------------------------------
-    def train(self) -> dict:
-        report, full, full_spec = self.begin()
+    def compress(self, full: nn.Module, full_spec: dict) -> Result:
+        cfg, ctx, sections = self.cfg, self.ctx, {}
         layers = self.layers(full)
-        bits = self.bit_widths(full, layers, report)
+        bits = self.bit_widths(full, layers, sections)
         model = self.quantize(copy.deepcopy(full), bits)
-        report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
+        before = ctx.accuracy(model)
         spec = dict(full_spec)
-        if self.own_cfg.activation_bits < 32:
+        if cfg.activation_bits < 32:
             spec["transforms"] = [*full_spec.get("transforms", []),
-                                  act_quant_entry(list(bits), self.own_cfg.activation_bits)]
-        schedule = CosineLr(self.own_cfg.lrn_rate, self.helper.nb_iters_train(self.mgw.size()))
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.own_cfg.lrn_rate)
-        teacher = self.distillation_teacher()
-        self.fit(model, schedule, tag="finetune", spec=spec, teacher=teacher, optimizer=optimizer)
-        report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
-        if self.mgw.is_primary():
+                                  act_quant_entry(list(bits), cfg.activation_bits)]
+        schedule = CosineLr(cfg.lrn_rate, ctx.helper.nb_iters_train(ctx.mgw.size()))
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lrn_rate)
+        ctx.fit(model, schedule, tag="finetune", spec=spec, teacher=ctx.teacher(),
+                optimizer=optimizer)
+        accuracy = ctx.accuracy(model)
+        packed = None
+        if ctx.mgw.is_primary():
             # the bit-packed file carries the activation ranges itself: the plain spec
-            report["quantization"] = self._export(model, full_spec, bits)
+            sections["quantization"] = packed = self._export(model, full_spec, bits)
         plain = detach_weight_quantizers(model)
-        size = self.save_artifact(plain, spec, {"accuracy": report["accuracy"]["compressed"]})
-        if self.mgw.is_primary():
-            self.report_sides(report, plain, size)
-            report["bytes_on_disk"]["compressed"] = report["quantization"]["file"]["bytes"]
-            if self.own_cfg.activation_bits >= 32:
-                self.deploy_model(plain, report)
-            else:
-                report["onnx"] = {"path": None, "max_abs_diff": None,
-                                  "reason": "activation quantizers have no ONNX export yet"}
-        return self.finish_report(report)
+        full_precision_outputs = cfg.activation_bits >= 32
+        return Result(plain, spec, before_finetune=before, accuracy=accuracy, sections=sections,
+                      bytes_on_disk=packed["file"]["bytes"] if packed else None,
+                      deploy_kind="fp32" if full_precision_outputs else None,
+                      deploy_reason="" if full_precision_outputs else
+                      "activation quantizers have no ONNX export yet")
 
     def _export(self, model: nn.Module, spec: dict, bits: dict) -> dict:
         """Bit-packed file beside the artifact, loaded back and compared weight by weight."""
-        packed = export_quantized(self.output_stem() + ".quant.pt", model,
+        packed = export_quantized(self.ctx.outputs.stem() + ".quant.pt", model,
                                   spec, {"learner": self.learner_name})
         log.info("quantized file %s: %d bytes | round trip exact: %s", packed["file"]["path"],
                  packed["file"]["bytes"], packed["file"]["round_trip_exact"])
-        return {"bits": dict(bits), **packed, "activation_bits": self.own_cfg.activation_bits,
-                "bucket_type": self.own_cfg.buckets}
+        return {"bits": dict(bits), **packed, "activation_bits": self.cfg.activation_bits,
+                "bucket_type": self.cfg.buckets}

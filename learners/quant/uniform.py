@@ -14,5 +14,5 @@ from learners.registry import register_learner
 class UniformQuantLearner(QuantLearnerBase):
 
     def make_quantizer(self, name: str, bits: int) -> nn.Module:
-        s = self.own_cfg
+        s = self.cfg
         return UniformWeightQuantizer(bits, s.buckets, s.bucket_size)

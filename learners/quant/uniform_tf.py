@@ -26,12 +26,12 @@ from compression.int8_qat import (PteModel, convert_int8, output_scale, prepare_
 from compression.thinning import gathers_as_matrices
 from deployment.formats import FORMATS
 from learners import composition
-from learners.abstract_learner import AbstractLearner
+from learners.base import Learner, Result
+from learners.outputs import deploy_sections
 from learners.registry import register_learner
-from utils.checkpoint import CheckpointError
 from utils.config import check, option
 from utils.lrn_rate import ScaledLr
-from utils.model_stats import count_flops, count_params, time_forward
+from utils.model_stats import time_forward
 
 log = logging.getLogger("pocketflow")
 
@@ -67,89 +67,75 @@ class _Program(nn.Module):
 
 
 @register_learner("uniform-tf", config=UqtfConfig, prefix="uqtf")
-class UniformQuantTFLearner(AbstractLearner):
+class UniformQuantTFLearner(Learner):
     export_kinds = ("fp32", "int8")
     produces = frozenset({"quantized"})
     refuses = {"quantized": composition.REQUANTIZE}
 
     @property
-    def checkpoint_path(self) -> str:
-        return self.own_cfg.save_path
-
-    @property
-    def artifact_path(self) -> str:
-        return self.own_cfg.save_path_eval
+    def artifact(self) -> str:
+        return self.ctx.outputs.artifact
 
     @property
     def fp32_path(self) -> str:
-        return os.path.splitext(self.artifact_path)[0] + "_fp32.pte"
+        return os.path.splitext(self.artifact)[0] + "_fp32.pte"
 
-    def evaluate(self) -> dict:
-        """``--exec_mode=eval``: run the saved int8 program over the eval set."""
-        if not os.path.isfile(self.artifact_path):
-            raise CheckpointError(f"no int8 program at {self.artifact_path}; train first")
-        metrics = self.run_evaluation(_Program(PteModel(self.artifact_path)))
-        log.info("eval %s: accuracy = %.4f", self.artifact_path, metrics["accuracy"])
-        return metrics
+    def load_result(self, path: str) -> nn.Module:
+        """The saved int8 program, run by ExecuTorch (``--exec_mode=eval``)."""
+        return _Program(PteModel(path))
 
-    def train(self) -> dict:
-        cfg = self.own_cfg
-        report = self.new_report()
-        full, _ = self.load_start()
+    def compress(self, full: nn.Module, spec: dict) -> Result:
+        cfg, ctx = self.cfg, self.ctx
         full.eval()
-        report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
-        example = torch.zeros(2, *self.helper.input_shape, device=self.device)
+        example = torch.zeros(2, *ctx.helper.input_shape, device=ctx.device)
         # thinned layers pick channels by one-hot matrices: one XNNPACK program, no gathers
-        qat = prepare_qat(gathers_as_matrices(full, self.helper.input_shape), example)
-        calib = self.cached_batches(self.helper.build_dataset_train(), cfg.nb_calib_batches)
+        qat = prepare_qat(gathers_as_matrices(full, ctx.helper.input_shape), example)
+        calib = ctx.cached_batches(ctx.helper.build_dataset_train(), cfg.nb_calib_batches)
         qat.calibrate(x for x, _ in calib)
-        report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(qat)["accuracy"]
-        schedule = ScaledLr(self.helper.lr_schedule(self.mgw.size()), cfg.lrn_rate_dcy)
-        teacher = self.distillation_teacher()
-        self.fit(qat, schedule, tag="finetune", teacher=teacher)
-        report["accuracy_qat"] = self.run_evaluation(qat)["accuracy"]
-        if self.mgw.is_primary():
-            report["int8"] = self._export(full, qat, example, report)
-            program = _Program(PteModel(self.artifact_path))
-            report["accuracy"]["compressed"] = self.run_evaluation(program, local=True)["accuracy"]
-            self.model_report(self.original(), "full", report,
-                              os.path.getsize(self.cfg.save_path_eval))
-            report["flops"]["compressed"] = count_flops(full, self.helper.input_shape)
-            report["params"]["compressed"] = count_params(full)  # int8 weights
-            report["bytes_on_disk"]["compressed"] = report["int8"]["bytes"]
-            if self.cfg.report_latency:
-                report["latency_ms"]["compressed"] = report["int8"]["latency_ms"]["pte_int8"]
-        self.mgw.barrier()
-        return self.finish_report(report)
+        before = ctx.accuracy(qat)
+        schedule = ScaledLr(ctx.helper.lr_schedule(ctx.mgw.size()), cfg.lrn_rate_dcy)
+        ctx.fit(qat, schedule, tag="finetune", teacher=ctx.teacher())
+        sections = {"accuracy_qat": ctx.accuracy(qat)}
+        # the artifact is the int8 program: written here, not by the runner (spec None)
+        result = Result(full, None, before_finetune=before, sections=sections, deploy_kind=None,
+                        report_model=full)
+        if ctx.mgw.is_primary():
+            int8, deployed = self._export(full, qat, example)
+            sections.update({**deployed, "int8": int8})
+            result.model = _Program(PteModel(self.artifact))
+            result.accuracy = ctx.evaluate(result.model, local=True)["accuracy"]
+            result.bytes_on_disk = int8["bytes"]
+            result.latency_ms = int8.get("latency_ms", {}).get("pte_int8")
+        return result
 
-    def _export(self, full: nn.Module, qat, example: torch.Tensor, report: dict) -> dict:
+    def _export(self, full: nn.Module, qat, example: torch.Tensor) -> tuple[dict, dict]:
         """The int8 program (the artifact), the int8 PyTorch model (``.pt2``) and their fp32
         counterparts, in ``.pte`` always and in the other chosen formats, each checked in its
         runtime; agreement of the int8 program with the converted model; int8 vs fp32
-        latency in ExecuTorch."""
+        latency in ExecuTorch. Returns the ``int8`` section and the deployment sections."""
+        ctx = self.ctx
         int8 = convert_int8(qat)
-        stem = self.output_stem()
+        stem = ctx.outputs.stem()
         pt2_bytes = save_int8_program(int8, example.cpu(), stem + ".pt2")
-        formats = self.export_formats()
-        formats = [FORMATS["pte"], *[f for f in formats if f.name != "pte"]]
+        formats = [FORMATS["pte"], *[f for f in ctx.outputs.formats() if f.name != "pte"]]
         models = {"int8": (int8, stem), "fp32": (copy.deepcopy(full).cpu(), stem + "_fp32")}
-        results = self.deploy(report, models, formats, max_batch=self.own_cfg.max_batch)
-        program, fp32 = PteModel(self.artifact_path), PteModel(self.fp32_path)
-        inputs, _ = next(iter(self.eval_loader()))
+        results = ctx.outputs.deploy(models, formats, max_batch=self.cfg.max_batch)
+        program, fp32 = PteModel(self.artifact), PteModel(self.fp32_path)
+        inputs, _ = next(iter(ctx.eval_loader()))
         with torch.no_grad():
             reference = int8(inputs.cpu())
         step = output_scale(int8)
         within = float(((program(inputs) - reference).abs() <= step * 1.001).float().mean())
         size, fp32_size = results["pte_int8"]["bytes"], results["pte_fp32"]["bytes"]
-        result = {"pte": self.artifact_path, "bytes": size, "fp32_pte": self.fp32_path,
-                  "fp32_bytes": fp32_size, "pt2": stem + ".pt2", "pt2_bytes": pt2_bytes,
-                  "output_step": step, "within_one_step_of_converted": within}
-        if self.cfg.report_latency:
-            shape = self.helper.input_shape
+        section = {"pte": self.artifact, "bytes": size, "fp32_pte": self.fp32_path,
+                   "fp32_bytes": fp32_size, "pt2": stem + ".pt2", "pt2_bytes": pt2_bytes,
+                   "output_step": step, "within_one_step_of_converted": within}
+        if ctx.cfg.report_latency:
+            shape = ctx.helper.input_shape
             latency = {"pte_int8": time_forward(program, shape), "pte_fp32": time_forward(fp32, shape)}
             latency["speedup"] = {k: latency["pte_fp32"][k] / latency["pte_int8"][k]
                                   for k in latency["pte_int8"]}
-            result["latency_ms"] = latency
+            section["latency_ms"] = latency
         log.info("int8 program %s: %d bytes (fp32 %d) | %.2f %% of outputs within one step (%.3g) "
-                 "of the converted model", self.artifact_path, size, fp32_size, 100 * within, step)
-        return result
+                 "of the converted model", self.artifact, size, fp32_size, 100 * within, step)
+        return section, deploy_sections(results)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 
 import torch
 from torch import nn
@@ -28,11 +27,9 @@ from compression.schedule.quantizers import apply_quantizer, check_not_pruned
 from compression.schedule.scheduler import CompressionScheduler
 from compression.thinning import thin
 from learners import composition
-from learners.abstract_learner import AbstractLearner
-from learners.channel_base import kept_channels
+from learners.base import Learner, Result
 from learners.registry import register_learner
 from learners.schedule.config import ScheduleConfig
-from utils.checkpoint import load_file
 from utils.lrn_rate import scaled_lr
 from utils.model_io import build_model
 
@@ -73,29 +70,22 @@ def policy_tags(policy: Policy) -> frozenset:
 
 
 @register_learner("schedule", config=ScheduleConfig, prefix="sch")
-class ScheduleLearner(AbstractLearner):
+class ScheduleLearner(Learner):
     produces = frozenset({"sparse", "thinned", "quantized"})
     refuses = {"quantized": composition.PRUNE_QUANTIZED}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._policy: Policy | None = None
-        if self.cfg.exec_mode == "train":
-            self._policy = load_policy(self.own_cfg.compress)  # a bad file fails before training
+        self._before: float | None = None   # accuracy when the policy first changed the model
+        if self.ctx.cfg.exec_mode == "train":
+            self._policy = load_policy(self.cfg.compress)  # a bad file fails before training
 
     @property
     def policy(self) -> Policy:
         if self._policy is None:
-            self._policy = load_policy(self.own_cfg.compress)
+            self._policy = load_policy(self.cfg.compress)
         return self._policy
-
-    @property
-    def checkpoint_path(self) -> str:
-        return self.own_cfg.save_path
-
-    @property
-    def artifact_path(self) -> str:
-        return self.own_cfg.save_path_eval
 
     def result_tags(self) -> frozenset:
         return policy_tags(self.policy)
@@ -103,10 +93,8 @@ class ScheduleLearner(AbstractLearner):
     # -- segments --------------------------------------------------------------------------
     def _resumed(self, tags: list[str]) -> tuple[int, dict, list[str]] | None:
         """(segment index, spec, masked layers) of an interrupted run (``--resume``)."""
-        if not (self.cfg.resume and os.path.isfile(self.checkpoint_path)):
-            return None
-        ckpt = load_file(self.checkpoint_path, kind="checkpoint")
-        if ckpt.get("tag") not in tags or not ckpt.get("meta", {}).get("spec"):
+        ckpt = self.ctx.resume_state(self.ctx.checkpoint, "checkpoint")
+        if ckpt is None or ckpt.get("tag") not in tags or not ckpt.get("meta", {}).get("spec"):
             return None
         masked = [k[: -len(MASK_SUFFIX)] for k in ckpt["model"] if k.endswith(MASK_SUFFIX)]
         return tags.index(ckpt["tag"]), ckpt["meta"]["spec"], masked
@@ -118,7 +106,7 @@ class ScheduleLearner(AbstractLearner):
                 info.append(apply_quantizer(model, entry.instance))
 
     def _boundary(self, model: nn.Module, spec: dict, scheduler: CompressionScheduler, start: int,
-                  report: dict, quant: list) -> tuple[nn.Module, dict]:
+                  sections: dict, quant: list) -> tuple[nn.Module, dict]:
         """What happens when epoch ``start`` begins a segment: pruning, thinning, quantizers."""
         scheduler.set_segment(model, start)
         scheduler.fire(start)
@@ -128,37 +116,33 @@ class ScheduleLearner(AbstractLearner):
                 log.warning("thinning at epoch %d: no structured pruner has selected channels yet; "
                             "nothing to remove", start)
             else:
-                layers = analyse(model, self.helper.input_shape)
+                layers = analyse(model, self.ctx.helper.input_shape)
                 _bake_masks(model, layers, scheduler.keep)
                 thinned, spec = thin(model, layers, scheduler.keep, spec)
-                report["thinning"] = {"epoch": start, **self._parity(model, thinned)}
-                model = thinned.to(self.device)
-                report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
+                sections["thinning"] = {"epoch": start, **self._parity(model, thinned)}
+                model = thinned.to(self.ctx.device)
+                self._before = self.ctx.accuracy(model)
                 log.info("thinned at epoch %d: masked vs thinned max |diff| = %.2e | accuracy %.4f",
-                         start, report["thinning"]["max_abs_diff"],
-                         report["accuracy"]["compressed_before_finetune"])
+                         start, sections["thinning"]["max_abs_diff"], self._before)
             scheduler.reset_structure()
             scheduler.set_segment(model, start)
         before = len(quant)
         self._quantize(model, start, False, quant)
-        if len(quant) > before and "thinning" not in report:
-            report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
+        if len(quant) > before and "thinning" not in sections:
+            self._before = self.ctx.accuracy(model)
         return model, spec
 
     @torch.no_grad()
     def _parity(self, masked: nn.Module, thinned: nn.Module) -> dict:
-        inputs, _ = next(iter(self.eval_loader()))
-        inputs = inputs.to(self.device)
+        inputs, _ = next(iter(self.ctx.eval_loader()))
+        inputs = inputs.to(self.ctx.device)
         a, b = masked.eval()(inputs), thinned.eval()(inputs)
         masked.train(), thinned.train()
         return {"max_abs_diff": float((a - b).abs().max()), "max_abs_output": float(a.abs().max())}
 
     # -- the flow ----------------------------------------------------------------------------
-    def train(self) -> dict:
-        cfg, policy = self.own_cfg, self.policy
-        report = self.new_report()
-        full, saved = self.load_start()
-        spec = copy.deepcopy(saved.get("spec") or saved.get("meta", {}).get("spec"))
+    def compress(self, full: nn.Module, spec: dict) -> Result:
+        cfg, policy, ctx, sections = self.cfg, self.policy, self.ctx, {}
         check_weights(policy, list(maskable_layers(full)))
         nb_epochs = cfg.nb_epochs or policy.last_epoch + 1
         check_epochs(policy, nb_epochs)
@@ -166,62 +150,56 @@ class ScheduleLearner(AbstractLearner):
                for w in p.instance.params.get("weights") or []}
         for entry in policy.of_kind("quantizer"):
             check_not_pruned(full, entry.instance, agp, "an AutomatedGradualPruner")
-        report["accuracy"]["full"] = self.run_evaluation(self.original())["accuracy"]
-        iters = cfg.epoch_iters or len(self.train_loader())
-        base_lr = cfg.lrn_rate or scaled_lr(self.helper.cfg.lrn_rate_init,
-                                                self.helper.global_batch(self.mgw.size()),
-                                                self.helper.cfg.batch_size_norm)
+        iters = cfg.epoch_iters or len(ctx.train_loader())
+        base_lr = cfg.lrn_rate or scaled_lr(ctx.helper.cfg.lrn_rate_init,
+                                            ctx.helper.global_batch(ctx.mgw.size()),
+                                            ctx.helper.cfg.batch_size_norm)
         schedule = policy_lr(policy, base_lr, iters, nb_epochs)
         model = copy.deepcopy(full)
-        scheduler = CompressionScheduler(policy, model, self.helper.input_shape, iters,
-                                         self.mgw.broadcast_object if self.mgw.size() > 1 else None)
+        scheduler = CompressionScheduler(policy, model, ctx.helper.input_shape, iters,
+                                         ctx.mgw.broadcast_object if ctx.mgw.size() > 1 else None)
         starts = segment_starts(policy, nb_epochs)
         ends = [*starts[1:], nb_epochs]
         tags = [f"epochs_{s}_{e - 1}" for s, e in zip(starts, ends)]
         resumed = self._resumed(tags)
         quant: list[dict] = []
-        teacher = self.distillation_teacher()
+        teacher = ctx.teacher()
         for index, (start, end, tag) in enumerate(zip(starts, ends, tags)):
             if resumed is not None and index < resumed[0]:
                 continue
             if resumed is not None and index == resumed[0]:
                 spec = resumed[1]
-                model = build_model(spec).to(self.device)
+                model = build_model(spec, base=ctx.base).to(ctx.device)
                 if resumed[2]:
                     attach_masks(model, resumed[2])
                 self._quantize(model, start, True, quant)
                 scheduler.set_segment(model, start, attach=False)
             else:
-                model, spec = self._boundary(model, spec, scheduler, start, report, quant)
+                model, spec = self._boundary(model, spec, scheduler, start, sections, quant)
             log.info("schedule segment %s: epochs %d..%d, %d steps", tag, start, end - 1,
                      (end - start) * iters)
-            self.fit(model, schedule.segment(start, end), tag=tag, spec=spec, callbacks=[scheduler],
-                     teacher=teacher)
-        report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
+            ctx.fit(model, schedule.segment(start, end), tag=tag, spec=spec, callbacks=[scheduler],
+                    teacher=teacher)
+        accuracy = ctx.accuracy(model)
         targets = scheduler.zeros_targets()
         pruned = sorted(set(masks_of(model)))
         detach_masks(model)
         packed = None
         if quant:
             spec = {**spec, "transforms": [*spec.get("transforms", []), clipped_quant_entry(model)]}
-            if self.mgw.is_primary():  # k-bit codes of every quantized weight, exact round trip
-                packed = export_quantized(self.output_stem() + ".quant.pt",
+            if ctx.mgw.is_primary():  # k-bit codes of every quantized weight, exact round trip
+                packed = export_quantized(ctx.outputs.stem() + ".quant.pt",
                                           model, spec, {"learner": self.learner_name})
             bake_weights(model)
-        if "sparse" in self.result_tags():
-            report["sparsity"] = sparsity_of(model, pruned, targets)
+        sparse = "sparse" in self.result_tags()
+        if sparse:
+            sections["sparsity"] = sparsity_of(model, pruned, targets)
         if quant:
-            report["quantization"] = [{k: v for k, v in q.items()} for q in quant]
-        report["policy"] = policy.summary()
-        size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["compressed"]})
-        if self.mgw.is_primary():
-            self.report_sides(report, model, size)
-            if "sparse" in self.result_tags():
-                self.export_sparse(model, spec, report)
-            if packed is not None:
-                report["quantized_file"] = packed
-                report["bytes_on_disk"]["compressed"] = packed["file"]["bytes"]
-            if "thinned" in self.result_tags():
-                report["kept_channels"] = kept_channels(full, model)
-            self.deploy_model(model, report, kind="fakequant" if quant else "fp32")
-        return self.finish_report(report)
+            sections["quantization"] = [dict(q) for q in quant]
+        sections["policy"] = policy.summary()
+        if packed is not None:
+            sections["quantized_file"] = packed
+        return Result(model, spec, before_finetune=self._before, accuracy=accuracy,
+                      sections=sections, sparse=sparse,
+                      bytes_on_disk=packed["file"]["bytes"] if packed else None,
+                      deploy_kind="fakequant" if quant else "fp32")

@@ -18,7 +18,7 @@ from compression.masks import (attach_masks, detach_masks, maskable_layers, mask
 from compression.ratio_list import read_ratio_list
 from compression.sparsity_allocation import nb_zeros_heurist, nb_zeros_uniform
 from learners import composition
-from learners.abstract_learner import AbstractLearner
+from learners.base import Learner, Result
 from learners.registry import register_learner
 from learners.weight_sparse.config import WsConfig
 from learners.weight_sparse.schedule import MaskScheduleCallback, update_steps
@@ -29,21 +29,13 @@ log = logging.getLogger("pocketflow")
 
 
 @register_learner("weight-sparse", config=WsConfig, prefix="ws")
-class WeightSparseLearner(AbstractLearner):
+class WeightSparseLearner(Learner):
     produces = frozenset({"sparse"})
     refuses = {"quantized": composition.PRUNE_QUANTIZED}
 
-    @property
-    def checkpoint_path(self) -> str:
-        return self.own_cfg.save_path
-
-    @property
-    def artifact_path(self) -> str:
-        return self.own_cfg.save_path_eval
-
     # -- which layers, how many zeros -----------------------------------------------------
     def layers(self, model: nn.Module) -> dict[str, nn.Module]:
-        skip = self.own_cfg.skip_names
+        skip = self.cfg.skip_names
         chosen = {n: m for n, m in maskable_layers(model).items() if not any(s in n for s in skip)}
         if not chosen:
             raise ConfigError("--ws_skip_op_names: every conv/linear layer is skipped; nothing "
@@ -51,9 +43,9 @@ class WeightSparseLearner(AbstractLearner):
         return chosen
 
     def final_counts(self, full: nn.Module, layers: dict[str, nn.Module],
-                     report: dict) -> dict[str, int] | None:
+                     sections: dict) -> dict[str, int] | None:
         """Zeros per layer at the end (``None`` for the global protocol, decided by ranking)."""
-        cfg = self.own_cfg
+        cfg = self.cfg
         sizes = [m.weight.numel() for m in layers.values()]
         protocol = cfg.prune_ratio_prtl
         if protocol == "global":
@@ -66,21 +58,22 @@ class WeightSparseLearner(AbstractLearner):
             ratios = read_ratio_list(cfg.prune_list_file, list(layers))
             counts = [min(n - 1, round(ratios[name] * n)) for name, n in zip(layers, sizes)]
         else:
-            counts = self._searched_counts(full, layers, sizes, report)
+            counts = self._searched_counts(full, layers, sizes, sections)
         return dict(zip(layers, counts))
 
-    def _searched_counts(self, full, layers, sizes, report) -> list[int]:
+    def _searched_counts(self, full, layers, sizes, sections) -> list[int]:
         """DDPG search on the primary process; every rank receives the best counts."""
-        cfg = self.own_cfg
-        return self.search_on_primary(lambda: self._env(full, layers, sizes), cfg.nb_rlouts,
-                                      cfg.nb_rlouts_min, report)["counts"]
+        cfg = self.cfg
+        best, sections["search"] = self.ctx.search(lambda: self._env(full, layers, sizes),
+                                                   cfg.ddpg, cfg.nb_rlouts, cfg.nb_rlouts_min)
+        return best["counts"]
 
     def _env(self, full: nn.Module, layers: dict, sizes: list[int]) -> SparsityEnv:
         """Reward of a strategy: masks -> layer-wise regression -> short fine-tune -> BN
         statistics re-estimated -> accuracy on held-out batches of the training set."""
-        cfg = self.own_cfg
+        cfg = self.cfg
         names = list(layers)
-        train, val = self.search_batches(min(cfg.nb_iters_ft, 100), cfg.nb_iters_feval)
+        train, val = self.ctx.search_batches(min(cfg.nb_iters_ft, 100), cfg.nb_iters_feval)
 
         def score(counts: list[int]) -> float:
             model = copy.deepcopy(full)
@@ -88,9 +81,9 @@ class WeightSparseLearner(AbstractLearner):
             set_masks(model, dict(zip(names, counts)))
             layerwise_regression(full, model, names, train[0][0], cfg.lrn_rate_rg,
                                  cfg.nb_iters_rg)
-            self.short_finetune(model, train, cfg.lrn_rate_ft, cfg.nb_iters_ft)
+            self.ctx.short_finetune(model, train, cfg.lrn_rate_ft, cfg.nb_iters_ft)
             recalibrate_bn(model, train[:10])
-            return self.run_evaluation(model, loader=val, local=True)["accuracy"]
+            return self.ctx.evaluate(model, loader=val, local=True)["accuracy"]
 
         total = round(cfg.prune_ratio * sum(sizes))
         return SparsityEnv(layer_features(layers), sizes, total, score, cfg.reward_type)
@@ -98,43 +91,36 @@ class WeightSparseLearner(AbstractLearner):
     # -- the flow ----------------------------------------------------------------------------
     def mask_callback(self, model: nn.Module, names: list[str], final: dict | None,
                       total: int) -> MaskScheduleCallback:
-        cfg = self.own_cfg
+        cfg = self.cfg
         if cfg.schedule == "oneshot":
             return MaskScheduleCallback(model, names, final, total, {0}, 0, 0, 1.0)
-        nb_iters = self.helper.lr_schedule(self.mgw.size()).nb_iters
+        nb_iters = self.ctx.helper.lr_schedule(self.ctx.mgw.size()).nb_iters
         beg, end = round(cfg.iter_ratio_beg * nb_iters), round(cfg.iter_ratio_end * nb_iters)
         return MaskScheduleCallback(model, names, final, total,
                                     update_steps(beg, end, cfg.mask_update_step), beg, end,
                                     cfg.prune_ratio_exp)
 
-    def train(self) -> dict:
-        cfg = self.own_cfg
-        report, full, spec = self.begin()
+    def compress(self, full: nn.Module, spec: dict) -> Result:
+        cfg, ctx, sections = self.cfg, self.ctx, {}
         layers = self.layers(full)
         names = list(layers)
         total = round(cfg.prune_ratio * sum(m.weight.numel() for m in layers.values()))
-        final = self.final_counts(full, layers, report)
+        final = self.final_counts(full, layers, sections)
 
         model = copy.deepcopy(full)
         attach_masks(model, names)
         callback = self.mask_callback(model, names, final, total)
         set_masks(model, callback.counts_at(callback.end))  # one-shot: before fine-tuning
-        report["accuracy"]["compressed_before_finetune"] = self.run_evaluation(model)["accuracy"]
+        before = ctx.accuracy(model)
         if cfg.schedule == "agp":
             set_masks(model, dict.fromkeys(names, 0))  # dense again; the ramp starts at beg
-        teacher = self.distillation_teacher()
-        self.fit(model, self.helper.lr_schedule(self.mgw.size()), tag="finetune", spec=spec,
-                 callbacks=[callback], teacher=teacher)
+        ctx.fit(model, ctx.helper.lr_schedule(ctx.mgw.size()), tag="finetune", spec=spec,
+                callbacks=[callback], teacher=ctx.teacher())
         targets = {n: int((m.mask == 0).sum()) for n, m in masks_of(model).items()}
-        report["accuracy"]["compressed"] = self.run_evaluation(model)["accuracy"]
+        accuracy = ctx.accuracy(model)
         detach_masks(model)
-        report["sparsity"] = {**sparsity_of(model, names, targets),
-                              "target_zeros": sum(targets.values()),
-                              "protocol_counts": None if final is None else list(final.values())}
-        size = self.save_artifact(model, spec, {"accuracy": report["accuracy"]["compressed"]})
-        if self.mgw.is_primary():
-            self.report_sides(report, model, size)
-            self.export_sparse(model, spec, report)
-            self.deploy_model(model, report)
-        return self.finish_report(report)
-
+        sections["sparsity"] = {**sparsity_of(model, names, targets),
+                                "target_zeros": sum(targets.values()),
+                                "protocol_counts": None if final is None else list(final.values())}
+        return Result(model, spec, before_finetune=before, accuracy=accuracy, sections=sections,
+                      sparse=True)

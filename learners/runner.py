@@ -1,0 +1,301 @@
+"""The runner: everything around a learner's ``compress``.
+
+``Runner(helper, cfg, mgw).run(learner)``: the starting model (the pre-trained full model,
+trained first with ``full-prec`` when missing, or with ``--enbl_warm_start`` another learner's
+result, checked to fit: ``learners.composition``), the original's accuracy, the learner's
+``compress``, then the artifact, the report's figures of both sides, sparse copies, deployment
+files checked in their runtimes, and ``report.json``. ``evaluate(learner)`` is
+``--exec_mode=eval``. A run's output folders are locked and its resume files checked before
+anything is written (``learners.launch``, ``preflight``).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+
+from torch import nn
+
+from compression.thinning import in_channels, kept_channels
+from datasets.errors import DataError
+from learners import composition
+from learners.base import Learner, Result
+from learners.config import LearnerConfig
+from learners.context import Context
+from learners.outputs import Outputs
+from learners.registry import learner_class
+from learners.report import Report
+from utils.checkpoint import CheckpointError
+from utils.config import settings
+from utils.data_loading import check_one_batch
+from utils.model_io import load_model, load_weights_from
+from utils.model_stats import count_flops, count_params, measure_latency
+from utils.multi_gpu_wrapper import MultiGpuWrapper, SingleProcess
+from utils.report import format_report, write_report
+from utils.run_lock import RunLock, RunLockedError
+
+log = logging.getLogger("pocketflow")
+
+
+class Runner:
+    def __init__(self, helper, cfg: LearnerConfig, mgw: MultiGpuWrapper | None = None,
+                 run_meta: dict | None = None, base: nn.Module | None = None) -> None:
+        self.helper = helper
+        self.cfg = cfg
+        self.mgw = mgw or SingleProcess()
+        self.device = self.mgw.device(cfg.device)
+        self.run_meta = run_meta or {}
+        self.base = base                  # the module a spec of an unregistered net builds on
+        self.wall_s: dict[str, float] = {}
+        self.lock: RunLock | None = None
+        self.chain: list[dict] = []       # stages before the learner's (set by ``start``)
+        self._original: nn.Module | None = None
+        self._start_channels: dict = {}   # input channels of the starting model's layers
+        self._writer = None
+
+    # -- learners --------------------------------------------------------------------------
+    def learner(self, name: str, own_cfg=None) -> Learner:
+        """The registered learner ``name`` with its options and a context of this run."""
+        cls = learner_class(name)
+        checkpoint = getattr(own_cfg, "save_path", None) or self.cfg.save_path
+        artifact = getattr(own_cfg, "save_path_eval", None) or self.cfg.save_path_eval
+        outputs = Outputs(artifact, self.mgw, self.helper, self.cfg.export_format,
+                          cls.export_kinds, self.cfg.deploy_eval_batches, self.wall_s)
+        ctx = Context(self.helper, self.cfg, self.mgw, cls.learner_name, checkpoint,
+                      settings((self.cfg, ""), (self.helper.cfg, ""), (own_cfg, cls.flag_prefix)),
+                      self.original, self.teacher if cls.from_scratch else self.distillation_teacher,
+                      outputs=outputs, base=self.base, wall_s=self.wall_s,
+                      writer=self.summary_writer(cls.learner_name))
+        return cls(own_cfg, ctx)
+
+    def output_dirs(self, learner: Learner) -> list[str]:
+        """The folders the learner writes to (its checkpoint's, its artifact's, those of its own
+        ``*save_path*`` options): the run holds a lock on each (``utils.run_lock``)."""
+        paths = [learner.ctx.checkpoint, learner.ctx.outputs.artifact]
+        if learner.cfg is not None:
+            paths += [value for name, value in vars(learner.cfg).items()
+                      if "save_path" in name and isinstance(value, str) and value]
+        return sorted({os.path.dirname(os.path.abspath(p)) for p in paths})
+
+    def preflight(self, learner: Learner) -> None:
+        """Checks that need no training, before anything is written: every resumable file
+        belongs to this learner and these settings; the data give one batch per process."""
+        ctx = learner.ctx
+        for path, kind in [(ctx.checkpoint, "checkpoint"), (ctx.state_path("search.pt"), "search"),
+                           *learner.resume_files()]:
+            ctx.resume_state(path, kind)
+        check_one_batch(len(self.helper.build_dataset_train()), self.helper.cfg.batch_size,
+                        self.mgw.size())
+        if len(self.helper.build_dataset_eval()) == 0:
+            raise DataError("the evaluation set is empty: no accuracy could be measured; check "
+                            "--data_dir_local and the helper's load_eval / build_dataset_eval")
+
+    def lock_more(self, directories: list[str]) -> None:
+        """Add ``directories`` to this run's lock (a pre-training writes the full model's)."""
+        if self.lock is None:
+            return
+        error = None
+        if self.mgw.is_primary():
+            try:
+                self.lock.add(directories)
+            except RunLockedError as exc:
+                error = str(exc)
+        error = self.mgw.broadcast_object(error)
+        if error:
+            raise RunLockedError(error)
+
+    # -- starting models ---------------------------------------------------------------------
+    def load_pretrained(self) -> tuple[nn.Module, dict]:
+        """The full-precision model every compression starts from (``--save_path_eval``);
+        trained first with ``full-prec`` when it does not exist yet."""
+        path = self.cfg.save_path_eval
+        if not os.path.isfile(path):
+            log.info("no pre-trained model at %s: training one with full-prec first", path)
+            start = time.perf_counter()
+            pretrain = Runner(self.helper, self.cfg, self.mgw, self.run_meta, self.base)
+            full_prec = pretrain.learner("full-prec")
+            self.lock_more(pretrain.output_dirs(full_prec))
+            pretrain.preflight(full_prec)
+            pretrain.run(full_prec)
+            self.wall_s["pretrain"] = time.perf_counter() - start
+        model, saved = load_model(path, base=self.base)
+        return model.to(self.device), saved
+
+    def original(self) -> nn.Module:
+        """The full-precision model of ``--save_path_eval`` (the reference of every report)."""
+        if self._original is None:
+            self._original, _ = self.load_pretrained()
+        return self._original
+
+    def teacher(self) -> nn.Module | None:
+        """``--enbl_dst``: the teacher model, ``--dst_model_path`` or the pre-trained model."""
+        if not self.cfg.enbl_dst:
+            return None
+        path = self.cfg.dst_model_path or self.cfg.save_path_eval
+        if not os.path.isfile(path):
+            raise CheckpointError(f"distillation needs a teacher model artifact at {path}; train "
+                                  "one with --learner=full-prec or set --dst_model_path")
+        model, _ = load_model(path, base=self.base)
+        return model.to(self.device)
+
+    def distillation_teacher(self) -> nn.Module | None:
+        """The teacher of a compression's fine-tuning: ``--dst_model_path`` when given, else a
+        copy of the original full model (also when the learner warm-started elsewhere)."""
+        if not self.cfg.enbl_dst:
+            return None
+        return self.teacher() if self.cfg.dst_model_path else copy.deepcopy(self.original())
+
+    @property
+    def warm_started(self) -> bool:
+        """``--enbl_warm_start`` from an artifact other than the full model's."""
+        path = self.cfg.warm_start_path
+        if not (self.cfg.enbl_warm_start and path):
+            return False
+        return os.path.abspath(path) != os.path.abspath(self.cfg.save_path_eval)
+
+    def start(self, learner: Learner) -> tuple[nn.Module, dict]:
+        """The model a learner starts from and its spec (see the module's docstring)."""
+        if learner.from_scratch:
+            return self._scratch(learner)
+        full, saved = self.load_pretrained()
+        self._original = full
+        full_stage = composition.recorded_chain(self.cfg.save_path_eval, saved, full,
+                                                self.helper.input_shape)
+        if not self.warm_started:
+            self.chain = full_stage[-1:]
+            return full, _spec(saved)
+        model, obj, chain = composition.load_start(self.cfg.warm_start_path, type(learner),
+                                                   self.helper, self.base)
+        self.chain = chain if chain[0]["learner"] == "full-prec" else [*full_stage[-1:], *chain]
+        log.info("warm start from %s (chain %s)", self.cfg.warm_start_path,
+                 " -> ".join(e["learner"] for e in self.chain))
+        return model.to(self.device), _spec(obj)
+
+    def _scratch(self, learner: Learner) -> tuple[nn.Module, dict]:
+        """full-prec: the helper's model, or with ``--enbl_warm_start`` any learner's result
+        (its architecture included) or the saved full model's weights."""
+        if self.warm_started:
+            model, obj, self.chain = composition.load_start(self.cfg.warm_start_path,
+                                                            type(learner), self.helper, self.base)
+            log.info("warm start from %s", self.cfg.warm_start_path)
+            return model.to(self.device), obj["spec"]
+        model = self.helper.build_model()
+        if self.cfg.enbl_warm_start:  # continue training the full model
+            load_weights_from(model, self.cfg.save_path_eval)
+            log.info("warm start from %s", self.cfg.save_path_eval)
+        return model.to(self.device), self.helper.net_spec()
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self, learner: Learner) -> dict:
+        """Compress (or train) with ``learner``; write its outputs; return the report."""
+        report = Report(learner.learner_name, self.helper.model_name, self.helper.dataset_name)
+        model, spec = self.start(learner)
+        if not learner.from_scratch:
+            report.accuracy.full = learner.ctx.accuracy(self.original())
+        self._start_channels = in_channels(model)
+        result = learner.compress(model, copy.deepcopy(spec))
+        if result.accuracy is None and result.spec is not None:  # (collective)
+            result.accuracy = learner.ctx.accuracy(result.model)
+        return self.finish(learner, result, report)
+
+    def finish(self, learner: Learner, result: Result, report: Report) -> dict:
+        """The artifact, both sides' figures, sparse and deployment files, the report."""
+        outputs, tags = learner.ctx.outputs, learner.result_tags()
+        if result.compressed_side:
+            report.accuracy.compressed = result.accuracy
+            report.accuracy.compressed_before_finetune = result.before_finetune
+        else:
+            report.accuracy.full = result.accuracy
+        report.accuracy.extra.update(result.accuracy_extra)
+        for name, value in result.sections.items():
+            report.add(name, value)
+        size = None
+        if result.spec is not None:
+            size = outputs.save_artifact(result.model, result.spec, {
+                "learner": learner.learner_name, **self.helper.describe(),
+                "produces": sorted(tags), "chain": self.chain, "accuracy": result.accuracy,
+                **result.meta})
+        if self.mgw.is_primary():
+            self._figures(learner, result, report, size, tags)
+        self.mgw.barrier()
+        return self.finish_report(learner, report)
+
+    def _figures(self, learner: Learner, result: Result, report: Report, size, tags) -> None:
+        outputs, model = learner.ctx.outputs, result.model
+        if not result.compressed_side:
+            self.model_report(model, report, "full", size)
+        else:
+            self.model_report(self.original(), report, "full",
+                              os.path.getsize(self.cfg.save_path_eval))
+            self.model_report(result.report_model or model, report, "compressed", size,
+                              result.latency_ms)
+            if "thinned" in tags and result.spec is not None:
+                report.add("kept_channels", kept_channels(self._start_channels, model))
+        if result.sparse:
+            inputs, _ = next(iter(learner.ctx.eval_loader()))
+            files = outputs.export_sparse(model, result.spec, inputs.to(self.device),
+                                          {"learner": learner.learner_name})
+            report.add("sparse_files", files)
+            report.bytes_on_disk.compressed = min(f["bytes"] for f in files.values())
+        if result.bytes_on_disk is not None:
+            report.bytes_on_disk.compressed = result.bytes_on_disk
+        if result.deploy_kind:
+            for name, value in outputs.deploy_sections(model, result.deploy_kind).items():
+                report.add(name, value)
+        elif result.deploy_reason:
+            report.add("onnx", {"path": None, "max_abs_diff": None, "reason": result.deploy_reason})
+
+    def model_report(self, model: nn.Module, report: Report, side: str, size: int | None,
+                     latency: dict | None = None) -> None:
+        """FLOPs, parameters, bytes on disk and latency of ``model`` as ``side``."""
+        setattr(report.flops, side, count_flops(model, self.helper.input_shape))
+        setattr(report.params, side, count_params(model))
+        setattr(report.bytes_on_disk, side, size)
+        if self.cfg.report_latency:
+            setattr(report.latency_ms, side,
+                    latency or measure_latency(model, self.helper.input_shape))
+
+    def finish_report(self, learner: Learner, report: Report) -> dict:
+        if self.chain:  # the stages before this one, then this one
+            report.add("chain", [*self.chain, {
+                "learner": learner.learner_name, "produces": sorted(learner.result_tags()),
+                "artifact": learner.ctx.outputs.artifact, "accuracy": report.accuracy.compressed,
+                "flops": report.flops.compressed, "params": report.params.compressed,
+                "bytes": report.bytes_on_disk.compressed}])
+        report.wall_s = self.wall_s
+        if self.mgw.is_primary():
+            report.add("files", learner.ctx.outputs.files())
+        out = report.to_dict()
+        if self.mgw.is_primary():
+            write_report(learner.ctx.outputs.report_path, out)
+            print(format_report(out), flush=True)
+        if self._writer is not None:
+            self._writer.close()
+        return out
+
+    # -- eval mode ---------------------------------------------------------------------------
+    def evaluate(self, learner: Learner) -> dict:
+        """``--exec_mode=eval``: evaluate the saved artifact; no search or training is re-run."""
+        path = learner.ctx.outputs.artifact
+        if not os.path.isfile(path):
+            raise CheckpointError(f"no saved model at {path}; train first (--exec_mode=train) or "
+                                  "point the save path at a model artifact")
+        model = learner.load_result(path)
+        metrics = learner.ctx.evaluate(model.to(self.device))
+        if self.mgw.is_primary():
+            log.info("eval %s: loss = %.4f | accuracy = %.4f", path, metrics["loss"],
+                     metrics["accuracy"])
+        return metrics
+
+    def summary_writer(self, name: str):
+        """TensorBoard events of the learner ``name`` under ``--log_dir`` (primary only)."""
+        if self._writer is None and self.cfg.log_dir and self.mgw.is_primary():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(os.path.join(self.cfg.log_dir, name))
+        return self._writer
+
+
+def _spec(saved: dict) -> dict:
+    return saved.get("spec") or saved.get("meta", {}).get("spec")
