@@ -10,6 +10,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["learners*", "nets*", "datasets*", "utils*", "compression*",
                                     "deployment*", "tools*", "examples*"]),
+    py_modules=["pocketflow_torch"],
     install_requires=[
         "torch>=2.4,<2.15",
         "absl-py>=1.0",

@@ -191,9 +191,10 @@ def decode_entry(name: str, entry: dict) -> torch.Tensor:
     return from_buckets(centres.gather(1, rows), shape)
 
 
-def load_quantized_model(path: str) -> tuple[nn.Module, dict]:
+def load_quantized_model(path: str, base: nn.Module | None = None) -> tuple[nn.Module, dict]:
     """Rebuild the model of a quantized file (plain weights = the dequantized values, frozen
-    activation quantizers re-attached); returns ``(model, file dict)``."""
+    activation quantizers re-attached); returns ``(model, file dict)``. ``base``: the module
+    an unregistered net's spec builds on."""
     obj = load_file(path, kind=KIND)
     missing = [k for k in ("spec", "dense", "quantized") if not isinstance(obj.get(k), dict)]
     if missing:
@@ -205,7 +206,7 @@ def load_quantized_model(path: str) -> tuple[nn.Module, dict]:
     for name, entry in obj["quantized"].items():
         state[name] = decode_entry(name, entry)
     try:
-        model = build_model(obj["spec"])
+        model = build_model(obj["spec"], base)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the architecture: {exc}") from exc
     load_weights(model, state, path)
@@ -252,12 +253,13 @@ def quantized_size_report(model: nn.Module) -> dict:
 
 
 
-def export_quantized(path: str, model: nn.Module, spec: dict, meta: dict | None = None) -> dict:
+def export_quantized(path: str, model: nn.Module, spec: dict, meta: dict | None = None,
+                     base: nn.Module | None = None) -> dict:
     """Write ``model`` (weight quantizers attached) bit-packed, load it back and compare every
     quantized weight bit for bit: ``{"file": {"path", "bytes", "round_trip_exact"},
     "sizes": quantized_size_report(model)}``."""
     size = save_quantized_model(path, model, spec, meta)
-    loaded, _ = load_quantized_model(path)
+    loaded, _ = load_quantized_model(path, base)
     model = unwrap(model)
     exact = all(torch.equal(loaded.get_submodule(n).weight,
                             q(model.get_submodule(n).parametrizations["weight"].original).detach().cpu())

@@ -125,20 +125,21 @@ def save_sparse_model(path: str, model: nn.Module, spec: dict, layout: str,
     return os.path.getsize(path)
 
 
-def load_sparse_model(path: str) -> tuple[nn.Module, dict]:
-    """Rebuild the dense model of a sparse file; returns ``(model, file dict)``."""
+def load_sparse_model(path: str, base: nn.Module | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the dense model of a sparse file; returns ``(model, file dict)``. ``base``: the
+    module an unregistered net's spec builds on (``utils.model_io.build_model``)."""
     obj = load_file(path, kind="sparse_model")
     missing = [k for k in ("spec", "layout", "dense", "sparse") if k not in obj]
     if missing:
         raise SparseFormatError(f"{path}: missing {', '.join(missing)} (not a sparse model file)")
     state = decode_state_dict(obj["dense"], obj["sparse"], obj["layout"])
-    model = build_model(obj["spec"])
+    model = build_model(obj["spec"], base)
     load_weights(model, state, path)
     return model, obj
 
 
 def export_sparse_files(model: nn.Module, spec: dict, stem: str, inputs: torch.Tensor,
-                        meta: dict | None = None) -> dict:
+                        meta: dict | None = None, base: nn.Module | None = None) -> dict:
     """``<stem>.coo.pt`` and ``<stem>.csr.pt``, each loaded back and run on ``inputs`` against
     ``model``: ``{layout: {"path", "bytes", "max_abs_diff"}}``."""
     was_training = model.training
@@ -150,7 +151,7 @@ def export_sparse_files(model: nn.Module, spec: dict, stem: str, inputs: torch.T
     for layout in LAYOUTS:
         path = f"{stem}.{layout}.pt"
         size = save_sparse_model(path, model, spec, layout, meta)
-        loaded, _ = load_sparse_model(path)
+        loaded, _ = load_sparse_model(path, base)
         with torch.no_grad():
             diff = float((loaded.eval()(inputs.cpu()) - expected).abs().max())
         files[layout] = {"path": path, "bytes": size, "max_abs_diff": diff}

@@ -93,11 +93,11 @@ class Outputs:
 
     # -- derived files -------------------------------------------------------------------
     def export_sparse(self, model: nn.Module, spec: dict, inputs: torch.Tensor,
-                      meta: dict) -> dict:
+                      meta: dict, base: nn.Module | None = None) -> dict:
         """COO and CSR files of a sparse result, each loaded back and compared on ``inputs``."""
         from compression.sparse_format import export_sparse_files
 
-        files = export_sparse_files(model, spec, self.stem(), inputs, meta)
+        files = export_sparse_files(model, spec, self.stem(), inputs, meta, base)
         for layout, f in files.items():
             log.info("sparse %s file %s: %d bytes | round-trip max |diff| = %.1e", layout,
                      f["path"], f["bytes"], f["max_abs_diff"])

@@ -193,6 +193,8 @@ class Runner:
         model, spec = self.start(learner)
         if not learner.from_scratch:
             report.accuracy.full = learner.ctx.accuracy(self.original())
+            if self.chain and self.chain[0].get("accuracy") is None:  # a full model saved bare
+                self.chain[0]["accuracy"] = report.accuracy.full
         self._start_channels = in_channels(model)
         result = learner.compress(model, copy.deepcopy(spec))
         if result.accuracy is None and result.spec is not None:  # (collective)
@@ -235,7 +237,7 @@ class Runner:
         if result.sparse:
             inputs, _ = next(iter(learner.ctx.eval_loader()))
             files = outputs.export_sparse(model, result.spec, inputs.to(self.device),
-                                          {"learner": learner.learner_name})
+                                          {"learner": learner.learner_name}, self.base)
             report.add("sparse_files", files)
             report.bytes_on_disk.compressed = min(f["bytes"] for f in files.values())
         if result.bytes_on_disk is not None:

@@ -115,7 +115,7 @@ class QuantLearnerBase(Learner):
     def _export(self, model: nn.Module, spec: dict, bits: dict) -> dict:
         """Bit-packed file beside the artifact, loaded back and compared weight by weight."""
         packed = export_quantized(self.ctx.outputs.stem() + ".quant.pt", model,
-                                  spec, {"learner": self.learner_name})
+                                  spec, {"learner": self.learner_name}, self.ctx.base)
         log.info("quantized file %s: %d bytes | round trip exact: %s", packed["file"]["path"],
                  packed["file"]["bytes"], packed["file"]["round_trip_exact"])
         return {"bits": dict(bits), **packed, "activation_bits": self.cfg.activation_bits,

@@ -189,7 +189,7 @@ class ScheduleLearner(Learner):
             spec = {**spec, "transforms": [*spec.get("transforms", []), clipped_quant_entry(model)]}
             if ctx.mgw.is_primary():  # k-bit codes of every quantized weight, exact round trip
                 packed = export_quantized(ctx.outputs.stem() + ".quant.pt",
-                                          model, spec, {"learner": self.learner_name})
+                                          model, spec, {"learner": self.learner_name}, ctx.base)
             bake_weights(model)
         sparse = "sparse" in self.result_tags()
         if sparse:

@@ -1,0 +1,127 @@
+"""The Python API: compress a plain ``nn.Module`` with any learner, no flags, no ModelHelper.
+
+    from pocketflow_torch import compress, load_model
+    result = compress(model, train_data, eval_data, "chn-pruned-rmt", prune_ratio=0.5, epochs=5)
+    result.model                       # the compressed model (thinned: really smaller)
+    result.report["accuracy"]          # the same report as report.json
+    quantized = compress(model, train_data, eval_data, "uniform", start=result, weight_bits=4)
+    model = load_model(result.artifact, base=MyNet())   # later, from the files alone
+
+``train_data``/``eval_data`` are datasets of ``(input tensor, class label)`` or DataLoaders
+(their dataset and batch size are used). ``model`` is the trained full model: the reference of
+the report and the start of compression (saved as ``<out_dir>/full/model.ckpt``). Options are
+the learner's own (unprefixed: ``prune_ratio``, ``weight_bits``, ``preserve_ratio``,
+``ddpg_batch_size``...), the common ones of ``learners.config.LearnerConfig`` (``seed``,
+``enbl_dst``, ``export_format``, ``report_latency``...) and the data/schedule ones of
+``nets.module_helper.ModuleConfig`` (``batch_size``, ``lrn_rate_init``, ``epochs``...); an
+unknown option is refused with the list of valid ones. ``start``: a previous ``Result`` (or an
+artifact path) to continue a chain from. The same runner as the command line does the work,
+so the files, checks and report are the same.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from learners.config import LearnerConfig
+from learners.launch import locked_run, seed_everything, setup_logging
+from learners.registry import learner_class, learner_configs
+from learners.runner import Runner
+from nets.module_helper import ModuleConfig, ModuleHelper
+from utils.config import ConfigError, flag_fields, from_flag_dict
+from utils.model_io import load_model as _load_model
+from utils.model_io import module_spec, save_model
+
+
+@dataclass
+class Result:
+    """A compression's outcome: the model, the report (``report.json``), the files."""
+
+    model: nn.Module
+    report: dict
+    artifact: str
+    out_dir: str
+
+    @property
+    def files(self) -> dict:
+        return self.report.get("files", {})
+
+
+def _dataset(data) -> tuple[Dataset, int | None]:
+    if isinstance(data, DataLoader):
+        return data.dataset, data.batch_size
+    return data, None
+
+
+def _option_names(cls: type, prefix: str = "") -> set[str]:
+    return {name for name, _, _ in flag_fields(cls, prefix)}
+
+
+def compress(model: nn.Module, train_data, eval_data, learner: str = "chn-pruned-rmt", *,
+             out_dir: str | None = None, start: "Result | str | None" = None,
+             loss_fn: Callable | None = None, spec: dict | None = None, **options: Any) -> Result:
+    """Compress ``model`` with ``learner`` (see the module's docstring); returns a ``Result``."""
+    learner_class(learner)  # an unknown name lists the valid ones
+    own_cls, _ = learner_configs().get(learner, (None, ""))
+    train, batch_size = _dataset(train_data)
+    evaluation, _ = _dataset(eval_data)
+    out_dir = out_dir or tempfile.mkdtemp(prefix=f"pocketflow_{learner}_")
+    valid = (_option_names(LearnerConfig) | _option_names(ModuleConfig)
+             | (_option_names(own_cls) if own_cls else set()))
+    valid = {name for name in valid if "save_path" not in name} - {"learner", "exec_mode",
+                                                                    "enbl_multi_gpu", "resume"}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for learner {learner!r}; valid: "
+                          f"{', '.join(sorted(valid))}")
+    values = {"batch_size": batch_size, **{k: v for k, v in options.items() if v is not None}}
+    if batch_size is None:
+        values.pop("batch_size")
+    full_path = os.path.join(out_dir, "full", "model.ckpt")
+    paths = {"save_path": os.path.join(out_dir, "full", "ckpt", "model.ckpt"),
+             "save_path_eval": full_path, "learner": learner, "log_dir": "",
+             "enbl_warm_start": start is not None,
+             "warm_start_path": getattr(start, "artifact", start) or ""}
+    cfg = from_flag_dict(LearnerConfig, {**values, **paths})
+    helper = ModuleHelper(from_flag_dict(ModuleConfig, values), model, train, evaluation,
+                          seed=cfg.seed, loss_fn=loss_fn, spec=spec)
+    own_cfg = None
+    if own_cls is not None:
+        own_paths = {f.name: _path(out_dir, learner, f) for f in dataclasses.fields(own_cls)
+                     if "save_path" in f.name}
+        own_cfg = from_flag_dict(own_cls, {**values, **own_paths})
+    if not logging.getLogger("pocketflow").handlers:
+        setup_logging(True)
+    seed_everything(cfg.seed)
+    base = model if helper.net_spec().get("net") is None else None
+    save_model(full_path, model, helper.net_spec(), {"learner": "full-prec", **helper.describe()})
+    runner = Runner(helper, cfg, base=base)
+    chosen = runner.learner(learner, own_cfg)
+    report = locked_run(runner, chosen)
+    artifact = chosen.ctx.outputs.artifact
+    return Result(chosen.load_result(artifact).eval(), report, artifact, out_dir)
+
+
+def _path(out_dir: str, learner: str, field: dataclasses.Field) -> str:
+    """Where an output option of the learner points under ``out_dir``: ``save_path`` ->
+    ``<learner>/ckpt/``, ``save_path_eval`` -> ``<learner>/``, ``save_path_ws`` ->
+    ``<learner>/ws/``, each with the file name of the option's default."""
+    sub = {"save_path": "ckpt", "save_path_eval": ""}.get(field.name, field.name[len("save_path_"):])
+    return os.path.join(out_dir, learner, sub, os.path.basename(field.default))
+
+
+def load_model(path: str, base: nn.Module | None = None) -> nn.Module:
+    """The model of an artifact, ready to run (eval mode). ``base``: an instance of the
+    original model's class, needed when that class is not a registered net."""
+    model, _ = _load_model(path, base=base)
+    return model.eval()
+
+
+__all__ = ["compress", "load_model", "Result", "module_spec"]
