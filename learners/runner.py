@@ -27,7 +27,7 @@ from learners.outputs import Outputs
 from learners.registry import learner_class
 from learners.report import Report
 from utils.checkpoint import CheckpointError
-from utils.config import settings
+from utils.config import formatted, settings
 from utils.data_loading import check_one_batch
 from utils.model_io import load_model, load_weights_from
 from utils.model_stats import count_flops, count_params, measure_latency
@@ -58,6 +58,8 @@ class Runner:
     def learner(self, name: str, own_cfg=None) -> Learner:
         """The registered learner ``name`` with its options and a context of this run."""
         cls = learner_class(name)
+        if own_cfg is not None:
+            own_cfg = formatted(own_cfg, cls.flag_prefix)
         checkpoint = getattr(own_cfg, "save_path", None) or self.cfg.save_path
         artifact = getattr(own_cfg, "save_path_eval", None) or self.cfg.save_path_eval
         outputs = Outputs(artifact, self.mgw, self.helper, self.cfg.export_format,

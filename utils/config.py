@@ -4,7 +4,8 @@ Every configurable module describes its options once, as a dataclass whose field
 ``metadata={"help": ..., "choices": [...]}`` (``option``). Field names are the options' own
 names (``prune_ratio``); a flag prefix is added only when flags are defined
 (``define_flags(CprConfig, fv, prefix="cpr")`` gives ``--cpr_prune_ratio``) and removed when
-the dataclass is built back from the parsed flag values (``from_flag_dict``). A field whose
+the dataclass is built back from the parsed flag values (``from_flag_dict``); a ``{prefix}`` in
+a string default becomes that prefix (``./models_{prefix}/model.ckpt``). A field whose
 type is itself a config dataclass is flattened into the same flags, under that class's
 ``FLAG_PREFIX`` when it has one (``ddpg``) and the enclosing prefix otherwise; ``option(...,
 flag="compress")`` gives a field a flag name of its own. Library code only ever sees
@@ -113,10 +114,12 @@ def define_flags(cls: type, flag_values: Any, prefix: str = "") -> None:
     from absl import flags as absl_flags
 
     definers = _definers(absl_flags)
-    for name, f, tp in flag_fields(cls, prefix or _nested_prefix(cls, "")):
+    prefix = prefix or _nested_prefix(cls, "")
+    for name, f, tp in flag_fields(cls, prefix):
         if name in flag_values:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = with_prefix(f.default if f.default is not dataclasses.MISSING
+                              else f.default_factory(), prefix)
         help_text = f.metadata.get("help", f.name)
         choices = f.metadata.get("choices")
         if choices is not None:
@@ -137,11 +140,28 @@ def from_flag_dict(cls: type[T], values: Mapping[str, Any], prefix: str = "", **
         name = names[f.name] = flag_name(f, prefix)
         if name in values:
             kwargs[f.name] = values[name]
+        elif isinstance(f.default, str) and "{prefix}" in f.default:
+            kwargs[f.name] = with_prefix(f.default, prefix)
     kwargs.update(overrides)
     try:
         return cls(**kwargs)
     except ConfigError as exc:
         raise exc.renamed(names) from None
+
+
+def with_prefix(default: Any, prefix: str) -> Any:
+    """A default with ``{prefix}`` (e.g. ``./models_{prefix}/model.ckpt``) for ``prefix``."""
+    if isinstance(default, str) and "{prefix}" in default:
+        return default.replace("{prefix}", prefix)
+    return default
+
+
+def formatted(cfg: T, prefix: str) -> T:
+    """``cfg`` with every ``{prefix}`` of its string options replaced (a config built in
+    Python rather than from flags)."""
+    changes = {f.name: with_prefix(getattr(cfg, f.name), prefix) for f in dataclasses.fields(cfg)
+               if isinstance(getattr(cfg, f.name), str) and "{prefix}" in getattr(cfg, f.name)}
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def check(condition: bool, flag: str, message: str) -> None:

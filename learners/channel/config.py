@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from learners.channel_options import ChannelOptions
+from learners.options import ChannelOptions
 from learners.channel_strategy import StrategySettings
 from learners.rl.config import DdpgConfig
 from learners.strategy_options import SearchStrategy
@@ -13,11 +13,6 @@ from utils.config import check, nested, option
 
 @dataclass
 class ChannelConfig(ChannelOptions):
-    save_path: str = option("./models_cp/model.ckpt", "channel: training checkpoint")
-    save_path_eval: str = option("./models_cp_eval/model.ckpt",
-                                 "channel: final thinned model (report.json beside it)")
-    save_path_ws: str = option("./models_cp_ws/model.ckpt",
-                               "channel: thinned model right after selection")
     uniform_preserve_ratio: float = option(
         0.0, "uniform: fraction of channels kept per layer; 0 matches preserve_ratio's FLOPs "
         "(PocketFlow: 0.6, a channel fraction that ignores the budget)")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from compression.channel_selection import (SELECTIONS, SelectionSettings, select_channels)
 from learners.channel_base import ChannelLearnerBase
-from learners.channel_options import ChannelOptions
+from learners.options import ChannelOptions
 from learners.registry import register_learner
 from learners.rl.config import DdpgConfig
 from learners.strategy_options import RatioStrategy
@@ -27,11 +27,6 @@ class CprStrategy(RatioStrategy):
 
 @dataclass
 class CprConfig(ChannelOptions):
-    save_path: str = option("./models_cpr/model.ckpt", "chn-pruned-rmt: training checkpoint")
-    save_path_eval: str = option("./models_cpr_eval/model.ckpt",
-                                 "chn-pruned-rmt: final thinned model (report.json beside it)")
-    save_path_ws: str = option("./models_cpr_ws/model.ckpt",
-                               "chn-pruned-rmt: thinned model right after selection")
     prune_ratio: float = option(0.5, "fraction of each layer's input channels removed")
     skip_frst_layer: bool = option(True, "do not prune the layer that reads the input image")
     skip_last_layer: bool = option(False, "do not prune the last layer (the classifier)")

@@ -17,17 +17,12 @@ from compression.channel_selection import (SelectionSettings, choose_layers, sel
 from learners.channel_base import ChannelLearnerBase
 from learners.channel_pruning_rmt.learner import log_layer
 from learners.registry import register_learner
-from learners.channel_options import ChannelOptions
+from learners.options import ChannelOptions
 from utils.config import check, check_ratio, option
 
 
 @dataclass
 class CpgConfig(ChannelOptions):
-    save_path: str = option("./models_cpg/model.ckpt", "chn-pruned-gpu: training checkpoint")
-    save_path_eval: str = option("./models_cpg_eval/model.ckpt",
-                                 "chn-pruned-gpu: final thinned model (report.json beside it)")
-    save_path_ws: str = option("./models_cpg_ws/model.ckpt",
-                               "chn-pruned-gpu: thinned model right after selection")
     prune_ratio: float = option(0.5, "fraction of each layer's input channels removed")
     skip_ht_layers: bool = option(True, "do not prune the first (head) and last (tail) layers")
     lrn_rate_pgd_init: float = option(

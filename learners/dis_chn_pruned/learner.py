@@ -23,7 +23,7 @@ from learners.dis_chn_pruned.dcp import (DcpObjective, ZeroPrunedInputs, greedy_
 from learners.dis_chn_pruned.heads import build_heads, head_points
 from learners.registry import register_learner
 from learners.rl.config import DdpgConfig
-from learners.channel_options import ChannelOptions
+from learners.options import ChannelOptions
 from learners.strategy_options import RatioStrategy
 from learners.trainer import Trainer
 from utils.config import check, check_ratio, nested, option
@@ -39,11 +39,6 @@ class DcpStrategy(RatioStrategy):
 
 @dataclass
 class DcpConfig(ChannelOptions):
-    save_path: str = option("./models_dcp/model.ckpt", "dis-chn-pruned: training checkpoint")
-    save_path_eval: str = option("./models_dcp_eval/model.ckpt",
-                                 "dis-chn-pruned: final thinned model (report.json beside it)")
-    save_path_ws: str = option("./models_dcp_ws/model.ckpt",
-                               "dis-chn-pruned: thinned model right after selection")
     prune_ratio: float = option(0.5, "fraction of each layer's input channels removed")
     nb_stages: int = option(3, "auxiliary heads (at most the net's stage_names): the network is "
                                "split into nb_stages + 1 blocks")

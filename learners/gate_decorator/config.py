@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from learners.options import OutputOptions
 from utils.config import check, check_ratio, option, split_names
 
 
 @dataclass
-class GateDecoratorConfig:
-    save_path: str = option("./models_gd/model.ckpt", "gate-decorator: training checkpoint")
-    save_path_eval: str = option("./models_gd_eval/model.ckpt",
-                                 "gate-decorator: final thinned model (report.json beside it)")
+class GateDecoratorConfig(OutputOptions):
     preserve_ratio: float = option(0.5, "fraction of the FLOPs the pruned model keeps")
     p: float = option(0.02, "fraction of all gated channels closed per tick (the authors' p)")
     t: int = option(10, "ticks between two tocks (the authors' T)")

@@ -25,7 +25,7 @@ from compression.quantizers import (attach_activation_quantizers, attach_weight_
 from learners import composition
 from learners.base import Learner, Result
 from learners.quant.bits_env import BitsEnv
-from learners.weight_sparse.search_env import layer_features
+from learners.rl.preference_env import layer_features
 from utils.lrn_rate import CosineLr
 
 log = logging.getLogger("pocketflow")

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from learners.rl.preference_env import PreferenceEnv
 from learners.rl.search import accuracy_reward
 
 
@@ -60,46 +61,19 @@ def allocate_bits(prefs: list[float], sizes: list[int], budget: float, w_min: in
     return [int(b) for b in bits]
 
 
-class BitsEnv:
+class BitsEnv(PreferenceEnv):
     """Roll-outs choose bits for layers of ``sizes``; ``score(bits) -> {"accuracy", "loss"}``."""
-
-    a_min, a_max = 0.0, 1.0
 
     def __init__(self, features: np.ndarray, sizes: list[int], equivalent_bits: float,
                  w_min: int, w_max: int, score: Callable[[list[int]], dict],
                  min_gain: float = 0.0) -> None:
-        self.features, self.sizes, self.score = features, sizes, score
-        self.min_gain = min_gain
+        self.sizes, self.score, self.min_gain = sizes, score, min_gain
         self.budget = equivalent_bits * sum(sizes)
         self.w_min, self.w_max = w_min, w_max
-        self.nb_steps = len(sizes)
-        self.state_dim = features.shape[1] + 3
-        self.reset()
-
-    def reset(self) -> None:
-        self.prefs: list[float] = []
-
-    def observation(self, step: int) -> np.ndarray:
-        done = sum(self.sizes[:step])
-        mean = (sum(a * n for a, n in zip(self.prefs, self.sizes)) / done) if done else 0.0
-        previous = self.prefs[-1] if self.prefs else 0.0
-        relative_budget = (self.budget / sum(self.sizes) - self.w_min) / max(
-            self.w_max - self.w_min, 1)
-        return np.concatenate([self.features[step], np.asarray(
-            [relative_budget, mean, previous], dtype=np.float32)])
-
-    def bounds(self, step: int) -> tuple[float, float]:
-        return self.a_min, self.a_max
-
-    def baseline_actions(self) -> list[float]:
-        """Equal preferences: the uniform strategy, the first roll-out of every search."""
-        return [1.0] * self.nb_steps
+        super().__init__(features, sizes, (equivalent_bits - w_min) / max(w_max - w_min, 1))
 
     def beats_baseline(self, info: dict, baseline: dict) -> bool:
         return gains_accuracy(info, baseline, self.min_gain)
-
-    def take(self, step: int, action: float) -> None:
-        self.prefs.append(float(action))
 
     def finish(self) -> tuple[float, dict]:
         bits = allocate_bits(self.prefs, self.sizes, self.budget, self.w_min, self.w_max)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from compression.quantizers import BUCKET_TYPES, INIT_STYLES, OPT_MODES
 from learners.rl.config import DdpgConfig
+from learners.options import OutputOptions
 from utils.config import check, nested, option
 
 MAX_BITS = 16
@@ -15,11 +16,7 @@ BUCKETS = [b for b in BUCKET_TYPES if b != "layer"]
 
 
 @dataclass
-class QuantConfig:
-    save_path: str = option("./models_q/model.ckpt", "training checkpoint")
-    save_path_eval: str = option("./models_q_eval/model.ckpt",
-                                 "final model (quantized values; the bit-packed file and "
-                                 "report.json go beside it)")
+class QuantConfig(OutputOptions):
     weight_bits: int = option(4, "bits per weight (without the RL agent)")
     activation_bits: int = option(32, "bits of the quantized layers' outputs (32: full precision)")
     use_buckets: bool = option(True, "one range/codebook per bucket (else one per layer)")
@@ -77,18 +74,11 @@ class QuantConfig:
 
 @dataclass
 class UqlConfig(QuantConfig):
-    save_path: str = option("./models_uql/model.ckpt", "uniform: training checkpoint")
-    save_path_eval: str = option("./models_uql_eval/model.ckpt",
-                                 "uniform: final model (quantized values; the bit-packed file "
-                                 "and report.json go beside it)")
+    """``uniform``: the shared options and their defaults (per-channel buckets)."""
 
 
 @dataclass
 class NuqlConfig(QuantConfig):
-    save_path: str = option("./models_nuql/model.ckpt", "non-uniform: training checkpoint")
-    save_path_eval: str = option("./models_nuql_eval/model.ckpt",
-                                 "non-uniform: final model (codebook values; the bit-packed file "
-                                 "and report.json go beside it)")
     use_buckets: bool = option(False, "one codebook per bucket (else per layer)")
     bucket_type: str = option("split", "buckets are output channels or chunks of bucket_size "
                                        "weights", choices=BUCKETS)

@@ -27,6 +27,7 @@ from compression.thinning import gathers_as_matrices
 from deployment.formats import FORMATS
 from learners import composition
 from learners.base import Learner, Result
+from learners.options import OutputOptions
 from learners.outputs import deploy_sections
 from learners.registry import register_learner
 from utils.config import check, option
@@ -37,11 +38,10 @@ log = logging.getLogger("pocketflow")
 
 
 @dataclass
-class UqtfConfig:
-    save_path: str = option("./models_uqtf/model.ckpt", "uniform-tf: training checkpoint")
-    save_path_eval: str = option("./models_uqtf_eval/model.pte",
-                                 "uniform-tf: the int8 ExecuTorch program (XNNPACK); the fp32 "
-                                 "program and report.json go beside it")
+class UqtfConfig(OutputOptions):
+    save_path_eval: str = option("./models_{prefix}_eval/model.pte",
+                                 "final int8 ExecuTorch program (report.json and the other "
+                                 "exports beside it)")
     lrn_rate_dcy: float = option(1e-2, "uniform-tf: QAT learning rate = the helper's "
                                        "schedule x this (PocketFlow's default)")
     nb_calib_batches: int = option(10, "uniform-tf: training batches that initialise the "

@@ -25,6 +25,7 @@ from torch import nn
 from compression.channel_allocation import CostModel, allocate_channels
 from compression.channel_flops import ChannelFlops
 from compression.graph import PrunableLayer
+from learners.rl.preference_env import PreferenceEnv, normalised
 from learners.rl.search import accuracy_reward
 
 REWARD_POLICIES = ("accuracy", "flops")
@@ -46,15 +47,12 @@ def amc_features(model: nn.Module, layers: Sequence[PrunableLayer], flops: Chann
         share = 2 * cost.unit * cost.in_channels * cost.out_channels / cost.groups / flops.total
         rows.append([index, cost.out_channels, cost.in_channels, side, side, stride, kernel,
                      share, 1.0 - min_ratio])
-    table = np.asarray(rows, dtype=np.float32)
-    return table / np.maximum(table.max(axis=0), 1e-12)
+    return normalised(rows)
 
 
-class ChannelEnv:
+class ChannelEnv(PreferenceEnv):
     """Roll-outs choose kept channels for ``layers``; ``score(counts) -> {"accuracy", "loss"}``.
     The budget is counted by ``cost`` (default: the FLOPs; or a ``ChannelLatency`` table)."""
-
-    a_min, a_max = 0.0, 1.0
 
     def __init__(self, model: nn.Module, layers: Sequence[PrunableLayer], flops: ChannelFlops,
                  preserve: float, score: Callable[[dict], dict], min_ratio: float = 0.0,
@@ -67,32 +65,10 @@ class ChannelEnv:
         self.cost = cost if cost is not None else flops
         self.min_ratio, self.multiple = min_ratio, multiple
         self.reward_policy, self.noise_tolerance = reward_policy, noise_tolerance
-        self.features = amc_features(model, self.layers, flops, min_ratio)
-        self.weights = self.features[:, 7]  # FLOPs shares, for the running mean of the actions
-        self.nb_steps = len(self.layers)
-        self.state_dim = self.features.shape[1] + 3
+        features = amc_features(model, self.layers, flops, min_ratio)
+        # FLOPs shares weigh the running mean of the actions
+        super().__init__(features, features[:, 7], preserve)
         self.counts(self.baseline_actions())  # an impossible budget fails here
-        self.reset()
-
-    def reset(self) -> None:
-        self.prefs: list[float] = []
-
-    def observation(self, step: int) -> np.ndarray:
-        done = float(self.weights[:step].sum())
-        mean = float(np.dot(self.prefs, self.weights[:step]) / done) if done > 0 else 0.0
-        previous = self.prefs[-1] if self.prefs else 0.0
-        return np.concatenate([self.features[step], np.asarray(
-            [self.preserve, mean, previous], dtype=np.float32)])
-
-    def bounds(self, step: int) -> tuple[float, float]:
-        return self.a_min, self.a_max
-
-    def baseline_actions(self) -> list[float]:
-        """Equal preferences: the uniform strategy, the first roll-out of every search."""
-        return [1.0] * self.nb_steps
-
-    def take(self, step: int, action: float) -> None:
-        self.prefs.append(float(action))
 
     def counts(self, prefs: Sequence[float]) -> dict[str, int]:
         return allocate_channels({layer.name: a for layer, a in zip(self.layers, prefs)},

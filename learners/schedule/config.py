@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from learners.options import OutputOptions
 from utils.config import check, option
 
 
 @dataclass
-class ScheduleConfig:
+class ScheduleConfig(OutputOptions):
     compress: str = option("", "schedule: Distiller-style compression-schedule YAML (pruners, "
                                "regularizers, quantizers, lr_schedulers, extensions, policies)",
                            flag="compress")
@@ -16,9 +17,6 @@ class ScheduleConfig:
                                  "the training set)")
     lrn_rate: float = option(0.0, "schedule: base learning rate of the policy's lr_schedulers "
                                   "(0: the helper's initial rate, scaled by the global batch)")
-    save_path: str = option("./models_sch/model.ckpt", "schedule: training checkpoint")
-    save_path_eval: str = option("./models_sch_eval/model.ckpt",
-                                 "schedule: final model (report.json beside it)")
 
     def __post_init__(self) -> None:
         check(self.nb_epochs >= 0, "nb_epochs", f"must be >= 0, got {self.nb_epochs}")

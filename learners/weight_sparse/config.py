@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from learners.rl.config import DdpgConfig
+from learners.options import OutputOptions
 from utils.config import check, check_ratio, nested, option, split_names
 
 PROTOCOLS = ("uniform", "heurist", "optimal", "global", "list")
@@ -12,11 +13,7 @@ REWARDS = ("single-obj", "multi-obj")
 
 
 @dataclass
-class WsConfig:
-    save_path: str = option("./models_ws/model.ckpt", "weight-sparse: training checkpoint")
-    save_path_eval: str = option("./models_ws_eval/model.ckpt",
-                                 "weight-sparse: final model (dense with zeros; the COO/CSR "
-                                 "files and report.json go beside it)")
+class WsConfig(OutputOptions):
     prune_ratio: float = option(0.75, "fraction of conv/linear weights set to zero")
     prune_ratio_prtl: str = option(
         "heurist", "per-layer ratios: uniform (p everywhere), heurist (p_i ~ log n_i, weighted "

@@ -22,7 +22,8 @@ from learners.base import Learner, Result
 from learners.registry import register_learner
 from learners.weight_sparse.config import WsConfig
 from learners.weight_sparse.schedule import MaskScheduleCallback, update_steps
-from learners.weight_sparse.search_env import SparsityEnv, layer_features
+from learners.rl.preference_env import layer_features
+from learners.weight_sparse.search_env import SparsityEnv
 from utils.config import ConfigError
 
 log = logging.getLogger("pocketflow")
