@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.config import option, split_names
+from learners.rl.config import DdpgConfig
+from learners.strategy_options import RatioStrategy
+from utils.config import check, check_ratio, nested, option, split_names
 
 
 @dataclass
@@ -33,3 +35,25 @@ class ChannelOptions(OutputOptions):
     @property
     def skip_names(self) -> list[str]:
         return split_names(self.skip_op_names)
+
+
+@dataclass
+class RatioChannelOptions(ChannelOptions):
+    """The channel learners whose PocketFlow flag is a pruning ratio (chn-pruned-rmt,
+    dis-chn-pruned): the ratio, the skip rules, the count rounding, the per-layer protocols
+    and the DDPG search."""
+
+    prune_ratio: float = option(0.5, "fraction of each layer's input channels removed")
+    skip_frst_layer: bool = option(True, "do not prune the layer that reads the input image")
+    skip_last_layer: bool = option(False, "do not prune the last layer (the classifier)")
+    channel_multiple: int = option(0, "round each kept-channel count to a multiple of this; 0: 8 "
+                                      "under a latency budget (CPU kernels run fastest on "
+                                      "multiples of 8), else 1 (PocketFlow's exact count)")
+    strategy: RatioStrategy = nested(RatioStrategy)
+    ddpg: DdpgConfig = nested(DdpgConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ratio(self.prune_ratio, "prune_ratio")
+        check(self.channel_multiple >= 0, "channel_multiple",
+              f"must be >= 0, got {self.channel_multiple}")

@@ -117,6 +117,9 @@ class RatioStrategy(StrategyOptions):
                                         "by the uniform and optimal protocols; 0: uniform "
                                         "removes prune_ratio of every layer's inputs and "
                                         "optimal searches at that strategy's FLOPs")
+    prune_list_file: str = option("./{prefix}_ratio.list", "list: fraction of input channels "
+                                                           "KEPT per layer ('<ratio>' or "
+                                                           "'<layer> <ratio>')")
     nb_rlouts: int = option(100, "optimal: roll-outs of the DDPG search")
     nb_rlouts_min: int = option(30, "optimal: roll-outs that fill the replay buffer first")
     UNSET_PRESERVE = "uniform at prune_ratio"

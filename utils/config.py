@@ -157,10 +157,17 @@ def with_prefix(default: Any, prefix: str) -> Any:
 
 
 def formatted(cfg: T, prefix: str) -> T:
-    """``cfg`` with every ``{prefix}`` of its string options replaced (a config built in
-    Python rather than from flags)."""
-    changes = {f.name: with_prefix(getattr(cfg, f.name), prefix) for f in dataclasses.fields(cfg)
-               if isinstance(getattr(cfg, f.name), str) and "{prefix}" in getattr(cfg, f.name)}
+    """``cfg`` with every ``{prefix}`` of its string options replaced, nested configs included
+    (a config built in Python rather than from flags)."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            new = formatted(value, _nested_prefix(type(value), prefix))
+        else:
+            new = with_prefix(value, prefix)
+        if new is not value:
+            changes[f.name] = new
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 

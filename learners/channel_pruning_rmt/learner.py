@@ -10,26 +10,15 @@ from dataclasses import dataclass
 
 from compression.channel_selection import (SELECTIONS, SelectionSettings, select_channels)
 from learners.channel_base import ChannelLearnerBase
-from learners.options import ChannelOptions
+from learners.options import RatioChannelOptions
 from learners.registry import register_learner
-from learners.rl.config import DdpgConfig
-from learners.strategy_options import RatioStrategy
-from utils.config import check, check_ratio, nested, option
+from utils.config import check, option
 
 log = logging.getLogger("pocketflow")
 
 
 @dataclass
-class CprStrategy(RatioStrategy):
-    prune_list_file: str = option("./cpr_ratio.list", "list: fraction of input channels KEPT per "
-                                                      "layer ('<ratio>' or '<layer> <ratio>')")
-
-
-@dataclass
-class CprConfig(ChannelOptions):
-    prune_ratio: float = option(0.5, "fraction of each layer's input channels removed")
-    skip_frst_layer: bool = option(True, "do not prune the layer that reads the input image")
-    skip_last_layer: bool = option(False, "do not prune the last layer (the classifier)")
+class CprConfig(RatioChannelOptions):
     nb_smpls: int = option(5000, "training samples used for channel selection")
     nb_crops_per_smpl: int = option(10, "random output positions sampled per sample")
     ista_lrn_rate: float = option(1.0, "ISTA step on the Frobenius-normalised Gram matrix "
@@ -39,18 +28,10 @@ class CprConfig(ChannelOptions):
                                choices=["closed", "adam"])
     lstsq_lrn_rate: float = option(1e-3, "Adam learning rate of the refit (solver adam)")
     lstsq_nb_iters: int = option(100, "Adam iterations of the refit (solver adam)")
-    channel_multiple: int = option(0, "round each kept-channel count to a multiple of this; 0: 8 "
-                                      "under a latency budget (CPU kernels run fastest on "
-                                      "multiples of 8), else 1 (PocketFlow's exact count)")
     selection: str = option("ista", "channel selection criterion", choices=list(SELECTIONS))
-    strategy: CprStrategy = nested(CprStrategy)
-    ddpg: DdpgConfig = nested(DdpgConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_ratio(self.prune_ratio, "prune_ratio")
-        check(self.channel_multiple >= 0, "channel_multiple",
-              f"must be >= 0, got {self.channel_multiple}")
         check(self.nb_smpls > 0, "nb_smpls", "must be positive")
         check(self.nb_crops_per_smpl > 0, "nb_crops_per_smpl", "must be positive")
         check(self.ista_nb_iters > 0, "ista_nb_iters", "must be positive")

@@ -22,24 +22,15 @@ from learners.dis_chn_pruned.dcp import (DcpObjective, ZeroPrunedInputs, greedy_
                                          layer_blocks)
 from learners.dis_chn_pruned.heads import build_heads, head_points
 from learners.registry import register_learner
-from learners.rl.config import DdpgConfig
-from learners.options import ChannelOptions
-from learners.strategy_options import RatioStrategy
+from learners.options import RatioChannelOptions
 from learners.trainer import Trainer
-from utils.config import check, check_ratio, nested, option
+from utils.config import check, option
 
 log = logging.getLogger("pocketflow")
 
 
 @dataclass
-class DcpStrategy(RatioStrategy):
-    prune_list_file: str = option("./dcp_ratio.list", "list: fraction of input channels KEPT per "
-                                                      "layer ('<ratio>' or '<layer> <ratio>')")
-
-
-@dataclass
-class DcpConfig(ChannelOptions):
-    prune_ratio: float = option(0.5, "fraction of each layer's input channels removed")
+class DcpConfig(RatioChannelOptions):
     nb_stages: int = option(3, "auxiliary heads (at most the net's stage_names): the network is "
                                "split into nb_stages + 1 blocks")
     lrn_rate_adam: float = option(1e-3, "Adam rate of the block and layer fine-tuning")
@@ -54,19 +45,9 @@ class DcpConfig(ChannelOptions):
                                     "PocketFlow: it makes the layer fine-tune start at the "
                                     "reconstruction optimum instead of the old weights)")
     nb_crops_per_smpl: int = option(10, "output positions per sample of that refit")
-    channel_multiple: int = option(0, "round each kept-channel count to a multiple of this; 0: 8 "
-                                      "under a latency budget (CPU kernels run fastest on "
-                                      "multiples of 8), else 1 (PocketFlow's exact count)")
-    skip_frst_layer: bool = option(True, "do not prune the layer that reads the input image")
-    skip_last_layer: bool = option(False, "do not prune the last layer (the classifier)")
-    strategy: DcpStrategy = nested(DcpStrategy)
-    ddpg: DdpgConfig = nested(DdpgConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_ratio(self.prune_ratio, "prune_ratio")
-        check(self.channel_multiple >= 0, "channel_multiple",
-              f"must be >= 0, got {self.channel_multiple}")
         check(self.nb_stages >= 0, "nb_stages", "must be >= 0")
         check(self.lrn_rate_adam > 0, "lrn_rate_adam", "must be positive")
         check(self.nb_iters_block >= 0, "nb_iters_block", "must be >= 0")
