@@ -8,8 +8,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["learners*", "nets*", "datasets*", "utils*", "compression*",
-                                    "deployment*", "tools*", "examples*"]),
+    packages=find_packages(include=["learners*", "nets*", "datasets*", "utils*", "training*",
+                                    "compression*", "deployment*", "tools*", "examples*"]),
     py_modules=["pocketflow_torch"],
     install_requires=[
         "torch>=2.4,<2.15",

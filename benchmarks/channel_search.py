@@ -30,7 +30,7 @@ from compression.channel_flops import ChannelFlops
 from compression.channel_selection import choose_layers, counts_for_ratios
 from compression.graph import analyse
 from nets.resnet_at_digits import ModelHelper
-from utils.model_io import load_model
+from compression.artifacts import load_model
 
 flags.DEFINE_string("model", "./models_eval/model.ckpt",
                     "pre-trained digits ResNet-20 artifact (trained by the first run if missing)")

@@ -41,7 +41,7 @@ from compression.lstsq import reconstruction_error, refit_closed
 from learners.launch import build
 from learners.launch import define_flags as define_run_flags
 from nets.resnet_at_digits import ModelHelper
-from utils.model_io import load_model
+from compression.artifacts import load_model
 from utils.multi_gpu_wrapper import SingleProcess
 
 flags.DEFINE_string("model", "./models_eval/model.ckpt", "pre-trained digits ResNet-20 artifact")

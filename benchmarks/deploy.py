@@ -38,8 +38,8 @@ from deployment.formats import formats_for
 from deployment.pipeline import deploy, eval_batches
 from learners.launch import run
 from nets.resnet_at_digits import Config, ModelHelper
-from utils.model_io import load_model
-from utils.model_stats import runner_for, time_runners
+from compression.artifacts import load_model
+from deployment.runners import runner_for, time_runners
 
 flags.DEFINE_string("model", "./models_eval/model.ckpt",
                     "pre-trained digits ResNet-20 artifact (trained by the first run if missing)")

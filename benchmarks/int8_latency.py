@@ -27,8 +27,8 @@ from typing import Callable, Dict
 import torch
 from absl import app, flags
 
-from compression.int8_qat import (PteModel, convert_int8, export_pte, output_scale, prepare_qat,
-                                  set_runtime_threads)
+from compression.int8_qat import convert_int8, output_scale, prepare_qat
+from deployment.pte import PteModel, export_pte, set_runtime_threads
 from nets.registry import create_net
 
 FLAGS = flags.FLAGS

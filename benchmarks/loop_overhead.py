@@ -7,7 +7,7 @@ pad-and-crop augmentation, from the same DataLoader (``utils.data_loading.make_t
 batch 64, no worker processes), with momentum-0.9 SGD, weight decay and the same per-step
 cosine learning rate, for ``--steps`` steps on the CPU with ``--threads`` intra-op threads.
 
-* framework: ``learners.trainer.Trainer`` with the callbacks a full-precision run has:
+* framework: ``training.trainer.Trainer`` with the callbacks a full-precision run has:
   ``LrScheduleCallback``, ``LoggingCallback`` (summ_step=100, no TensorBoard, no progress bar;
   its lines go to /dev/null) and a ``PeriodicCallback`` every 100 steps (a no-op action:
   checkpoints and evaluation are real work a bare loop would not do, so they are left out),
@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from absl import app, flags
 
 from datasets.digits import load_digits_splits
-from learners.callbacks import LoggingCallback, LrScheduleCallback, PeriodicCallback
+from training.callbacks import LoggingCallback, LrScheduleCallback, PeriodicCallback
 from learners.launch import seed_everything
-from learners.trainer import Trainer
+from training.trainer import Trainer
 from nets.abstract_model_helper import AbstractModelHelper
 from nets.registry import create_net
 from utils.data_loading import make_train_loader

@@ -20,7 +20,7 @@ all starting from the SAME pre-trained model (``--model``, passed as ``--save_pa
   ``--model`` at an existing, fully trained model (e.g. from ``nets/resnet_at_digits_run.py``)
   for meaningful numbers.
 * ``--selection_only``: no fine-tuning; the learner's pieces are run directly, once per
-  criterion, on the same calibration batches: ``utils.model_io.load_model``,
+  criterion, on the same calibration batches: ``compression.artifacts.load_model``,
   ``compression.graph.analyse`` + ``choose_layers``, the learner's ``select`` on a deep copy of
   the full model, ``compression.thinning.thin``, then ``learner.ctx.accuracy`` of the
   thinned model (the before-fine-tune accuracy). Selection time covers select +
@@ -55,7 +55,7 @@ from compression.thinning import thin
 from learners.launch import build, run, seed_everything, setup_logging
 from learners.launch import define_flags as define_run_flags
 from nets.resnet_at_digits import ModelHelper
-from utils.model_io import load_model
+from compression.artifacts import load_model
 from utils.model_stats import count_flops
 from utils.multi_gpu_wrapper import SingleProcess
 

@@ -30,7 +30,7 @@ from bench_common import learner_values, run_all
 from compression.channel_latency import measured_ratio, thin_to_counts
 from compression.graph import analyse
 from nets.resnet_at_digits import ModelHelper
-from utils.model_io import load_model
+from compression.artifacts import load_model
 
 flags.DEFINE_string("model", "./models_eval/model.ckpt",
                     "pre-trained digits ResNet-20 artifact (trained by the first run if missing)")

@@ -22,7 +22,7 @@ and an activation module keeps its clip (clamp to [0, 1] / [0, alpha], same grad
 rounding, since it stands in for a ReLU. The activation forwards are plain float ops (relu,
 min, mul, div, round), so a model with ``bake_weights`` applied exports to ONNX as it is;
 ``clipped_quant_entry`` records the replacements as the ``clipped_act_quant`` spec transform,
-with which ``utils.model_io.load_model`` rebuilds the model (PACT's alpha is in the state dict).
+with which ``compression.artifacts.load_model`` rebuilds the model (PACT's alpha is in the state dict).
 """
 from __future__ import annotations
 

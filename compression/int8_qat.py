@@ -5,8 +5,8 @@ torchao PT2E + ExecuTorch (``torch.ao.quantization`` is deprecated)::
     qat = prepare_qat(model, example_inputs)   # export (dynamic batch) + fake quant
     ... train qat like any nn.Module ...       # train()/eval() switch BN and observers
     int8 = convert_int8(qat)                   # q/dq reference model (eager), BN folded
-    export_pte(int8, example_inputs, "m.pte", quantized=True)
-    logits = PteModel("m.pte")(images)         # ExecuTorch runtime only
+    deployment.pte.export_pte(int8, example_inputs, "m.pte", quantized=True)
+    logits = deployment.pte.PteModel("m.pte")(images)   # ExecuTorch runtime only
 
 XNNPACK quantizer: symmetric per-output-channel int8 weights ([-127, 127]), per-tensor affine
 int8 activations, moving-average fake quant; conv and BN stay separate during QAT (BN trains,
@@ -22,18 +22,14 @@ import contextlib
 import copy
 import logging
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional
 
 import torch
 from torch import nn
 
-from utils.checkpoint import CheckpointError, atomic_write
 
-__all__ = ["Int8ExportUnavailable", "QatModel", "prepare_qat", "convert_int8", "output_scale",
-           "export_pte", "PteModel", "set_runtime_threads", "save_int8_program",
-           "load_int8_program", "export_int8_program"]
+__all__ = ["Int8ExportUnavailable", "QatModel", "prepare_qat", "convert_int8", "output_scale"]
 
 INSTALL_HINT = "pip install executorch==1.5.1 (it brings torchao)"
 # Known noise of torch 2.13 / torchao 0.18 / executorch 1.5.1, silenced only around our calls.
@@ -55,7 +51,7 @@ class Int8ExportUnavailable(ImportError):
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence exactly the known noisy warnings and log lines listed above."""
     filters = [(logging.getLogger(name), lambda r, p=p: not str(r.getMessage()).startswith(p))
                for name, p in _NOISY_LOGS.items()]
@@ -74,12 +70,12 @@ def _quiet() -> Iterator[None]:
 _API: Optional[SimpleNamespace] = None
 
 
-def _api() -> SimpleNamespace:
+def torchao_api() -> SimpleNamespace:
     """Import torchao's PT2E flow and ExecuTorch's XNNPACK lowering once (lazily)."""
     global _API
     if _API is None:
         try:
-            with _quiet():
+            with quiet():
                 import torchao.quantization.pt2e as pt2e
                 import torchao.quantization.pt2e.qat_utils as qat_utils
                 from executorch.backends.xnnpack.partition import xnnpack_partitioner as xp
@@ -96,21 +92,11 @@ def _api() -> SimpleNamespace:
     return _API
 
 
-def _runtime():
-    """ExecuTorch's Python runtime (``executorch.runtime.Runtime``), or Int8ExportUnavailable."""
-    try:
-        with _quiet():
-            from executorch.runtime import Runtime
-    except ImportError as exc:
-        raise Int8ExportUnavailable(f"running a .pte needs executorch: {INSTALL_HINT} ({exc})") from exc
-    return Runtime.get()
-
-
 @contextlib.contextmanager
 def _only_present_conv_patterns() -> Iterator[None]:
     """Speed-up: torchao fuses/folds conv-BN by exporting 24 pattern graphs for each of conv1d,
     conv2d, conv_transpose1d/2d (~30 s on 2 cores); run only the kinds the graph contains."""
-    qat_utils = _api().qat_utils
+    qat_utils = torchao_api().qat_utils
     names = [n for n in ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper") if hasattr(qat_utils, n)]
     saved = {n: getattr(qat_utils, n) for n in names}
 
@@ -133,7 +119,7 @@ def _only_present_conv_patterns() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _no_batch_size_guards() -> Iterator[None]:
+def no_batch_size_guards() -> Iterator[None]:
     """Disable NNPACK/oneDNN while lowering: their conv backend choice tests ``batch >= 16`` on
     the fake tensors, which narrows the program's batch range to one side of 16."""
     nnpack = torch.backends.nnpack.set_flags(False)[0]
@@ -145,7 +131,7 @@ def _no_batch_size_guards() -> Iterator[None]:
         torch.backends.mkldnn.set_flags(mkldnn, None, None, None)
 
 
-def _batch_of(x: torch.Tensor, n: int) -> torch.Tensor:
+def batch_of(x: torch.Tensor, n: int) -> torch.Tensor:
     """``x`` repeated/truncated along dim 0 to ``n`` rows (example inputs for export)."""
     reps = -(-n // x.shape[0])
     return x.repeat(reps, *([1] * (x.dim() - 1)))[:n].contiguous()
@@ -170,9 +156,9 @@ class QatModel(nn.Module):
         return self.prepared(x)
 
     def train(self, mode: bool = True) -> "QatModel":
-        api = _api().pt2e
+        api = torchao_api().pt2e
         if mode != self._graph_mode:  # the graph rewrite costs ~1 s: only on a change
-            with _quiet():
+            with quiet():
                 (api.move_exported_model_to_train if mode else api.move_exported_model_to_eval)(
                     self.prepared)
             self._graph_mode = mode
@@ -185,14 +171,14 @@ class QatModel(nn.Module):
     def freeze_observers(self) -> None:
         """Stop updating quantization ranges (also in train mode), e.g. late in training."""
         self.observers_frozen = True
-        self.prepared.apply(_api().pt2e.disable_observer)
+        self.prepared.apply(torchao_api().pt2e.disable_observer)
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[torch.Tensor]) -> None:
         """Update the observers on ``batches`` with BN in inference mode (PTQ-style)."""
         mode = self.training
         self.train(False)
-        self.prepared.apply(_api().pt2e.enable_observer)
+        self.prepared.apply(torchao_api().pt2e.enable_observer)
         for x in batches:
             self.prepared(x)
         self.train(mode)
@@ -221,11 +207,11 @@ def _qat_config(api: SimpleNamespace):
 def prepare_qat(model: nn.Module, example_inputs: torch.Tensor) -> QatModel:
     """Export a copy of ``model`` (training mode, dynamic batch) and insert int8 fake quant
     (XNNPACK quantizer, per-channel symmetric weights, QAT config). ``model`` is unchanged."""
-    api = _api()
+    api = torchao_api()
     model = copy.deepcopy(model).train()
-    x = example_inputs if example_inputs.shape[0] > 1 else _batch_of(example_inputs, 2)
+    x = example_inputs if example_inputs.shape[0] > 1 else batch_of(example_inputs, 2)
     quantizer = api.quantizer().set_global(_qat_config(api))
-    with _quiet(), _only_present_conv_patterns():
+    with quiet(), _only_present_conv_patterns():
         dims = ({0: torch.export.Dim("batch", min=1)},)
         graph = torch.export.export(model, (x,), dynamic_shapes=dims).module()
         prepared = api.prepare_qat(graph, quantizer)
@@ -245,8 +231,8 @@ def convert_int8(qat: QatModel) -> nn.Module:
     """The converted int8 model on the CPU (quantize/dequantize ops around float kernels, BN
     folded into the conv weights) from a copy of ``qat``'s eval-mode graph; ``qat`` stays
     trainable."""
-    api = _api()
-    with _quiet(), _only_present_conv_patterns():
+    api = torchao_api()
+    with quiet(), _only_present_conv_patterns():
         prepared = copy.deepcopy(qat.prepared).cpu()
         if qat.training:
             api.pt2e.move_exported_model_to_eval(prepared)
@@ -267,123 +253,6 @@ def output_scale(converted: nn.Module) -> float:
     return float(converted.get_buffer(scale.target) if isinstance(scale, torch.fx.Node) else scale)
 
 
-def _is_quantized(model: nn.Module) -> bool:
+def is_quantized(model: nn.Module) -> bool:
     graph = getattr(model, "graph", None)
     return graph is not None and any("quantize_per" in str(n.target) for n in graph.nodes)
-
-
-def export_pte(model: nn.Module, example_inputs: torch.Tensor, path: Union[str, Path],
-               quantized: bool, max_batch: int = 256, dynamic: bool = True) -> int:
-    """Lower ``model`` to ExecuTorch with the XNNPACK delegate and write ``path`` atomically.
-
-    ``quantized=True``: an int8 model from :func:`convert_int8` (a :class:`QatModel` is
-    converted first); ``False``: a float model (exported in eval mode). The program takes
-    ``[b, *example_inputs.shape[1:]]`` float inputs, ``b`` in ``[1, max_batch]`` if ``dynamic``
-    else ``b == max_batch``. Returns the file size in bytes."""
-    api = _api()
-    if isinstance(model, QatModel):
-        if not quantized:
-            raise ValueError("a QatModel is fake-quantized: export it with quantized=True")
-        model = convert_int8(model)
-    if quantized != _is_quantized(model):
-        raise ValueError(f"quantized={quantized} but the model {'has no' if quantized else 'has'}"
-                         " quantize/dequantize ops (use convert_int8 for int8)")
-    if any(t.device.type != "cpu" for t in model.state_dict().values()):
-        model = copy.deepcopy(model).cpu()  # XNNPACK is a CPU backend
-    x = _batch_of(example_inputs.detach().cpu(), 2 if dynamic else max_batch)
-    dims = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if dynamic else None
-    was_training = model.training
-    if not quantized:
-        model.eval()
-    try:
-        with _quiet(), _no_batch_size_guards(), torch.no_grad():
-            program = torch.export.export(model, (x,), dynamic_shapes=dims)
-            edge = api.lower(program, partitioner=[api.partitioner()], constant_methods={
-                "max_batch": max_batch, "dynamic_batch": int(dynamic)})
-            et = edge.to_executorch()
-    finally:
-        if not quantized:
-            model.train(was_training)
-    program = et.exported_program()
-    spec = next(n for n in program.graph.nodes if n.name == program.graph_signature.user_inputs[0])
-    if spec.meta["spec"].shape[0] != max_batch:
-        raise RuntimeError(f"ExecuTorch planned batch {spec.meta['spec'].shape[0]}, not {max_batch}")
-    return _write_atomic(et.buffer, path)
-
-
-def export_int8_program(model: nn.Module, example_inputs: torch.Tensor,
-                        max_batch: int = 1024) -> torch.export.ExportedProgram:
-    """The converted int8 model (:func:`convert_int8`) as an exported program with a dynamic
-    batch in ``[1, max_batch]`` (what ``.pt2`` files and the int8 ONNX export hold)."""
-    if not _is_quantized(model):
-        raise ValueError("not an int8 model: convert the QAT model with convert_int8 first")
-    x = _batch_of(example_inputs.detach().cpu(), 2)
-    dims = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
-    with _quiet(), _no_batch_size_guards(), torch.no_grad():
-        return torch.export.export(model, (x,), dynamic_shapes=dims)
-
-
-def save_int8_program(model: nn.Module, example_inputs: torch.Tensor, path: Union[str, Path],
-                      max_batch: int = 1024) -> int:
-    """The int8 PyTorch model as a ``.pt2`` (``torch.export.save``), loadable and runnable in
-    eager PyTorch without this code (:func:`load_int8_program`), the source of the int8
-    deployment exports. Written atomically; returns the size in bytes."""
-    program = export_int8_program(model, example_inputs, max_batch)
-    atomic_write(str(path), lambda handle: torch.export.save(program, handle))
-    return Path(path).stat().st_size
-
-
-def load_int8_program(path: Union[str, Path]) -> nn.Module:
-    """The int8 model of a ``.pt2`` (:func:`save_int8_program`) as a callable module."""
-    with _quiet():
-        _api()  # registers the quantized_decomposed ops the program calls
-        try:
-            return torch.export.load(str(path)).module()
-        except Exception as exc:  # a foreign or damaged file: say what was expected
-            raise CheckpointError(f"{path} is not an exported int8 program (.pt2 written by "
-                                  f"uniform-tf): {exc}") from exc
-
-
-def _write_atomic(buffer: bytes, path: Union[str, Path]) -> int:
-    atomic_write(str(path), lambda handle: handle.write(buffer))
-    return len(buffer)
-
-
-def set_runtime_threads(n: int) -> None:
-    """Resize ExecuTorch's (XNNPACK's) thread pool, which ignores ``torch.set_num_threads``."""
-    _runtime()
-    with _quiet():
-        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-    _unsafe_reset_threadpool(int(n))
-
-
-class PteModel:
-    """A ``.pte`` program run by ExecuTorch's runtime: ``PteModel(path)(x) -> logits``.
-
-    Batches larger than the program's planned batch are split; for a static program smaller
-    ones are zero-padded (and the padding rows dropped from the output)."""
-
-    def __init__(self, path: Union[str, Path], method: str = "forward") -> None:
-        self.path = str(path)
-        self.program = _runtime().load_program(Path(path))
-        self.method = self.program.load_method(method)
-        meta = self.method.metadata.input_tensor_meta(0)
-        self.planned_shape = tuple(meta.sizes())
-        self.max_batch = self.planned_shape[0]
-        names = self.program.method_names
-        # without the constant method (a foreign file) padding to the planned batch is safe
-        self.dynamic_batch = bool("dynamic_batch" in names
-                                  and self.program.load_method("dynamic_batch").execute([])[0])
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().to("cpu", torch.float32).contiguous()
-        if tuple(x.shape[1:]) != self.planned_shape[1:]:
-            raise ValueError(f"expected inputs [b, {', '.join(map(str, self.planned_shape[1:]))}],"
-                             f" got {list(x.shape)}")
-        outs = []
-        for chunk in x.split(self.max_batch):
-            n = chunk.shape[0]
-            if not self.dynamic_batch and n < self.max_batch:
-                chunk = torch.cat([chunk, chunk.new_zeros(self.max_batch - n, *chunk.shape[1:])])
-            outs.append(self.method.execute((chunk,))[0][:n].clone())  # outputs reuse buffers
-        return torch.cat(outs)

@@ -33,7 +33,8 @@ from compression.quantizers import (ACT_ATTR, BUCKET_TYPES, CodebookQuantizer,
                                     dequantize, from_buckets, nb_buckets, quantizers_of,
                                     to_buckets)
 from utils.checkpoint import CheckpointError, load_file, save_file
-from utils.model_io import build_model, load_weights, unwrap
+from compression.artifacts import build_model
+from utils.model_io import load_weights, unwrap
 
 KIND = "quantized_model"
 _CHUNK = 1 << 16                       # codes per packing step (a multiple of 8: byte-aligned)

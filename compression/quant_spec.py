@@ -1,7 +1,7 @@
 """The ``act_quant`` architecture transform: activation quantizers recorded in a model spec.
 
 A quantized artifact keeps its activation quantizers (their frozen ranges are buffers in the
-state dict), so ``utils.model_io.load_model`` rebuilds the model exactly as it was evaluated.
+state dict), so ``compression.artifacts.load_model`` rebuilds the model exactly as it was evaluated.
 """
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from utils.checkpoint import CheckpointError, load_file, save_file
-from utils.model_io import build_model, load_weights, unwrap
+from compression.artifacts import build_model
+from utils.model_io import load_weights, unwrap
 
 LAYOUTS = ("coo", "csr")
 
@@ -127,7 +128,7 @@ def save_sparse_model(path: str, model: nn.Module, spec: dict, layout: str,
 
 def load_sparse_model(path: str, base: nn.Module | None = None) -> tuple[nn.Module, dict]:
     """Rebuild the dense model of a sparse file; returns ``(model, file dict)``. ``base``: the
-    module an unregistered net's spec builds on (``utils.model_io.build_model``)."""
+    module an unregistered net's spec builds on (``compression.artifacts.build_model``)."""
     obj = load_file(path, kind="sparse_model")
     missing = [k for k in ("spec", "layout", "dense", "sparse") if k not in obj]
     if missing:

@@ -7,7 +7,7 @@
 - in ``gather`` mode the layer becomes a ``GatherConv2d`` / ``GatherLinear`` that picks the
   selected channels of its (shared) input with ``index_select``.
 The new shapes are recorded as a ``{"type": "thin", ...}`` spec transform, so a saved model
-rebuilds (``utils.model_io.build_model``) without the code that pruned it.
+rebuilds (``compression.artifacts.build_model``) without the code that pruned it.
 ``mask_inputs`` zeroes the same weights in place instead: the masked model computes exactly
 what the thinned one computes, which is how thinning is tested.
 """

@@ -65,10 +65,10 @@ def _float_for_export(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: str, kind: str,
                  max_batch: int) -> int:
-    from utils.onnx_export import export_onnx, export_onnx_program
+    from deployment.onnx_export import export_onnx, export_onnx_program
 
     if kind == "int8":
-        from compression.int8_qat import export_int8_program
+        from deployment.pte import export_int8_program
 
         export_onnx_program(export_int8_program(model, example, max(max_batch, 1024)), path)
     else:
@@ -78,7 +78,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: str, kind: str,
 
 def _export_pte(model: nn.Module, example: torch.Tensor, path: str, kind: str,
                 max_batch: int) -> int:
-    from compression.int8_qat import export_pte
+    from deployment.pte import export_pte
 
     if kind != "int8":
         model = _float_for_export(model, example)

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from utils.checkpoint import CheckpointError
-from utils.model_stats import OutputShapeMismatch, compare_runners, runner_for
+from deployment.runners import runner_for
+from utils.model_stats import OutputShapeMismatch, compare_runners
 
 ATOL = 1e-4
 INT8_MAX_DROP = 0.5  # points of accuracy

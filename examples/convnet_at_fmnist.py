@@ -35,7 +35,7 @@ Using the saved model elsewhere: the artifact stores the spec ``{"net": "convnet
 "kwargs": {...}}``, not Python code, so the builder must be registered before loading::
 
     import examples.convnet_at_fmnist  # noqa: F401  (registers "convnet_fmnist")
-    from utils.model_io import load_model
+    from compression.artifacts import load_model
     model, _ = load_model("./models_eval/model.ckpt")
 """
 from __future__ import annotations
@@ -183,7 +183,7 @@ class ModelHelper(ImageClassificationHelper):
         return (1, 28, 28)  # (C, H, W) of one input, without the batch dimension
 
     # -- model: the recipe, not the module. ``build_model()`` (inherited) builds it, and every
-    # artifact stores it, so compressed models reload with ``utils.model_io.load_model``. -------
+    # artifact stores it, so compressed models reload with ``compression.artifacts.load_model``. -------
     def net_spec(self) -> dict:
         return net_spec("convnet_fmnist", num_classes=self.num_classes, in_channels=1,
                         width=self.cfg.convnet_width)

@@ -36,7 +36,7 @@ from learners.registry import learner_class, learner_configs
 from learners.runner import Runner
 from nets.module_helper import ModuleConfig, ModuleHelper
 from utils.config import ConfigError, flag_fields, from_flag_dict
-from utils.model_io import load_model as _load_model
+from compression.artifacts import load_model as _load_model
 from utils.model_io import module_spec, save_model
 
 

@@ -86,7 +86,7 @@ class Learner(ABC):
     def load_result(self, path: str) -> nn.Module:
         """The saved result at ``path`` as a runnable module (``--exec_mode=eval``)."""
         from utils.checkpoint import CheckpointError
-        from utils.model_io import load_model
+        from compression.artifacts import load_model
 
         model, saved = load_model(path, base=self.ctx.base)
         trained_on = saved.get("meta", {}).get("input_shape")

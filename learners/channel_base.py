@@ -22,7 +22,8 @@ from compression.thinning import thin
 from learners import composition
 from learners.base import Learner, Result
 from learners.channel_strategy import plan_counts
-from utils.model_io import build_model, load_model, save_model
+from compression.artifacts import build_model, load_model
+from utils.model_io import save_model
 
 log = logging.getLogger("pocketflow")
 

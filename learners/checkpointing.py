@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from learners.callbacks import PeriodicCallback
-from learners.trainer import Callback, Trainer, TrainingDivergedError
+from training.callbacks import PeriodicCallback
+from training.trainer import Callback, Trainer, TrainingDivergedError
 from utils.checkpoint import rng_state, save_file, set_rng_state
 from utils.model_io import load_weights, unwrap
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from learners.registry import learner_class
 from utils.checkpoint import CheckpointError, load_file
-from utils.model_io import load_model
+from compression.artifacts import load_model
 from utils.model_stats import count_flops, count_params
 
 DEPLOYMENT_SUFFIXES = {

@@ -15,15 +15,16 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from learners.callbacks import LoggingCallback, LrScheduleCallback
+from training.callbacks import LoggingCallback, LrScheduleCallback
 from learners.checkpointing import CheckpointCallback, restore, save_checkpoint
 from learners.config import LearnerConfig
-from learners.distillation import DistillationCallback
+from training.distillation import DistillationCallback
 from learners.resume import check_resumable, stamp
-from learners.trainer import Callback, Trainer, TrainingDivergedError
+from training.trainer import Callback, Trainer, TrainingDivergedError
 from utils.checkpoint import load_file
 from utils.data_loading import make_eval_loader, make_train_loader
-from utils.model_io import build_model, unwrap
+from compression.artifacts import build_model
+from utils.model_io import unwrap
 from utils.multi_gpu_wrapper import MultiGpuWrapper
 
 log = logging.getLogger("pocketflow")

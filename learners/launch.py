@@ -20,7 +20,7 @@ from datasets.errors import DataError
 from learners.config import LearnerConfig
 from learners.registry import learner_class, learner_configs, list_learners
 from learners.runner import Runner
-from learners.trainer import TrainingDivergedError
+from training.trainer import TrainingDivergedError
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, define_flags as define_dataclass_flags, flag_name, from_flag_dict
 from utils.multi_gpu_wrapper import DistributedSetupError, MultiGpuWrapper

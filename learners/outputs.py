@@ -18,7 +18,7 @@ from torch import nn
 
 from deployment.formats import formats_for
 from deployment.pipeline import deploy, eval_batches
-from learners.trainer import TrainingDivergedError, model_is_finite
+from training.trainer import TrainingDivergedError, model_is_finite
 from utils.model_io import save_model
 from utils.multi_gpu_wrapper import MultiGpuWrapper
 

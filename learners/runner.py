@@ -29,7 +29,8 @@ from learners.report import Report
 from utils.checkpoint import CheckpointError
 from utils.config import formatted, settings
 from utils.data_loading import check_one_batch
-from utils.model_io import load_model, load_weights_from
+from compression.artifacts import load_model
+from utils.model_io import load_weights_from
 from utils.model_stats import count_flops, count_params, measure_latency
 from utils.multi_gpu_wrapper import MultiGpuWrapper, SingleProcess
 from utils.report import format_report, write_report

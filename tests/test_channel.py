@@ -21,7 +21,7 @@ from nets import resnet_at_digits
 from nets.registry import create_net, list_nets
 from tests.test_compression import INPUT_SIZES, UserNet
 from tests.test_learners import flag_values
-from utils.model_io import load_model
+from compression.artifacts import load_model
 from utils.model_stats import count_flops
 
 

@@ -17,7 +17,7 @@ from learners.launch import run
 from nets import resnet_at_digits
 from tests.test_learners import flag_values
 from utils.config import ConfigError, from_flag_dict
-from utils.model_io import load_model
+from compression.artifacts import load_model
 
 
 def _problem(seed: int = 0, informative=(1, 4, 6)):

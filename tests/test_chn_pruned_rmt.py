@@ -14,7 +14,7 @@ from learners.launch import run
 from nets import resnet_at_digits
 from tests.test_learners import flag_values
 from utils.config import ConfigError, from_flag_dict
-from utils.model_io import load_model
+from compression.artifacts import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

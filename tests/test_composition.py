@@ -11,7 +11,7 @@ from learners.composition import ChainError
 from learners.launch import build, run
 from nets import resnet_at_digits
 from tests.test_learners import flag_values
-from utils.model_io import load_model
+from compression.artifacts import load_model
 from utils.multi_gpu_wrapper import SingleProcess
 
 Helper = resnet_at_digits.ModelHelper

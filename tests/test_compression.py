@@ -16,7 +16,7 @@ from compression.layer_sampling import (capture, gram_and_corr, layer_weight, no
 from compression.lstsq import reconstruction_error, refit_adam, refit_closed
 from compression.thinning import mask_inputs, thin
 from nets.registry import create_net, list_nets, net_spec
-from utils.model_io import build_model
+from compression.artifacts import build_model
 
 INPUT_SIZES = {"resnet20": 32, "resnet32": 32, "resnet44": 32, "resnet56": 32, "lenet": 32,
                "resnet18": 64, "resnet34": 64, "resnet50": 64, "mobilenet_v1": 64,

@@ -20,7 +20,7 @@ from nets import resnet_at_digits
 from tests.test_learners import flag_values
 from utils.data_loading import make_eval_loader
 from utils.model_io import save_model
-from utils.model_stats import time_runners
+from deployment.runners import time_runners
 from utils.multi_gpu_wrapper import SingleProcess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

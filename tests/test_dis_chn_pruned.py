@@ -20,7 +20,7 @@ from nets.registry import create_net, list_nets
 from tests.test_compression import INPUT_SIZES
 from tests.test_learners import flag_values
 from utils.config import ConfigError, from_flag_dict
-from utils.model_io import load_model
+from compression.artifacts import load_model
 
 
 @pytest.mark.parametrize("name", list_nets())

@@ -13,7 +13,8 @@ from compression.dorefa_pact import (METHODS, DorefaActivation, DorefaWeightQuan
                                      dorefa_weight_quantizers_of, pact_alpha_l2)
 from compression.quantizers import sqnr_db
 from nets.registry import build_from_spec, net_spec
-from utils.model_io import load_model, save_model
+from compression.artifacts import load_model
+from utils.model_io import save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # restored after each test
 
@@ -269,7 +270,7 @@ def test_save_load_round_trip_is_exact(method, tmp_path):
 def test_onnx_activation_ops_are_bit_exact(make, tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from utils.onnx_export import export_onnx, onnx_session, run_session
+    from deployment.onnx_export import export_onnx, onnx_session, run_session
 
     model = nn.Sequential(nn.Linear(300, 300), make()).eval()      # identity Linear: x exactly
     nn.init.eye_(model[0].weight)
@@ -290,7 +291,7 @@ def test_onnx_parity(method, tmp_path):
     within 1e-4 of its largest |logit|."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from utils.onnx_export import check_exportable, export_onnx, onnx_session, run_session
+    from deployment.onnx_export import check_exportable, export_onnx, onnx_session, run_session
 
     model, spec = trained_baked(method)
     check_exportable(spec)

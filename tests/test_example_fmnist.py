@@ -81,7 +81,7 @@ def _flag_values(helper_cls, argv):
 
 def test_tutorial_trains_saves_and_reloads(example, tmp_path, monkeypatch):
     from learners.outputs import Outputs
-    from utils.model_io import load_model
+    from compression.artifacts import load_model
 
     saved = {}  # the trained model itself, as the runner hands it to save_artifact
     original_save = Outputs.save_artifact

@@ -26,11 +26,11 @@ from datasets.cifar10 import RECORD_BYTES, Cifar10
 from datasets.errors import DataError
 from datasets.fmnist import IMAGE_MAGIC, LABEL_MAGIC
 from learners.launch import run
-from learners.trainer import Trainer, TrainingDivergedError
+from training.trainer import Trainer, TrainingDivergedError
 from nets.resnet_at_digits import ModelHelper
 from tests.conftest import REPO, digits_flag_values, finish, start_entry, tiny_digits_argv
 from utils.checkpoint import CheckpointError, atomic_write, load_file, save_file
-from utils.model_io import load_model
+from compression.artifacts import load_model
 from utils.run_lock import LOCK_NAME, RunLock
 
 DIGITS = "resnet_at_digits_run.py"

@@ -20,7 +20,7 @@ from nets.registry import build_from_spec, net_spec
 from tests.test_learners import flag_values
 from utils.config import ConfigError
 from utils.lrn_rate import TriangularLr
-from utils.model_io import load_model
+from compression.artifacts import load_model
 from utils.model_stats import count_flops
 
 SHAPE = (1, 8, 8)

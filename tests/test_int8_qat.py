@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from compression import int8_qat
-from compression.int8_qat import (Int8ExportUnavailable, PteModel, QatModel, convert_int8, export_pte,
-                                  output_scale, prepare_qat)
+from compression.int8_qat import (Int8ExportUnavailable, QatModel, convert_int8, output_scale,
+                                  prepare_qat)
+from deployment import pte as pte_runtime
+from deployment.pte import PteModel, export_pte
 from nets.models.resnet_cifar import resnet_cifar
 
 pytest.importorskip("executorch.runtime", reason="needs executorch: " + int8_qat.INSTALL_HINT)
@@ -50,10 +52,10 @@ def one_thread():
 
     saved, saved_et = torch.get_num_threads(), portable_lib._threadpool_get_thread_count()
     torch.set_num_threads(1)
-    int8_qat.set_runtime_threads(1)
+    pte_runtime.set_runtime_threads(1)
     yield
     torch.set_num_threads(saved)
-    int8_qat.set_runtime_threads(saved_et)
+    pte_runtime.set_runtime_threads(saved_et)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from nets.models.lenet import lenet
 from nets.models.resnet_cifar import resnet20
 from tests.conftest import REPO, finish
 from utils.data_loading import make_eval_loader
-from utils.model_io import load_model
+from compression.artifacts import load_model
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,14 @@ import torch
 from absl import flags
 
 from learners.base import Learner
-from learners.distillation import DistillationCallback, distillation_loss
+from training.distillation import DistillationCallback, distillation_loss
 from learners.launch import define_flags, run
 from learners.registry import learner_class, list_learners
-from learners.trainer import StepState
+from training.trainer import StepState
 from nets import resnet_at_digits
 from nets.registry import net_spec
-from utils.model_io import load_model, save_model
+from compression.artifacts import load_model
+from utils.model_io import save_model
 
 
 def flag_values(tmp_path, *args: str, helper=resnet_at_digits.ModelHelper) -> dict:

@@ -14,7 +14,7 @@ from learners.quant.config import NuqlConfig, UqlConfig
 from nets import resnet_at_digits
 from tests.test_learners import flag_values
 from utils.config import ConfigError, from_flag_dict
-from utils.model_io import load_model
+from compression.artifacts import load_model
 
 QUANTIZED = ["layer1.0.conv1", "layer2.0.conv1", "layer3.2.conv2"]
 

@@ -19,7 +19,7 @@ from nets import resnet_at_digits
 from nets.registry import create_net
 from tests.test_learners import flag_values
 from utils.config import ConfigError
-from utils.model_io import load_model
+from compression.artifacts import load_model
 from utils.model_stats import count_flops
 
 SEARCH = ["--{p}_nb_rlouts=3", "--{p}_nb_rlouts_min=2", "--{p}_rl_nb_batches=1", "--{p}_rerank_ft_steps=2",

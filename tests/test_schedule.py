@@ -24,7 +24,7 @@ from tests.conftest import finish, start_entry
 from tests.test_learners import flag_values
 from compression.quant_format import load_quantized_model
 from utils.config import ConfigError
-from utils.model_io import load_model
+from compression.artifacts import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 POLICIES = REPO / "examples" / "policies"
@@ -234,7 +234,7 @@ policies:
   - regularizer: {instance_name: gl}
     epochs: [0]
 """)
-    from learners.trainer import StepState
+    from training.trainer import StepState
 
     model = build_from_spec(net_spec("resnet20", num_classes=10, in_channels=1))
     scheduler = CompressionScheduler(load_policy(str(path)), model, (1, 8, 8), iters_per_epoch=2)

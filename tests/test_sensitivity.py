@@ -25,7 +25,7 @@ from compression.sensitivity import (GRANULARITIES, SensitivityResult, analyse_s
 from nets import resnet_at_digits
 from tests.conftest import REPO
 from utils.checkpoint import save_file
-from utils.model_io import load_model
+from compression.artifacts import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -32,11 +32,14 @@ from tools.common import (ToolError, check_writable, helper_names, load_artifact
 from utils.checkpoint import save_file
 from utils.config import ConfigError
 from utils.data_loading import make_eval_loader
-from utils.model_draw import GraphvizUnavailable, count_nodes_edges, render, to_dot, write_dot
-from utils.model_io import load_model, save_model
-from utils.model_stats import RunnerError, compare_latency, count_flops, count_params, runner_for
+from tools.model_draw import GraphvizUnavailable, count_nodes_edges, render, to_dot, write_dot
+from compression.artifacts import load_model
+from utils.model_io import save_model
+from deployment import pte as pte_runtime
+from deployment.runners import RunnerError, compare_latency, runner_for
+from utils.model_stats import count_flops, count_params
 from utils.model_summary import COLUMNS, XlsxUnavailable, format_table, summarize, write_csv, write_xlsx
-from utils.onnx_export import (NotExportable, check_exportable, compare_outputs, export_onnx,
+from deployment.onnx_export import (NotExportable, check_exportable, compare_outputs, export_onnx,
                                onnx_session)
 
 SHAPE = (1, 8, 8)
@@ -455,7 +458,7 @@ def test_runner_bad_input(files, tmp_path, monkeypatch):
 
     def missing():
         raise int8_qat.Int8ExportUnavailable(f"running a .pte needs executorch: {int8_qat.INSTALL_HINT}")
-    monkeypatch.setattr(int8_qat, "_runtime", missing)
+    monkeypatch.setattr(pte_runtime, "runtime", missing)
     with pytest.raises(int8_qat.Int8ExportUnavailable, match=re.escape(int8_qat.INSTALL_HINT)):
         runner_for(str(tmp_path / "m.pte"))
 
@@ -526,7 +529,7 @@ def test_latency_cli(clis, files):
 def test_int8_qdq_onnx_of_a_thinned_model(thinned, tmp_path):
     import onnx
 
-    from utils.onnx_int8 import quantize_qdq
+    from deployment.onnx_int8 import quantize_qdq
 
     path, model = thinned
     helper = digits_helper()

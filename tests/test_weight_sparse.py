@@ -15,7 +15,7 @@ from learners.weight_sparse.config import WsConfig
 from nets import resnet_at_digits
 from tests.test_learners import flag_values
 from utils.config import ConfigError, from_flag_dict
-from utils.model_io import load_model
+from compression.artifacts import load_model
 
 
 @pytest.fixture

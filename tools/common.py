@@ -32,8 +32,8 @@ from compression.int8_qat import Int8ExportUnavailable
 from datasets.errors import DataError
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
-from utils.model_io import load_model
-from utils.onnx_export import ExportUnavailable
+from compression.artifacts import load_model
+from deployment.onnx_export import ExportUnavailable
 
 NETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nets")
 ARTIFACT_EXPECTED = "a model artifact written by a learner's --*_save_path_eval"
@@ -154,7 +154,7 @@ def resolve_input_shape(input_shape: str | Sequence[int] | None, helper: Any = N
 
 # -- files -------------------------------------------------------------------------------------
 def load_artifact(path: str) -> tuple[nn.Module, dict]:
-    """``utils.model_io.load_model`` of a model artifact, in eval mode; ``(model, file dict)``.
+    """``compression.artifacts.load_model`` of a model artifact, in eval mode; ``(model, file dict)``.
 
     A training checkpoint is refused although ``load_model`` accepts one: it holds the weights
     of an unfinished run, and the tools report on the model a learner delivered."""

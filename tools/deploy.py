@@ -36,7 +36,7 @@ from deployment.formats import EXPORT_CHOICES, formats_for
 from deployment.pipeline import deploy, eval_batches
 from deployment.verify import ATOL, INT8_MAX_DROP, verify_artifact
 from tools.common import ToolError, define_input_flags, helper_from_flags, load_artifact, tool_main
-from utils.model_stats import RunnerError, runner_for, time_runners
+from deployment.runners import RunnerError, runner_for, time_runners
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "a model artifact (.ckpt, exported as fp32) or uniform-tf's "
@@ -68,7 +68,7 @@ def load_source(path: str):
     if suffix == ".pt2":
         if not os.path.isfile(path):
             raise ToolError(f"no such file: {path}")
-        from compression.int8_qat import load_int8_program
+        from deployment.pte import load_int8_program
 
         return load_int8_program(path), "int8"
     model, _ = load_artifact(path)

@@ -1,4 +1,4 @@
-"""Draw a saved model's torch.fx graph: Graphviz DOT text, rendered by ``dot`` (``utils.model_draw``).
+"""Draw a saved model's torch.fx graph: Graphviz DOT text, rendered by ``dot`` (``tools.model_draw``).
 
     python -m tools.draw --model=models_eval/model.ckpt [--helper=resnet_at_digits | --input_shape=1,8,8]
         [--out=model.dot] [--formats=png,svg]
@@ -18,7 +18,7 @@ from absl import app, flags
 
 from tools.common import (check_writable, define_input_flags, helper_from_flags, load_artifact,
                           resolve_input_shape, tool_main)
-from utils.model_draw import INSTALL_HINT, GraphvizUnavailable, count_nodes_edges, render, write_dot
+from tools.model_draw import INSTALL_HINT, GraphvizUnavailable, count_nodes_edges, render, write_dot
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "model artifact (a learner's --*_save_path_eval)")

@@ -14,7 +14,7 @@ Checks, both against a float32 CPU copy of the torch model:
 - with ``--helper``: the helper's eval set (``--eval_batches`` batches of its
   ``batch_size_eval``, 0: all): max |onnxruntime - torch| and the accuracy of each.
 With ``--int8`` (needs ``--helper``) the float ONNX is also statically quantized to an int8
-QDQ model (``utils.onnx_int8``: int8 per-channel weights, uint8 activations calibrated on
+QDQ model (``deployment.onnx_int8``: int8 per-channel weights, uint8 activations calibrated on
 ``--calib_batches`` batches of the helper's held-out training split) written to
 ``<out without extension>.int8.onnx`` and evaluated on the eval set: its accuracy against the
 float torch model's and the fraction of identical top-1 predictions.
@@ -34,8 +34,8 @@ from absl import app, flags
 from tools.common import (check_writable, define_input_flags, helper_from_flags, load_artifact,
                           resolve_input_shape, tool_main)
 from utils.data_loading import make_eval_loader
-from utils.onnx_export import NotExportable, check_exportable, compare_outputs, export_onnx, onnx_session
-from utils.onnx_int8 import quantize_qdq
+from deployment.onnx_export import NotExportable, check_exportable, compare_outputs, export_onnx, onnx_session
+from deployment.onnx_int8 import quantize_qdq
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "model artifact (a learner's --*_save_path_eval)")

@@ -7,7 +7,7 @@
 Runtimes by extension (``utils.model_stats.runner_for``): ``.ckpt`` / ``.pt`` / ``.pth``
 model artifacts run eagerly in torch (eval mode, ``inference_mode``), ``.onnx`` in
 onnxruntime (CPU provider, ``intra_op_num_threads = --threads``), ``.pte`` in ExecuTorch's
-runtime (``compression.int8_qat.PteModel``; needs ``pip install executorch``). ``--device=cuda``
+runtime (``deployment.pte.PteModel``; needs ``pip install executorch``). ``--device=cuda``
 is for two model artifacts only. The input shape is ``--input_shape``, else the helper's,
 else the one the files record (an artifact's meta, an .onnx graph, a .pte plan); shapes that
 disagree are refused.
@@ -27,7 +27,7 @@ from absl import app, flags
 
 from tools.common import (ToolError, define_input_flags, helper_from_flags, load_artifact, parse_shape,
                           tool_main)
-from utils.model_stats import RunnerError, compare_latency, runner_for
+from deployment.runners import RunnerError, compare_latency, runner_for
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_a", None, "model A: a model artifact (.ckpt), an .onnx or a .pte file")

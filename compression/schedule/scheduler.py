@@ -19,7 +19,7 @@ from compression.graph import analyse
 from compression.masks import attach_masks, masks_of
 from compression.schedule.policy import Policy
 from compression.schedule.pruners import PRUNERS, REGULARIZERS
-from learners.trainer import Callback, StepState, Trainer
+from training.trainer import Callback, StepState, Trainer
 from utils.model_io import unwrap
 
 

@@ -6,7 +6,7 @@
   reconstruction loss L_rec = mean squared difference between the layer's output in the
   pruned and in the full network. Block fine-tuning minimises L_final + L_p, a layer's channel
   selection and fine-tuning minimise L_rec + L_p. It is a module, so both fine-tunings run in
-  the project's one training loop (``learners.trainer.Trainer``).
+  the project's one training loop (``training.trainer.Trainer``).
 - ``greedy_channels`` is the selection of the paper's Algorithm 2 (and of PocketFlow's code):
   starting from NO input channel, repeatedly ADD the channel whose weights have the largest sum
   of squared gradients of L_rec + L_p, until the layer keeps its count. (PocketFlow's docs say
@@ -27,7 +27,7 @@ from torch import nn
 from compression.graph import PrunableLayer
 from compression.layer_sampling import capture
 from learners.dis_chn_pruned.heads import StageTaps
-from learners.trainer import Callback
+from training.trainer import Callback
 from utils.model_stats import probe_forward
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, dict]"]

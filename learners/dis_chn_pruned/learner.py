@@ -23,7 +23,7 @@ from learners.dis_chn_pruned.dcp import (DcpObjective, ZeroPrunedInputs, greedy_
 from learners.dis_chn_pruned.heads import build_heads, head_points
 from learners.registry import register_learner
 from learners.options import RatioChannelOptions
-from learners.trainer import Trainer
+from training.trainer import Trainer
 from utils.config import check, option
 
 log = logging.getLogger("pocketflow")

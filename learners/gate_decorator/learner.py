@@ -29,7 +29,7 @@ from learners import composition
 from learners.base import Learner, Result
 from learners.gate_decorator.config import GateDecoratorConfig
 from learners.registry import register_learner
-from learners.trainer import Callback, Trainer
+from training.trainer import Callback, Trainer
 from utils.checkpoint import save_file
 from utils.config import ConfigError
 from utils.lrn_rate import ConstantLr, TriangularLr, iters_for_epochs

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compression.int8_qat import (PteModel, convert_int8, output_scale, prepare_qat,
-                                  save_int8_program)
+from compression.int8_qat import convert_int8, output_scale, prepare_qat
 from compression.thinning import gathers_as_matrices
 from deployment.formats import FORMATS
+from deployment.pte import PteModel, save_int8_program
 from learners import composition
 from learners.base import Learner, Result
 from learners.options import OutputOptions

@@ -31,7 +31,7 @@ from learners.base import Learner, Result
 from learners.registry import register_learner
 from learners.schedule.config import ScheduleConfig
 from utils.lrn_rate import scaled_lr
-from utils.model_io import build_model
+from compression.artifacts import build_model
 
 log = logging.getLogger("pocketflow")
 MASK_SUFFIX = ".parametrizations.weight.0.mask"

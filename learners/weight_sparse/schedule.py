@@ -15,7 +15,7 @@ from torch import nn
 
 from compression.masks import global_nb_zeros, raw_weight, set_masks
 from compression.sparsity_allocation import agp_fraction
-from learners.trainer import Callback, StepState, Trainer
+from training.trainer import Callback, StepState, Trainer
 
 log = logging.getLogger("pocketflow")
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learners.trainer import Callback, StepState, Trainer
+from training.trainer import Callback, StepState, Trainer
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from learners.trainer import Callback, StepState, Trainer
+from training.trainer import Callback, StepState, Trainer
 
 log = logging.getLogger("pocketflow")
 

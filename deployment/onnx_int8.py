@@ -15,7 +15,7 @@ from typing import Iterable
 
 import torch
 
-from utils.onnx_export import ExportUnavailable
+from deployment.onnx_export import ExportUnavailable
 
 
 def quantize_qdq(fp32_path: str, out_path: str, calibration: Iterable[torch.Tensor],
