@@ -13,7 +13,7 @@ training loop, checkpoints, multi-process training and the report are the framew
 
 This file holds the three pieces a user writes, in order: the net (section 1), the
 options (section 2) and the helper (section 3). The entry script
-``examples/convnet_at_fmnist_run.py`` is four lines of glue, the same for every helper.
+``examples/convnet_at_fmnist_run.py`` is two lines of glue: ``entry("convnet_at_fmnist")``.
 
 Data: the four Fashion-MNIST idx files (``.gz`` or not), as downloaded from
 https://github.com/zalandoresearch/fashion-mnist, in one directory:

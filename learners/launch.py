@@ -1,8 +1,8 @@
 """Glue for entry scripts: define every flag, then build configs and run the chosen learner.
 
-Entry scripts (``nets/*_run.py``) are the only place flags are parsed; they call
-``define_flags(FLAGS, Helper)`` at import and ``main(Helper, <parsed flag values as a dict>)`` from
-``app.run``. Everything below receives plain dataclasses.
+Entry scripts (``nets/*_run.py``) are the only place flags are parsed: each is
+``entry("<helper name>")``, which defines the flags, parses them and calls ``main(Helper,
+<parsed flag values as a dict>)``. Everything below receives plain dataclasses.
 """
 from __future__ import annotations
 
@@ -115,6 +115,18 @@ def lock_outputs(directories: list[str], mgw: MultiGpuWrapper) -> RunLock:
     if error:
         raise RunLockedError(error)
     return lock
+
+
+def entry(helper: str | type) -> None:
+    """An entry script: every flag of the framework, of ``helper`` (a name of
+    ``nets.helpers`` or a helper class) and of every learner, parsed by absl; then the run."""
+    from absl import app, flags
+
+    from nets.helpers import resolve_helper
+
+    helper_cls = resolve_helper(helper) if isinstance(helper, str) else helper
+    define_flags(flags.FLAGS, helper_cls)
+    app.run(lambda argv: main(helper_cls, flags.FLAGS.flag_values_dict(), argv))
 
 
 def main(helper_cls: type, values: dict, argv: list | None = None) -> None:

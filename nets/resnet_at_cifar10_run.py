@@ -1,13 +1,8 @@
-"""Entry: resnet_at_cifar10.
+"""Entry: ResNet-20/32/44/56 on CIFAR-10 (the ``resnet_at_cifar10`` helper).
 
 ./scripts/run_local.sh nets/resnet_at_cifar10_run.py --learner=full-prec
 """
-from absl import app, flags
-
-from learners.launch import define_flags, main
-from nets.resnet_at_cifar10 import ModelHelper
-
-define_flags(flags.FLAGS, ModelHelper)
+from learners.launch import entry
 
 if __name__ == "__main__":
-    app.run(lambda argv: main(ModelHelper, flags.FLAGS.flag_values_dict(), argv))
+    entry("resnet_at_cifar10")

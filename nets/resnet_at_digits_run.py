@@ -1,13 +1,8 @@
-"""Entry: ResNet on the embedded digits data (the default demo).
+"""Entry: ResNet on the embedded digits data (the default demo) (the ``resnet_at_digits`` helper).
 
 ./scripts/run_local.sh nets/resnet_at_digits_run.py --learner=full-prec
 """
-from absl import app, flags
-
-from learners.launch import define_flags, main
-from nets.resnet_at_digits import ModelHelper
-
-define_flags(flags.FLAGS, ModelHelper)
+from learners.launch import entry
 
 if __name__ == "__main__":
-    app.run(lambda argv: main(ModelHelper, flags.FLAGS.flag_values_dict(), argv))
+    entry("resnet_at_digits")

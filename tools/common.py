@@ -16,10 +16,7 @@ status 2. Everything below takes plain arguments.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import importlib
 import os
-import re
 import sys
 import tempfile
 import typing
@@ -27,15 +24,15 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
+from compression.artifacts import load_model
 from compression.graph import GraphError
 from compression.int8_qat import Int8ExportUnavailable
 from datasets.errors import DataError
+from deployment.onnx_export import ExportUnavailable
+from nets import helpers as nets_helpers
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
-from compression.artifacts import load_model
-from deployment.onnx_export import ExportUnavailable
 
-NETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nets")
 ARTIFACT_EXPECTED = "a model artifact written by a learner's --*_save_path_eval"
 
 
@@ -50,35 +47,16 @@ USER_ERRORS: tuple = (ToolError, CheckpointError, ConfigError, DataError, GraphE
 
 # -- helpers -----------------------------------------------------------------------------------
 def helper_names() -> list[str]:
-    """Modules ``nets/<net>_at_<dataset>.py`` (not ``*_run.py``) that define a ModelHelper."""
-    names = []
-    for path in sorted(glob.glob(os.path.join(NETS_DIR, "*_at_*.py"))):
-        name = os.path.splitext(os.path.basename(path))[0]
-        if name.endswith("_run"):
-            continue
-        with open(path, encoding="utf-8") as handle:
-            if re.search(r"^class ModelHelper\b", handle.read(), flags=re.MULTILINE):
-                names.append(name)
-    return names
+    """The built-in helpers' names (``nets.helpers``)."""
+    return nets_helpers.helper_names()
 
 
 def resolve_helper(name: str) -> type:
-    """A built-in helper by module name (``resnet_at_digits``) or ``pkg.module:ClassName``."""
-    if ":" in name:
-        module_name, _, class_name = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ToolError(f"--helper={name}: cannot import {module_name} ({exc})") from exc
-        cls = getattr(module, class_name, None)
-        if not isinstance(cls, type):
-            raise ToolError(f"--helper={name}: {module_name} has no class {class_name!r}")
-        return cls
-    valid = helper_names()
-    if name not in valid:
-        raise ToolError(f"unknown helper {name!r}; valid helpers: {', '.join(valid)} "
-                        "(or pkg.module:ClassName for your own)")
-    return importlib.import_module(f"nets.{name}").ModelHelper
+    """A built-in helper by name (``resnet_at_digits``) or ``pkg.module:ClassName``."""
+    try:
+        return nets_helpers.resolve_helper(name)
+    except nets_helpers.UnknownHelper as exc:
+        raise ToolError(str(exc)) from None
 
 
 def _convert(value: str, kind: Any, key: str) -> Any:
