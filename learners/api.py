@@ -15,8 +15,10 @@ the learner's own (unprefixed: ``prune_ratio``, ``weight_bits``, ``preserve_rati
 ``enbl_dst``, ``export_format``, ``report_latency``...) and the data/schedule ones of
 ``nets.module_helper.ModuleConfig`` (``batch_size``, ``lrn_rate_init``, ``epochs``...); an
 unknown option is refused with the list of valid ones. ``start``: a previous ``Result`` (or an
-artifact path) to continue a chain from. The same runner as the command line does the work,
-so the files, checks and report are the same.
+artifact path) to continue a chain from. A ModelHelper can stand for the model and data:
+``compress(MyHelper(cfg), learner=..., full_model="models_eval/model.ckpt", **options)``.
+The same runner as the command line does the work, so the files, checks and report are the
+same.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from learners.config import LearnerConfig
 from learners.launch import locked_run, seed_everything, setup_logging
 from learners.registry import learner_class, learner_configs
 from learners.runner import Runner
+from nets.abstract_model_helper import AbstractModelHelper
 from nets.module_helper import ModuleConfig, ModuleHelper
 from utils.config import ConfigError, flag_fields, from_flag_dict
 from compression.artifacts import load_model as _load_model
@@ -64,34 +67,40 @@ def _option_names(cls: type, prefix: str = "") -> set[str]:
     return {name for name, _, _ in flag_fields(cls, prefix)}
 
 
-def compress(model: nn.Module, train_data, eval_data, learner: str = "chn-pruned-rmt", *,
-             out_dir: str | None = None, start: "Result | str | None" = None,
+def compress(model: "nn.Module | AbstractModelHelper", train_data=None, eval_data=None,
+             learner: str = "chn-pruned-rmt", *, out_dir: str | None = None,
+             start: "Result | str | None" = None, full_model: str | None = None,
              loss_fn: Callable | None = None, spec: dict | None = None, **options: Any) -> Result:
-    """Compress ``model`` with ``learner`` (see the module's docstring); returns a ``Result``."""
+    """Compress ``model`` with ``learner`` (see the module's docstring); returns a ``Result``.
+
+    ``model`` may also be a ModelHelper (your own subclass, or a built-in one): its data, loss
+    and schedule are used, no ``train_data``/``eval_data``; the full model is the artifact at
+    ``full_model`` (default ``<out_dir>/full/model.ckpt``, trained first with ``full-prec``
+    when missing)."""
     learner_class(learner)  # an unknown name lists the valid ones
     own_cls, _ = learner_configs().get(learner, (None, ""))
-    train, batch_size = _dataset(train_data)
-    evaluation, _ = _dataset(eval_data)
     out_dir = out_dir or tempfile.mkdtemp(prefix=f"pocketflow_{learner}_")
-    valid = (_option_names(LearnerConfig) | _option_names(ModuleConfig)
-             | (_option_names(own_cls) if own_cls else set()))
-    valid = {name for name in valid if "save_path" not in name} - {"learner", "exec_mode",
-                                                                    "enbl_multi_gpu", "resume"}
-    unknown = sorted(set(options) - valid)
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for learner {learner!r}; valid: "
-                          f"{', '.join(sorted(valid))}")
-    values = {"batch_size": batch_size, **{k: v for k, v in options.items() if v is not None}}
-    if batch_size is None:
-        values.pop("batch_size")
-    full_path = os.path.join(out_dir, "full", "model.ckpt")
+    is_helper = isinstance(model, AbstractModelHelper)
+    _check_options(options, learner, own_cls, None if is_helper else ModuleConfig)
+    values = {k: v for k, v in options.items() if v is not None}
+    full_path = full_model or os.path.join(out_dir, "full", "model.ckpt")
+    if is_helper:
+        helper, base = model, None
+    else:
+        train, batch_size = _dataset(train_data)
+        evaluation, _ = _dataset(eval_data)
+        if batch_size is not None:
+            values.setdefault("batch_size", batch_size)
+        helper = ModuleHelper(from_flag_dict(ModuleConfig, values), model, train, evaluation,
+                              seed=int(values.get("seed", 0)), loss_fn=loss_fn, spec=spec)
+        base = model if helper.net_spec().get("net") is None else None
+        save_model(full_path, model, helper.net_spec(), {"learner": "full-prec",
+                                                         **helper.describe()})
     paths = {"save_path": os.path.join(out_dir, "full", "ckpt", "model.ckpt"),
              "save_path_eval": full_path, "learner": learner, "log_dir": "",
              "enbl_warm_start": start is not None,
              "warm_start_path": getattr(start, "artifact", start) or ""}
     cfg = from_flag_dict(LearnerConfig, {**values, **paths})
-    helper = ModuleHelper(from_flag_dict(ModuleConfig, values), model, train, evaluation,
-                          seed=cfg.seed, loss_fn=loss_fn, spec=spec)
     own_cfg = None
     if own_cls is not None:
         own_paths = {f.name: _path(out_dir, learner, f) for f in dataclasses.fields(own_cls)
@@ -100,13 +109,26 @@ def compress(model: nn.Module, train_data, eval_data, learner: str = "chn-pruned
     if not logging.getLogger("pocketflow").handlers:
         setup_logging(True)
     seed_everything(cfg.seed)
-    base = model if helper.net_spec().get("net") is None else None
-    save_model(full_path, model, helper.net_spec(), {"learner": "full-prec", **helper.describe()})
     runner = Runner(helper, cfg, base=base)
     chosen = runner.learner(learner, own_cfg)
     report = locked_run(runner, chosen)
     artifact = chosen.ctx.outputs.artifact
     return Result(chosen.load_result(artifact).eval(), report, artifact, out_dir)
+
+
+def _check_options(options: dict, learner: str, own_cls: type | None,
+                   helper_cls: type | None) -> None:
+    """Refuse an option no config of this call has (a helper's own options are set on it)."""
+    valid = _option_names(LearnerConfig) | (_option_names(own_cls) if own_cls else set())
+    if helper_cls is not None:
+        valid |= _option_names(helper_cls)
+    valid = {name for name in valid if "save_path" not in name} - {
+        "learner", "exec_mode", "enbl_multi_gpu", "enbl_warm_start", "warm_start_path"}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        hint = "" if helper_cls is not None else " (data and schedule options are the helper's)"
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for learner {learner!r}{hint}; "
+                          f"valid: {', '.join(sorted(valid))}")
 
 
 def _path(out_dir: str, learner: str, field: dataclasses.Field) -> str:
@@ -117,6 +139,37 @@ def _path(out_dir: str, learner: str, field: dataclasses.Field) -> str:
     return os.path.join(out_dir, learner, sub, os.path.basename(field.default))
 
 
+def evaluate(artifact: str, model: "nn.Module | AbstractModelHelper", eval_data=None,
+             learner: str | None = None, **options: Any) -> dict:
+    """Loss and accuracy of a saved result over the eval set: the helper's, or ``eval_data``
+    for a plain ``model`` (the module the artifact was compressed from, the base of an
+    unregistered class). ``learner``: the one that wrote it (default: from its file; an
+    ExecuTorch ``.pte`` is uniform-tf's int8 program, run by ExecuTorch)."""
+    if learner is None:
+        learner = "uniform-tf" if artifact.endswith(".pte") else \
+            _load_model_meta(artifact).get("learner", "full-prec")
+    own_cls, _ = learner_configs().get(learner, (None, ""))
+    if isinstance(model, AbstractModelHelper):
+        helper, base = model, None
+    else:
+        evaluation, batch_size = _dataset(eval_data)
+        values = {"batch_size_eval": batch_size} if batch_size else {}
+        helper = ModuleHelper(from_flag_dict(ModuleConfig, {**values, **options}), model,
+                              evaluation, evaluation)
+        base = model if helper.net_spec().get("net") is None else None
+    cfg = from_flag_dict(LearnerConfig, {**options, "learner": learner, "exec_mode": "eval",
+                                         "save_path_eval": artifact, "log_dir": ""})
+    own_cfg = from_flag_dict(own_cls, {"save_path_eval": artifact}) if own_cls else None
+    runner = Runner(helper, cfg, base=base)
+    return runner.evaluate(runner.learner(learner, own_cfg))
+
+
+def _load_model_meta(path: str) -> dict:
+    from utils.checkpoint import load_file
+
+    return load_file(path).get("meta") or {}
+
+
 def load_model(path: str, base: nn.Module | None = None) -> nn.Module:
     """The model of an artifact, ready to run (eval mode). ``base``: an instance of the
     original model's class, needed when that class is not a registered net."""
@@ -124,4 +177,4 @@ def load_model(path: str, base: nn.Module | None = None) -> nn.Module:
     return model.eval()
 
 
-__all__ = ["compress", "load_model", "Result", "module_spec"]
+__all__ = ["compress", "evaluate", "load_model", "Result", "module_spec"]

@@ -97,3 +97,22 @@ def tiny_pretrained(tmp_path_factory):
         shutil.copytree(root / "eval", tmp_path / "eval", dirs_exist_ok=True)
 
     return use_pretrained
+
+
+def digits_helper(**options):
+    """The digits ResNet-20 helper at 8x8 with a very short schedule (``options`` override)."""
+    from nets import resnet_at_digits
+
+    return resnet_at_digits.ModelHelper(resnet_at_digits.Config(
+        **{"image_size": 8, "nb_epochs_rat": 0.05, "batch_size": 64, **options}))
+
+
+def compress_digits(tmp_path: Path, use_pretrained, learner: str, helper=None, **options):
+    """``pocketflow_torch.compress`` of the tiny pre-trained digits model (copied to
+    ``tmp_path/eval``) with ``learner``; outputs under ``tmp_path/<learner>``."""
+    import pocketflow_torch as pf
+
+    use_pretrained(tmp_path)
+    return pf.compress(helper or digits_helper(), learner=learner, out_dir=str(tmp_path),
+                       full_model=str(tmp_path / "eval" / "model.ckpt"),
+                       **{"report_latency": False, **options})

@@ -3,6 +3,7 @@ lists, the AMC environment, and end-to-end runs (uniform, list, auto) ending in 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -15,12 +16,10 @@ from compression.channel_selection import choose_layers
 from compression.graph import analyse
 from compression.ratio_list import RatioListError, read_ratio_list, write_ratio_list
 from compression.thinning import thin
-from learners.launch import run
 from learners.rl.channel_env import ChannelEnv
-from nets import resnet_at_digits
 from nets.registry import create_net, list_nets
 from tests.test_compression import INPUT_SIZES, UserNet
-from tests.test_learners import flag_values
+from tests.conftest import compress_digits
 from compression.artifacts import load_model
 from utils.model_stats import count_flops
 
@@ -165,60 +164,50 @@ def test_channel_env_state_budget_and_rewards():
 
 
 # -- the learner end to end ----------------------------------------------------------------
-def channel_values(tmp_path, tiny_pretrained, *extra: str) -> dict:
-    tiny_pretrained(tmp_path)
-    return flag_values(tmp_path, "--learner=channel", "--nb_epochs_rat=0.05", "--image_size=8",
-                       f"--cp_save_path={tmp_path}/cp/model.ckpt",
-                       f"--cp_save_path_eval={tmp_path}/cp_eval/model.ckpt",
-                       f"--cp_save_path_ws={tmp_path}/cp_ws/model.ckpt",
-                       "--cp_nb_batches=2", *extra)
+def channel(tmp_path, tiny_pretrained, **options):
+    """``channel`` through the Python API (outputs under ``tmp_path/channel``)."""
+    return compress_digits(tmp_path, tiny_pretrained, "channel", nb_batches=2, **options)
 
 
-def _check_thinned(values: dict, report: dict) -> dict:
-    saved = json.load(open(values["cp_save_path_eval"].replace("model.ckpt", "report.json")))
-    model, _ = load_model(values["cp_save_path_eval"])
+def _check_thinned(result) -> dict:
+    saved = json.load(open(os.path.join(os.path.dirname(result.artifact), "report.json")))
+    assert saved == result.report
+    model, _ = load_model(result.artifact)
     kept = saved["strategy"]["kept"]
     for name, (count, _) in kept.items():
         assert model.get_submodule(name).weight.shape[1] == count, name
     assert saved["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, saved["onnx"]["max_abs_output"])
-    assert report["flops"]["compressed"] == count_flops(model, (1, 8, 8))
+    assert saved["flops"]["compressed"] == count_flops(model, (1, 8, 8))
     return saved
 
 
 def test_uniform_meets_the_flops_budget_and_thins(tmp_path, tiny_pretrained):
-    values = channel_values(tmp_path, tiny_pretrained, "--cp_prune_option=uniform",
-                            "--cp_preserve_ratio=0.5")
-    report = run(resnet_at_digits.ModelHelper, values)
-    saved = _check_thinned(values, report)
-    ratio = report["flops"]["compressed"] / report["flops"]["full"]
+    saved = _check_thinned(channel(tmp_path, tiny_pretrained, prune_option="uniform",
+                                   preserve_ratio=0.5))
+    ratio = saved["flops"]["compressed"] / saved["flops"]["full"]
     assert 0.49 <= ratio <= 0.5
     assert saved["strategy"]["flops_ratio"] == pytest.approx(ratio)
     assert "conv1" not in saved["strategy"]["kept"] and "fc" not in saved["strategy"]["kept"]
 
 
 def test_list_protocol_keeps_the_listed_fractions_with_quadruple(tmp_path, tiny_pretrained):
-    values = channel_values(tmp_path, tiny_pretrained, "--cp_prune_option=list",
-                            f"--cp_prune_list_file={tmp_path}/ratios.list", "--cp_quadruple",
-                            "--cp_lasso=false", "--cp_list_group=7")
     chosen = choose_layers(analyse(create_net("resnet20", num_classes=10, in_channels=1),
                                    (1, 8, 8)), True, True, [])
     fractions = [0.25 if i % 2 else 0.75 for i in range(len(chosen))]
     (tmp_path / "ratios.list").write_text("\n".join(map(str, fractions)) + "\n")
-    report = run(resnet_at_digits.ModelHelper, values)
-    saved = _check_thinned(values, report)
+    saved = _check_thinned(channel(tmp_path, tiny_pretrained, prune_option="list",
+                                   prune_list_file=f"{tmp_path}/ratios.list", quadruple=True,
+                                   lasso=False, list_group=7))
     for layer, fraction in zip(chosen, fractions):
         count, width = saved["strategy"]["kept"][layer.name]
         assert count == count_at(fraction, width, 4) and count % 4 == 0
 
 
 def test_auto_searches_under_the_budget(tmp_path, tiny_pretrained):
-    values = channel_values(tmp_path, tiny_pretrained, "--cp_prune_option=auto",
-                            "--cp_preserve_ratio=0.6", "--cp_nb_rlouts=3",
-                            "--cp_nb_rlouts_min=2", "--cp_rl_nb_batches=1", "--cp_rerank_ft_steps=2",
-                            "--cp_nb_iters_feval=1", "--cp_rl_ft_steps=1",
-                            "--ddpg_batch_size=8")
-    report = run(resnet_at_digits.ModelHelper, values)
-    saved = _check_thinned(values, report)
+    result = channel(tmp_path, tiny_pretrained, prune_option="auto", preserve_ratio=0.6,
+                     nb_rlouts=3, nb_rlouts_min=2, rl_nb_batches=1, rerank_ft_steps=2,
+                     nb_iters_feval=1, rl_ft_steps=1, ddpg_batch_size=8)
+    saved, report = _check_thinned(result), result.report
     assert len(report["search"]["history"]) == 3
     assert 0.588 <= saved["strategy"]["flops_ratio"] <= 0.6
     assert report["search"]["reward"] == max(report["search"]["history"])
@@ -227,8 +216,7 @@ def test_auto_searches_under_the_budget(tmp_path, tiny_pretrained):
 
 
 def test_bad_list_file_fails_before_any_work(tmp_path, tiny_pretrained):
-    values = channel_values(tmp_path, tiny_pretrained, "--cp_prune_option=list",
-                            f"--cp_prune_list_file={tmp_path}/bad.list")
     (tmp_path / "bad.list").write_text("0.5\n2\n")
     with pytest.raises(RatioListError, match="bad.list:2: ratio 2.0 is outside"):
-        run(resnet_at_digits.ModelHelper, values)
+        channel(tmp_path, tiny_pretrained, prune_option="list",
+                prune_list_file=f"{tmp_path}/bad.list")

@@ -13,11 +13,9 @@ from compression.group_prox import group_prox
 from compression.layer_sampling import layer_weight, normal_equations, patches_and_targets
 from compression.lstsq import reconstruction_error, refit_adam, refit_closed
 from learners.chn_pruned_gpu.learner import CpgConfig
-from learners.launch import run
-from nets import resnet_at_digits
-from tests.test_learners import flag_values
-from utils.config import ConfigError, from_flag_dict
 from compression.artifacts import load_model
+from tests.conftest import compress_digits
+from utils.config import ConfigError, from_flag_dict
 
 
 def _problem(seed: int = 0, informative=(1, 4, 6)):
@@ -91,19 +89,13 @@ def test_bad_options_name_the_flag(field, value):
 
 
 def test_learner_prunes_exact_counts_thins_and_exports(tmp_path, tiny_pretrained):
-    tiny_pretrained(tmp_path)
-    values = flag_values(tmp_path, "--learner=chn-pruned-gpu", "--nb_epochs_rat=0.05",
-                         "--image_size=8", "--cpg_prune_ratio=0.5", "--cpg_nb_smpls=128",
-                         "--cpg_nb_crops_per_smpl=4", "--cpg_nb_iters_pgd=50",
-                         "--cpg_nb_iters_layer=50",
-                         f"--cpg_save_path={tmp_path}/cpg/model.ckpt",
-                         f"--cpg_save_path_eval={tmp_path}/cpg_eval/model.ckpt",
-                         f"--cpg_save_path_ws={tmp_path}/cpg_ws/model.ckpt")
-    report = run(resnet_at_digits.ModelHelper, values)
-    saved = json.load(open(tmp_path / "cpg_eval" / "report.json"))
+    result = compress_digits(tmp_path, tiny_pretrained, "chn-pruned-gpu", prune_ratio=0.5,
+                             nb_smpls=128, nb_crops_per_smpl=4, nb_iters_pgd=50, nb_iters_layer=50)
+    report = result.report
+    saved = json.load(open(tmp_path / "chn-pruned-gpu" / "report.json"))
     assert saved["learner"] == "chn-pruned-gpu"
-    model, _ = load_model(values["cpg_save_path_eval"])
-    full, _ = load_model(values["save_path_eval"])
+    model, _ = load_model(result.artifact)
+    full, _ = load_model(str(tmp_path / "eval" / "model.ckpt"))
     selected = {record["layer"]: record for record in saved["selection"]}
     assert "conv1" not in selected and "fc" not in selected       # head and tail skipped
     assert len(selected) == 20                                    # 18 + 2 shortcut convs

@@ -9,18 +9,16 @@ import pytest
 import torch
 from torch import nn
 
+from compression.artifacts import load_model
 from compression.graph import analyse
 from compression.thinning import GatherLinear
 from learners.dis_chn_pruned.dcp import DcpObjective, greedy_channels, layer_blocks
 from learners.dis_chn_pruned.heads import StageTaps, build_heads, head_points
 from learners.dis_chn_pruned.learner import DcpConfig
-from learners.launch import run
-from nets import resnet_at_digits
 from nets.registry import create_net, list_nets
+from tests.conftest import compress_digits
 from tests.test_compression import INPUT_SIZES
-from tests.test_learners import flag_values
 from utils.config import ConfigError, from_flag_dict
-from compression.artifacts import load_model
 
 
 @pytest.mark.parametrize("name", list_nets())
@@ -86,17 +84,12 @@ def test_bad_options_name_the_flag(field, value):
 
 
 def test_learner_keeps_exact_counts_and_exports_no_heads(tmp_path, tiny_pretrained):
-    tiny_pretrained(tmp_path)
-    values = flag_values(tmp_path, "--learner=dis-chn-pruned", "--nb_epochs_rat=0.05",
-                         "--image_size=8", "--dcp_prune_ratio=0.5", "--dcp_nb_iters_block=3",
-                         "--dcp_nb_iters_layer=2", "--dcp_nb_batches=2",
-                         f"--dcp_save_path={tmp_path}/dcp/model.ckpt",
-                         f"--dcp_save_path_eval={tmp_path}/dcp_eval/model.ckpt",
-                         f"--dcp_save_path_ws={tmp_path}/dcp_ws/model.ckpt")
-    report = run(resnet_at_digits.ModelHelper, values)
-    saved = json.load(open(tmp_path / "dcp_eval" / "report.json"))
-    model, artifact = load_model(values["dcp_save_path_eval"])
-    full, _ = load_model(values["save_path_eval"])
+    result = compress_digits(tmp_path, tiny_pretrained, "dis-chn-pruned", prune_ratio=0.5,
+                             nb_iters_block=3, nb_iters_layer=2, nb_batches=2)
+    report = result.report
+    saved = json.load(open(tmp_path / "dis-chn-pruned" / "report.json"))
+    model, artifact = load_model(result.artifact)
+    full, _ = load_model(str(tmp_path / "eval" / "model.ckpt"))
     selected = {record["layer"]: record for record in saved["selection"]}
     assert len(selected) == 21 and "conv1" not in selected        # first layer skipped
     assert {r["block"] for r in selected.values()} == {0, 1, 2, 3}

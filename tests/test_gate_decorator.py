@@ -17,6 +17,7 @@ from compression.thinning import thin
 from learners.launch import run
 from nets import resnet_at_digits
 from nets.registry import build_from_spec, net_spec
+from tests.conftest import digits_helper
 from tests.test_learners import flag_values
 from utils.config import ConfigError
 from utils.lrn_rate import TriangularLr
@@ -167,24 +168,26 @@ def test_triangular_lr_rises_then_falls():
     assert lr(100) == pytest.approx(1e-3)
 
 
-def gd_values(tmp_path, *extra: str) -> dict:
-    return flag_values(tmp_path, "--learner=gate-decorator", "--nb_epochs_rat=0.05",
-                       "--image_size=8", "--gd_tick_nb_batches=2", "--gd_t=3", "--gd_p=0.05",
-                       "--gd_tock_epoch=0.1",
-                       f"--gd_save_path={tmp_path}/gd/model.ckpt",
-                       f"--gd_save_path_eval={tmp_path}/gd_eval/model.ckpt", *extra)
+def gd(tmp_path, **options):
+    """gate-decorator through the Python API; the full model is trained first into
+    ``tmp_path/full`` (outputs under ``tmp_path/gate-decorator``)."""
+    import pocketflow_torch as pf
+
+    return pf.compress(digits_helper(), learner="gate-decorator", out_dir=str(tmp_path),
+                       **{"report_latency": False, "tick_nb_batches": 2, "t": 3, "p": 0.05,
+                          "tock_epoch": 0.1, **options})
 
 
 @pytest.fixture(scope="module")
 def gd_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("gd")
-    values = gd_values(tmp_path)
-    return tmp_path, values, run(resnet_at_digits.ModelHelper, values)
+    result = gd(tmp_path)
+    return tmp_path, result, result.report
 
 
 def test_learner_reaches_the_flops_target_with_a_thinned_artifact(gd_run):
-    tmp_path, values, report = gd_run
-    saved = json.load(open(tmp_path / "gd_eval" / "report.json"))
+    tmp_path, result, report = gd_run
+    saved = json.load(open(tmp_path / "gate-decorator" / "report.json"))
     ratio = saved["flops"]["compressed"] / saved["flops"]["full"]
     assert 0.45 <= ratio <= 0.5
     assert saved["gate_decorator"]["flops_ratio"] == pytest.approx(ratio)
@@ -197,7 +200,7 @@ def test_learner_reaches_the_flops_target_with_a_thinned_artifact(gd_run):
     assert saved["accuracy"]["compressed_before_finetune"] == pytest.approx(saved["accuracy"]["gated"])
     # only block-inner channels shrink: the residual width (e.g. layer1.0.conv1's input) stays
     assert all(name.endswith("conv2") for name in saved["kept_channels"])
-    model, _ = load_model(values["gd_save_path_eval"])
+    model, _ = load_model(result.artifact)
     assert sum(p.numel() for p in model.parameters()) == saved["params"]["compressed"]
     assert model.layer1[0].conv1.in_channels == 16
     assert saved["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, saved["onnx"]["max_abs_output"])
@@ -205,26 +208,29 @@ def test_learner_reaches_the_flops_target_with_a_thinned_artifact(gd_run):
 
 
 def test_resume_continues_the_finetuning_of_the_thinned_model(gd_run):
-    tmp_path, values, report = gd_run
-    resumed = run(resnet_at_digits.ModelHelper, {
-        **values, "resume": True, "gd_save_path_eval": str(tmp_path / "resumed" / "m.ckpt")})
+    tmp_path, _, report = gd_run
+    resumed = gd(tmp_path, resume=True).report
     assert "tock0" not in resumed["wall_s"]                 # no new tick-tock
     assert resumed["params"]["compressed"] == report["params"]["compressed"]
     assert resumed["accuracy"]["compressed"] == pytest.approx(report["accuracy"]["compressed"])
 
 
 def test_unreachable_target_names_the_reachable_ratio(gd_run):
-    tmp_path, values, _ = gd_run
-    with pytest.raises(ConfigError, match=r"cannot be reached.*keeps 0\.\d+ of its FLOPs"):
-        run(resnet_at_digits.ModelHelper, {**values, "gd_preserve_ratio": 0.05,
-                                          "gd_save_path_eval": str(tmp_path / "x" / "m.ckpt")})
+    tmp_path, _, _ = gd_run
+    with pytest.raises(ConfigError, match=r"^--preserve_ratio=0\.05 cannot be reached.*keeps "
+                                          r"0\.\d+ of its FLOPs"):
+        gd(tmp_path / "x", full_model=str(tmp_path / "full" / "model.ckpt"), preserve_ratio=0.05)
+    assert not (tmp_path / "x" / "gate-decorator" / "model.ckpt").exists()
 
 
-@pytest.mark.parametrize("flag, value", [("gd_preserve_ratio", 0.0), ("gd_preserve_ratio", 1.5),
-                                         ("gd_p", 0.0), ("gd_t", 0), ("gd_lr_min", 1.0)])
-def test_bad_options_are_refused(tmp_path, flag, value):
-    with pytest.raises(ConfigError, match=flag):
-        run(resnet_at_digits.ModelHelper, {**gd_values(tmp_path), flag: value})
+@pytest.mark.parametrize("option, value", [("preserve_ratio", 0.0), ("preserve_ratio", 1.5),
+                                           ("p", 0.0), ("t", 0), ("lr_min", 1.0)])
+def test_bad_options_are_refused(tmp_path, option, value):
+    with pytest.raises(ConfigError, match=f"^--{option}: "):
+        gd(tmp_path, **{option: value})
+    flags_of = flag_values(tmp_path, "--learner=gate-decorator", f"--gd_{option}={value}")
+    with pytest.raises(ConfigError, match=f"^--gd_{option}: "):          # on the command line
+        run(resnet_at_digits.ModelHelper, flags_of)
 
 
 @pytest.mark.slow
@@ -245,10 +251,9 @@ def test_digits_half_flops_loses_at_most_one_point(tmp_path):
 def test_resume_after_the_tick_tock_rounds_skips_them(gd_run):
     """The gated model is saved after every round: a run interrupted after the last one
     resumes with the same gates (no new round) and melts them into the same thinned model."""
-    tmp_path, values, report = gd_run
-    os.remove(values["gd_save_path"])                       # only ticktock.pt is left
-    resumed = run(resnet_at_digits.ModelHelper, {
-        **values, "resume": True, "gd_save_path_eval": str(tmp_path / "resumed2" / "m.ckpt")})
+    tmp_path, _, report = gd_run
+    os.remove(tmp_path / "gate-decorator" / "ckpt" / "model.ckpt")   # only ticktock.pt is left
+    resumed = gd(tmp_path, resume=True).report
     assert resumed["gate_decorator"]["rounds"] == []
     assert resumed["kept_channels"] == report["kept_channels"]
     assert resumed["accuracy"]["gated"] == pytest.approx(report["accuracy"]["gated"])

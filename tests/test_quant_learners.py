@@ -8,23 +8,14 @@ import random
 import pytest
 import torch
 
-from learners.launch import run
+import pocketflow_torch as pf
+from compression.artifacts import load_model
 from learners.quant.bits_env import allocate_bits
 from learners.quant.config import NuqlConfig, UqlConfig
-from nets import resnet_at_digits
-from tests.test_learners import flag_values
+from tests.conftest import compress_digits, digits_helper
 from utils.config import ConfigError, from_flag_dict
-from compression.artifacts import load_model
 
 QUANTIZED = ["layer1.0.conv1", "layer2.0.conv1", "layer3.2.conv2"]
-
-
-def quant_values(tmp_path, tiny_pretrained, learner: str, *extra: str) -> dict:
-    tiny_pretrained(tmp_path)
-    prefix = {"uniform": "uql", "non-uniform": "nuql"}[learner]
-    return flag_values(tmp_path, f"--learner={learner}", "--nb_epochs_rat=0.05", "--image_size=8",
-                       f"--{prefix}_save_path={tmp_path}/q/model.ckpt",
-                       f"--{prefix}_save_path_eval={tmp_path}/q_eval/model.ckpt", *extra)
 
 
 def distinct_per_channel(weight: torch.Tensor) -> int:
@@ -34,20 +25,19 @@ def distinct_per_channel(weight: torch.Tensor) -> int:
 @pytest.mark.parametrize("learner,bits", [("uniform", 4), ("non-uniform", 3)])
 def test_fixed_bits_quantize_the_middle_layers_and_round_trip(tmp_path, tiny_pretrained,
                                                               learner, bits):
-    prefix = {"uniform": "uql", "non-uniform": "nuql"}[learner]
-    values = quant_values(tmp_path, tiny_pretrained, learner, f"--{prefix}_weight_bits={bits}")
-    report = run(resnet_at_digits.ModelHelper, values)
-    saved = json.load(open(tmp_path / "q_eval" / "report.json"))
+    result = compress_digits(tmp_path, tiny_pretrained, learner, weight_bits=bits)
+    report = result.report
+    saved = json.load(open(tmp_path / learner / "report.json"))
     quant = saved["quantization"]
     assert "conv1" not in quant["bits"] and "fc" not in quant["bits"]   # first/last stay fp32
     assert set(quant["bits"].values()) == {bits} and len(quant["bits"]) == 20
     assert quant["file"]["round_trip_exact"] is True
     # the packed file is written before the artifact: it is this run's and stays listed
-    assert sorted(saved["files"]) == sorted([values[f"{prefix}_save_path_eval"], quant["file"]["path"],
+    assert sorted(saved["files"]) == sorted([result.artifact, quant["file"]["path"],
                                              saved["onnx"]["path"]])
     assert all(os.path.getsize(p) == f["bytes"] for p, f in saved["files"].items())
     assert saved["bytes_on_disk"]["compressed"] < 0.3 * saved["bytes_on_disk"]["full"]
-    model, _ = load_model(values[f"{prefix}_save_path_eval"])
+    model, _ = load_model(result.artifact)
     for name in QUANTIZED:       # at most 2^bits values per channel (one range or codebook)
         assert distinct_per_channel(model.get_submodule(name).weight) <= 2 ** bits, name
     assert distinct_per_channel(model.fc.weight) > 2 ** bits             # untouched
@@ -56,23 +46,21 @@ def test_fixed_bits_quantize_the_middle_layers_and_round_trip(tmp_path, tiny_pre
 
 
 def test_activation_bits_travel_with_the_artifact(tmp_path, tiny_pretrained):
-    values = quant_values(tmp_path, tiny_pretrained, "uniform", "--uql_activation_bits=4")
-    report = run(resnet_at_digits.ModelHelper, values)
-    model, saved = load_model(values["uql_save_path_eval"])   # rebuilt with its quantizers
+    result = compress_digits(tmp_path, tiny_pretrained, "uniform", activation_bits=4)
+    report = result.report
+    model, saved = load_model(result.artifact)   # rebuilt with its quantizers
     assert saved["spec"]["transforms"][-1]["type"] == "act_quant"
     quantizer = model.layer1[0].conv1.activation_quantizer
     assert quantizer.bits == 4 and bool(quantizer.initialized)
-    again = run(resnet_at_digits.ModelHelper, {**values, "exec_mode": "eval"})
+    again = pf.evaluate(result.artifact, digits_helper())
     assert again["accuracy"] == pytest.approx(report["accuracy"]["compressed"])
 
 
 def test_rl_bits_respect_the_budget(tmp_path, tiny_pretrained):
-    values = quant_values(tmp_path, tiny_pretrained, "uniform", "--uql_enbl_rl_agent",
-                          "--uql_equivalent_bits=3", "--uql_w_bit_min=2", "--uql_w_bit_max=6",
-                          "--uql_nb_rlouts=3", "--uql_nb_rlouts_min=2",
-                          "--uql_tune_global_steps=2", "--uql_nb_iters_feval=1",
-                          "--ddpg_batch_size=8")
-    report = run(resnet_at_digits.ModelHelper, values)
+    report = compress_digits(tmp_path, tiny_pretrained, "uniform", enbl_rl_agent=True,
+                             equivalent_bits=3, w_bit_min=2, w_bit_max=6, nb_rlouts=3,
+                             nb_rlouts_min=2, tune_global_steps=2, nb_iters_feval=1,
+                             ddpg_batch_size=8).report
     bits = report["quantization"]["bits"]
     sizes = report["quantization"]["sizes"]["layers"]
     used = sum(b * sizes[n]["numel"] for n, b in bits.items())
@@ -133,11 +121,9 @@ def test_non_uniform_flags_are_checked_too():
 
 def test_uniform_tf_ends_in_a_real_int8_program(tmp_path, tiny_pretrained):
     pytest.importorskip("executorch")
-    tiny_pretrained(tmp_path)
-    values = flag_values(tmp_path, "--learner=uniform-tf", "--nb_epochs_rat=0.05", "--image_size=8",
-                         f"--uqtf_save_path={tmp_path}/q/model.ckpt",
-                         f"--uqtf_save_path_eval={tmp_path}/q_eval/model.pte", "--export_format=none")
-    report = run(resnet_at_digits.ModelHelper, values)
+    result = compress_digits(tmp_path, tiny_pretrained, "uniform-tf", export_format="none")
+    report = result.report
+    assert result.artifact.endswith(".pte")
     int8 = report["int8"]
     assert int8["bytes"] < 0.35 * int8["fp32_bytes"]                   # int8 weights
     # XNNPACK's integer requantization vs the float reference: flips of one step add up over
@@ -146,5 +132,5 @@ def test_uniform_tf_ends_in_a_real_int8_program(tmp_path, tiny_pretrained):
     assert int8["within_one_step_of_converted"] >= 0.85
     # the int8 program classifies like the QAT model it came from (359 test images)
     assert abs(report["accuracy"]["compressed"] - report["accuracy_qat"]) <= 0.02
-    again = run(resnet_at_digits.ModelHelper, {**values, "exec_mode": "eval"})
+    again = pf.evaluate(result.artifact, digits_helper())   # run by ExecuTorch
     assert again["accuracy"] == pytest.approx(report["accuracy"]["compressed"])

@@ -4,6 +4,7 @@ measurements, and the bad inputs of those options."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from compression.graph import analyse
 from learners.launch import run
 from nets import resnet_at_digits
 from nets.registry import create_net
+from tests.conftest import compress_digits
 from tests.test_learners import flag_values
 from utils.config import ConfigError
 from compression.artifacts import load_model
@@ -38,11 +40,24 @@ def values_for(prefix: str, tmp_path, tiny_pretrained, *extra: str) -> dict:
                        *[flag.format(p=prefix) for flag in extra])
 
 
-def _saved(values: dict, prefix: str) -> tuple[dict, torch.nn.Module]:
-    path = values[f"{prefix}_save_path_eval"]
-    with open(path.replace("model.ckpt", "report.json")) as handle:
+LEARNERS = {"cpr": "chn-pruned-rmt", "dcp": "dis-chn-pruned"}
+OWN_OPTIONS = {"cpr": {"nb_smpls": 64},
+               "dcp": {"nb_iters_block": 2, "nb_iters_layer": 1, "nb_batches": 2}}
+SEARCH_OPTIONS = dict(nb_rlouts=3, nb_rlouts_min=2, rl_nb_batches=1, rerank_ft_steps=2,
+                      nb_iters_feval=1, ddpg_batch_size=8)
+
+
+def compress(prefix: str, tmp_path, tiny_pretrained, **options):
+    """chn-pruned-rmt or dis-chn-pruned through the Python API."""
+    return compress_digits(tmp_path, tiny_pretrained, LEARNERS[prefix],
+                           **{**OWN_OPTIONS[prefix], **options})
+
+
+def _saved(result) -> tuple[dict, torch.nn.Module]:
+    with open(os.path.join(os.path.dirname(result.artifact), "report.json")) as handle:
         report = json.load(handle)
-    model, _ = load_model(path)
+    assert report == result.report
+    model, _ = load_model(result.artifact)
     return report, model
 
 
@@ -56,10 +71,10 @@ def _resnet20():
 # -- the learners end to end -------------------------------------------------------------------
 @pytest.mark.parametrize("prefix", ["cpr", "dcp"])
 def test_optimal_search_meets_the_flops_budget_and_thins(prefix, tmp_path, tiny_pretrained):
-    values = values_for(prefix, tmp_path, tiny_pretrained, "--{p}_prune_ratio_prtl=optimal",
-                        "--{p}_preserve_ratio=0.5", *SEARCH)
-    report = run(resnet_at_digits.ModelHelper, values)
-    saved, model = _saved(values, prefix)
+    result = compress(prefix, tmp_path, tiny_pretrained, prune_ratio_prtl="optimal",
+                      preserve_ratio=0.5, **SEARCH_OPTIONS)
+    report = result.report
+    saved, model = _saved(result)
     assert len(report["search"]["history"]) == 3
     assert report["search"]["reward"] == max(report["search"]["history"])
     strategy = saved["strategy"]
@@ -73,9 +88,7 @@ def test_optimal_search_meets_the_flops_budget_and_thins(prefix, tmp_path, tiny_
 
 
 def test_uniform_without_a_budget_keeps_pocketflows_counts(tmp_path, tiny_pretrained):
-    values = values_for("cpr", tmp_path, tiny_pretrained, "--cpr_prune_ratio=0.25")
-    run(resnet_at_digits.ModelHelper, values)
-    saved, _ = _saved(values, "cpr")
+    saved, _ = _saved(compress("cpr", tmp_path, tiny_pretrained, prune_ratio=0.25))
     _, _, chosen, _ = _resnet20()
     expected = counts_for_ratios(chosen, {layer.name: 0.25 for layer in chosen})
     assert {name: kept for name, (kept, _) in saved["strategy"]["kept"].items()} == expected
@@ -83,11 +96,8 @@ def test_uniform_without_a_budget_keeps_pocketflows_counts(tmp_path, tiny_pretra
 
 
 def test_uniform_under_a_flops_budget_and_rerank_keeps_the_best(tmp_path, tiny_pretrained):
-    values = values_for("cpr", tmp_path, tiny_pretrained, "--cpr_prune_ratio_prtl=optimal",
-                        "--cpr_preserve_ratio=0.6", "--cpr_nb_rerank=2",
-                        "--cpr_rerank_ft_steps=2", *SEARCH)
-    run(resnet_at_digits.ModelHelper, values)
-    saved, _ = _saved(values, "cpr")
+    saved, _ = _saved(compress("cpr", tmp_path, tiny_pretrained, prune_ratio_prtl="optimal",
+                               preserve_ratio=0.6, nb_rerank=2, **SEARCH_OPTIONS))
     rerank = saved["strategy"]["rerank"]
     assert 2 <= len(rerank["candidates"]) <= 3                       # uniform + the search's best
     assert sum(c["uniform"] for c in rerank["candidates"]) == 1
@@ -100,10 +110,8 @@ def test_list_protocol_reads_kept_fractions(tmp_path, tiny_pretrained):
     _, _, chosen, _ = _resnet20()
     path = tmp_path / "kept.list"
     path.write_text("".join(f"{layer.name} 0.5\n" for layer in chosen))
-    values = values_for("cpr", tmp_path, tiny_pretrained, "--cpr_prune_ratio_prtl=list",
-                        f"--cpr_prune_list_file={path}", "--cpr_channel_multiple=4")
-    run(resnet_at_digits.ModelHelper, values)
-    saved, _ = _saved(values, "cpr")
+    saved, _ = _saved(compress("cpr", tmp_path, tiny_pretrained, prune_ratio_prtl="list",
+                               prune_list_file=str(path), channel_multiple=4))
     for layer in chosen:
         kept, width = saved["strategy"]["kept"][layer.name]
         assert kept == max(4, width // 2) and kept % 4 == 0
@@ -120,10 +128,10 @@ def test_latency_budget_is_settled_on_measurements(tmp_path, tiny_pretrained, mo
         return 0.5 + 0.5 * count_flops(candidate, shape) / count_flops(full, shape)
 
     monkeypatch.setattr(strategy_module, "measured_ratio", fake_ratio)
-    values = values_for("cpr", tmp_path, tiny_pretrained, "--cpr_budget_type=latency",
-                        "--cpr_preserve_ratio=0.8", "--cpr_min_preserve_ratio=0.25")
-    report = run(resnet_at_digits.ModelHelper, values)
-    saved, model = _saved(values, "cpr")
+    result = compress("cpr", tmp_path, tiny_pretrained, budget_type="latency", preserve_ratio=0.8,
+                      min_preserve_ratio=0.25)
+    report = result.report
+    saved, model = _saved(result)
     latency = saved["strategy"]["latency"]
     assert 1 <= len(latency["trials"]) <= 4 and latency["batch"] == 1
     assert latency["within_tolerance"] and abs(latency["measured_ratio"] - 0.8) <= 0.04

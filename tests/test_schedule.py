@@ -16,12 +16,10 @@ from compression.schedule.policy import load_policy
 from compression.schedule.pruners import agp_sparsity
 from compression.schedule.scheduler import CompressionScheduler
 from compression.thinning import thin
-from learners.launch import run
 from learners.schedule.learner import _bake_masks
-from nets import resnet_at_digits
 from nets.registry import build_from_spec, net_spec
 from tests.conftest import finish, start_entry
-from tests.test_learners import flag_values
+from tests.conftest import compress_digits, digits_helper
 from compression.quant_format import load_quantized_model
 from utils.config import ConfigError
 from compression.artifacts import load_model
@@ -65,12 +63,10 @@ def test_lr_schedules_match_torch_epoch_by_epoch(tmp_path, cls, keys, torch_cls)
     assert segment.nb_iters == 12 and segment(0) == schedule(12) and segment(11) == schedule(23)
 
 
-def sch_values(tmp_path, pretrained, policy, *extra: str) -> dict:
-    pretrained(tmp_path)
-    return flag_values(tmp_path, "--learner=schedule", f"--compress={policy}", "--image_size=8",
-                       "--batch_size=32", "--save_step=10", "--sch_epoch_iters=2",
-                       f"--sch_save_path={tmp_path}/sch/model.ckpt",
-                       f"--sch_save_path_eval={tmp_path}/sch_eval/model.ckpt", *extra)
+def sch(tmp_path, pretrained, policy, **options):
+    """The schedule learner through the Python API (outputs under ``tmp_path/schedule``)."""
+    return compress_digits(tmp_path, pretrained, "schedule", helper=digits_helper(batch_size=32),
+                           compress=str(policy), **{"save_step": 10, "epoch_iters": 2, **options})
 
 
 def test_agp_run_reaches_exact_sparsity_in_the_artifact(tmp_path, tiny_pretrained, one_thread):
@@ -87,9 +83,9 @@ policies:
     starting_epoch: 0
     ending_epoch: 2
 """)
-    values = sch_values(tmp_path, tiny_pretrained, policy, "--sch_nb_epochs=4")
-    report = run(resnet_at_digits.ModelHelper, values)
-    model, saved = load_model(values["sch_save_path_eval"])
+    result = sch(tmp_path, tiny_pretrained, policy, nb_epochs=4)
+    report = result.report
+    model, saved = load_model(result.artifact)
     assert saved["meta"]["produces"] == ["sparse"]
     for weight in AGP_WEIGHTS:
         layer = weight[: -len(".weight")]
@@ -136,35 +132,36 @@ def test_structured_masked_model_equals_the_thinned_one():
 
 
 def test_filters_run_thins_and_resumes(tmp_path, tiny_pretrained, one_thread):
-    values = sch_values(tmp_path, tiny_pretrained, POLICIES / "resnet20_digits_filters.yaml",
-                        "--sch_epoch_iters=1")
-    report = run(resnet_at_digits.ModelHelper, values)
+    options = {"epoch_iters": 1}
+    result = sch(tmp_path, tiny_pretrained, POLICIES / "resnet20_digits_filters.yaml", **options)
+    report = result.report
     assert report["thinning"]["max_abs_diff"] <= 1e-5
     assert report["params"]["compressed"] < 0.6 * report["params"]["full"]
     assert report["kept_channels"]["layer2.1.conv2"] == [16, 32]
     assert report["accuracy"]["compressed_before_finetune"] is not None
-    model, saved = load_model(values["sch_save_path_eval"])
+    model, saved = load_model(result.artifact)
     assert saved["meta"]["produces"] == ["thinned"]
     assert tuple(model.layer2.get_submodule("1").conv1.weight.shape) == (16, 32, 3, 3)
-    again = run(resnet_at_digits.ModelHelper, {**values, "resume": True})  # from the final checkpoint
+    again = sch(tmp_path, tiny_pretrained, POLICIES / "resnet20_digits_filters.yaml", resume=True,
+                **options).report  # from the final checkpoint
     assert again["accuracy"]["compressed"] == report["accuracy"]["compressed"]
     assert again["params"]["compressed"] == report["params"]["compressed"]
 
 
 @pytest.mark.parametrize("name", ["dorefa", "pact"])
 def test_quantized_artifact_reloads_with_16_levels(tmp_path, tiny_pretrained, one_thread, name):
-    values = sch_values(tmp_path, tiny_pretrained, POLICIES / f"resnet20_digits_{name}_w4a4.yaml",
-                        "--sch_epoch_iters=1", "--export_format=none")
-    report = run(resnet_at_digits.ModelHelper, values)
+    result = sch(tmp_path, tiny_pretrained, POLICIES / f"resnet20_digits_{name}_w4a4.yaml",
+                 epoch_iters=1, export_format="none")
+    report = result.report
     (info,) = report["quantization"]
     assert info["method"] == name and info["weight_bits"] == 4 and info["activation_bits"] == 4
-    model, saved = load_model(values["sch_save_path_eval"])
+    model, saved = load_model(result.artifact)
     assert saved["meta"]["produces"] == ["quantized"]
     for layer in info["weight_layers"]:
         assert torch.unique(model.get_submodule(layer).weight).numel() <= 16, layer
     assert torch.unique(model.conv1.weight).numel() > 16  # the stem stays full precision
     reference = copy.deepcopy(model)
-    reloaded, _ = load_model(values["sch_save_path_eval"])
+    reloaded, _ = load_model(result.artifact)
     inputs = torch.rand(8, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(reloaded.eval()(inputs), reference.eval()(inputs))
@@ -276,17 +273,17 @@ policies:
     starting_epoch: 2
     ending_epoch: 3
 """)
-    values = sch_values(tmp_path, tiny_pretrained, policy, "--export_format=none")
-    report = run(resnet_at_digits.ModelHelper, values)
+    result = sch(tmp_path, tiny_pretrained, policy, export_format="none")
+    report = result.report
     assert report["thinning"]["epoch"] == 1 and report["thinning"]["max_abs_diff"] <= 1e-5
     assert report["kept_channels"] == {"layer1.0.conv2": [8, 16], "layer3.1.conv2": [48, 64]}
     assert report["sparsity"]["layers"]["fc"]["zeros"] == round(0.5 * 640)
-    model, saved = load_model(values["sch_save_path_eval"])
+    model, saved = load_model(result.artifact)
     assert saved["meta"]["produces"] == ["quantized", "sparse", "thinned"]
     assert int((model.fc.weight == 0).sum()) == 320
-    again = run(resnet_at_digits.ModelHelper, {**values, "resume": True})
+    again = sch(tmp_path, tiny_pretrained, policy, export_format="none", resume=True).report
     assert again["accuracy"]["compressed"] == report["accuracy"]["compressed"]
-    resumed, _ = load_model(values["sch_save_path_eval"])
+    resumed, _ = load_model(result.artifact)
     for key, value in model.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
 
@@ -310,4 +307,4 @@ policies:
     with pytest.raises(ConfigError, match=rf"{policy}:6:\d+: quantizers\.q: the quantizer would "
                                           r"quantize weights an AutomatedGradualPruner masks "
                                           r"\(layer1\.0\.conv1\)"):
-        run(resnet_at_digits.ModelHelper, sch_values(tmp_path, tiny_pretrained, policy))
+        sch(tmp_path, tiny_pretrained, policy)

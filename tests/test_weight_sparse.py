@@ -8,14 +8,15 @@ import pytest
 import torch
 from absl import flags
 
+from compression.artifacts import load_model
 from compression.masks import maskable_layers
 from compression.sparse_format import load_sparse_model
 from learners.launch import run
 from learners.weight_sparse.config import WsConfig
 from nets import resnet_at_digits
+from tests.conftest import compress_digits
 from tests.test_learners import flag_values
 from utils.config import ConfigError, from_flag_dict
-from compression.artifacts import load_model
 
 
 @pytest.fixture
@@ -23,11 +24,9 @@ def pretrained(tiny_pretrained):
     return tiny_pretrained
 
 
-def ws_values(tmp_path, pretrained, *extra: str) -> dict:
-    pretrained(tmp_path)
-    return flag_values(tmp_path, "--learner=weight-sparse", "--nb_epochs_rat=0.05",
-                       "--image_size=8", f"--ws_save_path={tmp_path}/ws/model.ckpt",
-                       f"--ws_save_path_eval={tmp_path}/ws_eval/model.ckpt", *extra)
+def ws(tmp_path, pretrained, **options):
+    """weight-sparse through the Python API; outputs under ``tmp_path/weight-sparse``."""
+    return compress_digits(tmp_path, pretrained, "weight-sparse", **options)
 
 
 def sizes(model) -> dict[str, int]:
@@ -38,16 +37,16 @@ def sizes(model) -> dict[str, int]:
 def uniform_run(tmp_path_factory, tiny_pretrained):
     pretrained = tiny_pretrained
     tmp_path = tmp_path_factory.mktemp("ws")
-    values = ws_values(tmp_path, pretrained, "--ws_prune_ratio=0.9",
-                       "--ws_prune_ratio_prtl=uniform", "--save_step=10")
-    return tmp_path, values, run(resnet_at_digits.ModelHelper, values)
+    options = dict(prune_ratio=0.9, prune_ratio_prtl="uniform", save_step=10)
+    return tmp_path, options, ws(tmp_path, pretrained, **options)
 
 
 def test_uniform_is_exact_per_layer_and_files_round_trip(uniform_run):
-    tmp_path, values, report = uniform_run
-    saved = json.load(open(tmp_path / "ws_eval" / "report.json"))
+    tmp_path, _, result = uniform_run
+    saved = json.load(open(tmp_path / "weight-sparse" / "report.json"))
+    assert saved == result.report
     assert saved["learner"] == "weight-sparse"
-    model, _ = load_model(values["ws_save_path_eval"])           # a plain dense model
+    model, _ = load_model(result.artifact)           # a plain dense model
     for name, numel in sizes(model).items():
         zeros = int((model.get_submodule(name).weight == 0).sum())
         assert zeros == round(0.9 * numel), name
@@ -70,17 +69,16 @@ def test_uniform_is_exact_per_layer_and_files_round_trip(uniform_run):
 def test_resume_after_the_end_keeps_the_masks(uniform_run, tmp_path):
     """A run resumed from its final checkpoint trains no further and reproduces the sparse
     model: the masks came back with the checkpoint."""
-    run_dir, values, report = uniform_run
-    again = run(resnet_at_digits.ModelHelper, {**values, "resume": True})
-    assert again["accuracy"]["compressed"] == report["accuracy"]["compressed"]
-    assert again["sparsity"]["layers"] == report["sparsity"]["layers"]
+    run_dir, options, result = uniform_run
+    again = ws(run_dir, lambda _: None, resume=True, **options).report
+    assert again["accuracy"]["compressed"] == result.report["accuracy"]["compressed"]
+    assert again["sparsity"]["layers"] == result.report["sparsity"]["layers"]
 
 
 @pytest.mark.parametrize("protocol,schedule", [("heurist", "oneshot"), ("global", "agp")])
 def test_overall_sparsity_is_exact(tmp_path, pretrained, protocol, schedule):
-    report = run(resnet_at_digits.ModelHelper, ws_values(
-        tmp_path, pretrained, "--ws_prune_ratio=0.75", f"--ws_prune_ratio_prtl={protocol}",
-        f"--ws_schedule={schedule}"))
+    report = ws(tmp_path, pretrained, prune_ratio=0.75, prune_ratio_prtl=protocol,
+                schedule=schedule).report
     sparsity = report["sparsity"]
     assert sparsity["zeros"] == round(0.75 * sparsity["numel"])
     if protocol == "heurist":                    # bigger layers lose more (ratio ~ log size)
@@ -97,19 +95,17 @@ def test_list_protocol_prunes_the_listed_fractions(tmp_path, pretrained):
     names = list(maskable_layers(create_net("resnet20", num_classes=10, in_channels=1)))
     ratios = {name: (0.3 if i % 2 else 0.8) for i, name in enumerate(names)}
     write_ratio_list(str(tmp_path / "ws.list"), ratios, "fraction of weights pruned")
-    report = run(resnet_at_digits.ModelHelper, ws_values(
-        tmp_path, pretrained, "--ws_prune_ratio_prtl=list", "--ws_schedule=oneshot",
-        f"--ws_prune_list_file={tmp_path}/ws.list"))
+    report = ws(tmp_path, pretrained, prune_ratio_prtl="list", schedule="oneshot",
+                prune_list_file=f"{tmp_path}/ws.list").report
     for name, ratio in ratios.items():
         layer = report["sparsity"]["layers"][name]
         assert layer["zeros"] == round(ratio * layer["numel"]), name
 
 
 def test_optimal_search_respects_the_budget_and_resumes(tmp_path, pretrained):
-    values = ws_values(tmp_path, pretrained, "--ws_prune_ratio=0.8", "--ws_prune_ratio_prtl=optimal",
-                       "--ws_nb_rlouts=3", "--ws_nb_rlouts_min=2", "--ws_nb_iters_ft=2",
-                       "--ws_nb_iters_rg=2", "--ws_nb_iters_feval=1", "--ddpg_batch_size=8")
-    report = run(resnet_at_digits.ModelHelper, values)
+    options = dict(prune_ratio=0.8, prune_ratio_prtl="optimal", nb_rlouts=3, nb_rlouts_min=2,
+                   nb_iters_ft=2, nb_iters_rg=2, nb_iters_feval=1, ddpg_batch_size=8)
+    report = ws(tmp_path, pretrained, **options).report
     sparsity = report["sparsity"]
     assert sparsity["zeros"] == round(0.8 * sparsity["numel"])
     assert len(report["search"]["history"]) == 3
@@ -117,7 +113,7 @@ def test_optimal_search_respects_the_budget_and_resumes(tmp_path, pretrained):
     ratios = [v["sparsity"] for v in sparsity["layers"].values()]
     assert max(ratios) <= 0.99 + 1e-9
     # a resumed run finds the finished search and reuses its best strategy
-    again = run(resnet_at_digits.ModelHelper, {**values, "resume": True})
+    again = ws(tmp_path, pretrained, resume=True, **options).report
     assert again["search"]["history"] == report["search"]["history"]
     assert again["sparsity"]["layers"] == sparsity["layers"]
 
