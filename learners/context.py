@@ -5,7 +5,6 @@ searches. A learner never reads flags, paths of other learners or the report.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import time
@@ -277,6 +276,3 @@ class Context:
             return None
         spec = ckpt["meta"]["spec"]
         return build_model(spec, base=self.base).to(self.device), spec
-
-    def copy_of_original(self) -> nn.Module:
-        return copy.deepcopy(self.original())

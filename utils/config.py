@@ -187,23 +187,6 @@ def check_ratio(value: float, flag: str, low_inclusive: bool = True, high: float
     check(low_ok and high_ok, flag, f"must be in {lo}0, {high:g}{hi}, got {value!r}")
 
 
-def to_plain_dict(cfg: Any) -> dict:
-    """A dataclass as a dict of plain values (storable with torch.save / weights_only)."""
-    return dataclasses.asdict(cfg)
-
-
-def flag_values_of(cfg: Any, prefix: str = "") -> dict:
-    """``{flag name: value}`` of a config instance, nested configs flattened."""
-    values = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            values.update(flag_values_of(value, _nested_prefix(type(value), prefix)))
-        else:
-            values[flag_name(f, prefix)] = value
-    return values
-
-
 def settings(*cfgs: tuple[Any, str]) -> dict:
     """The options of these ``(config, flag prefix)`` pairs that decide what a run computes
     (every field not marked ``run_only`` and not an output location ``*save_path*``), as one
