@@ -81,6 +81,11 @@ def compress(model: "nn.Module | AbstractModelHelper", train_data=None, eval_dat
     own_cls, _ = learner_configs().get(learner, (None, ""))
     out_dir = out_dir or tempfile.mkdtemp(prefix=f"pocketflow_{learner}_")
     is_helper = isinstance(model, AbstractModelHelper)
+    if is_helper and (train_data is not None or eval_data is not None):
+        raise ConfigError("a ModelHelper brings its own data: pass no train_data / eval_data")
+    if not is_helper and (train_data is None or eval_data is None):
+        raise ConfigError("compress(model, train_data, eval_data, ...) needs both datasets (or a "
+                          "ModelHelper instead of the model)")
     _check_options(options, learner, own_cls, None if is_helper else ModuleConfig)
     values = {k: v for k, v in options.items() if v is not None}
     full_path = full_model or os.path.join(out_dir, "full", "model.ckpt")

@@ -132,4 +132,6 @@ def test_bad_options_are_refused_with_the_valid_ones(trained, tmp_path):
         pf.compress(model, train, test, "chn-pruned-rmt", out_dir=str(tmp_path), prune_ratio=1.5)
     with pytest.raises(ValueError, match="unknown learner 'prune'; valid learners: "):
         pf.compress(model, train, test, "prune", out_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="needs both datasets"):
+        pf.compress(model, train, None, "chn-pruned-rmt", out_dir=str(tmp_path))
     assert "chn-pruned-rmt" in pf.list_learners()
