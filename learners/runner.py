@@ -123,7 +123,30 @@ class Runner:
             pretrain.run(full_prec)
             self.wall_s["pretrain"] = time.perf_counter() - start
         model, saved = load_model(path, base=self.base)
+        self._check_full_model(saved, path)
         return model.to(self.device), saved
+
+    def _check_full_model(self, saved: dict, path: str) -> None:
+        """The full model must be this helper's net and data: another net's model (or one
+        trained on other data) is refused, not compressed under this helper's name."""
+        spec = _spec(saved) or {}
+        own = self.helper.net_spec()
+        base = {k: v for k, v in spec.items() if k != "transforms"}
+        meta = saved.get("meta") or {}
+        problems = []
+        if base != {k: v for k, v in own.items() if k != "transforms"}:
+            problems.append(f"its architecture is {_describe(base)}, the helper builds "
+                            f"{_describe(own)}")
+        for key, ours in (("dataset", self.helper.dataset_name),
+                          ("input_shape", list(self.helper.input_shape))):
+            theirs = meta.get(key)
+            if theirs is not None and theirs != ours:
+                problems.append(f"it was trained on {key} {theirs!r}, the helper has {ours!r}")
+        if problems:
+            raise CheckpointError(
+                f"--save_path_eval={path} is not this helper's full model: {'; '.join(problems)}. "
+                "Point --save_path_eval at the full model of this net and data (a missing file is "
+                "trained first with full-prec)")
 
     def original(self) -> nn.Module:
         """The full-precision model of ``--save_path_eval`` (the reference of every report)."""
@@ -304,3 +327,10 @@ class Runner:
 
 def _spec(saved: dict) -> dict:
     return saved.get("spec") or saved.get("meta", {}).get("spec")
+
+
+def _describe(spec: dict) -> str:
+    if spec.get("net") is None:
+        return f"the module {spec.get('module')}"
+    kwargs = ", ".join(f"{k}={v!r}" for k, v in (spec.get("kwargs") or {}).items())
+    return f"{spec.get('net')}({kwargs})"

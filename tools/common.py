@@ -30,7 +30,7 @@ from compression.int8_qat import Int8ExportUnavailable
 from datasets.errors import DataError
 from deployment.onnx_export import ExportUnavailable
 from nets import helpers as nets_helpers
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, load_file
 from utils.config import ConfigError
 
 ARTIFACT_EXPECTED = "a model artifact written by a learner's --*_save_path_eval"
@@ -131,17 +131,25 @@ def resolve_input_shape(input_shape: str | Sequence[int] | None, helper: Any = N
 
 
 # -- files -------------------------------------------------------------------------------------
-def load_artifact(path: str) -> tuple[nn.Module, dict]:
+def load_artifact(path: str, helper: Any = None) -> tuple[nn.Module, dict]:
     """``compression.artifacts.load_model`` of a model artifact, in eval mode; ``(model, file dict)``.
 
-    A training checkpoint is refused although ``load_model`` accepts one: it holds the weights
-    of an unfinished run, and the tools report on the model a learner delivered."""
+    Resolve ``--helper`` first (``helper_from_flags``): importing a user's helper module
+    registers the nets it defines, and an artifact of a class that is not a registered net
+    (the Python API's) is rebuilt on ``helper.build_model()``. A training checkpoint is
+    refused although ``load_model`` accepts one: it holds the weights of an unfinished run,
+    and the tools report on the model a learner delivered."""
     if not os.path.isfile(path):
         raise ToolError(f"no such file: {path} (expected {ARTIFACT_EXPECTED})")
     try:
-        model, obj = load_model(path)
+        spec = (load_file(path).get("spec") or {})
+        base = helper.build_model() if helper is not None and spec.get("net") is None else None
+        model, obj = load_model(path, base=base)
     except CheckpointError as exc:
-        raise ToolError(f"{exc}; expected {ARTIFACT_EXPECTED}") from exc
+        hint = ("; a net of your own is registered when its module is imported: pass "
+                "--helper=pkg.module:YourHelper" if "unknown net" in str(exc) or
+                "not a registered net" in str(exc) else "")
+        raise ToolError(f"{exc}; expected {ARTIFACT_EXPECTED}{hint}") from exc
     if obj.get("kind") == "checkpoint":
         raise ToolError(f"{path} is a training checkpoint (--save_path, for resuming a run), not "
                         f"{ARTIFACT_EXPECTED}")

@@ -59,8 +59,8 @@ define_input_flags(FLAGS)
 flags.mark_flag_as_required("model")
 
 
-def load_source(path: str):
-    """``(model, kind)`` of ``--model``."""
+def load_source(path: str, helper):
+    """``(model, kind)`` of ``--model`` (``helper``: see ``tools.common.load_artifact``)."""
     suffix = os.path.splitext(path)[1].lower()
     if suffix in (".pte", ".onnx"):
         raise ToolError(f"--model={path} is a deployment file; pass the model it was exported "
@@ -71,11 +71,11 @@ def load_source(path: str):
         from deployment.pte import load_int8_program
 
         return load_int8_program(path), "int8"
-    model, _ = load_artifact(path)
+    model, _ = load_artifact(path, helper)
     return model, "fp32"
 
 
-def latency(files: dict, shape) -> dict:
+def latency(files: dict, shape, helper) -> dict:
     reference = FLAGS.reference or FLAGS.model
     if os.path.splitext(reference)[1].lower() not in (".ckpt", ".pt", ".pth"):
         raise ToolError(f"--reference={reference}: expected a model artifact (.ckpt) run eagerly")
@@ -83,7 +83,8 @@ def latency(files: dict, shape) -> dict:
         batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     except ValueError:
         raise ToolError(f"--batch_sizes: expected integers, got {','.join(FLAGS.batch_sizes)}") from None
-    runners = {"eager fp32 reference": runner_for(reference, FLAGS.threads, load=load_artifact)}
+    runners = {"eager fp32 reference": runner_for(reference, FLAGS.threads,
+                                                  load=lambda p: load_artifact(p, helper))}
     runners.update({name: runner_for(path, FLAGS.threads) for name, path in files.items()})
     ms = time_runners(runners, shape, batch_sizes, FLAGS.threads, repeats=FLAGS.repeats)
     base = ms["eager fp32 reference"]
@@ -101,7 +102,7 @@ def main() -> None:
     helper = helper_from_flags(values)
     if helper is None:
         raise ToolError("--helper is required: files are checked on its eval set")
-    model, kind = load_source(FLAGS.model)
+    model, kind = load_source(FLAGS.model, helper)
     batches = eval_batches(helper, FLAGS.eval_batches)
     shape = tuple(batches[0][0].shape[1:])
     if FLAGS.check:
@@ -121,7 +122,7 @@ def main() -> None:
               f"{r['accuracy']:>10.4f}{r['accuracy_torch']:>8.4f}{'yes' if r['parity_ok'] else 'NO':>5}")
     output = {"model": FLAGS.model, "kind": kind, "files": results}
     if FLAGS.latency and results:
-        output["latency"] = latency({os.path.basename(p): p for p in results}, shape)
+        output["latency"] = latency({os.path.basename(p): p for p in results}, shape, helper)
     print(json.dumps(output))
     failed = [p for p, r in results.items() if not r["parity_ok"]]
     if failed:

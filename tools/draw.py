@@ -33,8 +33,9 @@ def main() -> None:
     values = FLAGS.flag_values_dict()
     out = FLAGS.out or os.path.splitext(FLAGS.model)[0] + ".dot"
     check_writable(out)
-    model, obj = load_artifact(FLAGS.model)
-    shape = resolve_input_shape(FLAGS.input_shape, helper_from_flags(values), obj.get("meta"),
+    helper = helper_from_flags(values)   # first: its module registers the user's nets
+    model, obj = load_artifact(FLAGS.model, helper)
+    shape = resolve_input_shape(FLAGS.input_shape, helper, obj.get("meta"),
                                 FLAGS.model)
     nb_nodes, nb_edges = count_nodes_edges(write_dot(model, shape, out, name=os.path.basename(FLAGS.model)))
     print(f"wrote {out} ({nb_nodes} nodes, {nb_edges} edges)")

@@ -59,9 +59,9 @@ def main() -> None:
     if os.path.abspath(out) == os.path.abspath(FLAGS.model):
         raise NotExportable(f"--out={out} would overwrite the model artifact")
     check_writable(out)
-    model, obj = load_artifact(FLAGS.model)
+    helper = helper_from_flags(values)   # first: its module registers the user's nets
+    model, obj = load_artifact(FLAGS.model, helper)
     check_exportable(obj.get("spec"))
-    helper = helper_from_flags(values)
     shape = resolve_input_shape(FLAGS.input_shape, helper, obj.get("meta"), FLAGS.model)
     export_onnx(model, shape, out, opset=FLAGS.opset)
     print(f"wrote {out} ({os.path.getsize(out):,} bytes, input [batch, {', '.join(map(str, shape))}])")

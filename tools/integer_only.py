@@ -98,6 +98,7 @@ def main() -> None:
     values = FLAGS.flag_values_dict()
     check_values(values)
     check_writable(values["yaml"])
+    resolve_helper(values["helper"])   # first: importing its module registers the user's nets
     model, obj = load_artifact(values["model"])
     meta = obj.get("meta") or {}
     helper = build_helper(values, meta)

@@ -68,7 +68,9 @@ def main() -> None:
         raise ToolError(f"--batch_sizes: expected positive integers, got {','.join(FLAGS.batch_sizes)}")
     if FLAGS.threads <= 0 or FLAGS.repeats <= 0 or FLAGS.warmup < 0:
         raise ToolError("--threads and --repeats must be positive, --warmup >= 0")
-    runners = {key: runner_for(path, FLAGS.threads, FLAGS.device, load=load_artifact)
+    helper = helper_from_flags(values)   # first: its module registers the user's nets
+    runners = {key: runner_for(path, FLAGS.threads, FLAGS.device,
+                               load=lambda p: load_artifact(p, helper))
                for key, path in (("a", FLAGS.model_a), ("b", FLAGS.model_b))}
     shape = input_shape_of(runners, values)
     result = compare_latency(runners["a"], runners["b"], shape, batch_sizes, FLAGS.threads,

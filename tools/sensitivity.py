@@ -150,8 +150,8 @@ def run(values: dict) -> dict:
     start = time.perf_counter()
     ratios = check_values(values)
     granularity = values["granularity"]
-    model, saved = load_artifact(values["model"])
     helper = make_helper(resolve_helper(values["helper"]), values["helper_config"])
+    model, saved = load_artifact(values["model"], helper)
     input_shape = resolve_input_shape(None, helper, saved.get("meta"), values["model"])
     try:
         layers = select_layers(model, values["layers"] or None)

@@ -33,8 +33,9 @@ def main() -> None:
             import openpyxl  # noqa: F401
         except ImportError as exc:
             raise XlsxUnavailable("--xlsx needs openpyxl: pip install -e .[tools]") from exc
-    model, obj = load_artifact(FLAGS.model)
-    shape = resolve_input_shape(FLAGS.input_shape, helper_from_flags(values), obj.get("meta"),
+    helper = helper_from_flags(values)   # first: its module registers the user's nets
+    model, obj = load_artifact(FLAGS.model, helper)
+    shape = resolve_input_shape(FLAGS.input_shape, helper, obj.get("meta"),
                                 FLAGS.model)
     summary = summarize(model, shape)
     print(f"{FLAGS.model}: {type(model).__name__}")
