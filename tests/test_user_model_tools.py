@@ -3,23 +3,38 @@ artifact loads once the helper's module is imported (``--helper=tests.user_nets:
 and without it the error says how to give it."""
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 
 import pytest
 
 import pocketflow_torch as pf
+from nets import registry
 from tests.test_tools import tool
-from tests.user_nets import UserHelper
 
 HELPER = "--helper=tests.user_nets:UserHelper"
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def user_nets():
+    """``tests.user_nets`` imported (its net registered) for this module only: the registry
+    holds the built-in nets alone again afterwards (other tests list them)."""
+    registry.list_nets()
+    saved = dict(registry._NETS)
+    sys.modules.pop("tests.user_nets", None)
+    yield importlib.import_module("tests.user_nets")
+    sys.modules.pop("tests.user_nets", None)
+    registry._NETS.clear()
+    registry._NETS.update(saved)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, user_nets):
     """A trained user model (the Python API's full-prec on the user helper) and every tool
     started on it together."""
     root = tmp_path_factory.mktemp("user_tools")
-    result = pf.compress(UserHelper(), learner="full-prec", out_dir=str(root),
+    result = pf.compress(user_nets.UserHelper(), learner="full-prec", out_dir=str(root),
                          report_latency=False, export_format="none")
     model = result.artifact
     procs = {
@@ -70,14 +85,14 @@ def _finish(proc):
     return finish(proc)
 
 
-def test_another_nets_full_model_is_refused(tiny_pretrained, tmp_path):
+def test_another_nets_full_model_is_refused(tiny_pretrained, tmp_path, user_nets):
     """--save_path_eval at the digits ResNet-20 while the helper builds the user's net: refused
     before any work, naming both architectures."""
     from utils.checkpoint import CheckpointError
 
     tiny_pretrained(tmp_path)
     with pytest.raises(CheckpointError) as info:
-        pf.compress(UserHelper(), learner="chn-pruned-rmt", out_dir=str(tmp_path / "out"),
+        pf.compress(user_nets.UserHelper(), learner="chn-pruned-rmt", out_dir=str(tmp_path / "out"),
                     full_model=str(tmp_path / "eval" / "model.ckpt"), report_latency=False)
     message = str(info.value)
     assert "is not this helper's full model: its architecture is resnet20(num_classes=10, " \
