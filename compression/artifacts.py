@@ -18,11 +18,13 @@ from utils.model_io import apply_transforms, load_weights
 
 
 def build_model(spec: dict, base: nn.Module | None = None) -> nn.Module:
-    """Base net from the spec (a copy of ``base`` when given), then every recorded
-    architecture transform in order."""
-    if base is not None:
+    """Base net from the spec, then every recorded architecture transform in order. ``base``
+    is used (copied) only when the spec's net is not registered (``module_spec``); a
+    registered net is always built from the spec, whatever ``base`` is given."""
+    unregistered = isinstance(spec, dict) and spec.get("net") is None and "module" in spec
+    if unregistered and base is not None:
         model = copy.deepcopy(base)
-    elif isinstance(spec, dict) and spec.get("net") is None and "module" in spec:
+    elif unregistered:
         raise CheckpointError(
             f"the base architecture is the module {spec['module']}, not a registered net: pass "
             "an instance of it (base=...), or register a builder with nets.registry.register_net")

@@ -24,7 +24,7 @@ from training.trainer import TrainingDivergedError
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, define_flags as define_dataclass_flags, flag_name, from_flag_dict
 from utils.multi_gpu_wrapper import DistributedSetupError, MultiGpuWrapper
-from utils.run_lock import RunLock, RunLockedError
+from utils.run_lock import RunLock, RunLockedError, on_primary
 
 log = logging.getLogger("pocketflow")
 
@@ -105,15 +105,7 @@ def lock_outputs(directories: list[str], mgw: MultiGpuWrapper) -> RunLock:
     """``directories`` locked by the primary process (every process raises the same
     RunLockedError when another run holds one)."""
     lock = RunLock(directories)
-    error = None
-    if mgw.is_primary():
-        try:
-            lock.acquire()
-        except RunLockedError as exc:
-            error = str(exc)
-    error = mgw.broadcast_object(error)
-    if error:
-        raise RunLockedError(error)
+    on_primary(mgw, lock.acquire)
     return lock
 
 

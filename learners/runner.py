@@ -34,7 +34,7 @@ from utils.model_io import load_weights_from
 from utils.model_stats import count_flops, count_params, measure_latency
 from utils.multi_gpu_wrapper import MultiGpuWrapper, SingleProcess
 from utils.report import format_report, write_report
-from utils.run_lock import RunLock, RunLockedError
+from utils.run_lock import RunLock, on_primary
 
 log = logging.getLogger("pocketflow")
 
@@ -52,7 +52,6 @@ class Runner:
         self.lock: RunLock | None = None
         self.chain: list[dict] = []       # stages before the learner's (set by ``start``)
         self._original: nn.Module | None = None
-        self._start_channels: dict = {}   # input channels of the starting model's layers
         self._writer = None
 
     # -- learners --------------------------------------------------------------------------
@@ -96,17 +95,8 @@ class Runner:
 
     def lock_more(self, directories: list[str]) -> None:
         """Add ``directories`` to this run's lock (a pre-training writes the full model's)."""
-        if self.lock is None:
-            return
-        error = None
-        if self.mgw.is_primary():
-            try:
-                self.lock.add(directories)
-            except RunLockedError as exc:
-                error = str(exc)
-        error = self.mgw.broadcast_object(error)
-        if error:
-            raise RunLockedError(error)
+        if self.lock is not None:
+            on_primary(self.mgw, lambda: self.lock.add(directories))
 
     # -- starting models ---------------------------------------------------------------------
     def load_pretrained(self) -> tuple[nn.Module, dict]:
@@ -221,13 +211,14 @@ class Runner:
             report.accuracy.full = learner.ctx.accuracy(self.original())
             if self.chain and self.chain[0].get("accuracy") is None:  # a full model saved bare
                 self.chain[0]["accuracy"] = report.accuracy.full
-        self._start_channels = in_channels(model)
+        start_channels = in_channels(model)   # what kept_channels compares against
         result = learner.compress(model, copy.deepcopy(spec))
         if result.accuracy is None and result.spec is not None:  # (collective)
             result.accuracy = learner.ctx.accuracy(result.model)
-        return self.finish(learner, result, report)
+        return self.finish(learner, result, report, start_channels)
 
-    def finish(self, learner: Learner, result: Result, report: Report) -> dict:
+    def finish(self, learner: Learner, result: Result, report: Report,
+               start_channels: dict) -> dict:
         """The artifact, both sides' figures, sparse and deployment files, the report."""
         outputs, tags = learner.ctx.outputs, learner.result_tags()
         if result.compressed_side:
@@ -245,11 +236,12 @@ class Runner:
                 "produces": sorted(tags), "chain": self.chain, "accuracy": result.accuracy,
                 **result.meta})
         if self.mgw.is_primary():
-            self._figures(learner, result, report, size, tags)
+            self._figures(learner, result, report, size, tags, start_channels)
         self.mgw.barrier()
         return self.finish_report(learner, report)
 
-    def _figures(self, learner: Learner, result: Result, report: Report, size, tags) -> None:
+    def _figures(self, learner: Learner, result: Result, report: Report, size, tags,
+                 start_channels: dict) -> None:
         outputs, model = learner.ctx.outputs, result.model
         if not result.compressed_side:
             self.model_report(model, report, "full", size)
@@ -259,7 +251,7 @@ class Runner:
             self.model_report(result.report_model or model, report, "compressed", size,
                               result.latency_ms)
             if "thinned" in tags and result.spec is not None:
-                report.add("kept_channels", kept_channels(self._start_channels, model))
+                report.add("kept_channels", kept_channels(start_channels, model))
         if result.sparse:
             inputs, _ = next(iter(learner.ctx.eval_loader()))
             files = outputs.export_sparse(model, result.spec, inputs.to(self.device),

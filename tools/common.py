@@ -30,7 +30,7 @@ from compression.int8_qat import Int8ExportUnavailable
 from datasets.errors import DataError
 from deployment.onnx_export import ExportUnavailable
 from nets import helpers as nets_helpers
-from utils.checkpoint import CheckpointError, load_file
+from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
 
 ARTIFACT_EXPECTED = "a model artifact written by a learner's --*_save_path_eval"
@@ -142,9 +142,7 @@ def load_artifact(path: str, helper: Any = None) -> tuple[nn.Module, dict]:
     if not os.path.isfile(path):
         raise ToolError(f"no such file: {path} (expected {ARTIFACT_EXPECTED})")
     try:
-        spec = (load_file(path).get("spec") or {})
-        base = helper.build_model() if helper is not None and spec.get("net") is None else None
-        model, obj = load_model(path, base=base)
+        model, obj = load_model(path, base=helper.build_model() if helper is not None else None)
     except CheckpointError as exc:
         hint = ("; a net of your own is registered when its module is imported: pass "
                 "--helper=pkg.module:YourHelper" if "unknown net" in str(exc) or

@@ -15,7 +15,7 @@ import fcntl
 import logging
 import os
 import sys
-from typing import Iterable
+from typing import Callable, Iterable
 
 from utils.checkpoint import remove_stale_temp_files
 
@@ -118,6 +118,20 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def on_primary(mgw, take: Callable[[], None]) -> None:
+    """``take()`` (``lock.acquire`` or ``lock.add``) on the primary process of ``mgw`` (a
+    MultiGpuWrapper); every process raises the same RunLockedError when it fails."""
+    error = None
+    if mgw.is_primary():
+        try:
+            take()
+        except RunLockedError as exc:
+            error = str(exc)
+    error = mgw.broadcast_object(error)
+    if error:
+        raise RunLockedError(error)
 
 
 def _read_holder(fd: int) -> str:
