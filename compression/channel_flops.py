@@ -1,22 +1,30 @@
-"""Exact FLOPs of a channel-pruning strategy without building the thinned model.
+"""FLOPs of a channel-pruning strategy without building the thinned model.
 
 Every conv / linear module costs ``2 * unit * in * out / groups`` FLOPs (``unit``: output
 positions times kernel area, measured once with forward hooks), the same count
-``torch.utils.flop_counter`` gives. A strategy ``{layer: kept input channels}`` changes
-``in`` of each pruned layer, ``out`` of its producer in ``chain`` mode, and the channel count
-of every depthwise conv in between; nothing else. ``ChannelFlops.flops(kept)`` therefore equals
-``count_flops(thin(model, layers, keep))`` for any ``keep`` with those counts (tested), at the
-cost of a few multiplications, which is what a strategy search needs at every step.
+``torch.utils.flop_counter`` gives. A strategy ``{layer: kept input channels}`` changes the
+input width of each pruned layer and, through the channel graph (``compression.graph``), the
+widths of the layers that write, follow and read the channels it removes.
+
+``flops(kept)`` takes counts, as a strategy search does at every step: a channel that one
+chosen layer alone reads shrinks in proportion to that layer's count (exact for a layer that
+alone reads one producer), a channel several layers share counts as kept (it survives when any
+of them keeps it), so the figure is an upper bound. ``flops_of(keep)`` takes the kept
+indices and equals ``count_flops(thin(model, layers, keep))`` exactly (tested).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import torch
 from torch import nn
 
-from compression.graph import PrunableLayer
+from compression.graph import PrunableLayer, graph_of
 from utils.model_stats import probe_forward
+
+_COSTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+           nn.ConvTranspose3d, nn.Linear)
 
 
 @dataclass
@@ -34,39 +42,74 @@ class ChannelFlops:
     def __init__(self, model: nn.Module, layers: Sequence[PrunableLayer],
                  input_shape: Sequence[int]) -> None:
         self.layers = {layer.name: layer for layer in layers}
+        self.graph = graph_of(layers)
         self.costs = _measure(model, input_shape)
-        self.consumer_of: dict[str, str] = {}     # producer -> the chain layer that shrinks it
-        self.channel_source: dict[str, str] = {}  # depthwise follower -> the chain layer
-        for layer in layers:
-            if layer.shrinks_producer:
-                self.consumer_of[layer.producer] = layer.name
-                for follower in layer.followers:
-                    if follower in self.costs:
-                        self.channel_source[follower] = layer.name
         self.total = self.flops({})
 
     def shapes(self, kept: Mapping[str, int]) -> dict[str, tuple[int, int]]:
         """``module -> (input channels, output channels)`` of every conv / linear module when
-        each layer in ``kept`` keeps that many input channels (others: all); a depthwise conv
-        whose channels follow a pruned layer has both equal to that layer's count."""
+        each layer in ``kept`` keeps that many input channels (others: all)."""
+        g = self.graph
+        fractions = g.fractions(kept)
         shapes = {}
         for name, cost in self.costs.items():
-            if cost.depthwise and name in self.channel_source:
-                channels = kept.get(self.channel_source[name], cost.in_channels)
+            if name in g.followers:                       # a depthwise conv
+                channels = g.expected(g.followers[name], fractions)
                 shapes[name] = (channels, channels)
-                continue
-            shapes[name] = (kept.get(name, cost.in_channels),
-                            kept.get(self.consumer_of.get(name, ""), cost.out_channels))
+            elif name in g.readers:
+                c_in = kept[name] if name in kept else g.expected(g.read_ids(name), fractions)
+                shapes[name] = (c_in, g.expected(g.writers[name], fractions))
+            else:
+                shapes[name] = (cost.in_channels, cost.out_channels)
         return shapes
 
-    def flops(self, kept: Mapping[str, int]) -> int:
-        """FLOPs when each layer in ``kept`` keeps that many input channels (others: all)."""
+    def shapes_of(self, keep: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
+        """The exact shapes after ``thin(model, layers, keep)``."""
+        plan = self.graph.plan(keep)
+        shapes = {}
+        for name, cost in self.costs.items():
+            change = plan.get(name, {})
+            if "channels" in change:
+                shapes[name] = (len(change["channels"]),) * 2
+                continue
+            c_in = len(change["in"]) if "in" in change else cost.in_channels
+            shapes[name] = (c_in, len(change["out"]) if "out" in change else cost.out_channels)
+        return shapes
+
+    def _sum(self, shapes: Mapping[str, tuple[int, int]]) -> int:
         total = 0
-        for name, (c_in, c_out) in self.shapes(kept).items():
+        for name, (c_in, c_out) in shapes.items():
             cost = self.costs[name]
-            groups = c_in if cost.depthwise and name in self.channel_source else cost.groups
+            groups = c_in if cost.depthwise else cost.groups
             total += 2 * cost.unit * c_in * c_out // groups
         return total
+
+    def flops(self, kept: Mapping[str, int]) -> int:
+        """FLOPs when each layer in ``kept`` keeps that many input channels (others: all);
+        channels several layers share count as kept (an upper bound)."""
+        return self._sum(self.shapes(kept))
+
+    def flops_of(self, keep: Mapping[str, torch.Tensor]) -> int:
+        """Exact FLOPs of ``thin(model, layers, keep)``."""
+        return self._sum(self.shapes_of(keep))
+
+    def variable(self, pruned: set[str]) -> dict[str, tuple[bool, bool]]:
+        """``module -> (input width varies, output width varies)`` for the modules whose
+        shape the counts of the layers ``pruned`` change (what a latency table must cover)."""
+        fractions = self.graph.fractions({name: 0 for name in pruned})
+        g, out = self.graph, {}
+        for name, cost in self.costs.items():
+            if name in g.followers:
+                varies = any(g.find(i) in fractions for i in g.followers[name])
+                entry = (varies, varies)
+            elif name in g.readers:
+                entry = (name in pruned or any(g.find(i) in fractions for i in g.read_ids(name)),
+                         any(g.find(i) in fractions for i in g.writers[name]))
+            else:
+                continue
+            if any(entry):
+                out[name] = entry
+        return out
 
     cost = flops      # the budget interface of ``compression.channel_allocation``
     unit_name = "FLOPs"
@@ -81,19 +124,23 @@ def _measure(model: nn.Module, input_shape: Sequence[int]) -> dict[str, _Cost]:
 
     def hook(name: str):
         def record(module: nn.Module, args, output) -> None:
-            if isinstance(module, nn.Conv2d):
-                kernel = module.kernel_size[0] * module.kernel_size[1]
-                unit = output.shape[2] * output.shape[3] * kernel
-                depthwise = module.groups > 1 and module.groups == module.in_channels \
-                    == module.out_channels
-                costs[name] = _Cost(unit, module.in_channels, module.out_channels, module.groups,
-                                    depthwise)
-            else:
+            if isinstance(module, nn.Linear):
                 unit = output[0].numel() // module.out_features  # positions of a batched input
                 costs[name] = _Cost(unit, module.in_features, module.out_features, 1, False)
+                return
+            kernel = 1
+            for k in module.kernel_size:
+                kernel *= k
+            unit = output[0, 0].numel() * kernel
+            if module.transposed:                # each input position meets the whole kernel
+                unit = args[0][0, 0].numel() * kernel
+            depthwise = module.groups > 1 and module.groups == module.in_channels \
+                == module.out_channels
+            costs[name] = _Cost(unit, module.in_channels, module.out_channels, module.groups,
+                                depthwise)
         return record
 
     handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules()
-               if isinstance(module, (nn.Conv2d, nn.Linear))]
+               if isinstance(module, _COSTED)]
     probe_forward(model, input_shape, handles)
     return costs

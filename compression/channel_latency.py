@@ -32,7 +32,7 @@ from torch import nn
 from compression.channel_allocation import BudgetError
 from compression.channel_flops import ChannelFlops
 from compression.graph import PrunableLayer
-from compression.thinning import GatherConv2d, GatherLinear, thin
+from compression.thinning import GatherLinear, gather_class, thin
 from utils.model_stats import measure_latency, probe_forward, time_forward
 
 log = logging.getLogger("pocketflow")
@@ -57,7 +57,8 @@ class _Template:
         if self.kind == "linear":
             cls = GatherLinear if gather else nn.Linear
             return cls(c_in, c_out, bias=self.bias), (*self.in_shape[:-1], reads)
-        cls = GatherConv2d if gather else nn.Conv2d
+        base = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(self.in_shape) - 1]
+        cls = gather_class(base) if gather else base
         module = cls(c_in, c_out, self.kernel, self.stride, self.padding, self.dilation,
                      groups=c_in if self.depthwise else 1, bias=self.bias)
         return module, (reads, *self.in_shape[1:])
@@ -80,7 +81,7 @@ def _templates(model: nn.Module, names: set[str], gathered: set[str],
     def hook(name: str):
         def record(module: nn.Module, args, output) -> None:
             shape = tuple(args[0].shape[1:])
-            if isinstance(module, nn.Conv2d):
+            if not isinstance(module, nn.Linear):
                 depthwise = module.groups > 1 and module.groups == module.in_channels
                 found[name] = _Template("conv", shape, module.kernel_size, module.stride,
                                         module.padding, module.dilation, depthwise,
@@ -109,12 +110,7 @@ class ChannelLatency:
         pruned = {layer.name for layer in chosen}
         timing = dict(batch_sizes=(batch,), nb_threads=threads, warmup=3, repeats=repeats)
         full_shapes = flops.shapes({})
-        variable = {}
-        for name, cost in flops.costs.items():
-            in_var = name in pruned or flops.channel_source.get(name) in pruned
-            out_var = flops.consumer_of.get(name) in pruned or (cost.depthwise and in_var)
-            if in_var or out_var:
-                variable[name] = (in_var, out_var)
+        variable = flops.variable(pruned)
         gathered = {layer.name for layer in chosen if layer.mode == "gather"}
         templates = _templates(model, set(variable), gathered, input_shape)
         measured: dict[tuple, float] = {}   # (template, c_in, c_out) -> ms, shared by twins
@@ -186,9 +182,11 @@ class ChannelLatency:
 def thin_to_counts(model: nn.Module, layers: Sequence[PrunableLayer],
                    counts: Mapping[str, int]) -> nn.Module:
     """A thinned copy of ``model`` keeping the first ``counts[layer]`` input channels of each
-    layer: the architecture of a strategy, for timing (which channels does not matter)."""
+    layer: the architecture of a strategy, for timing (which channels does not matter; channels
+    several layers read stay, as ``ChannelFlops.flops`` counts them: the final model, which
+    also drops those no layer kept, is at most as slow)."""
     keep = {name: torch.arange(count) for name, count in counts.items()}
-    thinned, _ = thin(copy.deepcopy(model), layers, keep)
+    thinned, _ = thin(copy.deepcopy(model), layers, keep, keep_shared=True)
     return thinned.eval()
 
 

@@ -1,15 +1,15 @@
 """Physical thinning: turn per-layer input-channel selections into really smaller layers.
 
-``thin(model, layers, keep)`` returns a new model in which, for every layer named in ``keep``:
-- its weight keeps only the selected input channels;
-- in ``chain`` mode the producer's output channels and every BN / depthwise conv in between
-  shrink to the same channels;
-- in ``gather`` mode the layer becomes a ``GatherConv2d`` / ``GatherLinear`` that picks the
-  selected channels of its (shared) input with ``index_select``.
-The new shapes are recorded as a ``{"type": "thin", ...}`` spec transform, so a saved model
-rebuilds (``compression.artifacts.build_model``) without the code that pruned it.
-``mask_inputs`` zeroes the same weights in place instead: the masked model computes exactly
-what the thinned one computes, which is how thinning is tested.
+``thin(model, layers, keep)`` returns a new model in which every reader in ``keep`` keeps
+only the listed input channels, and every channel that no reader keeps any more is removed
+from the layers that write it and from the BN / depthwise convs / other channelwise modules
+in between (``compression.graph.ChannelGraph.plan``). A reader whose kept channels are not
+all that survives of its input becomes a ``Gather*`` module that picks them with
+``index_select``. Each module shrinks through its type's pruner
+(``compression.layer_pruners``); the new shapes are recorded as a ``{"type": "thin", ...}``
+spec transform, so a saved model rebuilds (``compression.artifacts.build_model``) without the
+code that pruned it. ``mask_inputs`` zeroes the same weights in place instead: the masked
+model computes exactly what the thinned one computes, which is how thinning is tested.
 """
 from __future__ import annotations
 
@@ -19,24 +19,29 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from compression.graph import PrunableLayer
+from compression.graph import PrunableLayer, graph_of
+from compression.layer_pruners import pruner_for
 from utils.model_io import register_spec_transform
 
 
 class _Gather:
-    """The input-channel pick of ``GatherConv2d`` / ``GatherLinear``: ``index_select`` by
-    default; after ``select_by_matrix(c_in)`` a product with a constant one-hot matrix instead
-    (exact: each output is one input times 1), which backends run inside their conv/linear
-    kernels where ``index_select`` would split the program (see ``gathers_as_matrices``)."""
+    """The input-channel pick of a ``Gather*`` module: ``index_select`` by default; after
+    ``select_by_matrix(c_in)`` a product with a constant one-hot matrix instead (exact: each
+    output is one input times 1), which backends run inside their conv/linear kernels where
+    ``index_select`` would split the program (see ``gathers_as_matrices``)."""
 
     in_index: torch.Tensor
     selection: torch.Tensor | None
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        width = self.in_features if isinstance(self, nn.Linear) else self.in_channels
+        self.register_buffer("in_index", torch.arange(width))
+
     def select_by_matrix(self, c_in: int) -> None:
         one_hot = torch.zeros(len(self.in_index), c_in, device=self.in_index.device)
         one_hot[torch.arange(len(self.in_index)), self.in_index] = 1.0
-        if isinstance(self, nn.Conv2d):
-            one_hot = one_hot[:, :, None, None]
+        one_hot = one_hot.reshape(*one_hot.shape, *[1] * (self.weight.dim() - 2))
         self.register_buffer("selection", one_hot.to(self.weight.dtype), persistent=False)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,37 +49,74 @@ class _Gather:
             return x.index_select(1, self.in_index)
         if x.dim() == 2:
             return nn.functional.linear(x, self.selection)
-        return nn.functional.conv2d(x, self.selection)
+        conv = {3: nn.functional.conv1d, 4: nn.functional.conv2d, 5: nn.functional.conv3d}[x.dim()]
+        return conv(x, self.selection)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return super().forward(self.gather(x), *args, **kwargs)
 
 
 class GatherConv2d(_Gather, nn.Conv2d):
     """A conv that first keeps the input channels listed in ``in_index``."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.register_buffer("in_index", torch.arange(self.in_channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.gather(x))
-
 
 class GatherLinear(_Gather, nn.Linear):
     """A linear layer that first keeps the input features listed in ``in_index``."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.register_buffer("in_index", torch.arange(self.in_features))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.gather(x))
+class GatherConv1d(_Gather, nn.Conv1d):
+    """A 1-D conv that first keeps the input channels listed in ``in_index``."""
+
+
+_GATHER_CLASSES: dict[type, type] = {nn.Conv2d: GatherConv2d, nn.Linear: GatherLinear,
+                                     nn.Conv1d: GatherConv1d}
+
+
+def gather_class(cls: type) -> type:
+    """The ``Gather*`` variant of a reader class (made once for other classes, a user's
+    subclass included)."""
+    if issubclass(cls, _Gather):
+        return cls
+    if cls not in _GATHER_CLASSES:
+        _GATHER_CLASSES[cls] = type(f"Gather{cls.__name__}", (_Gather, cls), {
+            "__module__": __name__, "__doc__": f"{cls.__name__} that first keeps the input "
+                                              "channels listed in ``in_index``."})
+    return _GATHER_CLASSES[cls]
+
+
+def plain_class(cls: type) -> type:
+    """The reader class under a ``Gather*`` variant."""
+    return cls.__mro__[2] if issubclass(cls, _Gather) else cls
+
+
+def _with_gather(module: nn.Module, index: torch.Tensor | None) -> nn.Module:
+    """``module`` picking its input channels ``index`` first (None: reading all of them)."""
+    if index is None:
+        if isinstance(module, _Gather):
+            module.__class__ = plain_class(type(module))
+            module._buffers.pop("in_index", None)
+            module.__dict__.pop("selection", None)
+            module._buffers.pop("selection", None)
+        return module
+    module.__class__ = gather_class(type(module))
+    device = module.weight.device
+    module._buffers["in_index"] = torch.as_tensor(index, dtype=torch.long, device=device).clone()
+    return module
 
 
 def gathers_as_matrices(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
-    """A copy of ``model`` whose gathers pick channels by one-hot 1x1 conv / linear (same
-    outputs, weights and state dict). For deployment: XNNPACK has no gather, so each
-    ``index_select`` ran outside the delegate and cut the program in pieces (a thinned
-    ResNet-20: 11 delegates); as matrices the whole net is one, ~25 % faster at batch 64 in
-    int8, and onnxruntime avoids its slow Gather on NCHW tensors."""
+    """A copy of ``model`` for deployment in which no layer gathers with ``index_select``
+    (same outputs): XNNPACK has no gather, so each ``index_select`` ran outside the delegate
+    and cut the program in pieces (a thinned ResNet-20: 11 delegates), and onnxruntime's Gather
+    on NCHW tensors is slow. Each gather becomes whichever of two exact forms is smaller:
+
+    - *folded*: the plain layer over its whole input, zeros in the weight columns it did not
+      pick (one kernel, never more weights than the unpruned layer);
+    - *one-hot*: a constant one-hot 1x1 conv / linear picks the channels before the thinned
+      weight (fewer weights where the kernel is large and the pick narrow).
+
+    So every layer of the export is at most as large as the unpruned layer, and the export of a
+    pruned model is never larger than the unpruned one's."""
     model = copy.deepcopy(model)
     gathers = {n: m for n, m in model.named_modules() if isinstance(m, _Gather)}
     if not gathers:
@@ -97,42 +139,46 @@ def gathers_as_matrices(model: nn.Module, input_shape: Sequence[int]) -> nn.Modu
             hook.remove()
         model.train(was_training)
     for name, module in gathers.items():
-        module.select_by_matrix(widths[name])
+        width, picked = widths[name], len(module.in_index)
+        folded = module.weight.numel() // picked * width
+        if folded <= module.weight.numel() + picked * width:
+            _set_submodule(model, name, _folded(module, width))
+        else:
+            module.select_by_matrix(width)
     return model
 
 
+@torch.no_grad()
+def _folded(module: nn.Module, width: int) -> nn.Module:
+    """A plain copy of a gather module reading all ``width`` input channels (zero columns
+    where it picked none)."""
+    new = pruner_for(module).shrink(module, None, None)
+    weight = module.weight.new_zeros(module.weight.shape[0], width, *module.weight.shape[2:])
+    weight[:, module.in_index] = module.weight
+    new._parameters["weight"] = nn.Parameter(weight, requires_grad=module.weight.requires_grad)
+    setattr(new, "in_features" if isinstance(module, nn.Linear) else "in_channels", width)
+    return _with_gather(new, None)
+
+
+def _pruner(module: nn.Module):
+    pruner = pruner_for(module)
+    if pruner is None:
+        raise TypeError(f"cannot thin a {type(module).__name__}: no pruner registered for it "
+                        "(compression.layer_pruners.register_pruner)")
+    return pruner
+
+
 def _shape_of(module: nn.Module) -> dict:
-    """The constructor arguments that define a module's shape (stored in the spec)."""
-    if isinstance(module, nn.Conv2d):
-        return {"class": type(module).__name__, "in_channels": module.in_channels,
-                "out_channels": module.out_channels, "groups": module.groups}
-    if isinstance(module, nn.Linear):
-        return {"class": type(module).__name__, "in_features": module.in_features,
-                "out_features": module.out_features}
-    if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
-        return {"class": type(module).__name__, "num_features": module.num_features}
-    raise TypeError(f"cannot thin a {type(module).__name__}")
+    """The sizes that define a module's shape (stored in the spec)."""
+    return _pruner(module).shape(module)
 
 
 def _rebuild(module: nn.Module, shape: dict) -> nn.Module:
-    """A new module of the recorded class and shape, other hyper-parameters copied."""
-    cls = shape["class"]
-    if cls in ("Conv2d", "GatherConv2d"):
-        new_cls = GatherConv2d if cls == "GatherConv2d" else nn.Conv2d
-        new = new_cls(shape["in_channels"], shape["out_channels"], module.kernel_size,
-                      module.stride, module.padding, module.dilation, shape["groups"],
-                      bias=module.bias is not None, padding_mode=module.padding_mode)
-    elif cls in ("Linear", "GatherLinear"):
-        new_cls = GatherLinear if cls == "GatherLinear" else nn.Linear
-        new = new_cls(shape["in_features"], shape["out_features"], bias=module.bias is not None)
-    elif cls in ("BatchNorm2d", "BatchNorm1d"):
-        new = type(module)(shape["num_features"], module.eps, module.momentum, module.affine,
-                           module.track_running_stats)
-    else:
-        raise ValueError(f"unknown module class {cls!r} in a thinning spec")
-    new.train(module.training)
-    param = next(module.parameters(), None)
-    return new.to(param.device) if param is not None else new
+    """``module`` at a recorded shape (its tensors are placeholders for a state dict)."""
+    resized = _pruner(module).resize(module, shape)
+    if shape["class"].startswith("Gather"):
+        return _with_gather(resized, torch.arange(_pruner(resized).channels(resized)[0]))
+    return _with_gather(resized, None)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -148,72 +194,24 @@ def apply_thin_spec(model: nn.Module, entry: dict) -> nn.Module:
     return model
 
 
-def _plan(layers: Sequence[PrunableLayer], keep: Mapping[str, torch.Tensor]) -> dict:
-    """module name -> {"in": index, "out": index, "gather": bool} for every module that shrinks."""
-    by_name = {layer.name: layer for layer in layers}
-    plan: dict[str, dict] = {}
-    for name, index in keep.items():
-        layer = by_name[name]
-        index = torch.as_tensor(index, dtype=torch.long).sort().values
-        if len(index) == layer.in_channels:
-            continue
-        plan.setdefault(name, {})["in"] = index
-        if layer.shrinks_producer:
-            plan.setdefault(layer.producer, {})["out"] = index
-            for follower in layer.followers:
-                plan.setdefault(follower, {})["channels"] = index
-        else:
-            plan[name]["gather"] = True
-    return plan
-
-
 @torch.no_grad()
 def _shrunk(module: nn.Module, change: dict) -> nn.Module:
     """A smaller copy of ``module`` following one plan entry."""
-    if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
-        index = change["channels"]
-        new = _rebuild(module, {"class": type(module).__name__, "num_features": len(index)})
-        for key in ("weight", "bias", "running_mean", "running_var"):
-            if getattr(module, key) is not None:
-                getattr(new, key).copy_(getattr(module, key)[index])
-        new.num_batches_tracked.copy_(module.num_batches_tracked)
-        return new
-    weight = module.weight
-    bias = module.bias
-    if "channels" in change:                      # depthwise conv between producer and layer
-        index = change["channels"]
-        shape = {**_shape_of(module), "in_channels": len(index), "out_channels": len(index),
-                 "groups": len(index)}
-        weight, bias = weight[index], bias[index] if bias is not None else None
-        in_index = None
-    else:
-        in_index = change.get("in")
-        if "out" in change:
-            weight = weight[change["out"]]
-            bias = bias[change["out"]] if bias is not None else None
-        if in_index is not None:
-            weight = weight[:, in_index]
-        shape = _shape_of(module)
-        is_conv = isinstance(module, nn.Conv2d)
-        out_key, in_key = ("out_channels", "in_channels") if is_conv else ("out_features", "in_features")
-        shape[out_key], shape[in_key] = weight.shape[0], weight.shape[1]
-        if change.get("gather"):
-            shape["class"] = "GatherConv2d" if is_conv else "GatherLinear"
-    new = _rebuild(module, shape)
-    new.weight.copy_(weight)
-    if bias is not None:
-        new.bias.copy_(bias)
-    if change.get("gather"):
-        source = getattr(module, "in_index", None)
-        new.in_index.copy_(in_index if source is None else source[in_index])
-    return new
+    pruner = _pruner(module)
+    if "channels" in change:
+        return pruner.shrink_channels(module, change["channels"])
+    new = pruner.shrink(module, change.get("in"), change.get("out"))
+    return _with_gather(new, change["gather"]) if "gather" in change else new
 
 
 def thin(model: nn.Module, layers: Sequence[PrunableLayer],
-         keep: Mapping[str, torch.Tensor], spec: dict | None = None) -> tuple[nn.Module, dict | None]:
+         keep: Mapping[str, torch.Tensor], spec: dict | None = None,
+         keep_shared: bool = False) -> tuple[nn.Module, dict | None]:
     """A physically smaller copy of ``model`` keeping, for each layer in ``keep``, only the
-    listed input channels; also returns ``spec`` with the thinning recorded (if given)."""
-    plan = _plan(layers, keep)
+    listed input channels (and removing every channel no reader keeps; with ``keep_shared``
+    only those one reader alone read); also returns ``spec`` with the thinning recorded (if
+    given)."""
+    plan = graph_of(layers).plan(keep, keep_shared)
     thinned = copy.deepcopy(model)
     for name, change in plan.items():
         _set_submodule(thinned, name, _shrunk(thinned.get_submodule(name), change))
@@ -226,19 +224,32 @@ def thin(model: nn.Module, layers: Sequence[PrunableLayer],
 
 
 @torch.no_grad()
-def mask_inputs(model: nn.Module, keep: Mapping[str, torch.Tensor]) -> None:
-    """Zero, in place, the weights of every pruned input channel (the masked equivalent)."""
-    for name, index in keep.items():
+def mask_inputs(model: nn.Module, keep: Mapping[str, torch.Tensor],
+                layers: Sequence[PrunableLayer] | None = None) -> None:
+    """Zero, in place, the weights of every pruned input channel (the masked equivalent); with
+    the ``layers`` of a graph also the inputs that gate readers (an SE block's first layer)
+    lose when the channels they read are removed."""
+    columns = {name: torch.as_tensor(index, dtype=torch.long) for name, index in keep.items()}
+    if layers is not None:
+        for name, change in graph_of(layers).plan(keep).items():
+            if name not in columns and "in" in change:
+                columns[name] = change["in"]
+    for name, index in columns.items():
         module = model.get_submodule(name)
-        mask = torch.zeros(module.weight.shape[1], dtype=torch.bool, device=module.weight.device)
-        mask[torch.as_tensor(index, dtype=torch.long, device=mask.device)] = True
-        module.weight[:, ~mask] = 0.0
+        dim = 0 if getattr(module, "transposed", False) else 1
+        mask = torch.zeros(module.weight.shape[dim], dtype=torch.bool, device=module.weight.device)
+        mask[index.to(mask.device)] = True
+        module.weight.index_fill_(dim, (~mask).nonzero().flatten(), 0.0)
 
 
 def in_channels(model: nn.Module) -> dict[str, int]:
     """Input channels of every conv and linear layer."""
-    return {name: module.weight.shape[1] for name, module in model.named_modules()
-            if isinstance(module, (nn.Conv2d, nn.Linear))}
+    readers = {}
+    for name, module in model.named_modules():
+        pruner = pruner_for(module)
+        if pruner is not None and pruner.role(module) == "reader":
+            readers[name] = pruner.channels(module)[0]
+    return readers
 
 
 def kept_channels(before: dict[str, int], thinned: nn.Module) -> dict:

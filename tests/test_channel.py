@@ -42,7 +42,10 @@ def test_strategy_flops_equal_the_thinned_models_flop_counter(name):
     keep = {layer.name: torch.randperm(layer.in_channels, generator=gen)[
         :int(torch.randint(1, layer.in_channels + 1, (1,), generator=gen))] for layer in chosen}
     thinned, _ = thin(model, layers, keep)
-    assert flops.flops({n: len(k) for n, k in keep.items()}) == count_flops(thinned, shape)
+    actual = count_flops(thinned, shape)
+    assert flops.flops_of(keep) == actual
+    # from counts alone: exact for what one layer reads alone; shared channels count as kept
+    assert actual <= flops.flops({n: len(k) for n, k in keep.items()})
 
 
 def test_flops_of_a_users_net_with_concat_and_depthwise():
@@ -185,8 +188,10 @@ def test_uniform_meets_the_flops_budget_and_thins(tmp_path, tiny_pretrained):
     saved = _check_thinned(channel(tmp_path, tiny_pretrained, prune_option="uniform",
                                    preserve_ratio=0.5))
     ratio = saved["flops"]["compressed"] / saved["flops"]["full"]
-    assert 0.49 <= ratio <= 0.5
-    assert saved["strategy"]["flops_ratio"] == pytest.approx(ratio)
+    # the allocation counts channels that several layers read as kept (0.49..0.5); thinning
+    # then also drops those that none of them kept, so the model is at or below the budget
+    assert 0.49 <= saved["strategy"]["flops_ratio"] <= 0.5
+    assert saved["strategy"]["flops_ratio"] - 0.03 <= ratio <= saved["strategy"]["flops_ratio"]
     assert "conv1" not in saved["strategy"]["kept"] and "fc" not in saved["strategy"]["kept"]
 
 

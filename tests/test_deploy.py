@@ -177,8 +177,8 @@ def test_deploy_tool_exports_checks_and_refuses(exported, tmp_path):
 
 
 def test_gathers_as_matrices_keep_outputs_and_state():
-    """Deployed thinned nets pick channels by one-hot matrices: same outputs and state dict,
-    no index_select left in the exported graph."""
+    """Deployed thinned nets pick channels by one-hot matrices or read the whole input with
+    zero columns, whichever is smaller: same outputs, no index_select left in the export."""
     from torch import nn
 
     from compression.thinning import GatherConv2d, GatherLinear, gathers_as_matrices
@@ -193,8 +193,11 @@ def test_gathers_as_matrices_keep_outputs_and_state():
     x = torch.randn(7, 1, 5, 5)
     with torch.no_grad():
         assert torch.allclose(matrices(x), net(x), atol=1e-6)
-    assert matrices.state_dict().keys() == net.state_dict().keys()
-    assert matrices[1].selection.shape == (3, 6, 1, 1) and matrices[4].selection.shape == (2, 4)
+    # the 3x3 conv: 4x3x9 weights + a 3x6 one-hot (126) < 4x6x9 folded (216)
+    assert matrices[1].selection.shape == (3, 6, 1, 1) and matrices[1].weight.shape == (4, 3, 3, 3)
+    # the linear layer: 3x4 folded (12) < 3x2 + a 2x4 one-hot (14): a plain Linear
+    assert type(matrices[4]) is nn.Linear and matrices[4].weight.shape == (3, 4)
+    assert matrices[4].weight[:, [0, 2]].abs().sum() == 0
     assert getattr(net[1], "selection", None) is None  # the original still gathers
 
     def ops(model):
@@ -204,4 +207,4 @@ def test_gathers_as_matrices_keep_outputs_and_state():
     assert any("index_select" in op for op in ops(net))
     exported = ops(matrices)
     assert not any("index_select" in op for op in exported)
-    assert sum("conv2d" in op for op in exported) == 3 and sum("linear" in op for op in exported) == 2
+    assert sum("conv2d" in op for op in exported) == 3 and sum("linear" in op for op in exported) == 1

@@ -80,8 +80,8 @@ def test_optimal_search_meets_the_flops_budget_and_thins(prefix, tmp_path, tiny_
     strategy = saved["strategy"]
     assert strategy["protocol"] == "auto" and strategy["budget_target"] == 0.5
     assert 0.49 <= strategy["flops_ratio"] <= 0.5                       # within 2 % of the budget
-    assert count_flops(model, (1, 8, 8)) / report["flops"]["full"] == pytest.approx(
-        strategy["flops_ratio"])
+    final = count_flops(model, (1, 8, 8)) / report["flops"]["full"]
+    assert strategy["flops_ratio"] - 0.03 <= final <= strategy["flops_ratio"] + 1e-9
     for name, (count, _) in strategy["kept"].items():
         assert model.get_submodule(name).weight.shape[1] == count, name
     assert saved["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, saved["onnx"]["max_abs_output"])
@@ -136,7 +136,10 @@ def test_latency_budget_is_settled_on_measurements(tmp_path, tiny_pretrained, mo
     assert 1 <= len(latency["trials"]) <= 4 and latency["batch"] == 1
     assert latency["within_tolerance"] and abs(latency["measured_ratio"] - 0.8) <= 0.04
     flops_ratio = report["flops"]["compressed"] / report["flops"]["full"]
-    assert latency["measured_ratio"] == pytest.approx(0.5 + 0.5 * flops_ratio)
+    # measured on the strategy's architecture; the final model may also drop channels that
+    # no reader kept, so it is at most that slow
+    assert 0.5 + 0.5 * flops_ratio <= latency["measured_ratio"] + 1e-9
+    assert latency["measured_ratio"] - 0.5 * 0.05 <= 0.5 + 0.5 * flops_ratio
     for name, (count, width) in saved["strategy"]["kept"].items():
         assert count % 8 == 0 or width < 8, (name, count)
         assert model.get_submodule(name).weight.shape[1] == count
@@ -262,3 +265,4 @@ def test_thin_to_counts_has_the_strategy_architecture():
     for name, count in counts.items():
         assert thinned.get_submodule(name).weight.shape[1] == count
     assert thinned(torch.zeros(2, *shape)).shape == (2, 10)
+    assert count_flops(thinned, shape) == ChannelFlops(model, layers, shape).flops(counts)
