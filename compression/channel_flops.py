@@ -8,8 +8,10 @@ widths of the layers that write, follow and read the channels it removes.
 
 ``flops(kept)`` takes counts, as a strategy search does at every step: a channel that one
 chosen layer alone reads shrinks in proportion to that layer's count (exact for a layer that
-alone reads one producer), a channel several layers share counts as kept (it survives when any
-of them keeps it), so the figure is an upper bound. ``flops_of(keep)`` takes the kept
+alone reads one producer; for a layer reading a concatenation, the split of its kept channels
+among the producers is only known after selection, so each is assumed to keep its share), and
+a channel several layers share counts as kept (it survives when any of them keeps it, so
+there the figure is an upper bound). ``flops_of(keep)`` takes the kept
 indices and equals ``count_flops(thin(model, layers, keep))`` exactly (tested).
 """
 from __future__ import annotations

@@ -31,8 +31,8 @@ class GatedBatchNorm2d(nn.Module):
 
     def __init__(self, bn: nn.BatchNorm2d) -> None:
         super().__init__()
-        if not isinstance(bn, nn.BatchNorm2d) or not bn.affine:
-            raise TypeError(f"a gate needs an affine BatchNorm2d, got {type(bn).__name__}")
+        if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) or not bn.affine:
+            raise TypeError(f"a gate needs an affine BatchNorm1d/2d, got {type(bn).__name__}")
         self.bn = bn
         with torch.no_grad():
             gamma = bn.weight.detach().clone()
@@ -46,7 +46,7 @@ class GatedBatchNorm2d(nn.Module):
         self._hook = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(x) * (self.g * self.mask).view(1, -1, 1, 1)
+        return self.bn(x) * (self.g * self.mask).view(1, -1, *[1] * (x.dim() - 2))
 
     @property
     def nb_kept(self) -> int:
@@ -65,7 +65,7 @@ class GatedBatchNorm2d(nn.Module):
     @torch.no_grad()
     def melted(self) -> nn.BatchNorm2d:
         """A plain BN (full width) computing ``bn(x) * g * mask``: closed channels output 0."""
-        bn = nn.BatchNorm2d(self.bn.num_features, self.bn.eps, self.bn.momentum).to(self.g.device)
+        bn = type(self.bn)(self.bn.num_features, self.bn.eps, self.bn.momentum).to(self.g.device)
         scale = self.g * self.mask
         bn.weight.copy_(self.bn.weight * scale)
         bn.bias.copy_(self.bn.bias * scale)
@@ -81,16 +81,24 @@ class GatedBatchNorm2d(nn.Module):
 
 def gate_points(model: nn.Module, layers: Sequence[PrunableLayer],
                 skip: Sequence[str] = ()) -> dict[str, str]:
-    """``BN name -> consumer layer`` for every chain with a BN between producer and consumer:
-    the channels a gate may close (skip: substrings of consumer names left alone). The gate
-    goes on the last BN before the consumer, so a closed channel reaches it as exact zeros
-    (a gate before a depthwise conv would still let that conv's BN bias through)."""
+    """``BN name -> consumer layer`` for every chain with a BN between producer and consumer,
+    and every layer reading a shared tensor through a BN of its own (pre-activation, as in a
+    DenseNet): the channels a gate may close (skip: substrings of consumer names left alone).
+    The gate goes on the last BN before the consumer, so a closed channel reaches it as exact
+    zeros (a gate before a depthwise conv would still let that conv's BN bias through)."""
     points = {}
     for layer in layers:
-        if not layer.shrinks_producer or any(s in layer.name for s in skip):
+        if any(s in layer.name for s in skip):
             continue
-        bns = [f for f in layer.followers
-               if isinstance(model.get_submodule(f), nn.BatchNorm2d) and model.get_submodule(f).affine]
+        if layer.shrinks_producer:        # conv -> BN -> (depthwise ...) -> the one reader
+            candidates = layer.followers
+        elif layer.mode == "gather":      # shared input -> a BN only this layer reads
+            candidates = layer.private[:1]
+        else:
+            continue
+        bns = [f for f in candidates
+               if isinstance(model.get_submodule(f), (nn.BatchNorm1d, nn.BatchNorm2d))
+               and model.get_submodule(f).affine]
         if bns:  # the BN nearest the consumer (walked back first): with a depthwise conv in
             points[bns[0]] = layer.name  # between, a closed gate there still outputs exact zeros
     return points

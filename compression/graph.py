@@ -11,7 +11,8 @@ together are merged (union-find), following the ops of the trace:
 - ``add`` / ``sub`` / ``mul`` / ``div`` of tensors of equal width merge the ids position by
   position (a residual sum couples its members; a squeeze-and-excitation ``x * s`` couples the
   trunk with the gate's last layer);
-- ``cat`` on dim 1 concatenates id lists; ``split`` / ``chunk`` / ``x[:, a:b]`` slice them;
+- ``cat`` on dim 1 concatenates id lists; ``split`` / ``chunk`` / ``x[:, a:b]`` slice them
+  (and fix the channels they split: the code cuts at fixed widths);
 - the network input, the output, layers that mix channels (LayerNorm, grouped convs) and any
   op the graph does not understand *fix* the ids they touch: those channels are never removed.
 
@@ -61,6 +62,8 @@ class PrunableLayer:
     producer: str | None = None                 # the layer writing its inputs (chain, one writer)
     followers: list[str] = field(default_factory=list)  # BN / depthwise convs in between
     is_first: bool = False                      # reads the network input
+    private: list[str] = field(default_factory=list)    # channelwise modules on its input
+    # path that nothing else reads (a pre-activation BN), nearest first
     graph: "ChannelGraph | None" = field(default=None, repr=False, compare=False)
 
     @property
@@ -156,6 +159,8 @@ class ChannelGraph:
         self.order: list[str] = []
         self.kinds: dict[str, str] = {}
         self.gate_readers: set[str] = set()
+        self.mixed_ids: set[int] = set()               # outputs of layers that mix channels
+        self.private: dict[str, list[str]] = {}        # reader -> channelwise modules only it reads
         self.unhandled: dict[str, str] = {}
 
     # -- union-find ------------------------------------------------------------------------
@@ -217,6 +222,9 @@ class ChannelGraph:
             index = keep.get(name)
             positions = range(len(ids)) if index is None else torch.as_tensor(index).tolist()
             alive.update(self.find(ids[p]) for p in positions)
+        for ids in self.writers.values():        # a layer keeps at least one output channel
+            if ids and not any(self.find(i) in alive for i in ids):
+                alive.add(self.find(ids[0]))
         return alive
 
     def plan(self, keep: Mapping[str, torch.Tensor], keep_shared: bool = False) -> dict[str, dict]:
@@ -359,7 +367,10 @@ class _Builder:
         if role == "passthrough":
             return ids
         if role == "mixing":
-            return self.unknown(node)
+            out = self.unknown(node)
+            if isinstance(out, list):
+                self.g.mixed_ids.update(out)
+            return out
         if role == "channelwise":
             if first:
                 self.g.followers[name] = ids
@@ -374,10 +385,28 @@ class _Builder:
             if index is not None:
                 self.g.gathered.add(name)
             self.g.kinds[name] = "linear" if isinstance(module, nn.Linear) else "conv"
+            self.g.private[name] = self.private_path(source)
             self.g.writers[name] = self.fresh_for(node, fixed=False)
         else:
             self.g.union(self.g.readers[name], ids)
         return self.g.writers[name]
+
+    def private_path(self, node) -> list[str]:
+        """Channelwise modules on the single-user path that ends at a reader, nearest first."""
+        found = []
+        while isinstance(node, fx.Node) and len(node.users) == 1 and node.args:
+            if node.op == "call_module":
+                module = self.modules[node.target]
+                pruner = pruner_for(module)
+                role = pruner.role(module) if pruner is not None else None
+                if role == "channelwise":
+                    found.append(node.target)
+                elif role != "passthrough":
+                    break
+            elif node.target not in PASSTHROUGH_FUNCTIONS and node.target not in PASSTHROUGH_METHODS:
+                break
+            node = node.args[0]
+        return found
 
     def op_call_function(self, node: fx.Node):
         return self.call(node, node.target)
@@ -431,6 +460,7 @@ class _Builder:
             return self.unknown(node)
         if self._dim(node, 2, 0, len(shape)) != 1:
             return tuple(ids for _ in meta)
+        self.g.fixed_ids.update(ids)     # the code splits at fixed widths: they must stay
         parts, start = [], 0
         for m in meta:
             width = int(m.shape[1])
@@ -451,7 +481,10 @@ class _Builder:
         if isinstance(index, tuple) and index and index[0] == slice(None) and all(
                 isinstance(i, slice) and not any(isinstance(v, fx.Node) for v in (i.start, i.stop, i.step))
                 for i in index):
-            return ids[index[1]] if len(index) > 1 else ids
+            if len(index) > 1 and index[1] != slice(None):
+                self.g.fixed_ids.update(ids)             # a slice at fixed channel indices
+                return ids[index[1]]
+            return ids
         return self.unknown(node)
 
     def reshape(self, node: fx.Node):
@@ -548,17 +581,28 @@ def analyse(model: nn.Module, input_shape: Sequence[int]) -> list[PrunableLayer]
     """Every conv / linear layer whose input channels a learner may prune, in execution
     order, with its mode; all share the model's ``ChannelGraph`` (``layer.graph``)."""
     graph, _ = build_graph(model, input_shape)
+    modules = dict(model.named_modules())
     if graph.unhandled:
         log.info("channel graph: kept whole around %s", "; ".join(
             f"{name}: {why}" for name, why in sorted(graph.unhandled.items())))
     voters, fixed = graph.voters(), graph.fixed_roots()
+    written = {graph.find(i) for ids in graph.writers.values() for i in ids}
+    kept_whole = {graph.find(i) for i in graph.mixed_ids} | (written & fixed)
     position = {name: i for i, name in enumerate(graph.order)}
     layers = []
     for name in graph.order:
-        if name not in graph.readers or graph.calls[name] > 1 or name in graph.gate_readers:
-            continue
+        if name not in graph.readers or graph.calls[name] > 1 or name in graph.gate_readers \
+                or getattr(modules[name], "transposed", False):
+            continue                  # a transposed conv shrinks as a producer, not by selection
         ids = graph.read_ids(name)
         roots = set(graph.roots(ids))
+        if roots and roots <= kept_whole:
+            # its inputs are computed whole whatever it keeps (the outputs of a grouped conv or
+            # a norm across channels, a tensor the code splits at fixed widths): pruning it
+            # would leave channels computed and unread
+            log.info("channel graph: %s keeps its inputs (its producer must keep all its "
+                     "channels: a grouped conv, a norm across channels or a split)", name)
+            continue
         chain = bool(roots) and all(r not in fixed and voters.get(r) == {name} for r in roots)
         producer, followers = None, []
         if chain:
@@ -570,7 +614,8 @@ def analyse(model: nn.Module, input_shape: Sequence[int]) -> list[PrunableLayer]
                                key=lambda f: -position[f])
         layers.append(PrunableLayer(
             name, graph.kinds[name], len(ids), "chain" if chain else "gather", producer,
-            followers, is_first=bool(set(graph.readers[name]) & graph.input_ids), graph=graph))
+            followers, is_first=bool(set(graph.readers[name]) & graph.input_ids),
+            private=[] if name in graph.gathered else graph.private[name], graph=graph))
     return layers
 
 

@@ -60,8 +60,11 @@ def patches_and_targets(module: nn.Module, layer_input: torch.Tensor, layer_outp
     if isinstance(module, nn.Linear):
         patches, targets = layer_input.unsqueeze(-1), layer_output
     else:
-        cols = F.unfold(layer_input, module.kernel_size, module.dilation, module.padding,
-                        module.stride)                                   # (N, c_in*k*k, L)
+        geometry = (module.kernel_size, module.dilation, module.padding, module.stride)
+        if module.weight.dim() == 3:      # a 1-D conv: a 2-D conv over a map of height 1
+            layer_input, layer_output = layer_input.unsqueeze(2), layer_output.unsqueeze(2)
+            geometry = tuple((pad, *value) for pad, value in zip((1, 1, 0, 1), geometry))
+        cols = F.unfold(layer_input, *geometry)                         # (N, c_in*k*k, L)
         nb_pos = cols.shape[-1]
         pos = torch.randint(nb_pos, (cols.shape[0], nb_crops), generator=gen).to(cols.device)
         cols = cols.gather(2, pos.unsqueeze(1).expand(-1, cols.shape[1], -1))

@@ -102,7 +102,7 @@ class ZeroPrunedInputs(Callback):
 def _override_weight(module: nn.Module, weight: torch.Tensor):
     """A forward hook making ``module`` use ``weight`` (a leaf we take gradients of)."""
     def hook(_module, args, _output):
-        if isinstance(module, nn.Conv2d):
+        if not isinstance(module, nn.Linear):
             return module._conv_forward(args[0], weight, module.bias)
         return F.linear(args[0], weight, module.bias)
     return module.register_forward_hook(hook, prepend=True)  # before the taps see the output

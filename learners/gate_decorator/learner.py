@@ -161,8 +161,16 @@ class GateDecoratorLearner(Learner):
                     "meta": self.ctx.state_meta(), "round": round_index,
                     "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
             round_index += 1
+        layers_kept = {}
+        for name, gate in gates.items():
+            consumer = points[name]
+            layers_kept[consumer] = [gate.nb_kept, gate.bn.num_features]
+            log.info("gate-decorator: gates on %s (read by %s) kept %d/%d channels (floor %d: "
+                     "--minimal_ratio=%g)", name, consumer, gate.nb_kept, gate.bn.num_features,
+                     pruner.minimal[consumer], cfg.minimal_ratio)
         sections["gate_decorator"] = {"rounds": history, "flops_ratio": pruner.ratio(gates),
-                                      "gated_layers": len(points)}
+                                      "gated_layers": len(points), "minimal_ratio": cfg.minimal_ratio,
+                                      "kept": layers_kept}
         return model, points
 
     # -- the flow ----------------------------------------------------------------------------

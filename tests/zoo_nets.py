@@ -1,0 +1,237 @@
+"""User-style nets defined only in the tests (not registered anywhere), and the probe that
+counts output channels nobody reads. Each net exercises a graph pattern the channel graph
+must follow: concatenated branches, squeeze-and-excitation, grouped convs, a DenseNet block,
+1-D convs, channel split / transposed conv."""
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cbr(c_in: int, c_out: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class InceptionNet(nn.Module):
+    """Three branches (1x1; 1x1 -> 3x3; pool -> 1x1) concatenated, read by one 1x1 conv."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = cbr(1, 16)
+        self.b1 = cbr(16, 8, 1)
+        self.b2 = nn.Sequential(cbr(16, 8, 1), cbr(8, 12))
+        self.b3 = nn.Sequential(nn.MaxPool2d(3, 1, 1), cbr(16, 4, 1))
+        self.mix = cbr(24, 32, 1)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.cat([self.b1(x), self.b2(x), self.b3(x)], dim=1)
+        x = self.mix(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, reduced)
+        self.fc2 = nn.Linear(reduced, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3))
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+        return x * s.view(s.shape[0], s.shape[1], 1, 1)
+
+
+class SENet(nn.Module):
+    """An inverted residual: 1x1 expand, depthwise 3x3, SE gate, 1x1 project, residual add."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = cbr(1, 16)
+        self.expand = cbr(16, 32, 1)
+        self.dw = cbr(32, 32, 3, groups=32)
+        self.se = SqueezeExcite(32, 8)
+        self.project = nn.Sequential(nn.Conv2d(32, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.head = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32),
+                                  nn.Hardswish())
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.project(self.se(self.dw(self.expand(x))))
+        x = self.head(x)
+        return self.fc(x.mean((2, 3)))
+
+
+class GroupedNet(nn.Module):
+    """A ResNeXt-style block: 1x1 reduce, 3x3 conv in 4 groups, 1x1 expand, conv shortcut."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = cbr(1, 16)
+        self.reduce = cbr(16, 16, 1)
+        self.grouped = cbr(16, 16, 3, groups=4)
+        self.expand = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32))
+        self.shortcut = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32))
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.relu(self.expand(self.grouped(self.reduce(x))) + self.shortcut(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class DenseNet(nn.Module):
+    """A dense block (each layer reads the concatenation of all before it) and a transition."""
+
+    def __init__(self, num_classes: int = 10, growth: int = 6, depth: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        width = 8
+        self.dense = nn.ModuleList()
+        for _ in range(depth):
+            self.dense.append(nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(),
+                                            nn.Conv2d(width, growth, 3, padding=1, bias=False)))
+            width += growth
+        self.transition = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(),
+                                        nn.Conv2d(width, 16, 1, bias=False), nn.AvgPool2d(2))
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for layer in self.dense:
+            x = torch.cat([x, layer(x)], 1)
+        x = self.transition(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Conv1dNet(nn.Module):
+    """1-D convs over a sequence (the 64 pixels of a digit): BN1d, PReLU per channel, a
+    residual block, a strided conv with a per-channel GroupNorm, global max pooling (the
+    average of a per-channel normalisation would be its bias alone)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv1d(1, 16, 5, padding=2), nn.BatchNorm1d(16), nn.ReLU())
+        self.conv_a = nn.Sequential(nn.Conv1d(16, 16, 3, padding=1), nn.BatchNorm1d(16),
+                                    nn.PReLU(16))
+        self.conv_b = nn.Sequential(nn.Conv1d(16, 16, 3, padding=1), nn.BatchNorm1d(16))
+        self.down = nn.Sequential(nn.Conv1d(16, 32, 3, stride=2, padding=1),
+                                  nn.GroupNorm(32, 32), nn.ReLU())
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(2)                       # (N, 1, 8, 8) digits -> (N, 1, 64)
+        x = self.stem(x)
+        x = torch.relu(x + self.conv_b(self.conv_a(x)))
+        x = self.down(x)
+        return self.fc(nn.functional.adaptive_max_pool1d(x, 1).flatten(1))
+
+
+class SplitNet(nn.Module):
+    """Channel split (half processed, half passed on), the halves concatenated in swapped
+    order, a transposed conv up and a strided conv down."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = cbr(1, 16)
+        self.branch = cbr(8, 8)
+        self.up = nn.Sequential(nn.ConvTranspose2d(16, 16, 2, stride=2, bias=False),
+                                nn.BatchNorm2d(16), nn.ReLU())
+        self.down = cbr(16, 24, 3, stride=2)
+        self.fc = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([b, self.branch(a)], dim=1)
+        x = self.down(self.up(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+ZOO = {"inception": InceptionNet, "se": SENet, "grouped": GroupedNet, "dense": DenseNet,
+       "conv1d": Conv1dNet, "split": SplitNet}
+INPUT_SHAPE = (1, 8, 8)
+
+WRITERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
+
+
+RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.PReLU, nn.SiLU, nn.GELU)
+
+
+@contextmanager
+def _linear_activations():
+    """ReLU-like activations as the identity: a channel that a ReLU zeroes for every input
+    is dead by its values, not by the graph; the probe asks about the graph."""
+    saved = torch.relu, F.relu
+    torch.relu = F.relu = lambda x, *args, **kwargs: x
+    try:
+        yield
+    finally:
+        torch.relu, F.relu = saved
+
+
+@torch.no_grad()
+def unread_channels(model: nn.Module, input_shape: Sequence[int] = INPUT_SHAPE,
+                    seed: int = 0) -> dict[str, int]:
+    """``module -> output channels whose value changes nothing`` for every conv / linear
+    module: large noise (either sign) is added to one output channel at a time and the
+    model's output compared with the clean one, on a copy with random weights whose ReLU-like
+    activations pass values through (so only the wiring can hide a channel)."""
+    model = copy.deepcopy(model).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():                 # random weights: a zero column is a value, not wiring
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+        for module in model.modules():
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, RECTIFIERS):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
+    x = torch.randn(4, *input_shape, generator=gen)
+    unread = {}
+    with _linear_activations():
+        clean = model(x)
+        for name, module in model.named_modules():
+            if not isinstance(module, WRITERS):
+                continue
+            count = 0
+            transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d))
+            for channel in range(module.weight.shape[1 if transposed else 0]):
+                changed = False
+                for sign in (1.0, -1.0):
+                    def hook(_m, _a, out, c=channel, s=sign):
+                        out = out.clone()
+                        out[:, c] += s * 100.0 * (1.0 + torch.rand(out[:, c].shape, generator=gen))
+                        return out
+
+                    handle = module.register_forward_hook(hook)
+                    try:
+                        changed |= bool((model(x) - clean).abs().max()
+                                        > 1e-5 * (1.0 + clean.abs().max()))
+                    finally:
+                        handle.remove()
+                count += int(not changed)
+            if count:
+                unread[name] = count
+    return unread
+
+
+def randomise_bn(model: nn.Module, seed: int = 7) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=gen) - 0.5)
