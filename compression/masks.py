@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from training.trainer import Callback
+
 MASKABLE = (nn.Conv2d, nn.Linear)
 
 
@@ -141,3 +143,23 @@ def sparsity_of(model: nn.Module, names: list[str], targets: dict) -> dict:
     numel = sum(v["numel"] for v in layers.values())
     return {"layers": layers, "zeros": zeros, "numel": numel,
             "sparsity": zeros / numel if numel else 0.0, "overall": table["sparsity"]}
+
+
+class KeepZeros(Callback):
+    """Holds at exactly 0, after every step, each weight (of a tensor of 2+ dims) that is 0
+    when the callback is made: a sparse model stays sparse through a fine-tuning that has no
+    masks of its own (e.g. quantization-aware training)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.masks = [(p, p.detach() != 0) for p in model.parameters()
+                      if p.dim() >= 2 and bool((p == 0).any())]
+
+    @property
+    def sparsity(self) -> float:
+        total = sum(mask.numel() for _, mask in self.masks)
+        return sum(int((~mask).sum()) for _, mask in self.masks) / total if total else 0.0
+
+    @torch.no_grad()
+    def on_minibatch_end(self, trainer, state) -> None:
+        for param, mask in self.masks:
+            param.mul_(mask)

@@ -97,14 +97,24 @@ def _dequantize(codes: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor,
 
 @torch.no_grad()
 def quantize_codes(x: torch.Tensor, bits: int, bucket_type: str = "channel",
-                   bucket_size: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   bucket_size: int = 512, keep_zero: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(codes int64 of x's shape in [0, 2^k - 1], scale a [nb_buckets], offset b
-    [nb_buckets])``, all computed in float32."""
+    [nb_buckets])``, all computed in float32. ``keep_zero``: the offset is moved to a whole
+    number of steps below 0, so that 0 is a grid point and decodes to exactly 0 (the integer
+    zero point of asymmetric quantization; a pruned weight stays pruned)."""
     _check_bits(bits)
     _check_bucket(bucket_type, bucket_size)
     rows = to_buckets(x.detach().float(), bucket_type, bucket_size)
     offset = rows.amin(1)
     scale = rows.amax(1) - offset
+    if keep_zero:
+        levels = float(2 ** bits - 1)
+        lo, hi = offset.clamp(max=0.0), rows.amax(1).clamp(min=0.0)
+        scale = hi - lo
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero = torch.round(-lo / safe * levels).clamp(0, levels)
+        offset = -(scale * zero / levels)
     codes = _codes(rows, offset[:, None], scale[:, None], bits)
     return from_buckets(codes, x.shape).long(), scale, offset
 
@@ -158,6 +168,19 @@ class _StraightThrough(torch.autograd.Function):
         return (grad if inside is None else grad * inside), grad, None, None
 
 
+def keep_zeros(quantizer: nn.Module, weight: torch.Tensor) -> nn.Module:
+    """Make ``quantizer`` keep the zeros of ``weight`` (a pruned layer): those weights stay
+    exactly 0 in its output, in the codes it encodes (its grid or codebook holds an exact 0)
+    and through fine-tuning (no gradient reaches them). Call before it is registered."""
+    quantizer.register_buffer("nonzero", (weight.detach() != 0).to(weight.dtype))
+    return quantizer
+
+
+def _keep_zeros(quantizer: nn.Module, q: torch.Tensor) -> torch.Tensor:
+    nonzero = getattr(quantizer, "nonzero", None)
+    return q if nonzero is None else q * nonzero.to(q.dtype)
+
+
 class UniformWeightQuantizer(BitsModule):
     """k-bit uniform fake quantizer of a weight (parametrization); ``bits`` may be changed at
     any time; ``None`` or >= 32 means full precision (identity)."""
@@ -169,14 +192,18 @@ class UniformWeightQuantizer(BitsModule):
         self.bucket_type, self.bucket_size = bucket_type, int(bucket_size)
 
     def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return quantize_codes(weight, self.bits, self.bucket_type, self.bucket_size)
+        nonzero = getattr(self, "nonzero", None)
+        if nonzero is None:
+            return quantize_codes(weight, self.bits, self.bucket_type, self.bucket_size)
+        return quantize_codes(weight * nonzero, self.bits, self.bucket_type, self.bucket_size,
+                              keep_zero=True)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.bits is None:
-            return weight
+            return _keep_zeros(self, weight)
         codes, scale, offset = self.encode(weight)
         q = dequantize(codes, scale, offset, self.bits, self.bucket_type, self.bucket_size)
-        return _StraightThrough.apply(weight, q.to(weight.dtype))
+        return _keep_zeros(self, _StraightThrough.apply(weight, q.to(weight.dtype)))
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, bucket_type={self.bucket_type}, bucket_size={self.bucket_size}"
@@ -271,6 +298,18 @@ class CodebookQuantizer(nn.Module):
         """(Re)place the centres at quantiles of ``weight`` or uniformly over [min, max]."""
         rows = to_buckets(weight.detach().float(), self.bucket_type, self.bucket_size)
         n, rest = 2 ** self.bits, weight.numel() % self.bucket_size
+        nonzero = getattr(self, "nonzero", None)
+        if nonzero is not None:       # centre 0 is an exact 0; the others fit the kept weights
+            mask = to_buckets(nonzero.float(), self.bucket_type, self.bucket_size) > 0
+            if self.bucket_type == "split" and rest:
+                mask[-1, rest:] = False
+            centres = torch.zeros(rows.shape[0], n, device=rows.device)
+            for i in range(rows.shape[0]):
+                kept = rows[i][mask[i]]
+                if n > 1 and kept.numel():
+                    centres[i, 1:] = _init_rows(kept[None], n - 1, self.init_style)[0]
+            self.centres = nn.Parameter(centres, requires_grad=self.opt_mode != "weights")
+            return
         if self.bucket_type == "split" and rest:        # the short last bucket: real values only
             centres = torch.cat([_init_rows(rows[:-1], n, self.init_style),
                                  _init_rows(rows[-1:, :rest], n, self.init_style)])
@@ -284,19 +323,32 @@ class CodebookQuantizer(nn.Module):
             self.init_centres(weight)
         return rows
 
+    def _centres(self) -> torch.Tensor:
+        """The centres; with kept zeros, centre 0 is held at exactly 0 (no gradient)."""
+        if getattr(self, "nonzero", None) is None:
+            return self.centres
+        free = torch.ones_like(self.centres[:1])
+        free[:, 0] = 0.0
+        return self.centres * free
+
     @torch.no_grad()
     def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(codes int64 of the weight's shape, centres float32 [nb_buckets, 2^k])``."""
         rows = self._ready(weight)
-        return from_buckets(nearest_centre(rows, self.centres), weight.shape), \
-            self.centres.detach().float().clone()
+        centres = self._centres().detach()
+        codes = from_buckets(nearest_centre(rows, centres), weight.shape)
+        if getattr(self, "nonzero", None) is not None:
+            codes = torch.where(self.nonzero > 0, codes, torch.zeros_like(codes))
+        return codes, centres.float().clone()
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         rows = self._ready(weight)
         if self.opt_mode == "cluster":
             rows = rows.detach()
-        q = self.centres.gather(1, nearest_centre(rows, self.centres.detach()))
-        return from_buckets(_StraightThrough.apply(rows, q), weight.shape).to(weight.dtype)
+        centres = self._centres()
+        q = centres.gather(1, nearest_centre(rows, centres.detach()))
+        q = from_buckets(_StraightThrough.apply(rows, q), weight.shape).to(weight.dtype)
+        return _keep_zeros(self, q)
 
     def extra_repr(self) -> str:
         return (f"bits={self.bits}, init_style={self.init_style}, bucket_type={self.bucket_type}, "

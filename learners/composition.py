@@ -49,12 +49,21 @@ def stage(learner: str, artifact: str | None, model: nn.Module, input_shape, acc
             "bytes": nbytes}
 
 
+def stored_bytes(path: str) -> int:
+    """The smallest stored form of an artifact: itself, or the sparse (COO / CSR) copy a
+    sparse learner wrote beside it."""
+    stem = os.path.splitext(path)[0]
+    sizes = [os.path.getsize(p) for p in (path, f"{stem}.coo.pt", f"{stem}.csr.pt")
+             if os.path.isfile(p)]
+    return min(sizes)
+
+
 def recorded_chain(path: str, obj: dict, model: nn.Module, input_shape) -> list[dict]:
     """The stages of the artifact at ``path`` (loaded as ``obj``), its own one last."""
     meta = obj.get("meta", {})
     previous = list(meta.get("chain") or [])
     own = stage(meta.get("learner", "unknown"), path, model, input_shape, meta.get("accuracy"),
-                os.path.getsize(path))
+                stored_bytes(path))
     if meta.get("produces") is not None:
         own["produces"] = list(meta["produces"])
     return [*previous, own]

@@ -102,19 +102,38 @@ def test_warm_start_compresses_the_artifact_and_distils_from_the_full_model(chai
         assert torch.equal(teacher.eval()(x), runner.original().eval()(x))
 
 
-def test_weight_sparse_then_non_uniform(chain, tmp_path):
+@pytest.mark.parametrize("quantizer,prefix", [("non-uniform", "nuql"), ("uniform", "uql")])
+def test_weight_sparse_then_quantized_keeps_the_zeros(chain, tmp_path, quantizer, prefix):
+    """A quantizer started from a sparse model keeps every pruned weight exactly 0 (in the
+    baked model and in its bit-packed codes), and reports both the sparsity and the bits; the
+    chain lists the sparse stage at the size of its sparse file."""
+    from compression.quant_format import load_quantized_model
+
     root = chain[0]
     common = [f"--save_path_eval={root}/eval/model.ckpt", "--export_format=onnx"]
-    ws = run(Helper, values_in(tmp_path, "--learner=weight-sparse", "--ws_prune_ratio=0.5",
+    ws = run(Helper, values_in(tmp_path, "--learner=weight-sparse", "--ws_prune_ratio=0.75",
                                "--ws_prune_ratio_prtl=uniform", *paths(tmp_path, "ws"), *common))
-    nuql = run(Helper, values_in(tmp_path, "--learner=non-uniform", "--enbl_warm_start",
-                                 f"--warm_start_path={tmp_path}/ws_eval/model.ckpt",
-                                 "--nuql_weight_bits=4", *paths(tmp_path, "nuql"), *common))
-    assert [s["learner"] for s in nuql["chain"]] == ["full-prec", "weight-sparse", "non-uniform"]
-    assert nuql["chain"][1]["accuracy"] == pytest.approx(ws["accuracy"]["compressed"], abs=1e-9)
-    assert nuql["deploy"]["onnx_fp32"]["max_abs_diff"] <= 1e-4
-    model, _ = load_model(f"{tmp_path}/nuql_eval/model.ckpt")
-    assert len(torch.unique(model.layer2[0].conv1.weight)) <= 16  # 4-bit codebook, one layer
+    quant = run(Helper, values_in(tmp_path, f"--learner={quantizer}", "--enbl_warm_start",
+                                  f"--warm_start_path={tmp_path}/ws_eval/model.ckpt",
+                                  f"--{prefix}_weight_bits=4", *paths(tmp_path, prefix), *common))
+    assert [s["learner"] for s in quant["chain"]] == ["full-prec", "weight-sparse", quantizer]
+    assert quant["chain"][1]["accuracy"] == pytest.approx(ws["accuracy"]["compressed"], abs=1e-9)
+    assert quant["chain"][1]["bytes"] == min(f["bytes"] for f in ws["sparse_files"].values())
+    assert quant["deploy"]["onnx_fp32"]["max_abs_diff"] <= 1e-4
+    sparse, _ = load_model(f"{tmp_path}/ws_eval/model.ckpt")
+    model, _ = load_model(f"{tmp_path}/{prefix}_eval/model.ckpt")
+    packed, _ = load_quantized_model(quant["quantization"]["file"]["path"])
+    section = quant["quantization"]
+    assert section["file"]["round_trip_exact"] and set(section["bits"].values()) == {4}
+    for name in section["bits"]:
+        before = sparse.get_submodule(name).weight
+        after = model.get_submodule(name).weight
+        assert torch.equal(after[before == 0], torch.zeros_like(after[before == 0])), name
+        assert torch.equal(packed.get_submodule(name).weight, after), name
+        assert len(torch.unique(after)) <= 16 + (quantizer == "uniform") * 16 * after.shape[0]
+        assert section["sparsity"]["layers"][name] >= float((before == 0).float().mean()) - 1e-9
+    assert section["sparsity"]["total"] >= 0.74
+    assert quant["accuracy"]["compressed"] >= ws["accuracy"]["compressed"] - 0.1
 
 
 # -- unfit chains ----------------------------------------------------------------------------

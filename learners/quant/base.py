@@ -21,7 +21,7 @@ from compression.masks import maskable_layers
 from compression.quant_format import export_quantized
 from compression.quant_spec import act_quant_entry
 from compression.quantizers import (attach_activation_quantizers, attach_weight_quantizers,
-                                    detach_weight_quantizers)
+                                    detach_weight_quantizers, keep_zeros)
 from learners import composition
 from learners.base import Learner, Result
 from learners.quant.bits_env import BitsEnv
@@ -48,8 +48,16 @@ class QuantLearnerBase(Learner):
         return layers
 
     def quantize(self, model: nn.Module, bits: dict[str, int]) -> nn.Module:
-        """Attach weight quantizers at ``bits`` (and activation quantizers) to ``model``."""
-        attach_weight_quantizers(model, list(bits), lambda n: self.make_quantizer(n, bits[n]))
+        """Attach weight quantizers at ``bits`` (and activation quantizers) to ``model``; a
+        layer with pruned (exactly zero) weights keeps them at zero (``keep_zeros``)."""
+        pruned = {name: model.get_submodule(name).weight for name in bits
+                  if bool((model.get_submodule(name).weight == 0).any())}
+
+        def make(name: str) -> nn.Module:
+            quantizer = self.make_quantizer(name, bits[name])
+            return keep_zeros(quantizer, pruned[name]) if name in pruned else quantizer
+
+        attach_weight_quantizers(model, list(bits), make)
         if self.cfg.activation_bits < 32:
             attach_activation_quantizers(model, list(bits), self.cfg.activation_bits)
         return model
@@ -119,4 +127,15 @@ class QuantLearnerBase(Learner):
         log.info("quantized file %s: %d bytes | round trip exact: %s", packed["file"]["path"],
                  packed["file"]["bytes"], packed["file"]["round_trip_exact"])
         return {"bits": dict(bits), **packed, "activation_bits": self.cfg.activation_bits,
-                "bucket_type": self.cfg.buckets}
+                "bucket_type": self.cfg.buckets, "sparsity": _sparsity(model, bits)}
+
+
+@torch.no_grad()
+def _sparsity(model: nn.Module, bits: dict) -> dict:
+    """Zero fraction of each quantized weight and of all of them (a sparse start keeps its
+    zeros through quantization)."""
+    layers = {name: model.get_submodule(name).weight for name in bits}
+    zeros = {name: int((w == 0).sum()) for name, w in layers.items()}
+    total = sum(w.numel() for w in layers.values())
+    return {"layers": {name: zeros[name] / layers[name].numel() for name in layers},
+            "total": sum(zeros.values()) / total if total else 0.0}

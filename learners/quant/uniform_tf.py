@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from compression.int8_qat import convert_int8, output_scale, prepare_qat
+from compression.masks import KeepZeros
 from compression.thinning import gathers_as_matrices
 from deployment.formats import FORMATS
 from deployment.pte import PteModel, save_int8_program
@@ -94,8 +95,12 @@ class UniformQuantTFLearner(Learner):
         qat.calibrate(x for x, _ in calib)
         before = ctx.accuracy(qat)
         schedule = ScaledLr(ctx.helper.lr_schedule(ctx.mgw.size()), cfg.lrn_rate_dcy)
-        ctx.fit(qat, schedule, tag="finetune", teacher=ctx.teacher())
+        zeros = KeepZeros(qat)              # a sparse start keeps its zeros (int8 0 is exact)
+        ctx.fit(qat, schedule, tag="finetune", teacher=ctx.teacher(),
+                callbacks=[zeros] if zeros.masks else ())
         sections = {"accuracy_qat": ctx.accuracy(qat)}
+        if zeros.masks:
+            sections["sparsity"] = {"kept_zeros": zeros.sparsity}
         # the artifact is the int8 program: written here, not by the runner (spec None)
         result = Result(full, None, before_finetune=before, sections=sections, deploy_kind=None,
                         report_model=full)
