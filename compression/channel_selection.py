@@ -121,6 +121,10 @@ def _group_prox(normal_eqs, weight, nb_keep, cfg, gen):
 SELECTIONS = tuple(SELECTORS)
 
 
+# A refit's largest weight may be at most this multiple of the layer's largest before it.
+REFIT_BOUND = 10.0
+
+
 def _pick(method: str, normal_eqs, weight, nb_keep: int, cfg: SelectionSettings,
           gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     if method not in SELECTORS:
@@ -130,7 +134,8 @@ def _pick(method: str, normal_eqs, weight, nb_keep: int, cfg: SelectionSettings,
 
 def _refit(normal_eqs, weight, keep, cfg: SelectionSettings) -> torch.Tensor:
     if cfg.lstsq == "closed":
-        return refit_closed(*normal_eqs, keep, weight.shape[2])
+        return refit_closed(*normal_eqs, keep, weight.shape[2],
+                            max_abs=REFIT_BOUND * float(weight.abs().max()))
     return refit_adam(*normal_eqs, keep, weight, cfg.lstsq_lrn_rate, cfg.lstsq_nb_iters)
 
 
@@ -149,8 +154,9 @@ def refit_kept(full: nn.Module, pruned: nn.Module, name: str, keep: torch.Tensor
     patches, targets = collect(full, pruned, name, batches, nb_crops, gen)
     module = pruned.get_submodule(name)
     keep = keep.to(patches.device)
+    bound = REFIT_BOUND * float(layer_weight(module).abs().max())
     set_kept_weight(module, refit_closed(*normal_equations(patches, targets), keep,
-                                         patches.shape[2]), keep)
+                                         patches.shape[2], max_abs=bound), keep)
     return reconstruction_error(patches, targets, layer_weight(module), keep)
 
 

@@ -191,7 +191,7 @@ def test_uniform_meets_the_flops_budget_and_thins(tmp_path, tiny_pretrained):
     # the allocation counts channels that several layers read as kept (0.49..0.5); thinning
     # then also drops those that none of them kept, so the model is at or below the budget
     assert 0.49 <= saved["strategy"]["flops_ratio"] <= 0.5
-    assert saved["strategy"]["flops_ratio"] - 0.03 <= ratio <= saved["strategy"]["flops_ratio"]
+    assert saved["strategy"]["flops_ratio"] - 0.05 <= ratio <= saved["strategy"]["flops_ratio"]
     assert "conv1" not in saved["strategy"]["kept"] and "fc" not in saved["strategy"]["kept"]
 
 

@@ -81,7 +81,7 @@ def test_optimal_search_meets_the_flops_budget_and_thins(prefix, tmp_path, tiny_
     assert strategy["protocol"] == "auto" and strategy["budget_target"] == 0.5
     assert 0.49 <= strategy["flops_ratio"] <= 0.5                       # within 2 % of the budget
     final = count_flops(model, (1, 8, 8)) / report["flops"]["full"]
-    assert strategy["flops_ratio"] - 0.03 <= final <= strategy["flops_ratio"] + 1e-9
+    assert strategy["flops_ratio"] - 0.05 <= final <= strategy["flops_ratio"] + 1e-9
     for name, (count, _) in strategy["kept"].items():
         assert model.get_submodule(name).weight.shape[1] == count, name
     assert saved["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, saved["onnx"]["max_abs_output"])
@@ -139,7 +139,7 @@ def test_latency_budget_is_settled_on_measurements(tmp_path, tiny_pretrained, mo
     # measured on the strategy's architecture; the final model may also drop channels that
     # no reader kept, so it is at most that slow
     assert 0.5 + 0.5 * flops_ratio <= latency["measured_ratio"] + 1e-9
-    assert latency["measured_ratio"] - 0.5 * 0.05 <= 0.5 + 0.5 * flops_ratio
+    assert latency["measured_ratio"] - 0.5 * 0.1 <= 0.5 + 0.5 * flops_ratio
     for name, (count, width) in saved["strategy"]["kept"].items():
         assert count % 8 == 0 or width < 8, (name, count)
         assert model.get_submodule(name).weight.shape[1] == count

@@ -25,6 +25,7 @@ from compression.layer_pruners import ChannelwisePruner, register_pruner
 from compression.thinning import gathers_as_matrices, mask_inputs, thin
 from nets import registry
 from tests.test_tools import tool
+from compression.unread import WRITERS, wasted_flops
 from tests.zoo_nets import INPUT_SHAPE, ZOO, randomise_bn, unread_channels
 from utils.model_io import module_spec
 from utils.model_stats import count_flops, count_params
@@ -77,9 +78,9 @@ def test_thinning_is_exact_and_counted(name):
 @pytest.mark.parametrize("name", list(ZOO))
 def test_no_output_channel_is_left_unread(name):
     model, layers, keep = _pruned(name)
-    assert unread_channels(model) == {}
+    assert unread_channels(model, INPUT_SHAPE) == {}
     thinned, _ = thin(model, layers, keep)
-    unread = unread_channels(thinned)
+    unread = unread_channels(thinned, INPUT_SHAPE)
     if name not in LATE_MEMBERS:
         assert unread == {}
         return
@@ -92,6 +93,15 @@ def test_no_output_channel_is_left_unread(name):
     alive = graph.survivors(keep)
     written = {graph.find(i) for i in graph.writers[member]} & alive
     assert unread == ({member: len(written - late)} if written - late else {})
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_wasted_flops_price_each_module_like_the_flop_counter(name):
+    model = ZOO[name]().eval()
+    writers = {n: m.weight.shape[1 if isinstance(m, nn.ConvTranspose2d) else 0]
+               for n, m in model.named_modules() if isinstance(m, WRITERS)}
+    # every output channel of every module unread: the whole model's FLOPs
+    assert wasted_flops(model, INPUT_SHAPE, writers) == count_flops(model, INPUT_SHAPE)
 
 
 def test_graph_patterns_of_the_zoo():
@@ -262,7 +272,7 @@ def test_every_channel_learner_on_every_zoo_net(name, learner, zoo_full):
     model, _ = load_model(result.artifact)
     assert report["flops"]["compressed"] == count_flops(model, INPUT_SHAPE)
     assert report["flops"]["compressed"] < report["flops"]["full"]
-    unread = unread_channels(model)
+    unread = unread_channels(model, INPUT_SHAPE)
     assert set(unread) <= ({LATE_MEMBERS[name][0]} if name in LATE_MEMBERS else set()), unread
     assert report["onnx"]["parity_ok"] and report["onnx"]["bytes"] <= full_report["onnx"]["bytes"]
     assert report["accuracy"]["compressed"] >= 0.1 * report["accuracy"]["full"]

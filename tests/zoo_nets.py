@@ -4,13 +4,10 @@ must follow: concatenated branches, squeeze-and-excitation, grouped convs, a Den
 1-D convs, channel split / transposed conv."""
 from __future__ import annotations
 
-import copy
-from contextlib import contextmanager
-from typing import Sequence
-
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from compression.unread import unread_channels  # noqa: F401  (the tests' probe)
 
 
 def cbr(c_in: int, c_out: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -159,72 +156,6 @@ class SplitNet(nn.Module):
 ZOO = {"inception": InceptionNet, "se": SENet, "grouped": GroupedNet, "dense": DenseNet,
        "conv1d": Conv1dNet, "split": SplitNet}
 INPUT_SHAPE = (1, 8, 8)
-
-WRITERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
-
-
-RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.PReLU, nn.SiLU, nn.GELU)
-
-
-@contextmanager
-def _linear_activations():
-    """ReLU-like activations as the identity: a channel that a ReLU zeroes for every input
-    is dead by its values, not by the graph; the probe asks about the graph."""
-    saved = torch.relu, F.relu
-    torch.relu = F.relu = lambda x, *args, **kwargs: x
-    try:
-        yield
-    finally:
-        torch.relu, F.relu = saved
-
-
-@torch.no_grad()
-def unread_channels(model: nn.Module, input_shape: Sequence[int] = INPUT_SHAPE,
-                    seed: int = 0) -> dict[str, int]:
-    """``module -> output channels whose value changes nothing`` for every conv / linear
-    module: large noise (either sign) is added to one output channel at a time and the
-    model's output compared with the clean one, on a copy with random weights whose ReLU-like
-    activations pass values through (so only the wiring can hide a channel)."""
-    model = copy.deepcopy(model).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():                 # random weights: a zero column is a value, not wiring
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
-        for module in model.modules():
-            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
-    for name, module in list(model.named_modules()):
-        if isinstance(module, RECTIFIERS):
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
-    x = torch.randn(4, *input_shape, generator=gen)
-    unread = {}
-    with _linear_activations():
-        clean = model(x)
-        for name, module in model.named_modules():
-            if not isinstance(module, WRITERS):
-                continue
-            count = 0
-            transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d))
-            for channel in range(module.weight.shape[1 if transposed else 0]):
-                changed = False
-                for sign in (1.0, -1.0):
-                    def hook(_m, _a, out, c=channel, s=sign):
-                        out = out.clone()
-                        out[:, c] += s * 100.0 * (1.0 + torch.rand(out[:, c].shape, generator=gen))
-                        return out
-
-                    handle = module.register_forward_hook(hook)
-                    try:
-                        changed |= bool((model(x) - clean).abs().max()
-                                        > 1e-5 * (1.0 + clean.abs().max()))
-                    finally:
-                        handle.remove()
-                count += int(not changed)
-            if count:
-                unread[name] = count
-    return unread
-
 
 def randomise_bn(model: nn.Module, seed: int = 7) -> None:
     gen = torch.Generator().manual_seed(seed)
