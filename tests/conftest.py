@@ -1,10 +1,12 @@
 """Shared fixtures: flag values for a very short digits run, and entry-script subprocesses."""
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,23 @@ def compress_digits(tmp_path: Path, use_pretrained, learner: str, helper=None, *
     return pf.compress(helper or digits_helper(), learner=learner, out_dir=str(tmp_path),
                        full_model=str(tmp_path / "eval" / "model.ckpt"),
                        **{"report_latency": False, **options})
+
+
+@contextmanager
+def imported_for_module(module: str):
+    """``module`` imported afresh (its nets registered) and the net registry restored to the
+    built-in nets afterwards (other tests list them)."""
+    from nets import registry
+
+    registry.list_nets()
+    saved = dict(registry._NETS)
+    registering = ("tests.user_nets", "tests.zoo_helpers")
+    for name in registering:
+        sys.modules.pop(name, None)
+    try:
+        yield importlib.import_module(module)
+    finally:
+        for name in registering:
+            sys.modules.pop(name, None)
+        registry._NETS.clear()
+        registry._NETS.update(saved)

@@ -3,15 +3,13 @@ artifact loads once the helper's module is imported (``--helper=tests.user_nets:
 and without it the error says how to give it."""
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 
 import pytest
 
 import pocketflow_torch as pf
-from nets import registry
 from tests.test_tools import tool
+from tests.conftest import imported_for_module
 
 HELPER = "--helper=tests.user_nets:UserHelper"
 
@@ -20,13 +18,8 @@ HELPER = "--helper=tests.user_nets:UserHelper"
 def user_nets():
     """``tests.user_nets`` imported (its net registered) for this module only: the registry
     holds the built-in nets alone again afterwards (other tests list them)."""
-    registry.list_nets()
-    saved = dict(registry._NETS)
-    sys.modules.pop("tests.user_nets", None)
-    yield importlib.import_module("tests.user_nets")
-    sys.modules.pop("tests.user_nets", None)
-    registry._NETS.clear()
-    registry._NETS.update(saved)
+    with imported_for_module("tests.user_nets") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")

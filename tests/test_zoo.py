@@ -5,11 +5,9 @@ leave no output channel that nothing reads, and export no larger than the unprun
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import logging
 import os
-import sys
 
 import pytest
 import torch
@@ -23,12 +21,12 @@ from compression.channel_selection import choose_layers
 from compression.graph import analyse
 from compression.layer_pruners import ChannelwisePruner, register_pruner
 from compression.thinning import gathers_as_matrices, mask_inputs, thin
-from nets import registry
 from tests.test_tools import tool
 from compression.unread import WRITERS, wasted_flops
 from tests.zoo_nets import INPUT_SHAPE, ZOO, randomise_bn, unread_channels
 from utils.model_io import module_spec
 from utils.model_stats import count_flops, count_params
+from tests.conftest import imported_for_module
 
 # Residual sums whose later member writes channels that only readers BEFORE the sum keep:
 # net -> (the member's last conv, the readers after the sum). Removing those channels from
@@ -239,13 +237,8 @@ CHANNEL_LEARNERS = {
 @pytest.fixture(scope="module")
 def zoo_helpers():
     """``tests.zoo_helpers`` imported (the zoo nets registered) for this module only."""
-    registry.list_nets()
-    saved = dict(registry._NETS)
-    sys.modules.pop("tests.zoo_helpers", None)
-    yield importlib.import_module("tests.zoo_helpers")
-    sys.modules.pop("tests.zoo_helpers", None)
-    registry._NETS.clear()
-    registry._NETS.update(saved)
+    with imported_for_module("tests.zoo_helpers") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
