@@ -55,7 +55,8 @@ def test_chain_records_every_stage(chain):
     assert middle["artifact"] == cpr_values["cpr_save_path_eval"]
     assert middle["flops"] == cpr["flops"]["compressed"]
     assert middle["accuracy"] == pytest.approx(cpr["accuracy"]["compressed"], abs=1e-9)
-    assert 0.45 <= middle["flops"] / first["flops"] <= 0.55
+    # a budget of 0.5; thinning also drops the channels no reader kept, so it may end below
+    assert 0.40 <= middle["flops"] / first["flops"] <= 0.50 + 1e-9
     # the report compares with the ORIGINAL full model; the compressed side is the thinned net
     assert uqtf["accuracy"]["full"] == pytest.approx(full["accuracy"]["full"], abs=1e-9)
     assert uqtf["flops"]["full"] == first["flops"]

@@ -5,8 +5,9 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from compression.masks import (attach_masks, detach_masks, global_nb_zeros, magnitude_mask,
+from compression.masks import (KeepZeros, attach_masks, detach_masks, global_nb_zeros, magnitude_mask,
                                maskable_layers, masks_of, raw_weight, set_masks, sparsity_table)
 from compression.sparse_format import (SparseFormatError, encode_state_dict, load_sparse_model,
                                        save_sparse_model)
@@ -201,3 +202,27 @@ def test_bn_recalibration_re_estimates_running_statistics():
     expected_var = torch.stack([b.var(0, unbiased=True) for b in batches]).mean(0)
     assert torch.allclose(model[0].running_var, expected_var, atol=1e-4)
     assert not model.training and model[0].momentum == 0.1
+
+
+# -- zeros held through a fine-tuning without masks (uniform-tf from a sparse start) --------
+def test_keep_zeros_holds_pruned_weights_at_zero_through_training():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    with torch.no_grad():
+        model[0].weight[:, 0] = 0.0                     # a pruned input channel
+        model[2].weight[model[2].weight.abs() < 0.02] = 0.0
+    zeros = KeepZeros(model)
+    pruned = [p == 0 for p in (model[0].weight, model[2].weight)]
+    assert len(zeros.masks) == 2
+    expected = sum(int(z.sum()) for z in pruned) / sum(z.numel() for z in pruned)
+    assert abs(zeros.sparsity - expected) < 1e-12 and expected > 0.25
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(5):
+        optimizer.zero_grad()
+        model(torch.randn(8, 2, 8, 8)).square().mean().backward()
+        optimizer.step()
+        zeros.on_minibatch_end(None, None)
+    for param, zero in zip((model[0].weight, model[2].weight), pruned):
+        assert torch.equal(param[zero], torch.zeros_like(param[zero]))
+        assert bool((param[~zero] != 0).all())          # the others trained
+    assert KeepZeros(nn.Linear(3, 3)).masks == []       # a dense model: nothing to hold
