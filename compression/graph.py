@@ -556,7 +556,8 @@ class _Builder:
         return gated
 
 
-def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tuple[ChannelGraph, fx.GraphModule]:
+def shaped_graph(model: nn.Module, input_shape: Sequence[int]) -> fx.GraphModule:
+    """The fx trace of ``model`` with ``tensor_meta`` from one zero input (eval mode)."""
     graph_module = trace(model)
     was_training = model.training
     graph_module.eval()
@@ -567,6 +568,11 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tuple[ChannelGr
             ShapeProp(graph_module).propagate(torch.zeros(1, *input_shape, device=device))
     finally:
         model.train(was_training)
+    return graph_module
+
+
+def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tuple[ChannelGraph, fx.GraphModule]:
+    graph_module = shaped_graph(model, input_shape)
     builder = _Builder(graph_module)
     graph = builder.run()
     node_of = {}

@@ -27,13 +27,11 @@ import subprocess
 import tempfile
 from typing import Sequence
 
-import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from compression.graph import trace
+from compression.graph import shaped_graph
 from utils.checkpoint import atomic_write_text
 
 INSTALL_HINT = ("install Graphviz: apt-get install graphviz (Debian/Ubuntu), conda install graphviz, "
@@ -68,21 +66,6 @@ def _module_kind(module: nn.Module) -> str:
     if isinstance(module, (_BatchNorm, nn.LayerNorm, nn.GroupNorm)):
         return "norm"
     return "module"
-
-
-def shaped_graph(model: nn.Module, input_shape: Sequence[int]) -> fx.GraphModule:
-    """The fx trace of ``model`` with ``tensor_meta`` from one zero input (eval mode)."""
-    graph_module = trace(model)
-    was_training = model.training
-    graph_module.eval()
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    try:
-        with torch.no_grad():
-            ShapeProp(graph_module).propagate(torch.zeros(1, *input_shape, device=device))
-    finally:
-        model.train(was_training)
-    return graph_module
 
 
 def _node_style(node: fx.Node, modules: dict) -> tuple[str, str]:
