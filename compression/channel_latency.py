@@ -184,9 +184,10 @@ def thin_to_counts(model: nn.Module, layers: Sequence[PrunableLayer],
     """A thinned copy of ``model`` keeping the first ``counts[layer]`` input channels of each
     layer: the architecture of a strategy, for timing (which channels does not matter; channels
     several layers read stay, as ``ChannelFlops.flops`` counts them: the final model, which
-    also drops those no layer kept, is at most as slow)."""
+    also drops those no layer kept and those nothing reads after a residual sum, is at most as
+    slow)."""
     keep = {name: torch.arange(count) for name, count in counts.items()}
-    thinned, _ = thin(copy.deepcopy(model), layers, keep, keep_shared=True)
+    thinned, _ = thin(copy.deepcopy(model), layers, keep, keep_shared=True, eliminate=False)
     return thinned.eval()
 
 

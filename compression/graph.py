@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from compression.channel_picks import is_scatter
 from compression.layer_pruners import pruner_for, registered_types
 
 log = logging.getLogger("pocketflow")
@@ -161,6 +162,9 @@ class ChannelGraph:
         self.gate_readers: set[str] = set()
         self.mixed_ids: set[int] = set()               # outputs of layers that mix channels
         self.private: dict[str, list[str]] = {}        # reader -> channelwise modules only it reads
+        self.scatters: dict[str, tuple[list[int], list[int]]] = {}  # Scatter module -> (ids of
+        # its wide output, where its own channels lie in it)
+        self.input_shape: tuple[int, ...] | None = None
         self.unhandled: dict[str, str] = {}
 
     # -- union-find ------------------------------------------------------------------------
@@ -268,6 +272,15 @@ class ChannelGraph:
                 change["gather"] = None                     # reads all that is left: plain
             if change:
                 plan.setdefault(name, {}).update(change)
+        for name, (wide, index) in self.scatters.items():
+            now = alive_positions(wide)
+            if len(now) == len(wide):
+                continue
+            rank = {p: r for r, p in enumerate(now)}
+            placed = [rank[p] for p in index if p in rank]
+            plan.setdefault(name, {})["scatter"] = (
+                None if placed == list(range(len(now)))
+                else (torch.tensor(placed, dtype=torch.long), len(now)))
         return plan
 
     def fractions(self, kept: Mapping[str, int]) -> dict[int, float]:
@@ -376,7 +389,7 @@ class _Builder:
                 self.g.followers[name] = ids
             else:                    # one module called twice: its channels are the same
                 self.g.union(self.g.followers[name], ids)
-            return ids
+            return self.scattered(name, module, ids)
         # a reader: its weight columns read the input (through the gather of a Gather module)
         if first:
             index = getattr(module, "in_index", None)
@@ -386,10 +399,21 @@ class _Builder:
                 self.g.gathered.add(name)
             self.g.kinds[name] = "linear" if isinstance(module, nn.Linear) else "conv"
             self.g.private[name] = self.private_path(source)
-            self.g.writers[name] = self.fresh_for(node, fixed=False)
+            self.g.writers[name] = self.g.fresh(pruner.channels(module)[1])
         else:
             self.g.union(self.g.readers[name], ids)
-        return self.g.writers[name]
+        return self.scattered(name, module, self.g.writers[name])
+
+    def scattered(self, name: str, module: nn.Module, ids: list[int]) -> list[int]:
+        """The ids of a ``Scatter*`` module's wide output: its own channels at ``out_index``,
+        the zero channels between them (``compression.channel_picks``)."""
+        if not is_scatter(module):
+            return ids
+        if name not in self.g.scatters:
+            self.g.scatters[name] = (self.g.fresh(module.scatter_width), module.out_index.tolist())
+        wide, index = self.g.scatters[name]
+        self.g.union([wide[p] for p in index], ids)
+        return wide
 
     def private_path(self, node) -> list[str]:
         """Channelwise modules on the single-user path that ends at a reader, nearest first."""
@@ -575,6 +599,7 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tuple[ChannelGr
     graph_module = shaped_graph(model, input_shape)
     builder = _Builder(graph_module)
     graph = builder.run()
+    graph.input_shape = tuple(input_shape)
     node_of = {}
     for node in graph_module.graph.nodes:
         if node.op == "call_module":

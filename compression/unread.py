@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compression.channel_picks import is_scatter
 from utils.model_stats import count_flops
 
 WRITERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
@@ -47,8 +48,10 @@ def unread_channels(model: nn.Module, input_shape: Sequence[int],
     model = copy.deepcopy(model).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():                 # random weights: a zero column is a value, not wiring
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+        for param in model.parameters():        # unit gain per layer: no overflow in deep nets
+            fan_in = param[0].numel() if param.dim() > 1 else 4
+            param.copy_(torch.randn(param.shape, generator=gen) / fan_in ** 0.5 + (
+                1.0 if param.dim() == 1 else 0.0))
         for module in model.modules():
             if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
@@ -65,7 +68,10 @@ def unread_channels(model: nn.Module, input_shape: Sequence[int],
                 continue
             count = 0
             transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d))
-            for channel in range(module.weight.shape[1 if transposed else 0]):
+            positions = range(module.weight.shape[1 if transposed else 0])
+            if is_scatter(module):                 # its channels lie at out_index of a wider
+                positions = module.out_index.tolist()      # output (compression.channel_picks)
+            for channel in positions:
                 changed = False
                 for sign in (1.0, -1.0):
                     def hook(_m, _a, out, c=channel, s=sign):

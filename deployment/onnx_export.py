@@ -20,11 +20,17 @@ class ExportUnavailable(RuntimeError):
 
 
 def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str, opset: int = 17) -> str:
-    """Export ``model`` (eval mode, dynamic batch) to ``path`` atomically; returns the path."""
+    """Export ``model`` (eval mode, dynamic batch) to ``path`` atomically; returns the path.
+    Layers that compute a few channels of a wider tensor (``Scatter*``) are written as the
+    layer and a one-hot 1x1 conv (``index_copy`` would become a dozen shape ops)."""
     try:
         import onnx  # noqa: F401
     except ImportError as exc:
         raise ExportUnavailable("ONNX export needs onnx and onnxruntime: pip install -e .[onnx]") from exc
+    from compression.channel_picks import is_scatter, scatters_as_products
+
+    if any(is_scatter(m) for m in model.modules()):
+        model = scatters_as_products(model)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -15,7 +15,11 @@ from compression.channel_flops import ChannelFlops
 from compression.channel_selection import choose_layers
 from compression.graph import analyse
 from compression.ratio_list import RatioListError, read_ratio_list, write_ratio_list
+from compression.artifacts import build_model
+from compression.dead_channels import unread_outputs
 from compression.thinning import thin
+from compression.unread import unread_channels
+from utils.model_io import module_spec
 from learners.rl.channel_env import ChannelEnv
 from nets.registry import create_net, list_nets
 from tests.test_compression import INPUT_SIZES, UserNet
@@ -24,10 +28,14 @@ from compression.artifacts import load_model
 from utils.model_stats import count_flops
 
 
+def _net_kwargs(name: str) -> dict:
+    size = INPUT_SIZES[name]
+    return {"num_classes": 10, "in_channels": 3, **({"input_size": size} if name == "lenet" else {})}
+
+
 def _net(name: str):
     size = INPUT_SIZES[name]
-    kwargs = {"input_size": size} if name == "lenet" else {}
-    model = create_net(name, num_classes=10, in_channels=3, **kwargs).eval()
+    model = create_net(name, **_net_kwargs(name)).eval()
     layers = analyse(model, (3, size, size))
     return model, layers, (3, size, size)
 
@@ -41,11 +49,41 @@ def test_strategy_flops_equal_the_thinned_models_flop_counter(name):
     chosen = choose_layers(layers, True, False, [])
     keep = {layer.name: torch.randperm(layer.in_channels, generator=gen)[
         :int(torch.randint(1, layer.in_channels + 1, (1,), generator=gen))] for layer in chosen}
-    thinned, _ = thin(model, layers, keep)
-    actual = count_flops(thinned, shape)
+    plain, _ = thin(model, layers, keep, eliminate=False)
+    actual = count_flops(plain, shape)
     assert flops.flops_of(keep) == actual
     # from counts alone: exact for what one layer reads alone; shared channels count as kept
     assert actual <= flops.flops({n: len(k) for n, k in keep.items()})
+
+
+@pytest.mark.parametrize("name", list_nets())
+def test_dead_channel_elimination_is_exact_and_leaves_no_unread_channel(name):
+    model, layers, shape = _net(name)
+    gen = torch.Generator().manual_seed(1)
+    keep = {layer.name: torch.randperm(layer.in_channels, generator=gen)[:layer.in_channels // 2]
+            for layer in choose_layers(layers, True, False, [])}
+    plain, _ = thin(model, layers, keep, eliminate=False)
+    stats = {}
+    thinned, spec = thin(model, layers, keep, module_spec(model), stats=stats)
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        for mode in ("eval", "train"):                   # the same dropout draws in train mode
+            expected = torch.manual_seed(0) and getattr(plain, mode)()(x)
+            got = torch.manual_seed(0) and getattr(thinned, mode)()(x)
+            assert (expected - got).abs().max() <= 1e-5 * max(1.0, expected.abs().max().item())
+    assert unread_outputs(thinned, shape) == {} and stats["unread_channels"] == 0
+    removed = unread_outputs(plain, shape)
+    assert stats["removed"] == removed
+    assert stats["flops_before"] == count_flops(plain, shape)
+    assert stats["flops_after"] == count_flops(thinned, shape)
+    residual = name.startswith("resnet") or name == "mobilenet_v2"
+    assert (stats["flops_after"] < stats["flops_before"]) == residual   # late residual members
+    rebuilt = build_model(spec, base=create_net(name, **_net_kwargs(name)))
+    rebuilt.load_state_dict(thinned.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), thinned.eval()(x))
+    if name in ("lenet", "resnet20"):                   # the perturbation probe agrees
+        assert unread_channels(plain, shape) == removed and unread_channels(thinned, shape) == {}
 
 
 def test_flops_of_a_users_net_with_concat_and_depthwise():
@@ -53,9 +91,14 @@ def test_flops_of_a_users_net_with_concat_and_depthwise():
     layers = analyse(model, (3, 12, 12))
     keep = {"left.0": torch.tensor([0, 2, 5]), "pw": torch.tensor([1, 3, 4, 8, 15, 20]),
             "head": torch.tensor([0, 7, 9])}
-    thinned, _ = thin(model, layers, keep)
+    plain, _ = thin(model, layers, keep, eliminate=False)
     flops = ChannelFlops(model, layers, (3, 12, 12))
-    assert flops.flops({"left.0": 3, "pw": 6, "head": 3}) == count_flops(thinned, (3, 12, 12))
+    estimate = flops.flops({"left.0": 3, "pw": 6, "head": 3})
+    assert estimate == count_flops(plain, (3, 12, 12))
+    # the residual member pw computes only the 3 channels head reads (not all 6 that `expand`,
+    # before the sum, keeps of the concatenation too)
+    thinned, _ = thin(model, layers, keep)
+    assert thinned.pw.out_channels == 3 and count_flops(thinned, (3, 12, 12)) < estimate
 
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2"])
@@ -216,8 +259,13 @@ def test_auto_searches_under_the_budget(tmp_path, tiny_pretrained):
     assert len(report["search"]["history"]) == 3
     assert 0.588 <= saved["strategy"]["flops_ratio"] <= 0.6
     assert report["search"]["reward"] == max(report["search"]["history"])
-    assert report["flops"]["compressed"] / report["flops"]["full"] == pytest.approx(
+    # the strategy's FLOPs are those of the thinned plan; dead-channel elimination then
+    # removes what the residual sums' late members compute for nobody
+    dead = report["dead_channels"]
+    assert dead["flops_before"] / report["flops"]["full"] == pytest.approx(
         saved["strategy"]["flops_ratio"])
+    assert report["flops"]["compressed"] == dead["flops_after"] <= dead["flops_before"]
+    assert dead["unread_channels"] == 0
 
 
 def test_bad_list_file_fails_before_any_work(tmp_path, tiny_pretrained):

@@ -56,7 +56,17 @@ def test_report_and_thinned_artifact(pruned_run):
     # the stage-1 residual stream keeps the channels some reader kept: every member the same
     stream = model.conv1.weight.shape[0]
     assert 8 <= stream <= 16 and model.layer1[0].conv2.weight.shape == (stream, 8, 3, 3)
-    assert model.layer1[2].conv2.weight.shape[0] == stream
+    # the stream's last member computes only what the readers after the sum read (the next
+    # stage's conv1 and shortcut), placed at its positions by a scatter (dead-channel pass)
+    def read(module):
+        return set(getattr(module, "in_index", torch.arange(stream)).tolist())
+
+    after = read(model.layer2[0].conv1) | read(model.layer2[0].shortcut[0])
+    last = model.layer1[2]
+    assert last.conv2.weight.shape[0] == last.bn2.num_features == len(after) < stream
+    assert set(last.bn2.out_index.tolist()) == after and last.bn2.scatter_width == stream
+    assert saved["dead_channels"]["unread_channels"] == 0
+    assert saved["dead_channels"]["flops_after"] == saved["flops"]["compressed"]
     assert sum(p.numel() for p in model.parameters()) == saved["params"]["compressed"]
 
 

@@ -22,6 +22,7 @@ from compression.graph import analyse
 from compression.layer_pruners import ChannelwisePruner, register_pruner
 from compression.thinning import gathers_as_matrices, mask_inputs, thin
 from tests.test_tools import tool
+from compression.dead_channels import unread_outputs
 from compression.unread import WRITERS, wasted_flops
 from tests.zoo_nets import INPUT_SHAPE, ZOO, randomise_bn, unread_channels
 from utils.model_io import module_spec
@@ -29,8 +30,8 @@ from utils.model_stats import count_flops, count_params
 from tests.conftest import imported_for_module
 
 # Residual sums whose later member writes channels that only readers BEFORE the sum keep:
-# net -> (the member's last conv, the readers after the sum). Removing those channels from
-# that member alone needs a scatter-add (open: issue 27); the test counts them exactly.
+# net -> (the member's last conv, the readers after the sum). The union graph keeps them;
+# dead-channel elimination (compression.dead_channels) removes them from that member alone.
 LATE_MEMBERS = {"se": ("project.0", ["head.0"]), "conv1d": ("conv_b.0", ["down.0"])}
 
 
@@ -52,6 +53,7 @@ def test_thinning_is_exact_and_counted(name):
     mask_inputs(masked, keep, layers)
     spec = module_spec(model)
     thinned, thin_spec = thin(masked, layers, keep, spec)
+    plain, _ = thin(masked, layers, keep, eliminate=False)    # the channel graph's plan alone
     x = torch.randn(5, *INPUT_SHAPE)
     with torch.no_grad():
         for mode in ("eval", "train"):                   # BN batch statistics included
@@ -62,8 +64,10 @@ def test_thinning_is_exact_and_counted(name):
         rebuilt.load_state_dict(thinned.state_dict())
         assert torch.equal(rebuilt.eval()(x), thinned.eval()(x))
     flops = ChannelFlops(model, layers, INPUT_SHAPE)
-    actual = count_flops(thinned, INPUT_SHAPE)
+    actual = count_flops(plain, INPUT_SHAPE)
     assert flops.flops_of(keep) == actual
+    eliminated = count_flops(thinned, INPUT_SHAPE)
+    assert (eliminated < actual) == (name in LATE_MEMBERS) and eliminated <= actual
     estimate = flops.flops({n: len(k) for n, k in keep.items()})
     if name in ("inception", "split"):    # a concatenation's split among its producers is
         assert abs(actual - estimate) <= 0.1 * estimate    # known after selection only
@@ -78,7 +82,12 @@ def test_no_output_channel_is_left_unread(name):
     model, layers, keep = _pruned(name)
     assert unread_channels(model, INPUT_SHAPE) == {}
     thinned, _ = thin(model, layers, keep)
-    unread = unread_channels(thinned, INPUT_SHAPE)
+    assert unread_channels(thinned, INPUT_SHAPE) == {} == unread_outputs(thinned, INPUT_SHAPE)
+    # without the elimination pass, the residual sums' late members compute channels that
+    # only readers before the sum keep: counted alike by the probe and by the liveness pass
+    plain, _ = thin(model, layers, keep, eliminate=False)
+    unread = unread_channels(plain, INPUT_SHAPE)
+    assert unread == unread_outputs(plain, INPUT_SHAPE)
     if name not in LATE_MEMBERS:
         assert unread == {}
         return
@@ -90,7 +99,7 @@ def test_no_output_channel_is_left_unread(name):
         late |= {graph.find(ids[p]) for p in keep[reader].tolist()}
     alive = graph.survivors(keep)
     written = {graph.find(i) for i in graph.writers[member]} & alive
-    assert unread == ({member: len(written - late)} if written - late else {})
+    assert written - late and unread == {member: len(written - late)}
 
 
 @pytest.mark.parametrize("name", list(ZOO))
@@ -265,8 +274,8 @@ def test_every_channel_learner_on_every_zoo_net(name, learner, zoo_full):
     model, _ = load_model(result.artifact)
     assert report["flops"]["compressed"] == count_flops(model, INPUT_SHAPE)
     assert report["flops"]["compressed"] < report["flops"]["full"]
-    unread = unread_channels(model, INPUT_SHAPE)
-    assert set(unread) <= ({LATE_MEMBERS[name][0]} if name in LATE_MEMBERS else set()), unread
+    assert unread_channels(model, INPUT_SHAPE) == {}
+    assert report["dead_channels"]["unread_channels"] == 0
     assert report["onnx"]["parity_ok"] and report["onnx"]["bytes"] <= full_report["onnx"]["bytes"]
     assert report["accuracy"]["compressed"] >= 0.1 * report["accuracy"]["full"]
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.modules.utils import _pair
 
+from compression.channel_picks import scatters_as_products
 from compression.thinning import GatherConv2d, GatherLinear
 
 ACTS = ("relu", "relu6")
@@ -184,7 +185,7 @@ def lower(model: nn.Module) -> tuple[list[FloatNode], str, str]:
     """``(nodes, input name, output name)`` of an eval-mode model (see the module docstring)."""
     if model.training:
         raise ValueError("lower the model in eval mode (call model.eval() first)")
-    gm = trace(model)
+    gm = trace(scatters_as_products(model))
     modules = dict(gm.named_modules())
     nodes: list[FloatNode] = []
     by_name: dict[str, FloatNode] = {}

@@ -183,7 +183,9 @@ class GateDecoratorLearner(Learner):
             gated, points = self.prune(full, sections)
             extra["gated"] = ctx.accuracy(gated)
             keep = melt_gates(gated, points)
-            model, spec = thin(gated, analyse(full, ctx.helper.input_shape), keep, full_spec)
+            sections["dead_channels"] = {}
+            model, spec = thin(gated, analyse(full, ctx.helper.input_shape), keep, full_spec,
+                               stats=sections["dead_channels"])
             model = model.to(ctx.device)
             before = ctx.accuracy(model)
             log.info("accuracy: gated %.4f | thinned before fine-tune %.4f", extra["gated"], before)

@@ -118,8 +118,10 @@ class ScheduleLearner(Learner):
             else:
                 layers = analyse(model, self.ctx.helper.input_shape)
                 _bake_masks(model, layers, scheduler.keep)
-                thinned, spec = thin(model, layers, scheduler.keep, spec)
+                dead: dict = {}
+                thinned, spec = thin(model, layers, scheduler.keep, spec, stats=dead)
                 sections["thinning"] = {"epoch": start, **self._parity(model, thinned)}
+                sections["dead_channels"] = dead
                 model = thinned.to(self.ctx.device)
                 self._before = self.ctx.accuracy(model)
                 log.info("thinned at epoch %d: masked vs thinned max |diff| = %.2e | accuracy %.4f",

@@ -1,0 +1,346 @@
+"""Dead-channel elimination: no layer computes a channel that nothing reads afterwards.
+
+The channel graph (``compression.graph``) removes a channel when no reader keeps it, along a
+whole residual stream at once. What it cannot see is *when* a channel is read: a residual
+stream ``x1 = x0 + f1(x0)``, ``x2 = x1 + f2(x1)`` keeps a channel that only ``f1`` reads, so
+``f2``'s last layer still computes it, and nobody reads it after ``x2``. This pass finds such
+channels by liveness over the fx trace of a (thinned) model, from the output backwards: a
+channel of a tensor is *live* when an op after it needs it (a conv / linear needs the input
+channels it reads, a per-channel op passes its output's liveness to its input, a sum passes it
+to each member, a concatenation splits it, the output and any op the graph does not know need
+every channel).
+
+Every conv / linear layer (a *writer*) with dead output channels then computes only its live
+ones: the writer and the per-channel modules on its private path (BN, depthwise convs,
+activations) shrink, and the last of them becomes a ``Scatter*`` module
+(``compression.channel_picks``) that places the live channels at their positions of the
+tensor the sum expects, zeros in the dead ones. Exact: the zeros lie only in channels no later
+op reads. ``eliminate(model, input_shape)`` returns the new model and the modules it changed;
+``unread_outputs`` counts the dead output channels per writer (0 everywhere after the pass).
+"""
+from __future__ import annotations
+
+import copy
+import operator
+from typing import Sequence
+
+import torch
+from torch import fx, nn
+
+from compression.channel_picks import is_gather, is_scatter, set_scatter, set_submodule
+from compression.graph import (ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, PASSTHROUGH_FUNCTIONS,
+                               PASSTHROUGH_METHODS, REDUCE_TARGETS, RESHAPE_TARGETS,
+                               SHAPE_TARGETS, SPLIT_TARGETS, _meta_shape, _nodes_in, _prod,
+                               shaped_graph)
+from compression.layer_pruners import pruner_for
+from utils.model_stats import count_flops
+
+Live = torch.Tensor        # bool, one entry per channel (dim 1) of a node's output
+
+
+def _role(module: nn.Module, node: fx.Node) -> str | None:
+    pruner = pruner_for(module)
+    if pruner is None:
+        return None
+    role = pruner.role(module)
+    if role == "reader" and isinstance(module, nn.Linear) and len(_meta_shape(node.args[0])) != 2:
+        return "mixing"
+    return role
+
+
+class _Liveness:
+    """``live[node]``: which channels of each node's output some later op needs."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.live: dict[fx.Node, object] = {}
+
+    def width(self, node) -> int | None:
+        shape = _meta_shape(node)
+        return int(shape[1]) if shape is not None and len(shape) >= 2 else None
+
+    def need(self, node, positions) -> None:
+        """Mark ``positions`` (a bool tensor, True: all, or ``(index, bool tensor)`` for one
+        element of a tuple-valued node) of ``node``'s output as needed."""
+        if not isinstance(node, fx.Node):
+            return
+        meta = node.meta.get("tensor_meta")
+        if meta is not None and not hasattr(meta, "shape"):             # a tuple of tensors
+            current = self.live.setdefault(node, [torch.zeros(int(m.shape[1]), dtype=torch.bool)
+                                                  if hasattr(m, "shape") and len(m.shape) >= 2
+                                                  else None for m in meta])
+            items = enumerate(current) if positions is True else [positions]
+            for i, part in items:
+                if current[i] is not None:
+                    current[i] |= True if positions is True else part
+            return
+        width = self.width(node)
+        if width is None:
+            self.live[node] = True
+            return
+        current = self.live.setdefault(node, torch.zeros(width, dtype=torch.bool))
+        current |= positions if isinstance(positions, torch.Tensor) else bool(positions)
+
+    def need_all(self, node: fx.Node) -> None:
+        for arg in _nodes_in((node.args, node.kwargs)):
+            self.need(arg, True)
+
+    def run(self) -> dict[fx.Node, object]:
+        for node in reversed(list(self.gm.graph.nodes)):
+            live = self.live.get(node)
+            if node.op == "call_method" and node.target.endswith("_") \
+                    and not node.target.startswith("__"):
+                self.need_all(node)         # in place: what it writes is read as its input
+                continue
+            if live is None and node.op != "output":
+                continue                                  # nothing after it uses it
+            getattr(self, f"op_{node.op}")(node, live)
+        return self.live
+
+    # -- transfer functions: what an op needs of its inputs given what is needed of it ----
+    def op_placeholder(self, node, live) -> None:
+        pass
+
+    def op_get_attr(self, node, live) -> None:
+        pass
+
+    def op_output(self, node, live) -> None:
+        self.need_all(node)
+
+    def op_call_module(self, node, live) -> None:
+        module = self.modules[node.target]
+        role = "passthrough" if isinstance(module, nn.Flatten) else _role(module, node)
+        if role not in ("passthrough", "channelwise", "reader") or not node.args \
+                or not isinstance(live, torch.Tensor):
+            return self.need_all(node)
+        source = node.args[0]
+        if role == "reader":
+            if not is_gather(module):
+                return self.need(source, True)
+            needed = torch.zeros(self.width(source), dtype=torch.bool)
+            needed[module.in_index.cpu()] = True
+            return self.need(source, needed)
+        if isinstance(module, nn.Flatten) and self.width(source) != len(live):
+            return self.need_all(node)
+        if is_scatter(module):
+            live = live[module.out_index.cpu()]
+        self.need(source, live)
+        for arg in _nodes_in((node.args[1:], node.kwargs)):
+            self.need(arg, True)
+
+    def op_call_function(self, node, live) -> None:
+        self.call(node, node.target, live)
+
+    def op_call_method(self, node, live) -> None:
+        self.call(node, node.target, live)
+
+    def call(self, node, target, live) -> None:
+        if target in SHAPE_TARGETS:
+            return None
+        if target is operator.getitem:
+            return self.getitem(node, live)
+        if not isinstance(live, torch.Tensor) and target not in SPLIT_TARGETS:
+            return self.need_all(node)
+        if target is torch.cat or target == "cat":
+            return self.cat(node, live)
+        if target in SPLIT_TARGETS:
+            return self.split(node, live)
+        if target in RESHAPE_TARGETS or target in REDUCE_TARGETS:
+            return self.same_channels(node, live, target in REDUCE_TARGETS)
+        if target in ELEMENTWISE_FUNCTIONS or target in ELEMENTWISE_METHODS \
+                or target in PASSTHROUGH_FUNCTIONS or target in PASSTHROUGH_METHODS:
+            return self.elementwise(node, live)
+        return self.need_all(node)
+
+    def same_channels(self, node, live, reduce: bool) -> None:
+        source = node.args[0] if node.args else node.kwargs.get("input")
+        before, after = _meta_shape(source), _meta_shape(node)
+        if reduce:
+            dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+            ok = before is not None and dims is not None and not {
+                d % len(before) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))
+            } & {0, 1}
+        else:
+            ok = before is not None and after is not None and len(after) >= 2 \
+                and after[:2] == before[:2]
+        if not ok:
+            return self.need_all(node)
+        self.need(source, live)
+        for arg in _nodes_in((node.args[1:], node.kwargs)):
+            self.need(arg, True)
+
+    def elementwise(self, node, live) -> None:
+        out_shape = _meta_shape(node)
+        for operand in _nodes_in((node.args, node.kwargs)):
+            shape = _meta_shape(operand)
+            if shape is None or _prod(shape) == 1:
+                self.need(operand, True)
+            elif out_shape is not None and len(shape) == len(out_shape) >= 2 \
+                    and shape[1] == out_shape[1]:
+                self.need(operand, live)
+            else:
+                self.need(operand, True)                  # broadcast over channels
+
+    def cat(self, node, live) -> None:
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        shape = _meta_shape(node)
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        dim = dim + len(shape) if dim < 0 else dim
+        if dim != 1:
+            for t in tensors:
+                self.need(t, live)
+            return
+        start = 0
+        for t in tensors:
+            width = self.width(t)
+            self.need(t, live[start:start + width])
+            start += width
+
+    def split(self, node, live) -> None:
+        source = node.args[0]
+        shape = _meta_shape(source)
+        parts = live if isinstance(live, list) else None
+        dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+        if parts is None or shape is None or any(p is None for p in parts):
+            return self.need(source, True)
+        dim = dim + len(shape) if dim < 0 else dim
+        if dim == 1:
+            self.need(source, torch.cat(parts))
+        else:
+            merged = parts[0].clone()
+            for p in parts[1:]:
+                merged |= p
+            self.need(source, merged)
+
+    def getitem(self, node, live) -> None:
+        source, index = node.args
+        meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
+        if meta is not None and not hasattr(meta, "shape") and isinstance(index, int):
+            return self.need(source, (index, live if isinstance(live, torch.Tensor) else True))
+        width = self.width(source)
+        if width is None or not isinstance(live, torch.Tensor):
+            return self.need(source, True)
+        if index == slice(None) or index is Ellipsis:
+            return self.need(source, live)
+        if isinstance(index, tuple) and index and index[0] == slice(None) and all(
+                isinstance(i, slice) and not any(isinstance(v, fx.Node)
+                                                 for v in (i.start, i.stop, i.step))
+                for i in index):
+            if len(index) > 1 and index[1] != slice(None):
+                needed = torch.zeros(width, dtype=torch.bool)
+                needed[torch.arange(width)[index[1]][live]] = True
+                return self.need(source, needed)
+            return self.need(source, live)
+        return self.need(source, True)
+
+
+def _writer_nodes(gm: fx.GraphModule) -> dict[str, fx.Node]:
+    """Conv / linear modules (readers in the graph's sense) called exactly once."""
+    modules, calls, found = dict(gm.named_modules()), {}, {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+            if _role(modules[node.target], node) == "reader":
+                found[node.target] = node
+    return {name: node for name, node in found.items() if calls[name] == 1}
+
+
+def _live_outputs(module: nn.Module, live) -> torch.Tensor:
+    """The live channels of what ``module`` itself computes (before its scatter)."""
+    if not isinstance(live, torch.Tensor):
+        live = torch.ones(len(module.out_index) if is_scatter(module) else 0, dtype=torch.bool)
+    return live[module.out_index.cpu()] if is_scatter(module) else live
+
+
+def unread_outputs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """``writer -> output channels nothing reads afterwards`` (writers with none left out)."""
+    gm = shaped_graph(model, input_shape)
+    live = _Liveness(gm).run()
+    modules = dict(gm.named_modules())
+    out = {}
+    for name, node in _writer_nodes(gm).items():
+        own = _live_outputs(modules[name], live.get(node, torch.zeros(0, dtype=torch.bool)))
+        dead = int((~own).sum()) if node in live else _out_channels(modules[name])
+        if dead:
+            out[name] = dead
+    return out
+
+
+def _out_channels(module: nn.Module) -> int:
+    return pruner_for(module).channels(module)[1]
+
+
+def _private_chain(gm: fx.GraphModule, node: fx.Node, calls: dict) -> list[str]:
+    """Per-channel modules after ``node`` on a path of single users, nearest first (where the
+    writer's scatter can move to, so they shrink too)."""
+    modules, chain = dict(gm.named_modules()), []
+    while len(node.users) == 1:
+        (user,) = node.users
+        if user.args[:1] != (node,):
+            break
+        if user.op == "call_module":
+            module = modules[user.target]
+            role = _role(module, user)
+            if role == "channelwise" and calls[user.target] == 1:
+                chain.append(user.target)
+                if is_scatter(module):
+                    break
+            elif role != "passthrough" or is_scatter(module):
+                break
+        elif user.target not in PASSTHROUGH_FUNCTIONS and user.target not in PASSTHROUGH_METHODS:
+            break
+        node = user
+    # the scatter goes on the last per-channel module; later passthrough ops see the zeros
+    return chain
+
+
+@torch.no_grad()
+def eliminate(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, list[str]]:
+    """A copy of ``model`` in which no conv / linear layer computes an output channel that no
+    later op reads, and the names of the modules that changed (see the module docstring)."""
+    gm = shaped_graph(model, input_shape)
+    live = _Liveness(gm).run()
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    model, changed = copy.deepcopy(model), []
+    for name, node in _writer_nodes(gm).items():
+        writer = modules[name]
+        chain = [] if is_scatter(writer) else _private_chain(gm, node, calls)
+        host = chain[-1] if chain else name
+        end = next((n for n in gm.graph.nodes if n.op == "call_module" and n.target == host))
+        host_live = live.get(end)
+        if not isinstance(host_live, torch.Tensor):
+            continue
+        own = _live_outputs(modules[host], host_live)
+        if own.all():
+            continue
+        if not own.any():
+            own = own.clone()
+            own[0] = True                                 # a layer keeps one channel
+        keep = own.nonzero().flatten()
+        pruner = pruner_for(writer)
+        set_submodule(model, name, pruner.shrink(model.get_submodule(name), None, keep))
+        for follower in chain:
+            module = model.get_submodule(follower)
+            set_submodule(model, follower, pruner_for(module).shrink_channels(module, keep))
+        target = model.get_submodule(host)
+        if is_scatter(modules[host]):
+            set_scatter(target, modules[host].out_index[keep.to(modules[host].out_index.device)],
+                        modules[host].scatter_width)
+        else:
+            set_scatter(target, keep, len(own))
+        changed.extend([name, *chain])
+    return model, changed
+
+
+def report(before: nn.Module, after: nn.Module, input_shape: Sequence[int]) -> dict:
+    """What ``eliminate`` changed: output channels removed per writer, FLOPs before and after,
+    and the unread output channels left (0: counted again on the result)."""
+    unread = unread_outputs(before, input_shape)
+    return {"removed": unread, "flops_before": count_flops(before, input_shape),
+            "flops_after": count_flops(after, input_shape),
+            "unread_channels": sum(unread_outputs(after, input_shape).values())}
