@@ -190,3 +190,20 @@ def select_channels(full: nn.Module, pruned: nn.Module, layers: Sequence[Prunabl
         if on_layer is not None:
             on_layer(record)
     return keep_all, stats
+
+
+def refit_layers(full: nn.Module, pruned: nn.Module, keep: Mapping[str, torch.Tensor],
+                 batches: Sequence[torch.Tensor], cfg: SelectionSettings) -> list[dict]:
+    """Least-squares weights for the given kept input channels of each layer in ``keep``, in
+    its order (inputs from ``pruned``, targets from ``full``)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    stats = []
+    for name, kept in keep.items():
+        start = time.perf_counter()
+        error = refit_kept(full, pruned, name, kept, batches, cfg.nb_crops, gen)
+        in_channels = layer_weight(pruned.get_submodule(name)).shape[1]
+        stats.append({"layer": name, "in_channels": in_channels, "kept": len(kept),
+                      "mode": "group", "rel_error": error, "seconds": time.perf_counter() - start})
+        log.info("refit  %-22s group  keep %3d/%-3d rel.err %.4f", name, len(kept), in_channels,
+                 error)
+    return stats

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from compression.channel_flops import ChannelFlops
-from compression.channel_selection import choose_layers, counts_for_ratios
+from compression.channel_selection import SelectionSettings, choose_layers, counts_for_ratios
 from compression.graph import PrunableLayer, analyse
-from compression.thinning import thin
+from compression.residual_groups import coupled_keep
+from compression.thinning import mask_inputs, thin
 from learners import composition
 from learners.base import Learner, Result
 from learners.channel_strategy import plan_counts
@@ -87,6 +88,40 @@ class ChannelLearnerBase(Learner):
         unless the learner's own selection is too slow to run hundreds of times)."""
         return self.select(full, pruned, chosen, counts, batches)
 
+    # -- coupled residual pruning (``prune_residual``) --------------------------------------
+    residual_criterion = "l1"
+
+    def selection_settings(self) -> SelectionSettings:
+        """Sampling and LASSO settings a group criterion uses."""
+        return SelectionSettings(seed=self.ctx.seed)
+
+    def coupled_keep(self, full: nn.Module, layers: list[PrunableLayer],
+                     chosen: list[PrunableLayer], counts: dict[str, int],
+                     batches: list[torch.Tensor], sections: dict) -> dict[str, torch.Tensor]:
+        """With ``prune_residual``: the kept input columns of every reader of a residual group,
+        chosen once per group (``compression.residual_groups``); these readers then skip the
+        learner's own selection. Else nothing."""
+        if not getattr(self.cfg, "prune_residual", False):
+            return {}
+        keep, records = coupled_keep(full, layers, chosen, counts, batches,
+                                     self.residual_criterion, self.selection_settings())
+        keep = {layer.name: keep[layer.name] for layer in chosen if layer.name in keep}
+        for record in records:
+            log.info("residual group: %d readers keep %d/%d shared channels (%s): %s",
+                     len(record["readers"]), record["kept"], record["channels"],
+                     record["criterion"], ", ".join(record["readers"]))
+        if not records:
+            log.warning("prune_residual: no residual group found (no chosen layers share "
+                        "all their input channels)")
+        sections["residual_groups"] = records
+        return keep
+
+    def refit_coupled(self, full: nn.Module, pruned: nn.Module, coupled: dict[str, torch.Tensor],
+                      batches: list[torch.Tensor]) -> list[dict]:
+        """After selection, the weights of the readers of residual groups (default: as
+        masked; least-squares learners refit them)."""
+        return []
+
     @property
     @abstractmethod
     def calibration_samples(self) -> int:
@@ -117,15 +152,24 @@ class ChannelLearnerBase(Learner):
         with ctx.timed("selection"):
             if ctx.mgw.is_primary():
                 pruned = copy.deepcopy(full)
-                keep, stats = self.select_final(full, pruned, chosen, counts,
-                                                self.calibration_batches(self.calibration_samples))
-                thinned, spec = thin(pruned, layers, keep, full_spec)
+                batches = self.calibration_batches(self.calibration_samples)
+                coupled = self.coupled_keep(full, layers, chosen, counts, batches, sections)
+                mask_inputs(pruned, coupled)
+                keep, stats = self.select_final(
+                    full, pruned, [layer for layer in chosen if layer.name not in coupled],
+                    counts, batches)
+                stats += self.refit_coupled(full, pruned, coupled, batches)
+                keep.update(coupled)
+                dead: dict = {}
+                thinned, spec = thin(pruned, layers, keep, full_spec, stats=dead)
                 save_model(self.cfg.save_path_ws, thinned, spec, {"learner": self.learner_name})
-                payload = {"spec": spec, "state": thinned.state_dict(), "stats": stats}
+                payload = {"spec": spec, "state": thinned.state_dict(), "stats": stats,
+                           "dead_channels": dead}
             payload = ctx.mgw.broadcast_object(payload)
             model = build_model(payload["spec"], base=ctx.base)
             model.load_state_dict(payload["state"])
         sections["selection"] = payload["stats"]
+        sections["dead_channels"] = payload["dead_channels"]
         return model.to(ctx.device), payload["spec"]
 
     # -- the flow ----------------------------------------------------------------------------

@@ -49,11 +49,19 @@ class RatioChannelOptions(ChannelOptions):
     channel_multiple: int = option(0, "round each kept-channel count to a multiple of this; 0: 8 "
                                       "under a latency budget (CPU kernels run fastest on "
                                       "multiples of 8), else 1 (PocketFlow's exact count)")
+    prune_residual: bool = option(False, "prune residual streams as groups: all readers of a "
+                                         "stream keep the same channels, chosen once over all "
+                                         "of them, so whole residual channels leave every "
+                                         "member, shortcut and reader "
+                                         "(compression.residual_groups)")
     strategy: RatioStrategy = nested(RatioStrategy)
     ddpg: DdpgConfig = nested(DdpgConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_ratio(self.prune_ratio, "prune_ratio")
+        check(not (self.prune_residual and self.strategy.protocol == "auto"), "prune_residual",
+              "works with the uniform and list protocols, not with the optimal (DDPG) search, "
+              "whose roll-outs score layers one at a time")
         check(self.channel_multiple >= 0, "channel_multiple",
               f"must be >= 0, got {self.channel_multiple}")

@@ -1,0 +1,124 @@
+"""Coupled residual pruning (compression/residual_groups.py, ``--cpr_prune_residual``): the
+readers of a residual stream keep the same channels, chosen once over all of them, so whole
+residual channels leave every member, shortcut, BN and reader."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from compression.channel_selection import SelectionSettings, choose_layers
+from compression.dead_channels import unread_outputs
+from compression.graph import analyse
+from compression.residual_groups import coupled_keep, residual_groups
+from compression.thinning import mask_inputs, thin
+from nets.registry import create_net
+from tests.conftest import compress_digits
+from tests.zoo_nets import INPUT_SHAPE, ZOO, randomise_bn
+from utils.config import ConfigError
+from utils.model_stats import count_flops
+
+SHAPE = (3, 8, 8)
+
+
+def _resnet20():
+    torch.manual_seed(0)
+    model = create_net("resnet20", num_classes=10, in_channels=3).eval()
+    randomise_bn(model)
+    layers = analyse(model, SHAPE)
+    return model, layers, choose_layers(layers, True, False, [])
+
+
+def test_resnet20_has_one_group_per_stage_with_every_reader_of_the_stream():
+    _, layers, chosen = _resnet20()
+    groups = residual_groups(layers, chosen)
+    assert sorted(len(g.roots) for g in groups) == [16, 32, 64]
+    readers = {len(g.roots): set(g.readers) for g in groups}
+    assert readers[16] == {"layer1.0.conv1", "layer1.1.conv1", "layer1.2.conv1",
+                           "layer2.0.conv1", "layer2.0.shortcut.0"}
+    assert readers[64] == {"layer3.1.conv1", "layer3.2.conv1", "fc"}
+    # a skipped reader keeps the whole stream: no group for it
+    without_fc = [layer for layer in chosen if layer.name != "fc"]
+    assert sorted(len(g.roots) for g in residual_groups(layers, without_fc)) == [16, 32]
+
+
+@pytest.mark.parametrize("criterion", ["l1", "lasso"])
+def test_coupled_keep_shrinks_every_member_and_stays_exact(criterion):
+    model, layers, chosen = _resnet20()
+    batches = [torch.randn(16, *SHAPE)]
+    counts = {layer.name: layer.in_channels // 2 for layer in chosen}
+    keep, records = coupled_keep(model, layers, chosen, counts, batches, criterion,
+                                 SelectionSettings(nb_crops=4))
+    assert sorted(r["kept"] for r in records) == [8, 16, 32]
+    assert len(keep) == 5 + 4 + 3
+    masked = copy.deepcopy(model)
+    mask_inputs(masked, keep)
+    thinned, _ = thin(masked, layers, keep)
+    x = torch.randn(4, *SHAPE)
+    with torch.no_grad():
+        assert (masked(x) - thinned.eval()(x)).abs().max() <= 1e-5 * masked(x).abs().max()
+    # the whole stream shrinks: stem, every block's last conv and BN, shortcuts, readers
+    assert thinned.conv1.out_channels == thinned.bn1.num_features == 8
+    assert all(getattr(thinned, f"layer{s}")[b].conv2.out_channels == w
+               for s, w in ((1, 8), (2, 16), (3, 32)) for b in range(3))
+    assert thinned.layer2[0].shortcut[0].out_channels == 16
+    assert thinned.fc.in_features == 32 and unread_outputs(thinned, SHAPE) == {}
+    # the same count per layer, chosen one reader at a time, keeps more of each stream
+    gen = torch.Generator().manual_seed(0)
+    separate = {name: torch.randperm(layers_in, generator=gen)[:count]
+                for name, count, layers_in in ((layer.name, counts[layer.name], layer.in_channels)
+                                               for layer in chosen if layer.name in keep)}
+    apart, _ = thin(model, layers, separate)
+    assert count_flops(thinned, SHAPE) < count_flops(apart, SHAPE)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "lasso"])
+def test_group_criteria_drop_channels_no_reader_uses(criterion):
+    model, layers, chosen = _resnet20()
+    group = next(g for g in residual_groups(layers, chosen) if len(g.roots) == 16)
+    dead = [1, 4, 9, 12]                                 # positions in the group's root order
+    with torch.no_grad():
+        for name, cols in group.columns.items():
+            weight = model.get_submodule(name).weight
+            weight[:, [cols[k] for k in dead]] = 0.0
+    counts = {layer.name: 12 for layer in chosen}
+    keep, _ = coupled_keep(model, layers, chosen, counts, [torch.randn(32, *SHAPE)],
+                           criterion, SelectionSettings(nb_crops=4))
+    for name, cols in group.columns.items():
+        assert keep[name].tolist() == sorted(cols[k] for k in range(16) if k not in dead)
+
+
+def test_groups_of_the_zoo_nets():
+    found = {}
+    for name, net in ZOO.items():
+        layers = analyse(net().eval(), INPUT_SHAPE)
+        found[name] = [(len(g.roots), sorted(g.readers)) for g in
+                       residual_groups(layers, choose_layers(layers, True, False, []))]
+    assert found["se"] == [(16, ["expand.0", "head.0"])]          # the inverted residual
+    assert found["conv1d"] == [(16, ["conv_a.0", "down.0"])]
+    assert found["grouped"] == [(16, ["reduce.0", "shortcut.0"])]  # a block's input
+    assert found["inception"] == [(16, ["b1.0", "b2.0.0", "b3.1.0"])]  # what all branches read
+    # DenseNet's concatenations are read by ever more layers; the split stem is fixed
+    assert found["dense"] == [] and found["split"] == []
+
+
+def test_prune_residual_end_to_end(tmp_path, tiny_pretrained):
+    result = compress_digits(tmp_path, tiny_pretrained, "chn-pruned-rmt", prune_residual=True,
+                             prune_ratio=0.5, nb_smpls=128, export_format="none")
+    report = result.report
+    assert sorted(g["channels"] for g in report["residual_groups"]) == [16, 32, 64]
+    assert sorted(g["kept"] for g in report["residual_groups"]) == [8, 16, 32]
+    model = result.model
+    assert model.conv1.out_channels == 8 and model.layer3[2].conv2.out_channels == 32
+    assert report["dead_channels"]["unread_channels"] == 0
+    assert report["flops"]["compressed"] == count_flops(model.cpu(), (1, 8, 8))
+    plain = compress_digits(tmp_path / "apart", tiny_pretrained, "chn-pruned-rmt",
+                            prune_ratio=0.5, nb_smpls=128, export_format="none").report
+    assert report["flops"]["compressed"] < plain["flops"]["compressed"]
+
+
+def test_prune_residual_refuses_the_search(tmp_path, tiny_pretrained):
+    with pytest.raises(ConfigError, match="prune_residual.*optimal"):
+        compress_digits(tmp_path, tiny_pretrained, "chn-pruned-rmt", prune_residual=True,
+                        prune_ratio_prtl="optimal")
