@@ -44,7 +44,7 @@ flags.DEFINE_float("ft_epochs_rat", 1.0, "--nb_epochs_rat of the fine-tuning")
 flags.DEFINE_integer("rounds", 5, "latency rounds (models rotated within each)")
 flags.DEFINE_integer("threads", 2, "torch intra-op threads")
 FLAGS = flags.FLAGS
-SHAPE = (1, 8, 8)
+SHAPE = ModelHelper().input_shape
 
 
 def configs() -> dict:

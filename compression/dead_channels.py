@@ -315,11 +315,10 @@ def eliminate(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, 
         host_live = live.get(end)
         if not isinstance(host_live, torch.Tensor):
             continue
-        own = _live_outputs(modules[host], host_live)
+        own = _live_outputs(modules[host], host_live).clone()
         if own.all():
             continue
         if not own.any():
-            own = own.clone()
             own[0] = True                                 # a layer keeps one channel
         keep = own.nonzero().flatten()
         pruner = pruner_for(writer)
@@ -338,9 +337,12 @@ def eliminate(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, 
 
 
 def report(before: nn.Module, after: nn.Module, input_shape: Sequence[int]) -> dict:
-    """What ``eliminate`` changed: output channels removed per writer, FLOPs before and after,
-    and the unread output channels left (0: counted again on the result)."""
-    unread = unread_outputs(before, input_shape)
-    return {"removed": unread, "flops_before": count_flops(before, input_shape),
+    """What ``eliminate`` did (``after`` is ``before`` when it did not run): output channels
+    removed per writer, FLOPs before and after, and the unread output channels left (counted
+    again on the result: 0 after the pass)."""
+    unread_before = unread_outputs(before, input_shape)
+    unread_after = unread_before if after is before else unread_outputs(after, input_shape)
+    return {"removed": {} if after is before else unread_before,
+            "flops_before": count_flops(before, input_shape),
             "flops_after": count_flops(after, input_shape),
-            "unread_channels": sum(unread_outputs(after, input_shape).values())}
+            "unread_channels": sum(unread_after.values())}

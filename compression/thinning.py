@@ -118,19 +118,18 @@ def thin(model: nn.Module, layers: Sequence[PrunableLayer],
     only those one reader alone read); also returns ``spec`` with the thinning recorded (if
     given). With ``eliminate`` (and a graph that knows the input shape) no layer of the result
     computes a channel nothing reads afterwards (``compression.dead_channels``); ``stats``
-    (a dict) then receives what that pass did (``dead_channels.report``)."""
+    (a dict) receives what that pass did, or would have done (``dead_channels.report``)."""
     graph = graph_of(layers)
     plan = graph.plan(keep, keep_shared)
     thinned = copy.deepcopy(model)
     for name, change in plan.items():
         set_submodule(thinned, name, _shrunk(thinned.get_submodule(name), change))
-    changed = list(plan)
+    changed, before = list(plan), thinned
     if eliminate and graph.input_shape is not None:
-        before = thinned
         thinned, extra = dead_channels.eliminate(thinned, graph.input_shape)
         changed += [name for name in extra if name not in plan]
-        if stats is not None:
-            stats.update(dead_channels.report(before, thinned, graph.input_shape))
+    if stats is not None and graph.input_shape is not None:
+        stats.update(dead_channels.report(before, thinned, graph.input_shape))
     if spec is None:
         return thinned, None
     shapes = {name: _shape_of(thinned.get_submodule(name)) for name in changed}

@@ -161,7 +161,8 @@ class ChannelLearnerBase(Learner):
                 stats += self.refit_coupled(full, pruned, coupled, batches)
                 keep.update(coupled)
                 dead: dict = {}
-                thinned, spec = thin(pruned, layers, keep, full_spec, stats=dead)
+                thinned, spec = thin(pruned, layers, keep, full_spec, stats=dead,
+                                     eliminate=self.cfg.eliminate_dead)
                 save_model(self.cfg.save_path_ws, thinned, spec, {"learner": self.learner_name})
                 payload = {"spec": spec, "state": thinned.state_dict(), "stats": stats,
                            "dead_channels": dead}

@@ -28,6 +28,10 @@ class ChannelOptions(OutputOptions):
                                "thinned model right after selection")
     skip_op_names: str = option("", "comma-separated substrings of layer names not to prune")
     warm_start: bool = option(False, "skip selection: start from save_path_ws", run_only=True)
+    eliminate_dead: bool = option(True, "after thinning, remove the output channels only "
+                                        "readers before a residual sum read from the sum's "
+                                        "later members (a scatter places the rest; exact, "
+                                        "fewer FLOPs; compression.dead_channels)")
 
     def __post_init__(self) -> None:
         """Subclasses validate their own options (calling this first)."""

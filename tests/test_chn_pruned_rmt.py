@@ -139,3 +139,16 @@ def test_resume_rebuilds_the_thinned_model_from_the_checkpoint(pruned_run):
     assert resumed["accuracy"]["compressed_before_finetune"] is None
     assert resumed["accuracy"]["compressed"] == pytest.approx(report["accuracy"]["compressed"])
     assert resumed["params"]["compressed"] == report["params"]["compressed"]
+
+
+def test_without_dead_channel_elimination_the_report_counts_what_is_left(tmp_path, tiny_pretrained):
+    from tests.conftest import compress_digits
+    from utils.model_stats import count_flops
+
+    result = compress_digits(tmp_path, tiny_pretrained, "chn-pruned-rmt", eliminate_dead=False,
+                             nb_smpls=128, export_format="none")
+    dead = result.report["dead_channels"]
+    assert dead["removed"] == {} and dead["flops_before"] == dead["flops_after"]
+    assert dead["unread_channels"] > 0          # residual members computing for nobody
+    assert not any(hasattr(m, "out_index") for m in result.model.modules())
+    assert count_flops(result.model.cpu(), (1, 8, 8)) == result.report["flops"]["compressed"]

@@ -122,3 +122,13 @@ def test_prune_residual_refuses_the_search(tmp_path, tiny_pretrained):
     with pytest.raises(ConfigError, match="prune_residual.*optimal"):
         compress_digits(tmp_path, tiny_pretrained, "chn-pruned-rmt", prune_residual=True,
                         prune_ratio_prtl="optimal")
+
+
+def test_dis_chn_pruned_prunes_residual_groups_by_l1(tmp_path, tiny_pretrained):
+    result = compress_digits(tmp_path, tiny_pretrained, "dis-chn-pruned", prune_residual=True,
+                             prune_ratio=0.5, nb_iters_block=3, nb_iters_layer=2, nb_batches=2,
+                             export_format="none")
+    groups = result.report["residual_groups"]
+    assert {g["criterion"] for g in groups} == {"l1"} and len(groups) == 3
+    assert result.model.layer2[0].shortcut[0].out_channels == 16
+    assert result.report["dead_channels"]["unread_channels"] == 0
