@@ -28,10 +28,10 @@ import torch
 from torch import fx, nn
 
 from compression.channel_picks import is_gather, is_scatter, set_scatter, set_submodule
-from compression.graph import (ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, PASSTHROUGH_FUNCTIONS,
-                               PASSTHROUGH_METHODS, REDUCE_TARGETS, RESHAPE_TARGETS,
-                               SHAPE_TARGETS, SPLIT_TARGETS, _meta_shape, _nodes_in, _prod,
-                               shaped_graph)
+from compression.fx_ops import (ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, PASSTHROUGH_FUNCTIONS,
+                                PASSTHROUGH_METHODS, REDUCE_TARGETS, RESHAPE_TARGETS,
+                                SHAPE_TARGETS, SPLIT_TARGETS, meta_shape, nodes_in, prod,
+                                shaped_graph)
 from compression.layer_pruners import pruner_for
 from utils.model_stats import count_flops
 
@@ -43,7 +43,7 @@ def _role(module: nn.Module, node: fx.Node) -> str | None:
     if pruner is None:
         return None
     role = pruner.role(module)
-    if role == "reader" and isinstance(module, nn.Linear) and len(_meta_shape(node.args[0])) != 2:
+    if role == "reader" and isinstance(module, nn.Linear) and len(meta_shape(node.args[0])) != 2:
         return "mixing"
     return role
 
@@ -57,7 +57,7 @@ class _Liveness:
         self.live: dict[fx.Node, object] = {}
 
     def width(self, node) -> int | None:
-        shape = _meta_shape(node)
+        shape = meta_shape(node)
         return int(shape[1]) if shape is not None and len(shape) >= 2 else None
 
     def need(self, node, positions) -> None:
@@ -83,7 +83,7 @@ class _Liveness:
         current |= positions if isinstance(positions, torch.Tensor) else bool(positions)
 
     def need_all(self, node: fx.Node) -> None:
-        for arg in _nodes_in((node.args, node.kwargs)):
+        for arg in nodes_in((node.args, node.kwargs)):
             self.need(arg, True)
 
     def run(self) -> dict[fx.Node, object]:
@@ -126,7 +126,7 @@ class _Liveness:
         if is_scatter(module):
             live = live[module.out_index.cpu()]
         self.need(source, live)
-        for arg in _nodes_in((node.args[1:], node.kwargs)):
+        for arg in nodes_in((node.args[1:], node.kwargs)):
             self.need(arg, True)
 
     def op_call_function(self, node, live) -> None:
@@ -155,7 +155,7 @@ class _Liveness:
 
     def same_channels(self, node, live, reduce: bool) -> None:
         source = node.args[0] if node.args else node.kwargs.get("input")
-        before, after = _meta_shape(source), _meta_shape(node)
+        before, after = meta_shape(source), meta_shape(node)
         if reduce:
             dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
             ok = before is not None and dims is not None and not {
@@ -167,14 +167,14 @@ class _Liveness:
         if not ok:
             return self.need_all(node)
         self.need(source, live)
-        for arg in _nodes_in((node.args[1:], node.kwargs)):
+        for arg in nodes_in((node.args[1:], node.kwargs)):
             self.need(arg, True)
 
     def elementwise(self, node, live) -> None:
-        out_shape = _meta_shape(node)
-        for operand in _nodes_in((node.args, node.kwargs)):
-            shape = _meta_shape(operand)
-            if shape is None or _prod(shape) == 1:
+        out_shape = meta_shape(node)
+        for operand in nodes_in((node.args, node.kwargs)):
+            shape = meta_shape(operand)
+            if shape is None or prod(shape) == 1:
                 self.need(operand, True)
             elif out_shape is not None and len(shape) == len(out_shape) >= 2 \
                     and shape[1] == out_shape[1]:
@@ -184,7 +184,7 @@ class _Liveness:
 
     def cat(self, node, live) -> None:
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        shape = _meta_shape(node)
+        shape = meta_shape(node)
         dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
         dim = dim + len(shape) if dim < 0 else dim
         if dim != 1:
@@ -199,7 +199,7 @@ class _Liveness:
 
     def split(self, node, live) -> None:
         source = node.args[0]
-        shape = _meta_shape(source)
+        shape = meta_shape(source)
         parts = live if isinstance(live, list) else None
         dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
         if parts is None or shape is None or any(p is None for p in parts):

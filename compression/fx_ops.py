@@ -1,0 +1,103 @@
+"""torch.fx for the channel passes: the trace (modules with a registered pruner are leaves),
+its shapes, and the ops whose effect on channels (dim 1) the passes know.
+
+Used by the channel graph (``compression.graph_builder``), dead-channel elimination
+(``compression.dead_channels``) and the model drawing (``tools.model_draw``).
+"""
+from __future__ import annotations
+
+import operator
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from compression.layer_pruners import pruner_for
+
+
+class GraphError(RuntimeError):
+    """The model cannot be analysed (e.g. torch.fx cannot trace it)."""
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return _Tracer().trace_module(model)
+    except Exception as exc:  # torch.fx raises many kinds of errors on dynamic code
+        raise GraphError(
+            f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). Make forward() free of "
+            "data-dependent Python control flow, or declare the prunable layers yourself as a "
+            "list of compression.graph.PrunableLayer and pass it as `layers=`.") from exc
+
+
+class _Tracer(fx.Tracer):
+    """Every module with a registered pruner is a leaf (a user's Conv2d subclass included)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return pruner_for(m) is not None or super().is_leaf_module(m, qualname)
+
+    def trace_module(self, model: nn.Module) -> fx.GraphModule:
+        graph = self.trace(model)
+        return fx.GraphModule(model, graph, type(model).__name__)
+
+
+# -- the ops the graph understands -----------------------------------------------------------
+PASSTHROUGH_FUNCTIONS = {
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, torch.relu, torch.sigmoid,
+    torch.tanh, torch.abs, torch.neg, torch.exp, torch.sqrt, torch.clamp, torch.clip,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+    F.interpolate, F.upsample, F.pad, operator.neg, operator.pos}
+PASSTHROUGH_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "abs", "neg", "exp", "sqrt",
+    "clamp", "clamp_", "clip", "contiguous", "clone", "detach", "float", "half", "bfloat16",
+    "to", "type_as", "pow", "__pow__"}
+ELEMENTWISE_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.truediv,
+                         operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                         torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
+                         torch.minimum, torch.where, operator.pow}
+ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_",
+                       "__add__", "__radd__", "__mul__", "__rmul__", "maximum", "minimum"}
+MUL_TARGETS = {operator.mul, operator.imul, torch.mul, "mul", "mul_", "__mul__", "__rmul__"}
+RESHAPE_TARGETS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, "flatten",
+                   "view", "reshape", "squeeze", "unsqueeze", "expand", "expand_as"}
+REDUCE_TARGETS = {torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin"}
+SPLIT_TARGETS = {torch.split, torch.chunk, torch.tensor_split, "split", "chunk", "tensor_split"}
+SHAPE_TARGETS = {"size", "dim", "numel", getattr}
+
+
+def meta_shape(value) -> tuple | None:
+    meta = value.meta.get("tensor_meta") if isinstance(value, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def prod(dims: Sequence[int]) -> int:
+    out = 1
+    for d in dims:
+        out *= int(d)
+    return out
+
+
+def nodes_in(value) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg(value, found.append)
+    return found
+
+
+def shaped_graph(model: nn.Module, input_shape: Sequence[int]) -> fx.GraphModule:
+    """The fx trace of ``model`` with ``tensor_meta`` from one zero input (eval mode)."""
+    graph_module = trace(model)
+    was_training = model.training
+    graph_module.eval()
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    try:
+        with torch.no_grad():
+            ShapeProp(graph_module).propagate(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+    return graph_module
