@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from compression.channel_flops import ChannelFlops
-from compression.channel_selection import SelectionSettings, choose_layers, counts_for_ratios
+from compression.channel_selection import (SelectionSettings, choose_layers, counts_for_ratios,
+                                          refit_layers)
 from compression.graph import PrunableLayer, analyse
 from compression.residual_groups import coupled_keep
 from compression.thinning import mask_inputs, thin
@@ -89,7 +90,7 @@ class ChannelLearnerBase(Learner):
         return self.select(full, pruned, chosen, counts, batches)
 
     # -- coupled residual pruning (``prune_residual``) --------------------------------------
-    residual_criterion = "l1"
+    residual_criterion = "lasso"   # compression.residual_groups.GROUP_CRITERIA
 
     def selection_settings(self) -> SelectionSettings:
         """Sampling and LASSO settings a group criterion uses."""
@@ -118,9 +119,10 @@ class ChannelLearnerBase(Learner):
 
     def refit_coupled(self, full: nn.Module, pruned: nn.Module, coupled: dict[str, torch.Tensor],
                       batches: list[torch.Tensor]) -> list[dict]:
-        """After selection, the weights of the readers of residual groups (default: as
-        masked; least-squares learners refit them)."""
-        return []
+        """After selection, least-squares weights for the kept inputs of the readers of residual
+        groups (inputs from the pruned network, targets from the full one), in execution
+        order."""
+        return refit_layers(full, pruned, coupled, batches, self.selection_settings())
 
     @property
     @abstractmethod

@@ -28,6 +28,11 @@ class ChannelOptions(OutputOptions):
                                "thinned model right after selection")
     skip_op_names: str = option("", "comma-separated substrings of layer names not to prune")
     warm_start: bool = option(False, "skip selection: start from save_path_ws", run_only=True)
+    prune_residual: bool = option(False, "prune residual streams as groups: all readers of a "
+                                         "stream keep the same channels, chosen once over all "
+                                         "of them, so whole residual channels leave every "
+                                         "member, shortcut and reader "
+                                         "(compression.residual_groups)")
     eliminate_dead: bool = option(True, "after thinning, remove the output channels only "
                                         "readers before a residual sum read from the sum's "
                                         "later members (a scatter places the rest; exact, "
@@ -35,6 +40,10 @@ class ChannelOptions(OutputOptions):
 
     def __post_init__(self) -> None:
         """Subclasses validate their own options (calling this first)."""
+        strategy = getattr(self, "strategy", None)
+        check(not (self.prune_residual and strategy is not None and strategy.protocol == "auto"),
+              "prune_residual", "works with the uniform and list protocols, not with the DDPG "
+              "search (optimal / auto), whose roll-outs score layers one at a time")
 
     @property
     def skip_names(self) -> list[str]:
@@ -53,19 +62,11 @@ class RatioChannelOptions(ChannelOptions):
     channel_multiple: int = option(0, "round each kept-channel count to a multiple of this; 0: 8 "
                                       "under a latency budget (CPU kernels run fastest on "
                                       "multiples of 8), else 1 (PocketFlow's exact count)")
-    prune_residual: bool = option(False, "prune residual streams as groups: all readers of a "
-                                         "stream keep the same channels, chosen once over all "
-                                         "of them, so whole residual channels leave every "
-                                         "member, shortcut and reader "
-                                         "(compression.residual_groups)")
     strategy: RatioStrategy = nested(RatioStrategy)
     ddpg: DdpgConfig = nested(DdpgConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_ratio(self.prune_ratio, "prune_ratio")
-        check(not (self.prune_residual and self.strategy.protocol == "auto"), "prune_residual",
-              "works with the uniform and list protocols, not with the optimal (DDPG) search, "
-              "whose roll-outs score layers one at a time")
         check(self.channel_multiple >= 0, "channel_multiple",
               f"must be >= 0, got {self.channel_multiple}")

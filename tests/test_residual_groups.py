@@ -124,11 +124,29 @@ def test_prune_residual_refuses_the_search(tmp_path, tiny_pretrained):
                         prune_ratio_prtl="optimal")
 
 
-def test_dis_chn_pruned_prunes_residual_groups_by_l1(tmp_path, tiny_pretrained):
-    result = compress_digits(tmp_path, tiny_pretrained, "dis-chn-pruned", prune_residual=True,
-                             prune_ratio=0.5, nb_iters_block=3, nb_iters_layer=2, nb_batches=2,
-                             export_format="none")
+@pytest.mark.parametrize("learner,options,criterion", [
+    ("dis-chn-pruned", {"prune_ratio": 0.5, "nb_iters_block": 3, "nb_iters_layer": 2,
+                        "nb_batches": 2}, "l1"),
+    ("channel", {"prune_option": "uniform", "uniform_preserve_ratio": 0.5, "nb_batches": 2,
+                 "skip_last_layer": False}, "lasso"),
+    ("chn-pruned-gpu", {"prune_ratio": 0.5, "nb_smpls": 128, "nb_crops_per_smpl": 4,
+                        "nb_iters_pgd": 20, "nb_iters_layer": 20, "skip_ht_layers": False}, "lasso"),
+])
+def test_every_channel_learner_prunes_residual_groups(learner, options, criterion, tmp_path,
+                                                      tiny_pretrained):
+    result = compress_digits(tmp_path, tiny_pretrained, learner, prune_residual=True,
+                             export_format="none", **options)
     groups = result.report["residual_groups"]
-    assert {g["criterion"] for g in groups} == {"l1"} and len(groups) == 3
-    assert result.model.layer2[0].shortcut[0].out_channels == 16
+    assert {g["criterion"] for g in groups} == {criterion}
+    assert sorted(g["channels"] for g in groups) == [16, 32, 64]
+    model = result.model
+    # every member of the stage-2 stream has the group's width
+    width = next(g["kept"] for g in groups if g["channels"] == 32)
+    assert width < 32 and model.layer2[0].shortcut[0].out_channels == width
+    assert all(block.conv2.out_channels == width for block in model.layer2)
     assert result.report["dead_channels"]["unread_channels"] == 0
+
+
+def test_the_channel_learners_search_refuses_prune_residual(tmp_path, tiny_pretrained):
+    with pytest.raises(ConfigError, match="prune_residual"):
+        compress_digits(tmp_path, tiny_pretrained, "channel", prune_residual=True)

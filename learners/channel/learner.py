@@ -40,6 +40,12 @@ class ChannelPrunedLearner(ChannelLearnerBase):
         return SelectionSettings(method="ista" if cfg.lasso else "l1",
                                  nb_crops=cfg.nb_points_per_layer, seed=self.ctx.seed)
 
+    selection_settings = _settings
+
+    @property
+    def residual_criterion(self) -> str:
+        return "lasso" if self.cfg.lasso else "l1"
+
     def select(self, full, pruned, chosen, counts, batches):
         return select_channels(full, pruned, chosen, counts, batches, self._settings())
 

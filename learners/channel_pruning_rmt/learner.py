@@ -8,8 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from compression.channel_selection import (SELECTIONS, SelectionSettings, refit_layers,
-                                            select_channels)
+from compression.channel_selection import SELECTIONS, SelectionSettings, select_channels
 from learners.channel_base import ChannelLearnerBase
 from learners.options import RatioChannelOptions
 from learners.registry import register_learner
@@ -56,16 +55,13 @@ class ChannelPrunedRmtLearner(ChannelLearnerBase):
         return select_channels(full, pruned, chosen, counts, batches,
                                self.cfg.selection_settings(self.ctx.seed), on_layer=log_layer)
 
-    # coupled residual pruning: LASSO over all readers of a group, then each reader refitted
+    # coupled residual pruning: LASSO over all readers of a group (L1 where the selection is)
     @property
     def residual_criterion(self) -> str:
         return "lasso" if self.cfg.selection == "ista" else "l1"
 
     def selection_settings(self):
         return self.cfg.selection_settings(self.ctx.seed)
-
-    def refit_coupled(self, full, pruned, coupled, batches):
-        return refit_layers(full, pruned, coupled, batches, self.selection_settings())
 
 
 def log_layer(record: dict) -> None:

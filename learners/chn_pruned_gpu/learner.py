@@ -36,6 +36,7 @@ class CpgConfig(ChannelOptions):
     channel_multiple: int = option(1, "round each kept-channel count to a multiple of this")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_ratio(self.prune_ratio, "prune_ratio")
         check(self.lrn_rate_pgd_init > 0, "lrn_rate_pgd_init", "must be positive")
         check(self.lrn_rate_adam > 0, "lrn_rate_adam", "must be positive")
@@ -55,6 +56,9 @@ class ChannelPrunedGpuLearner(ChannelLearnerBase):
         cfg = self.cfg
         return choose_layers(layers, cfg.skip_ht_layers, cfg.skip_ht_layers,
                              cfg.skip_names)
+
+    def selection_settings(self) -> SelectionSettings:
+        return SelectionSettings(nb_crops=self.cfg.nb_crops_per_smpl, seed=self.ctx.seed)
 
     def select(self, full, pruned, chosen, counts, batches):
         cfg = self.cfg

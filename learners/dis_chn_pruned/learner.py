@@ -58,6 +58,9 @@ class DcpConfig(RatioChannelOptions):
 
 @register_learner("dis-chn-pruned", config=DcpConfig, prefix="dcp")
 class DisChnPrunedLearner(ChannelLearnerBase):
+    # residual groups by summed weight magnitude: the discrimination-aware criterion scores
+    # one layer's channels against its own auxiliary loss, which has no stacked form
+    residual_criterion = "l1"
 
     @property
     def calibration_samples(self) -> int:
