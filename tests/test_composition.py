@@ -137,6 +137,33 @@ def test_weight_sparse_then_quantized_keeps_the_zeros(chain, tmp_path, quantizer
     assert quant["accuracy"]["compressed"] >= ws["accuracy"]["compressed"] - 0.1
 
 
+@pytest.mark.slow
+def test_weight_sparse_then_uniform_tf_keeps_the_zeros_in_the_int8_program(chain, tmp_path):
+    """uniform-tf from a 75 %-sparse model: QAT holds the pruned weights at 0 and the int8
+    program's weights (symmetric per channel: zero point 0) are exactly 0 there."""
+    root = chain[0]
+    common = [f"--save_path_eval={root}/eval/model.ckpt", "--export_format=none"]
+    run(Helper, values_in(tmp_path, "--learner=weight-sparse", "--ws_prune_ratio=0.75",
+                          "--ws_prune_ratio_prtl=uniform", *paths(tmp_path, "ws"), *common))
+    sparse, _ = load_model(f"{tmp_path}/ws_eval/model.ckpt")
+    report = run(Helper, values_in(tmp_path, "--learner=uniform-tf", "--enbl_warm_start",
+                                   f"--warm_start_path={tmp_path}/ws_eval/model.ckpt",
+                                   "--nb_epochs_rat=0.2", *paths(tmp_path, "uqtf", "pte"),
+                                   *common))
+    assert report["sparsity"]["kept_zeros"] >= 0.74
+    program = torch.export.load(f"{tmp_path}/uqtf_eval/model.pt2")
+    weights = [t for t in program.state_dict.values() if t.dtype == torch.int8 and t.dim() >= 2]
+    weights += [t for t in program.constants.values()
+                if isinstance(t, torch.Tensor) and t.dtype == torch.int8 and t.dim() >= 2]
+    sparse_weights = [m.weight for m in sparse.modules()
+                      if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(weights) == len(sparse_weights)
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    expected = sum(int((w == 0).sum()) for w in sparse_weights) / sum(
+        w.numel() for w in sparse_weights)
+    assert zeros >= expected - 1e-9 and expected >= 0.74
+
+
 # -- unfit chains ----------------------------------------------------------------------------
 def refused(root, tmp_path, learner: str, start: str, *extra: str) -> str:
     prefix = {"uniform": "uql", "non-uniform": "nuql", "uniform-tf": "uqtf",
