@@ -172,7 +172,8 @@ class _OneHot(nn.Module):
         self.register_buffer("matrix", _one_hot(index, width, n_in, torch.arange(n_in), like, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _by_matrix(x, self.matrix)
+        # any rank, no Python branch on the input (torch.fx traces it)
+        return torch.einsum("oc,nc...->no...", self.matrix.reshape(self.matrix.shape[:2]), x)
 
 
 def _widths(model: nn.Module, modules: dict[str, nn.Module], input_shape) -> dict[str, int]:
