@@ -2,6 +2,7 @@
 lists, the AMC environment, and end-to-end runs (uniform, list, auto) ending in thinned models."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -17,7 +18,7 @@ from compression.graph import analyse
 from compression.ratio_list import RatioListError, read_ratio_list, write_ratio_list
 from compression.artifacts import build_model
 from compression.dead_channels import unread_outputs
-from compression.thinning import thin
+from compression.thinning import mask_inputs, thin
 from compression.unread import unread_channels
 from utils.model_io import module_spec
 from learners.rl.channel_env import ChannelEnv
@@ -273,3 +274,66 @@ def test_bad_list_file_fails_before_any_work(tmp_path, tiny_pretrained):
     with pytest.raises(RatioListError, match="bad.list:2: ratio 2.0 is outside"):
         channel(tmp_path, tiny_pretrained, prune_option="list",
                 prune_list_file=f"{tmp_path}/bad.list")
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2"])
+def test_a_thinned_model_with_scatters_thins_again_exactly(name):
+    """A chain of two channel learners: the second analyses a model whose residual members
+    scatter (dead-channel elimination), prunes it again, and stays exact and rebuildable."""
+    model, layers, shape = _net(name)
+    gen = torch.Generator().manual_seed(0)
+    keep = {layer.name: torch.randperm(layer.in_channels, generator=gen)[:layer.in_channels * 3 // 4]
+            for layer in choose_layers(layers, True, False, [])}
+    once, spec = thin(model, layers, keep, module_spec(model))
+    assert any(hasattr(m, "out_index") for m in once.modules())
+    layers2 = analyse(once, shape)
+    keep2 = {layer.name: torch.randperm(layer.in_channels, generator=gen)[
+        :max(1, layer.in_channels * 2 // 3)] for layer in choose_layers(layers2, True, False, [])}
+    masked = copy.deepcopy(once)
+    mask_inputs(masked, keep2, layers2)
+    twice, spec = thin(masked, layers2, keep2, spec)
+    x = torch.randn(3, *shape)
+    with torch.no_grad():
+        expected = masked.eval()(x)
+        assert (expected - twice.eval()(x)).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
+        rebuilt = build_model(spec, base=create_net(name, **_net_kwargs(name)))
+        rebuilt.load_state_dict(twice.state_dict())
+        assert torch.equal(rebuilt.eval()(x), twice(x))
+    assert unread_outputs(twice, shape) == {}
+    assert count_flops(twice, shape) < count_flops(once, shape)
+
+
+class InPlaceNet(torch.nn.Module):
+    """A user's residual net written with in-place ops: ``out.add_(x)`` and an in-place ReLU
+    (the sum's result is the mutated tensor, not the value fx records for the call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.a = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.relu(self.stem(x))
+        out = self.b(self.relu(self.a(x)))
+        out.add_(x)
+        return self.head(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(out, 1), 1))
+
+
+def test_in_place_sums_keep_every_channel_they_write():
+    torch.manual_seed(0)
+    model = InPlaceNet().eval()
+    layers = analyse(model, (3, 8, 8))
+    keep = {"a": torch.tensor([0, 2, 5]), "head": torch.tensor([1, 3, 4, 7])}
+    masked = copy.deepcopy(model)
+    mask_inputs(masked, keep, layers)
+    thinned, _ = thin(masked, layers, keep)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert (masked(x) - thinned.eval()(x)).abs().max() <= 1e-5
+    # the sum couples stem and b: channel 6, which neither `a` nor `head` keeps, leaves both;
+    # liveness does not follow an in-place op, so nothing it touches is scattered
+    assert thinned.b.out_channels == thinned.stem.out_channels == 7
+    assert not any(hasattr(m, "out_index") for m in thinned.modules())
