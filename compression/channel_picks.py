@@ -72,7 +72,7 @@ class _Scatter:
 
     def scatter(self, y: torch.Tensor) -> torch.Tensor:
         out = y.new_zeros(y.shape[0], self.scatter_width, *y.shape[2:])
-        return out.index_copy(1, self.out_index, y)
+        return out.index_copy_(1, self.out_index, y)      # in place: no second full copy
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         return self.scatter(super().forward(*args, **kwargs))
