@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from compression.graph import PrunableLayer, graph_of
+from compression.residual_groups import group_count
 from utils.model_stats import probe_forward
 
 _COSTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -42,9 +43,10 @@ class ChannelFlops:
     """FLOPs of ``model`` (one input of ``input_shape``) as a function of kept input channels."""
 
     def __init__(self, model: nn.Module, layers: Sequence[PrunableLayer],
-                 input_shape: Sequence[int]) -> None:
+                 input_shape: Sequence[int], groups: Sequence = ()) -> None:
         self.layers = {layer.name: layer for layer in layers}
         self.graph = graph_of(layers)
+        self.groups = list(groups)     # residual groups pruned as one (prune_residual)
         self.costs = _measure(model, input_shape)
         self.total = self.flops({})
 
@@ -52,7 +54,7 @@ class ChannelFlops:
         """``module -> (input channels, output channels)`` of every conv / linear module when
         each layer in ``kept`` keeps that many input channels (others: all)."""
         g = self.graph
-        fractions = g.fractions(kept)
+        fractions = self._fractions(kept)
         shapes = {}
         for name, cost in self.costs.items():
             if name in g.followers:                       # a depthwise conv
@@ -64,6 +66,17 @@ class ChannelFlops:
             else:
                 shapes[name] = (cost.in_channels, cost.out_channels)
         return shapes
+
+    def _fractions(self, kept: Mapping[str, int]) -> dict[int, float]:
+        """root -> expected fraction kept (``ChannelGraph.fractions``); the channels of a
+        residual group keep the group's count, whichever of its readers are in ``kept``."""
+        fractions = self.graph.fractions(kept)
+        for group in self.groups:
+            if all(name in kept for name in group.readers):
+                in_channels = {name: self.layers[name].in_channels for name in group.readers}
+                share = group_count(group, kept, in_channels) / len(group.roots)
+                fractions.update(dict.fromkeys(group.roots, share))
+        return fractions
 
     def shapes_of(self, keep: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
         """The exact shapes after ``thin(model, layers, keep)``."""

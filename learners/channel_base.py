@@ -23,7 +23,7 @@ from compression.residual_groups import coupled_keep
 from compression.thinning import mask_inputs, thin
 from learners import composition
 from learners.base import Learner, Result
-from learners.channel_strategy import plan_counts
+from learners.channel_strategy import coupled_groups, plan_counts
 from compression.artifacts import build_model, load_model
 from utils.model_io import save_model
 
@@ -58,7 +58,8 @@ class ChannelLearnerBase(Learner):
         s = strategy.settings(multiple=multiple)
         if s.preserve_ratio == 0:
             s.uniform_counts = counts
-            s.preserve_ratio = ChannelFlops(full, layers, self.ctx.helper.input_shape).ratio(counts)
+            s.preserve_ratio = ChannelFlops(full, layers, self.ctx.helper.input_shape,
+                                            coupled_groups(self, layers, chosen)).ratio(counts)
         return plan_counts(self, full, layers, chosen, s, sections)
 
     @property

@@ -32,6 +32,7 @@ from compression.channel_latency import (ChannelLatency, measured_ratio, settle_
                                          thin_to_counts)
 from compression.graph import PrunableLayer
 from compression.ratio_list import read_ratio_list
+from compression.residual_groups import residual_groups
 from compression.thinning import thin
 from learners.rl.channel_env import ChannelEnv
 
@@ -65,6 +66,14 @@ class StrategySettings:
     latency_tolerance: float = 0.05   # measured latency ratio within this fraction of the budget
 
 
+def coupled_groups(learner, layers: list[PrunableLayer], chosen: list[PrunableLayer]) -> list:
+    """The residual groups the learner prunes as one (``prune_residual``), else none: the
+    FLOPs of a strategy count their channels at the group's count."""
+    if not getattr(learner.cfg, "prune_residual", False):
+        return []
+    return residual_groups(layers, chosen)
+
+
 def plan_counts(learner, full: nn.Module, layers: list[PrunableLayer],
                 chosen: list[PrunableLayer], s: StrategySettings, sections: dict) -> dict[str, int]:
     """``layer -> kept input channels`` for ``chosen`` (on every rank; collective for auto);
@@ -73,7 +82,8 @@ def plan_counts(learner, full: nn.Module, layers: list[PrunableLayer],
         raise ValueError(f"unknown protocol {s.protocol!r}; valid: {', '.join(PROTOCOLS)}")
     if s.budget not in BUDGETS:
         raise ValueError(f"unknown budget {s.budget!r}; valid: {', '.join(BUDGETS)}")
-    flops = ChannelFlops(full, layers, learner.ctx.helper.input_shape)
+    flops = ChannelFlops(full, layers, learner.ctx.helper.input_shape,
+                         coupled_groups(learner, layers, chosen))
     names = [layer.name for layer in chosen]
     strategy: dict = {"protocol": s.protocol, "budget": s.budget}
     if s.protocol == "list":

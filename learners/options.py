@@ -41,9 +41,12 @@ class ChannelOptions(OutputOptions):
     def __post_init__(self) -> None:
         """Subclasses validate their own options (calling this first)."""
         strategy = getattr(self, "strategy", None)
-        check(not (self.prune_residual and strategy is not None and strategy.protocol == "auto"),
-              "prune_residual", "works with the uniform and list protocols, not with the DDPG "
-              "search (optimal / auto), whose roll-outs score layers one at a time")
+        if self.prune_residual and strategy is not None:
+            check(strategy.protocol != "auto", "prune_residual", "works with the uniform and "
+                  "list protocols, not with the DDPG search (optimal / auto), whose roll-outs "
+                  "score layers one at a time")
+            check(strategy.budget_type == "flops", "prune_residual", "works under a FLOPs "
+                  "budget, not a latency one (the latency table times layers one at a time)")
 
     @property
     def skip_names(self) -> list[str]:

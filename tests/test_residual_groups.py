@@ -150,3 +150,27 @@ def test_every_channel_learner_prunes_residual_groups(learner, options, criterio
 def test_the_channel_learners_search_refuses_prune_residual(tmp_path, tiny_pretrained):
     with pytest.raises(ConfigError, match="prune_residual"):
         compress_digits(tmp_path, tiny_pretrained, "channel", prune_residual=True)
+
+
+def test_a_flops_budget_counts_the_groups_at_their_count(tmp_path, tiny_pretrained):
+    """uniform under a FLOPs budget: the strategy's estimate prices each group's channels at
+    the group's count, so the result lands at the budget (not far below it)."""
+    model, layers, chosen = _resnet20()
+    from compression.channel_flops import ChannelFlops
+
+    groups = residual_groups(layers, chosen)
+    counts = {layer.name: layer.in_channels // 2 for layer in chosen}
+    keep, _ = coupled_keep(model, layers, chosen, counts, [torch.randn(8, *SHAPE)], "l1",
+                           SelectionSettings(nb_crops=2))
+    keep.update({n: torch.arange(c) for n, c in counts.items() if n not in keep})
+    thinned, _ = thin(model, layers, keep, eliminate=False)
+    coupled = ChannelFlops(model, layers, SHAPE, groups)
+    assert coupled.flops(counts) == count_flops(thinned, SHAPE)       # exact for ResNets
+    assert ChannelFlops(model, layers, SHAPE).flops(counts) > coupled.flops(counts)
+    result = compress_digits(tmp_path, tiny_pretrained, "chn-pruned-rmt", prune_residual=True,
+                             preserve_ratio=0.5, nb_smpls=128, export_format="none")
+    report = result.report
+    assert 0.47 <= report["flops"]["compressed"] / report["flops"]["full"] <= 0.5 + 1e-9
+    with pytest.raises(ConfigError, match="latency"):
+        compress_digits(tmp_path / "lat", tiny_pretrained, "chn-pruned-rmt", prune_residual=True,
+                        budget_type="latency", preserve_ratio=0.8)
