@@ -30,22 +30,12 @@ from torch import fx, nn
 from compression.channel_picks import is_gather, is_scatter, set_scatter, set_submodule
 from compression.fx_ops import (ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, PASSTHROUGH_FUNCTIONS,
                                 PASSTHROUGH_METHODS, REDUCE_TARGETS, RESHAPE_TARGETS,
-                                SHAPE_TARGETS, SPLIT_TARGETS, meta_shape, nodes_in, prod,
-                                shaped_graph)
+                                SHAPE_TARGETS, SPLIT_TARGETS, channel_index, channel_role,
+                                keeps_channels, meta_shape, nodes_in, prod, shaped_graph)
 from compression.layer_pruners import pruner_for
 from utils.model_stats import count_flops
 
 Live = torch.Tensor        # bool, one entry per channel (dim 1) of a node's output
-
-
-def _role(module: nn.Module, node: fx.Node) -> str | None:
-    pruner = pruner_for(module)
-    if pruner is None:
-        return None
-    role = pruner.role(module)
-    if role == "reader" and isinstance(module, nn.Linear) and len(meta_shape(node.args[0])) != 2:
-        return "mixing"
-    return role
 
 
 class _Liveness:
@@ -110,7 +100,7 @@ class _Liveness:
 
     def op_call_module(self, node, live) -> None:
         module = self.modules[node.target]
-        role = "passthrough" if isinstance(module, nn.Flatten) else _role(module, node)
+        role = "passthrough" if isinstance(module, nn.Flatten) else channel_role(module, node)
         if role not in ("passthrough", "channelwise", "reader") or not node.args \
                 or not isinstance(live, torch.Tensor):
             return self.need_all(node)
@@ -154,19 +144,9 @@ class _Liveness:
         return self.need_all(node)
 
     def same_channels(self, node, live, reduce: bool) -> None:
-        source = node.args[0] if node.args else node.kwargs.get("input")
-        before, after = meta_shape(source), meta_shape(node)
-        if reduce:
-            dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-            ok = before is not None and dims is not None and not {
-                d % len(before) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))
-            } & {0, 1}
-        else:
-            ok = before is not None and after is not None and len(after) >= 2 \
-                and after[:2] == before[:2]
-        if not ok:
+        if not keeps_channels(node, reduce):
             return self.need_all(node)
-        self.need(source, live)
+        self.need(node.args[0] if node.args else node.kwargs.get("input"), live)
         for arg in nodes_in((node.args[1:], node.kwargs)):
             self.need(arg, True)
 
@@ -221,29 +201,28 @@ class _Liveness:
         width = self.width(source)
         if width is None or not isinstance(live, torch.Tensor):
             return self.need(source, True)
-        if index == slice(None) or index is Ellipsis:
-            return self.need(source, live)
-        if isinstance(index, tuple) and index and index[0] == slice(None) and all(
-                isinstance(i, slice) and not any(isinstance(v, fx.Node)
-                                                 for v in (i.start, i.stop, i.step))
-                for i in index):
-            if len(index) > 1 and index[1] != slice(None):
-                needed = torch.zeros(width, dtype=torch.bool)
-                needed[torch.arange(width)[index[1]][live]] = True
-                return self.need(source, needed)
-            return self.need(source, live)
-        return self.need(source, True)
+        channels = channel_index(index)
+        if channels is None:
+            return self.need(source, True)
+        needed = torch.zeros(width, dtype=torch.bool)
+        needed[torch.arange(width)[channels][live]] = True
+        self.need(source, needed)
+
+
+def _single_calls(gm: fx.GraphModule) -> dict[str, fx.Node]:
+    """module -> its call node, for the modules called exactly once."""
+    calls: dict[str, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node)
+    return {name: nodes[0] for name, nodes in calls.items() if len(nodes) == 1}
 
 
 def _writer_nodes(gm: fx.GraphModule) -> dict[str, fx.Node]:
     """Conv / linear modules (readers in the graph's sense) called exactly once."""
-    modules, calls, found = dict(gm.named_modules()), {}, {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-            if _role(modules[node.target], node) == "reader":
-                found[node.target] = node
-    return {name: node for name, node in found.items() if calls[name] == 1}
+    modules = dict(gm.named_modules())
+    return {name: node for name, node in _single_calls(gm).items()
+            if channel_role(modules[name], node) == "reader"}
 
 
 def _live_outputs(module: nn.Module, live) -> torch.Tensor:
@@ -271,7 +250,7 @@ def _out_channels(module: nn.Module) -> int:
     return pruner_for(module).channels(module)[1]
 
 
-def _private_chain(gm: fx.GraphModule, node: fx.Node, calls: dict) -> list[str]:
+def _private_chain(gm: fx.GraphModule, node: fx.Node, single: dict) -> list[str]:
     """Per-channel modules after ``node`` on a path of single users, nearest first (where the
     writer's scatter can move to, so they shrink too)."""
     modules, chain = dict(gm.named_modules()), []
@@ -281,8 +260,8 @@ def _private_chain(gm: fx.GraphModule, node: fx.Node, calls: dict) -> list[str]:
             break
         if user.op == "call_module":
             module = modules[user.target]
-            role = _role(module, user)
-            if role == "channelwise" and calls[user.target] == 1:
+            role = channel_role(module, user)
+            if role == "channelwise" and user.target in single:
                 chain.append(user.target)
                 if is_scatter(module):
                     break
@@ -301,18 +280,13 @@ def eliminate(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, 
     later op reads, and the names of the modules that changed (see the module docstring)."""
     gm = shaped_graph(model, input_shape)
     live = _Liveness(gm).run()
-    modules = dict(model.named_modules())
-    calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    modules, single = dict(model.named_modules()), _single_calls(gm)
     model, changed = copy.deepcopy(model), []
     for name, node in _writer_nodes(gm).items():
         writer = modules[name]
-        chain = [] if is_scatter(writer) else _private_chain(gm, node, calls)
+        chain = [] if is_scatter(writer) else _private_chain(gm, node, single)
         host = chain[-1] if chain else name
-        end = next((n for n in gm.graph.nodes if n.op == "call_module" and n.target == host))
-        host_live = live.get(end)
+        host_live = live.get(single[host])
         if not isinstance(host_live, torch.Tensor):
             continue
         own = _live_outputs(modules[host], host_live).clone()

@@ -88,6 +88,45 @@ def nodes_in(value) -> list[fx.Node]:
     return found
 
 
+def channel_role(module: nn.Module, node: fx.Node) -> str | None:
+    """The registered pruner's role of ``module`` at call ``node`` (None: no pruner); a linear
+    layer on an (N, ..., C) input reads the last dim, not dim 1, so it mixes channels."""
+    pruner = pruner_for(module)
+    if pruner is None:
+        return None
+    role = pruner.role(module)
+    if role == "reader" and isinstance(module, nn.Linear) and len(meta_shape(node.args[0])) != 2:
+        return "mixing"
+    return role
+
+
+def channel_index(index) -> slice | None:
+    """What ``x[index]`` does to dim 1 of an (N, C, ...) tensor: ``slice(None)`` (every channel
+    passes), a slice of channels, or None (an index the passes do not follow)."""
+    if index == slice(None) or index is Ellipsis:
+        return slice(None)
+    if isinstance(index, tuple) and index and index[0] == slice(None) and all(
+            isinstance(i, slice) and not any(isinstance(v, fx.Node)
+                                             for v in (i.start, i.stop, i.step))
+            for i in index):
+        return index[1] if len(index) > 1 else slice(None)
+    return None
+
+
+def keeps_channels(node: fx.Node, reduce: bool) -> bool:
+    """A reshape keeping dims 0 and 1, or a reduction over other dims only (``reduce``)."""
+    source = node.args[0] if node.args else node.kwargs.get("input")
+    before, after = meta_shape(source), meta_shape(node)
+    if before is None:
+        return False
+    if reduce:
+        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        return dims is not None and not {
+            d % len(before) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))
+        } & {0, 1}
+    return bool(before) and after is not None and len(after) >= 2 and after[:2] == before[:2]
+
+
 def shaped_graph(model: nn.Module, input_shape: Sequence[int]) -> fx.GraphModule:
     """The fx trace of ``model`` with ``tensor_meta`` from one zero input (eval mode)."""
     graph_module = trace(model)

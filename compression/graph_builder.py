@@ -12,8 +12,9 @@ from compression.channel_graph import ChannelGraph
 from compression.channel_picks import is_scatter
 from compression.fx_ops import (ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, MUL_TARGETS,
                                 PASSTHROUGH_FUNCTIONS, PASSTHROUGH_METHODS, REDUCE_TARGETS,
-                                RESHAPE_TARGETS, SHAPE_TARGETS, SPLIT_TARGETS, meta_shape,
-                                nodes_in, prod, shaped_graph)
+                                RESHAPE_TARGETS, SHAPE_TARGETS, SPLIT_TARGETS, channel_index,
+                                channel_role, keeps_channels, meta_shape, nodes_in, prod,
+                                shaped_graph)
 from compression.layer_pruners import pruner_for, registered_types
 
 
@@ -84,9 +85,7 @@ class _Builder:
         ids = self.ids(source)
         if ids is None:
             return self.unknown(node)
-        role = pruner.role(module)
-        if role == "reader" and isinstance(module, nn.Linear) and len(meta_shape(source)) != 2:
-            role = "mixing"          # a linear layer on (N, ..., C) reads the last dim, not dim 1
+        role = channel_role(module, node)
         name = node.target
         first = name not in self.g.calls
         self.g.calls[name] = self.g.calls.get(name, 0) + 1
@@ -215,21 +214,17 @@ class _Builder:
         ids = self.ids(source)
         if ids is None or node.meta.get("tensor_meta") is None:
             return None if ids is None else self.unknown(node)
-        if index == slice(None) or index is Ellipsis:
-            return ids
-        if isinstance(index, tuple) and index and index[0] == slice(None) and all(
-                isinstance(i, slice) and not any(isinstance(v, fx.Node) for v in (i.start, i.stop, i.step))
-                for i in index):
-            if len(index) > 1 and index[1] != slice(None):
-                self.g.fixed_ids.update(ids)             # a slice at fixed channel indices
-                return ids[index[1]]
-            return ids
-        return self.unknown(node)
+        channels = channel_index(index)
+        if channels is None:
+            return self.unknown(node)
+        if channels != slice(None):
+            self.g.fixed_ids.update(ids)                 # a slice at fixed channel indices
+        return ids if channels == slice(None) else ids[channels]
 
     def reshape(self, node: fx.Node):
         source = node.args[0] if node.args else node.kwargs.get("input")
-        ids, before, after = self.ids(source), meta_shape(source), meta_shape(node)
-        if ids is None or not before or not after or len(after) < 2 or after[:2] != before[:2]:
+        ids, before = self.ids(source), meta_shape(source)
+        if ids is None or not keeps_channels(node, reduce=False):
             return self.unknown(node)
         if node.target in ("expand", "expand_as") and (
                 source in self.broadcast or prod(before[2:]) == 1):
@@ -237,15 +232,10 @@ class _Builder:
         return ids
 
     def reduce(self, node: fx.Node):
-        source = node.args[0]
-        shape = meta_shape(source)
-        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-        if shape is None or dims is None:
+        ids = self.ids(node.args[0])
+        if ids is None or not keeps_channels(node, reduce=True):
             return self.unknown(node)
-        dims = {d % len(shape) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
-        if dims & {0, 1} or self.ids(source) is None:
-            return self.unknown(node)
-        return self.ids(source)
+        return ids
 
     def elementwise(self, node: fx.Node, is_mul: bool):
         out_shape = meta_shape(node)
