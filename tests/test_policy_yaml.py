@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from compression.masks import maskable_layers
-from compression.schedule.policy import PolicyError, check_epochs, check_weights, load_policy
+from compression.schedule.names import resolve_names
+from compression.schedule.policy import PolicyError, check_epochs, load_policy
 from compression.schedule.scheduler import CompressionScheduler
 from nets.registry import build_from_spec, net_spec
 from utils.config import ConfigError
@@ -26,7 +26,7 @@ policies:
       instance_name: {name}
 {epochs}
 """
-RANGE = "    starting_epoch: 0\n    ending_epoch: 2\n    frequency: 1"
+RANGE = "    starting_epoch: 0\n    ending_epoch: 3\n    frequency: 1"
 
 
 def resnet20():
@@ -49,7 +49,7 @@ def error_of(path: str, model=None, nb_epochs=None) -> str:
     with pytest.raises(PolicyError) as err:
         policy = load_policy(path)
         if model is not None:
-            check_weights(policy, list(maskable_layers(model)))
+            resolve_names(policy, model)
             CompressionScheduler(policy, model, (1, 8, 8), 1)
         if nb_epochs is not None:
             check_epochs(policy, nb_epochs)
@@ -113,7 +113,7 @@ def test_impossible_epoch_ranges(tmp_path, epochs, where, text):
 
 
 def test_ending_epoch_beyond_the_run(tmp_path):
-    message = error_of(agp(tmp_path), nb_epochs=2)
+    message = error_of(agp(tmp_path), nb_epochs=2)  # active epochs 0, 1, 2 (Distiller's end: 3)
     assert message == (f"{tmp_path}/policy.yaml:12:19: policies[0].ending_epoch: epoch 2 is beyond the "
                        "run's 2 epochs (0..1); raise --sch_nb_epochs or end the policy earlier")
 
@@ -125,21 +125,21 @@ def test_weight_not_in_model_lists_close_names(tmp_path):
     assert "layer1.0.conv1.weight" in message
 
 
-def test_filters_of_a_shared_output_are_refused(tmp_path):
+def test_filters_reaching_the_output_are_refused(tmp_path):
     path = write(tmp_path, """pruners:
   f:
     class: L1RankedStructureParameterPruner
     reg_regims:
-      'layer1.0.conv2.weight': [0.5, '3D']
+      'fc.weight': [0.5, '3D']
 policies:
   - pruner: {instance_name: f}
     epochs: [0]
 """)
     message = error_of(path, model=resnet20())
-    assert message.startswith(f"{path}:5:7: pruners.f.reg_regims.layer1.0.conv2.weight: cannot remove "
-                              "filters of layer1.0.conv2: its outputs are shared")
-    path = write(tmp_path, Path(path).read_text().replace("[0.5, '3D']", "[0.5, 'Rows']"))
-    assert "structure must be one of 3D, Channels, got 'Rows'" in error_of(path)
+    assert message.startswith(f"{path}:5:7: pruners.f.reg_regims.fc.weight: cannot remove "
+                              "filters of fc: its outputs reach the model's output")
+    path = write(tmp_path, Path(path).read_text().replace("[0.5, '3D']", "[0.5, 'Blocks']"))
+    assert "structure must be one of 3D, Filters, Channels, Rows, got 'Blocks'" in error_of(path)
 
 
 def test_missing_file_empty_flag_and_bad_syntax(tmp_path):
@@ -181,7 +181,7 @@ def test_examples_validate_against_resnet20(path):
     assert len(EXAMPLES) == 4
     policy = load_policy(str(path))
     model = resnet20()
-    check_weights(policy, list(maskable_layers(model)))
+    resolve_names(policy, model)
     check_epochs(policy, policy.last_epoch + 1)
     CompressionScheduler(policy, model, (1, 8, 8), 1)
     assert policy.summary()["policies"]

@@ -227,7 +227,7 @@ def test_regularizers_add_their_terms_in_their_epochs(tmp_path):
 policies:
   - regularizer: {instance_name: l1}
     starting_epoch: 1
-    ending_epoch: 2
+    ending_epoch: 3
   - regularizer: {instance_name: gl}
     epochs: [0]
 """)
@@ -258,20 +258,24 @@ pruners:
     class: L1RankedStructureParameterPruner
     reg_regims: {'layer1.0.conv1.weight': [0.5, '3D'], 'layer3.1.conv2.weight': [0.25, 'Channels']}
 quantizers:
-  pact: {class: PACTQuantizer, bits_weights: 4, bits_activations: 4}
+  pact:
+    class: PACTQuantizer
+    bits_weights: 4
+    bits_activations: 4
+    overrides: {conv1: {bits_weights: null}, fc: {bits_weights: null}}
 extensions:
   thinner: {class: ChannelRemover, thinning_func_str: remove_channels}
 policies:
   - pruner: {instance_name: agp}
     starting_epoch: 0
-    ending_epoch: 2
+    ending_epoch: 3
   - pruner: {instance_name: filters}
     epochs: [1]
   - extension: {instance_name: thinner}
     epochs: [1]
   - quantizer: {instance_name: pact}
     starting_epoch: 2
-    ending_epoch: 3
+    ending_epoch: 4
 """)
     result = sch(tmp_path, tiny_pretrained, policy, export_format="none")
     report = result.report
@@ -305,6 +309,6 @@ policies:
     ending_epoch: 1
 """)
     with pytest.raises(ConfigError, match=rf"{policy}:6:\d+: quantizers\.q: the quantizer would "
-                                          r"quantize weights an AutomatedGradualPruner masks "
+                                          r"quantize weights a fine-grained pruner masks "
                                           r"\(layer1\.0\.conv1\)"):
         sch(tmp_path, tiny_pretrained, policy)

@@ -1,22 +1,40 @@
 """The policy's learning-rate schedulers as ONE pure callable ``step -> lr`` (with ``nb_iters``).
 
-Each scheduler is epoch-based like ``torch.optim.lr_scheduler``: at the j-th active epoch of its
-policy (j = 0 at the policy's first epoch) the rate is ``base_lr * factor(j)``; before its first
-epoch the base rate, after its last the rate reached there. Several schedulers multiply.
+Distiller's semantics (the default): a scheduler steps at the END of each of its active epochs
+``a`` to epoch ``a + 1`` with torch's closed form at that absolute epoch (Distiller calls
+``lr_scheduler.step(epoch=a + 1)``), so during epoch ``t`` the rate is ``base_lr * f(a* + 1)``
+for the last active epoch ``a* < t``, and ``base_lr * f(0)`` before the first one ends.
+With ``inclusive`` policies (``--sch_ending_epoch=inclusive``, this project's earlier reading)
+the rate at the j-th active epoch (j = 0 at the first) is ``base_lr * f(j)``.
+Several schedulers multiply.
 """
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
 from compression.schedule.policy import Policy
 
-# class -> factor(params, j): the rate multiplier after j scheduler steps (torch's formulas)
-LR_FACTORS: dict[str, Callable[[dict, int], float]] = {
-    "StepLR": lambda p, j: p["gamma"] ** (j // p["step_size"]),
-    "MultiStepLR": lambda p, j: p["gamma"] ** bisect.bisect_right(p["milestones"], j),
-    "ExponentialLR": lambda p, j: p["gamma"] ** j,
+
+def _multi_gamma(p: dict, t: int) -> float:
+    factor = 1.0
+    for gamma in p["gammas"][: bisect.bisect_right(p["milestones"], t)]:
+        factor *= gamma
+    return factor
+
+
+# class -> f(params, t, base_lr): the rate multiplier at scheduler epoch t (torch's closed forms,
+# Distiller's MultiStepMultiGammaLR and PolynomialLR)
+LR_FACTORS: dict[str, Callable[[dict, int, float], float]] = {
+    "StepLR": lambda p, t, base: p["gamma"] ** (t // p["step_size"]),
+    "MultiStepLR": lambda p, t, base: p["gamma"] ** bisect.bisect_right(p["milestones"], t),
+    "MultiStepMultiGammaLR": lambda p, t, base: _multi_gamma(p, t),
+    "ExponentialLR": lambda p, t, base: p["gamma"] ** t,
+    "CosineAnnealingLR": lambda p, t, base: (p["eta_min"] + (base - p["eta_min"]) * (
+        1 + math.cos(math.pi * t / p["T_max"])) / 2) / base if base > 0 else 1.0,
+    "PolynomialLR": lambda p, t, base: max(0.0, 1 - t / p["T_max"]) ** p["power"],
 }
 
 
@@ -25,10 +43,15 @@ class EpochScheduler:
     cls: str
     params: dict
     active: tuple[int, ...]  # the policy's active epochs, sorted
+    inclusive: bool = False
 
-    def factor(self, epoch: int) -> float:
-        j = bisect.bisect_right(self.active, epoch) - 1
-        return 1.0 if j < 0 else LR_FACTORS[self.cls](self.params, j)
+    def factor(self, epoch: int, base: float) -> float:
+        if self.inclusive:
+            j = bisect.bisect_right(self.active, epoch) - 1
+            return 1.0 if j < 0 else LR_FACTORS[self.cls](self.params, j, base)
+        done = bisect.bisect_left(self.active, epoch)    # active epochs that ended before epoch
+        t = self.active[done - 1] + 1 if done else 0
+        return LR_FACTORS[self.cls](self.params, t, base)
 
 
 @dataclass(frozen=True)
@@ -44,7 +67,7 @@ class PolicyLr:
     def epoch_lr(self, epoch: int) -> float:
         lr = self.base_lr
         for scheduler in self.schedulers:
-            lr *= scheduler.factor(epoch)
+            lr *= scheduler.factor(epoch, self.base_lr)
         return lr
 
     def __call__(self, step: int) -> float:
@@ -57,6 +80,7 @@ class PolicyLr:
 
 
 def policy_lr(policy: Policy, base_lr: float, iters_per_epoch: int, nb_epochs: int) -> PolicyLr:
-    schedulers = tuple(EpochScheduler(p.instance.cls, p.instance.params, tuple(p.active_epochs()))
+    schedulers = tuple(EpochScheduler(p.instance.cls, p.instance.params, tuple(p.active_epochs()),
+                                      p.inclusive)
                        for p in policy.of_kind("lr_scheduler"))
-    return PolicyLr(base_lr, iters_per_epoch, nb_epochs * iters_per_epoch, schedulers)
+    return PolicyLr(base_lr, iters_per_epoch, nb_iters=nb_epochs * iters_per_epoch, schedulers=schedulers)

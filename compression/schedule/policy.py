@@ -5,26 +5,30 @@ line and column and the key path: ``policy.yaml:7:9: pruners.conv_pruner: unknow
 'final_sparsty'; valid keys: class, initial_sparsity, final_sparsity, weights``. Errors are
 ``PolicyError`` (a ``ConfigError``: the entry scripts print one message and exit 2).
 
-Epoch semantics (documented choice): a policy ``starting_epoch: s, ending_epoch: e,
-frequency: f`` is active at the epochs ``s, s+f, s+2f, ...`` up to ``e`` and ALWAYS at ``e``
-itself (inclusive, unlike Distiller's exclusive end), so an AGP pruner reaches its final
-sparsity exactly at ``e``. ``epochs: [..]`` lists the active epochs. Pruner and extension
-events fire when their epoch begins (Distiller's ``on_epoch_begin``).
+Epoch semantics: Distiller's by default. A policy ``starting_epoch: s, ending_epoch: e,
+frequency: f`` is active at the epochs ``range(s, e, f)`` (``e`` excluded), and an AGP pruner
+reaches its final sparsity at the last of them. ``load_policy(..., inclusive_end=True)``
+(``--sch_ending_epoch=inclusive``) reads files written for this project's earlier semantics:
+active at ``s, s+f, ...`` up to ``e`` and always at ``e`` itself. ``epochs: [..]`` lists the
+active epochs. Pruner and extension events fire when their epoch begins (Distiller's
+``on_epoch_begin``), in the order the file lists them.
+
+A policy may carry Distiller's ``args`` (``pruner: {instance_name: p, args: {...}}``); the
+accepted ones are ``POLICY_ARGS``.
 """
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from compression.schedule.refusals import refusal
 from compression.schedule.schema import CHECKS, CLASSES, EPOCH_KEYS, POLICY_KINDS, REQUIRED, SECTIONS
 from compression.schedule.yaml_nodes import PolicyError, Where, convert, mapping, plain
 
-__all__ = ["Instance", "Policy", "PolicyEntry", "PolicyError", "Where", "check_epochs", "check_weights",
-           "load_policy", "weight_names"]
+__all__ = ["Instance", "Policy", "PolicyEntry", "PolicyError", "Where", "check_epochs", "load_policy"]
 
 
 @dataclass
@@ -52,12 +56,22 @@ class PolicyEntry:
     epochs: list[int] | None
     where: Where
     last_where: Where             # the key that sets the last active epoch
+    inclusive: bool = False       # ending_epoch active too (this project's earlier semantics)
+    args: dict = field(default_factory=dict)  # Distiller's policy ``args``
 
     def active_epochs(self) -> list[int]:
         if self.epochs is not None:
             return sorted(set(self.epochs))
+        if not self.inclusive:
+            return list(range(self.starting_epoch, self.ending_epoch, self.frequency))
         span = range(self.starting_epoch, self.ending_epoch + 1, self.frequency)
         return sorted({*span, self.ending_epoch})
+
+    def span(self) -> list[int]:
+        """Every epoch of the policy's range (a regularizer or quantizer is on through it)."""
+        if self.epochs is not None:
+            return self.active_epochs()
+        return list(range(self.starting_epoch, self.ending_epoch + self.inclusive))
 
     @property
     def first_epoch(self) -> int:
@@ -89,9 +103,24 @@ class Policy:
                              for p in self.policies]}
 
 
+# Distiller's policy ``args``: kind -> key -> the values that keep its meaning here (None: any)
+POLICY_ARGS: dict[str, dict[str, tuple | None]] = {
+    "pruner": {"keep_mask": None, "mask_on_forward_only": None, "mask_gradients": None,
+               "use_double_copies": (False,), "mini_batch_pruning_frequency": (0,),
+               "discard_masks_at_minibatch_end": (False,), "skip_first_minibatch": (False,),
+               "fold_batchnorm": None, "levels": None},
+    "regularizer": {"keep_mask": None},
+}
+ARGS_WHY = {"use_double_copies": "masks are weight parametrizations: masked weights get no update",
+            "mini_batch_pruning_frequency": "pruners fire when their epoch begins",
+            "discard_masks_at_minibatch_end": "masks persist until the weights are baked",
+            "skip_first_minibatch": "pruners fire at the first mini-batch of their epoch"}
+
+
 # -- the file --------------------------------------------------------------------------------
-def load_policy(path: str) -> Policy:
-    """Parse and validate ``path`` (everything that does not need the model or the run)."""
+def load_policy(path: str, inclusive_end: bool = False) -> Policy:
+    """Parse and validate ``path`` (everything that does not need the model or the run);
+    ``inclusive_end``: ``ending_epoch`` is an active epoch (see the module's docstring)."""
     if not path:
         raise PolicyError("--compress: the schedule learner needs a compression-schedule YAML file "
                           "(e.g. --compress=examples/policies/resnet20_digits_agp.yaml)")
@@ -104,14 +133,14 @@ def load_policy(path: str) -> Policy:
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(f"--compress: cannot read {path!r} as UTF-8 text ({exc})") from None
     try:
-        return _parse(path, text)
+        return _parse(path, text, inclusive_end)
     except yaml.MarkedYAMLError as exc:  # malformed YAML, or a tag no safe loader constructs
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
         raise PolicyError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
 
 
-def _parse(path: str, text: str) -> Policy:
+def _parse(path: str, text: str, inclusive_end: bool) -> Policy:
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     if root is None:
         raise PolicyError(f"{path}: the file is empty; expected version, pruners/quantizers/..., policies")
@@ -137,7 +166,7 @@ def _parse(path: str, text: str) -> Policy:
     pnode = top["policies"][1]
     if not isinstance(pnode, yaml.SequenceNode) or not pnode.value:
         raise Where.of(path, pnode, "policies").error("expected a non-empty list of policies")
-    policies = [_entry(path, i, item, instances) for i, item in enumerate(pnode.value)]
+    policies = [_entry(path, i, item, instances, inclusive_end) for i, item in enumerate(pnode.value)]
     policy = Policy(path, version, instances, policies)
     _check_order(policy)
     return policy
@@ -152,8 +181,9 @@ def _instance(file: str, section: str, name: str, knode: yaml.Node, vnode: yaml.
         raise where.error(f"missing key 'class'; valid classes: {', '.join(classes)}")
     cls = plain(items["class"][1])
     if cls not in classes:
+        refused = refusal(section, cls)
         raise Where.of(file, items["class"][1], f"{path}.class").error(
-            f"unknown class {cls!r}; valid classes: {', '.join(classes)}")
+            refused or f"unknown class {cls!r}; valid classes: {', '.join(classes)}")
     fields = classes[cls]
     params: dict = {}
     key_where = {}
@@ -178,7 +208,22 @@ def _instance(file: str, section: str, name: str, knode: yaml.Node, vnode: yaml.
     return Instance(name, section, cls, params, where, key_where)
 
 
-def _entry(file: str, index: int, node: yaml.Node, instances: dict) -> PolicyEntry:
+def _args(file: str, kind: str, knode: yaml.Node, vnode: yaml.Node, path: str) -> dict:
+    valid = POLICY_ARGS.get(kind, {})
+    args = {}
+    for key, (k, v) in mapping(file, vnode, f"{path}.args").items():
+        value = plain(v)
+        if key not in valid:
+            raise Where.of(file, k, f"{path}.args").error(
+                f"unknown argument {key!r} of a {kind} policy; valid: {', '.join(valid) or 'none'}")
+        if valid[key] is not None and value not in valid[key]:
+            raise Where.of(file, v, f"{path}.args.{key}").error(
+                f"only {valid[key][0]!r} is supported, got {value!r} ({ARGS_WHY[key]})")
+        args[key] = value
+    return args
+
+
+def _entry(file: str, index: int, node: yaml.Node, instances: dict, inclusive: bool) -> PolicyEntry:
     path = f"policies[{index}]"
     items = mapping(file, node, path)
     kinds = [k for k in items if k in POLICY_KINDS]
@@ -192,12 +237,16 @@ def _entry(file: str, index: int, node: yaml.Node, instances: dict) -> PolicyEnt
     kind = kinds[0]
     inner = mapping(file, items[kind][1], f"{path}.{kind}")
     epoch_nodes = {k: v for k, v in items.items() if k in EPOCH_KEYS}
+    args: dict = {}
     for key, (knode, vnode) in inner.items():
         if key == "instance_name":
             continue
+        if key == "args":
+            args = _args(file, kind, knode, vnode, f"{path}.{kind}")
+            continue
         if key not in EPOCH_KEYS:
             raise Where.of(file, knode, f"{path}.{kind}").error(
-                f"unknown key {key!r}; valid keys: instance_name, {', '.join(EPOCH_KEYS)}")
+                f"unknown key {key!r}; valid keys: instance_name, args, {', '.join(EPOCH_KEYS)}")
         if key in epoch_nodes:
             raise Where.of(file, knode, f"{path}.{kind}").error(f"{key!r} is given twice")
         epoch_nodes[key] = (knode, vnode)
@@ -240,16 +289,19 @@ def _entry(file: str, index: int, node: yaml.Node, instances: dict) -> PolicyEnt
     if "epochs" in epoch_nodes:
         epochs = number("epochs")
         return PolicyEntry(kind, instances[section][name], None, None, 1, epochs, where,
-                           Where.of(file, epoch_nodes["epochs"][1], f"{path}.epochs"))
+                           Where.of(file, epoch_nodes["epochs"][1], f"{path}.epochs"), inclusive, args)
     if "starting_epoch" not in epoch_nodes or "ending_epoch" not in epoch_nodes:
         raise where.error("missing epochs: give 'epochs: [..]' or both starting_epoch and ending_epoch "
                           "(and optionally frequency)")
     start, end, frequency = number("starting_epoch"), number("ending_epoch"), number("frequency", 1)
-    if start > end:
+    if start > end or (start == end and not inclusive):
         raise Where.of(file, epoch_nodes["ending_epoch"][1], f"{path}.ending_epoch").error(
-            f"ending_epoch {end} is before starting_epoch {start}")
+            f"ending_epoch {end} is before starting_epoch {start}" if start > end else
+            f"ending_epoch {end} equals starting_epoch: the range is empty (Distiller's ending_epoch "
+            "is exclusive; use epochs: [..] for one epoch)")
     return PolicyEntry(kind, instances[section][name], start, end, frequency, None, where,
-                       Where.of(file, epoch_nodes["ending_epoch"][1], f"{path}.ending_epoch"))
+                       Where.of(file, epoch_nodes["ending_epoch"][1], f"{path}.ending_epoch"),
+                       inclusive, args)
 
 
 def _check_order(policy: Policy) -> None:
@@ -259,42 +311,24 @@ def _check_order(policy: Policy) -> None:
         if thin_epochs and entry.first_epoch < max(thin_epochs):
             raise entry.where.error(f"the quantizer starts at epoch {entry.first_epoch}, before the "
                                     f"thinning at epoch {max(thin_epochs)}; quantize after thinning")
-    seen: dict[str, str] = {}
-    for entry in policy.of_kind("pruner"):
-        inst = entry.instance
-        names = inst.params.get("weights") or list(inst.params.get("reg_regims", {}))
-        for name in names:
-            if seen.get(name, inst.name) != inst.name:
-                raise inst.where.error(f"{name} is already pruned by {seen[name]}; one pruner per weight")
-            seen[name] = inst.name
 
 
 # -- checks that need the run ----------------------------------------------------------------
-def check_epochs(policy: Policy, nb_epochs: int) -> None:
-    """Every active epoch must exist in a run of ``nb_epochs`` epochs (0 .. nb_epochs-1)."""
+CUT_KINDS = ("lr_scheduler", "regularizer", "quantizer")  # may run past the end (Distiller's do)
+
+
+def check_epochs(policy: Policy, nb_epochs: int) -> list[str]:
+    """Every pruner / quantizer / extension event must exist in a run of ``nb_epochs`` epochs
+    (0 .. nb_epochs-1). LR schedulers and regularizers may extend beyond (Distiller's schedules
+    end them at epoch 300 or 400 as "until the end"): returns a note for each one cut."""
+    notes = []
     for entry in policy.policies:
-        if entry.last_epoch >= nb_epochs:
-            raise entry.last_where.error(
-                f"epoch {entry.last_epoch} is beyond the run's {nb_epochs} epochs (0..{nb_epochs - 1}); "
+        if entry.kind in CUT_KINDS and entry.first_epoch < nb_epochs <= entry.last_epoch:
+            notes.append(f"{entry.kind} {entry.instance.name} ends at epoch {entry.last_epoch}, after "
+                         f"the run's {nb_epochs} epochs: it stops with the run")
+        elif entry.last_epoch >= nb_epochs:
+            late = entry.first_epoch if entry.kind in CUT_KINDS else entry.last_epoch
+            raise (entry.where if entry.kind in CUT_KINDS else entry.last_where).error(
+                f"epoch {late} is beyond the run's {nb_epochs} epochs (0..{nb_epochs - 1}); "
                 "raise --sch_nb_epochs or end the policy earlier")
-
-
-def weight_names(instance: Instance) -> list[tuple[str, Where]]:
-    """The weight names an instance refers to, each with its place in the file."""
-    params = instance.params
-    if params.get("weights"):
-        return [(n, instance.at("weights")) for n in params["weights"]]
-    return [(n, instance.at(f"reg_regims.{n}")) for n in params.get("reg_regims", {})]
-
-
-def check_weights(policy: Policy, layer_names: list[str]) -> None:
-    """Every named weight must be ``<conv/linear layer>.weight`` of the model."""
-    valid = [f"{n}.weight" for n in layer_names]
-    valid_set = set(valid)
-    for section in policy.instances.values():
-        for instance in section.values():
-            for name, where in weight_names(instance):
-                if name not in valid_set:
-                    close = difflib.get_close_matches(name, valid, n=4, cutoff=0.5) or valid[:4]
-                    raise where.error(f"no conv/linear weight {name!r} in the model; close names: "
-                                      f"{', '.join(close)}")
+    return notes

@@ -5,12 +5,9 @@ A pruner acts at the beginning of its active epochs on weight masks (``compressi
   s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3, applied by magnitude per weight with an
   exact zero count round(s_t * numel); masked weights stay zero (monotone: already pruned
   weights are the smallest).
-- ``L1RankedStructureParameterPruner``: '3D' removes a conv's output filters (filter L1 norm),
-  'Channels' a layer's input channels (L1 norm of its input-channel slices). Both become a keep
-  dict on the CONSUMER layer (``compression.thinning.thin``); until thinning the consumer's
-  input columns and the producer's filters are masked, so the masked model computes exactly
-  what the thinned one will.
-A regularizer returns a loss term (``before_backward_pass``).
+- the ranked structure pruners (``compression.schedule.structured``);
+- the one-shot fine-grained pruners (``LevelPruner``).
+Regularizers are ``compression.schedule.regularizers``.
 """
 from __future__ import annotations
 
@@ -19,23 +16,17 @@ from torch import nn
 
 from compression.graph import PrunableLayer
 from compression.masks import magnitude_mask, masks_of
+from compression.schedule.agp import agp_sparsity, layer_of
 from compression.schedule.policy import Instance, PolicyEntry
+from compression.schedule.schema import RANKINGS
+from compression.schedule.structured import RankedPruner
 
-
-def layer_of(weight_name: str) -> str:
-    return weight_name[: -len(".weight")]
-
-
-def agp_sparsity(initial: float, final: float, epoch: int, start: int, end: int) -> float:
-    """Zhu & Gupta's cubic ramp: ``initial`` at ``start``, ``final`` at ``end`` and after."""
-    if end <= start:
-        return final
-    progress = min(max(epoch - start, 0), end - start) / (end - start)
-    return final + (initial - final) * (1.0 - progress) ** 3
+__all__ = ["PRUNERS", "AgpPruner", "LevelPruner", "agp_sparsity", "layer_of"]
 
 
 class AgpPruner:
-    def __init__(self, instance: Instance, entry: PolicyEntry, layers: list[PrunableLayer]) -> None:
+    def __init__(self, instance: Instance, entry: PolicyEntry, layers: list[PrunableLayer],
+                 all_layers: list[str]) -> None:
         self.instance, self.entry = instance, entry
         self.layers = [layer_of(w) for w in instance.params["weights"]]
 
@@ -57,80 +48,39 @@ class AgpPruner:
             masks[name].mask.copy_(magnitude_mask(model.get_submodule(name).weight, zeros))
 
 
-class L1StructurePruner:
-    def __init__(self, instance: Instance, entry: PolicyEntry, layers: list[PrunableLayer]) -> None:
+class LevelPruner:
+    """Fine-grained one-shot pruners keyed by weight (``'*'``: every other conv/linear layer):
+    ``SparsityLevelParameterPruner`` (``levels``: an exact zero count round(level * numel) by
+    magnitude), ``SensitivityPruner`` (``sensitivities``: zero |w| < s * std(w), Han et al.)
+    and ``MagnitudeParameterPruner`` (``thresholds``: zero |w| <= t), as Distiller's."""
+
+    KEYS = {"SparsityLevelParameterPruner": "levels", "SensitivityPruner": "sensitivities",
+            "MagnitudeParameterPruner": "thresholds"}
+
+    def __init__(self, instance: Instance, entry: PolicyEntry, layers: list[PrunableLayer],
+                 all_layers: list[str]) -> None:
         self.instance, self.entry = instance, entry
-        by_name = {layer.name: layer for layer in layers}
-        self.targets = []  # (consumer PrunableLayer, scored layer, structure, fraction)
-        consumers = {}
-        for weight, (fraction, structure) in instance.params["reg_regims"].items():
-            name, where = layer_of(weight), instance.at(f"reg_regims.{weight}")
-            if structure == "3D":
-                found = [layer for layer in layers if layer.producer == name and layer.shrinks_producer]
-                if not found:
-                    raise where.error(
-                        f"cannot remove filters of {name}: its outputs are shared (they feed a residual "
-                        "sum, a concatenation or several layers), so no single consumer can drop the "
-                        "matching input channels; prune the input 'Channels' of a consumer instead or "
-                        "choose a conv whose output feeds one layer (e.g. a block's conv1)")
-                consumer = found[0]
-            else:
-                if name not in by_name:
-                    raise where.error(f"{name} cannot lose input channels (a layer called twice?)")
-                consumer = by_name[name]
-            if consumer.name in consumers:
-                raise where.error(f"the input channels of {consumer.name} are already pruned by "
-                                  f"{consumers[consumer.name]}")
-            consumers[consumer.name] = weight
-            self.targets.append((consumer, name, structure, fraction))
+        self.values = dict(instance.params[self.KEYS[instance.cls]])
+        default = self.values.pop("*", None)
+        names = {layer_of(w): v for w, v in self.values.items()}
+        if default is not None:
+            names.update({n: default for n in all_layers if n not in names})
+        self.targets = {n: v for n, v in names.items() if v > 0}
 
     def mask_layers(self) -> list[str]:
-        names = []
-        for consumer, _, _, _ in self.targets:
-            names.append(consumer.name)
-            if consumer.shrinks_producer:
-                names.append(consumer.producer)
-        return names
+        return list(self.targets)
 
     @torch.no_grad()
     def apply(self, model: nn.Module, epoch: int, keep: dict) -> None:
         masks = masks_of(model)
-        for consumer, scored, structure, fraction in self.targets:
-            weight = model.get_submodule(scored).weight
-            dim = 0 if structure == "3D" else 1
-            dims = [d for d in range(weight.dim()) if d != dim]
-            scores = weight.abs().sum(dim=dims)
-            channels = scores.numel()
-            kept = max(1, channels - round(fraction * channels))
-            index = torch.topk(scores, kept, sorted=False).indices.sort().values
-            removed = torch.ones(channels, dtype=torch.bool, device=weight.device)
-            removed[index] = False
-            keep[consumer.name] = index.cpu()
-            cmask = masks[consumer.name].mask
-            cmask.fill_(1.0)
-            cmask[:, removed] = 0.0
-            if consumer.shrinks_producer:
-                pmask = masks[consumer.producer].mask
-                pmask.fill_(1.0)
-                pmask[removed] = 0.0
+        for name, value in self.targets.items():
+            weight = model.get_submodule(name).weight
+            if self.instance.cls == "SparsityLevelParameterPruner":
+                masks[name].mask.copy_(magnitude_mask(weight, round(value * weight.numel())))
+                continue
+            threshold = value * float(weight.std()) if self.instance.cls == "SensitivityPruner" else value
+            masks[name].mask.mul_((weight.abs() > threshold).to(weight.dtype))
 
 
-PRUNERS = {"AutomatedGradualPruner": AgpPruner, "L1RankedStructureParameterPruner": L1StructurePruner}
-
-
-# -- regularizers ----------------------------------------------------------------------------
-def _l1(model: nn.Module, params: dict) -> torch.Tensor:
-    return sum(strength * model.get_submodule(layer_of(w)).weight.abs().sum()
-               for w, strength in params["reg_regims"].items())
-
-
-def _group_lasso(model: nn.Module, params: dict) -> torch.Tensor:
-    total = 0.0
-    for w, (strength, structure) in params["reg_regims"].items():
-        weight = model.get_submodule(layer_of(w)).weight
-        groups = weight.transpose(0, 1) if structure == "Channels" else weight
-        total = total + strength * groups.flatten(1).norm(dim=1).sum()
-    return total
-
-
-REGULARIZERS = {"L1Regularizer": _l1, "GroupLassoRegularizer": _group_lasso}
+PRUNERS = {"AutomatedGradualPruner": AgpPruner, **{cls: LevelPruner for cls in LevelPruner.KEYS},
+           **{name: RankedPruner for base in RANKINGS for name in (base, f"{base}_AGP")}}

@@ -1,21 +1,52 @@
-"""DoReFa / PACT quantizers of a compression schedule (``compression.dorefa_pact``)."""
+"""DoReFa / PACT quantizers of a compression schedule (``compression.dorefa_pact``).
+
+Distiller's semantics: ``bits_weights`` quantizes the weight of every conv/linear layer and
+``bits_activations`` replaces every ReLU module by a clipped quantizer; ``overrides`` (module-name
+regular expressions matched whole, the first match wins, names resolved by
+``compression.schedule.names``) give a module its own bits, ``null`` leaving it in floating
+point; a key an override omits keeps the default. This project's ``weights: [..]`` key
+restricts weight quantization to the listed layers. ``bits_bias`` quantizes biases with the
+weights' bits (any other bias width is refused).
+"""
 from __future__ import annotations
+
+import re
 
 from torch import nn
 
-from compression.dorefa_pact import attach_clipped_quantizers
+from compression.dorefa_pact import RELUS, attach_clipped_quantizers, optional_bits
 from compression.masks import maskable_layers
 from compression.schedule.policy import Instance
 
 QUANTIZER_METHODS = {"DorefaQuantizer": "dorefa", "PACTQuantizer": "pact"}
 
 
+def _override(instance: Instance, name: str) -> dict:
+    for pattern, bits in (instance.params.get("overrides") or {}).items():
+        if re.fullmatch(pattern, name):
+            return bits
+    return {}
+
+
+def bits_of(model: nn.Module, instance: Instance) -> tuple[dict[str, int], dict[str, int]]:
+    """(conv/linear layer -> weight bits, ReLU module -> activation bits) of the quantized ones."""
+    p = instance.params
+    listed = {w[: -len(".weight")] for w in p["weights"]} if p.get("weights") else None
+    weights, acts = {}, {}
+    for name in maskable_layers(model):
+        bits = optional_bits(_override(instance, name).get("bits_weights", p["bits_weights"]))
+        if bits is not None and (listed is None or name in listed):
+            weights[name] = bits
+    for name, module in model.named_modules():
+        if name and isinstance(module, RELUS):
+            bits = optional_bits(_override(instance, name).get("bits_activations", p["bits_activations"]))
+            if bits is not None:
+                acts[name] = bits
+    return weights, acts
+
+
 def weight_layers(model: nn.Module, instance: Instance) -> list[str]:
-    """The YAML's ``weights`` or every conv/linear layer except the first and the last."""
-    if instance.params.get("weights"):
-        return [w[: -len(".weight")] for w in instance.params["weights"]]
-    names = list(maskable_layers(model))
-    return names[1:-1] if len(names) > 2 else names
+    return list(bits_of(model, instance)[0])
 
 
 def check_not_pruned(model: nn.Module, instance: Instance, pruned: set[str], by: str) -> None:
@@ -24,15 +55,35 @@ def check_not_pruned(model: nn.Module, instance: Instance, pruned: set[str], by:
     both = sorted(pruned & set(weight_layers(model, instance)))
     if both:
         raise instance.where.error(
-            f"the quantizer would quantize weights {by} masks ({', '.join(both)}); list the "
-            "quantized layers under 'weights:' without them")
+            f"the quantizer would quantize weights {by} masks ({', '.join(both)}); leave them in "
+            "floating point with overrides ({layer: {bits_weights: null}}) or list the quantized "
+            "layers under 'weights:'")
+
+
+def check_bias_bits(instance: Instance) -> None:
+    p = instance.params
+    if p.get("bits_bias") is not None and optional_bits(p["bits_bias"]) != optional_bits(p["bits_weights"]):
+        raise instance.at("bits_bias").error(
+            f"biases are quantized with the weights' bits ({p['bits_weights']}); got bits_bias "
+            f"{p['bits_bias']} (use null, or the same bits)")
 
 
 def apply_quantizer(model: nn.Module, instance: Instance) -> dict:
     """Attach the instance's weight and activation quantizers to ``model`` (in place)."""
     p = instance.params
-    info = attach_clipped_quantizers(model, QUANTIZER_METHODS[instance.cls], p["bits_weights"],
-                                     p["bits_activations"], weight_layers(model, instance),
-                                     alpha_init=p.get("act_clip_init_val", 8.0),
-                                     quantize_bias=p["quantize_bias"])
-    return {"instance": instance.name, **info}
+    check_bias_bits(instance)
+    method = QUANTIZER_METHODS[instance.cls]
+    weights, acts = bits_of(model, instance)
+    bias = p["quantize_bias"] or p.get("bits_bias") is not None
+    alpha = p.get("act_clip_init_val", 8.0)
+    for bits in sorted(set(weights.values())):
+        attach_clipped_quantizers(model, method, bits, None, [n for n, b in weights.items() if b == bits],
+                                  [], alpha_init=alpha, quantize_bias=bias)
+    for bits in sorted(set(acts.values())):
+        attach_clipped_quantizers(model, method, None, bits, [], [n for n, b in acts.items() if b == bits],
+                                  alpha_init=alpha)
+    return {"instance": instance.name, "method": method,
+            "weight_bits": optional_bits(p["bits_weights"]),
+            "activation_bits": optional_bits(p["bits_activations"]),
+            "weight_layers": list(weights), "activation_modules": list(acts),
+            "bits": {"weights": weights, "activations": acts}}

@@ -2,10 +2,12 @@
 
 Epochs are global: ``offset`` (the first epoch of the current training segment) plus
 ``step // iters_per_epoch``. At the first step of an epoch the pruners active in it fire
-(Distiller's ``on_epoch_begin``); each (policy, epoch) event fires once, also across a resume
-(the fired events are the callback's state). Regularizers and PACT's alpha decay add to the
-loss in ``before_backward_pass`` during their active epochs. Thinning and quantizer
-attachment change the model and happen between segments (``learners.schedule``).
+(Distiller's ``on_epoch_begin``), in the file's order; each (policy, epoch) event fires once,
+also across a resume (the fired events are the callback's state). Regularizers and PACT's
+alpha decay add to the loss in ``before_backward_pass`` during their active epochs, and a
+regularizer's threshold (Distiller's ``threshold_criteria``) zeroes weights after each
+optimizer step. Thinning and quantizer attachment change the model and happen between
+segments (``learners.schedule``).
 """
 from __future__ import annotations
 
@@ -16,11 +18,16 @@ from torch import nn
 
 from compression.dorefa_pact import pact_alpha_l2
 from compression.graph import analyse
-from compression.masks import attach_masks, masks_of
+from compression.masks import attach_masks, maskable_layers, masks_of
 from compression.schedule.policy import Policy
-from compression.schedule.pruners import PRUNERS, REGULARIZERS
+from compression.schedule.pruners import PRUNERS
+from compression.schedule.regularizers import REGULARIZERS, threshold
+from compression.schedule.schema import RANKINGS
+from compression.schedule.structured import RankedPruner
 from training.trainer import Callback, StepState, Trainer
 from utils.model_io import unwrap
+
+RANKED = {name for base in RANKINGS for name in (base, f"{base}_AGP")}
 
 
 class CompressionScheduler(Callback):
@@ -30,9 +37,28 @@ class CompressionScheduler(Callback):
         self.input_shape = tuple(input_shape)
         self.iters_per_epoch = iters_per_epoch
         self.broadcast = broadcast
-        layers = analyse(model, input_shape)
-        self.pruners = [(i, p, PRUNERS[p.instance.cls](p.instance, p, layers))
-                        for i, p in enumerate(policy.policies) if p.kind == "pruner"]
+        self.fired: set[str] = set()
+        self._build(model)
+        self.regularizers = [p for p in policy.policies if p.kind == "regularizer"]
+        self.pact_decay = [p for p in policy.policies if p.kind == "quantizer"
+                           and (p.instance.params.get("act_clip_decay") or 0.0) > 0]
+        self.keep: dict[str, torch.Tensor] = {}   # structured pruning: consumer -> kept inputs
+        self.model: nn.Module = model
+        self.offset = 0
+
+    def _build(self, model: nn.Module, from_epoch: int | None = None) -> None:
+        """The pruners on ``model``'s graph; after a thinning at ``from_epoch`` the structured
+        pruners with no event left are dropped (their channels are gone)."""
+        layers = analyse(model, self.input_shape)
+        names = list(maskable_layers(model))
+        self.pruners = []
+        for i, p in enumerate(self.policy.policies):
+            if p.kind != "pruner":
+                continue
+            done = from_epoch is not None and p.instance.cls in RANKED and all(
+                e < from_epoch or f"{i}:{e}" in self.fired for e in p.active_epochs())
+            if not done:
+                self.pruners.append((i, p, PRUNERS[p.instance.cls](p.instance, p, layers, names)))
         owner: dict[str, str] = {}
         for _, entry, pruner in self.pruners:
             for name in pruner.mask_layers():
@@ -40,13 +66,11 @@ class CompressionScheduler(Callback):
                     raise entry.instance.where.error(
                         f"{name} is also masked by pruner {owner[name]} (its weight, or the input "
                         "channels / filters a structured pruner removes); one pruner per layer")
-        self.regularizers = [p for p in policy.policies if p.kind == "regularizer"]
-        self.pact_decay = [p for p in policy.policies if p.kind == "quantizer"
-                           and p.instance.params.get("act_clip_decay", 0.0) > 0]
-        self.fired: set[str] = set()
-        self.keep: dict[str, torch.Tensor] = {}   # structured pruning: consumer -> kept inputs
-        self.model: nn.Module = model
-        self.offset = 0
+
+    def structured_layers(self) -> set[str]:
+        """The layers the structured pruners mask (thinning rebuilds them)."""
+        return {n for _, _, pruner in self.pruners if isinstance(pruner, RankedPruner)
+                for n in pruner.mask_layers()}
 
     # -- segments --------------------------------------------------------------------------
     def set_segment(self, model: nn.Module, start_epoch: int, attach: bool = True) -> None:
@@ -67,12 +91,15 @@ class CompressionScheduler(Callback):
     def epoch_of(self, step: int) -> int:
         return self.offset + step // self.iters_per_epoch
 
-    def fire(self, epoch: int) -> bool:
-        """Run the pruner events of ``epoch`` not run yet; True when any ran."""
+    def fire(self, epoch: int, before: int | None = None) -> bool:
+        """Run the pruner events of ``epoch`` not run yet (only those of policies listed before
+        policy ``before``, when given); True when any ran."""
         ran = False
         for index, entry, pruner in self.pruners:
             key = f"{index}:{epoch}"
             if key in self.fired or epoch not in entry.active_epochs():
+                continue
+            if before is not None and index >= before:
                 continue
             pruner.apply(self.model, epoch, self.keep)
             self.fired.add(key)
@@ -91,9 +118,11 @@ class CompressionScheduler(Callback):
             masks[name].mask.copy_(mask)
         self.keep = dict(payload["keep"])
 
-    def reset_structure(self) -> None:
-        """After thinning: the kept channels are now the architecture."""
+    def reset_structure(self, model: nn.Module, epoch: int) -> None:
+        """After thinning at ``epoch``: the kept channels are now the architecture, and the
+        pruners with events still to come work on the thinned model's graph."""
         self.keep = {}
+        self._build(unwrap(model), epoch)
 
     def zeros_targets(self) -> dict[str, int]:
         """layer -> the exact zero count its AGP pruner aims at now (its last fired event)."""
@@ -114,7 +143,7 @@ class CompressionScheduler(Callback):
         epoch = self.epoch_of(state.step)
         extra = None
         for entry in self.regularizers:
-            if entry.first_epoch <= epoch <= entry.last_epoch and epoch in self._range(entry):
+            if epoch in self._range(entry):
                 term = REGULARIZERS[entry.instance.cls](self.model, entry.instance.params)
                 extra = term if extra is None else extra + term
         for entry in self.pact_decay:
@@ -125,13 +154,17 @@ class CompressionScheduler(Callback):
         if extra is not None:
             state.loss = state.loss + extra
 
+    def on_minibatch_end(self, trainer: Trainer, state: StepState) -> None:
+        epoch = self.epoch_of(state.step - 1)
+        for entry in self.regularizers:
+            if epoch in self._range(entry):
+                threshold(self.model, entry.instance.cls, entry.instance.params)
+
     @staticmethod
-    def _range(entry) -> range | list[int]:
-        """A regularizer is on over its whole range (every epoch of [start, end] with frequency
-        1, the listed epochs with ``epochs: [..]``)."""
-        if entry.epochs is not None:
-            return entry.active_epochs()
-        return range(entry.starting_epoch, entry.ending_epoch + 1, entry.frequency)
+    def _range(entry) -> list[int]:
+        """A regularizer's epochs: Distiller's active epochs; with inclusive policies (this
+        project's earlier reading) every epoch of [start, end]."""
+        return entry.span() if entry.inclusive else entry.active_epochs()
 
     def state_dict(self) -> dict:
         return {"fired": sorted(self.fired), "keep": {n: k.tolist() for n, k in self.keep.items()}}

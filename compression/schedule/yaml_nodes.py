@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from compression.schedule.schema import Field, check_struct_entry
+from compression.schedule.schema import LASSO_STRUCTURES, STRUCTURES, Field, check_struct_entry
 from utils.config import ConfigError
 
 
@@ -62,19 +62,22 @@ def convert(file: str, node: yaml.Node, path: str, spec: Field, section: str,
              key_where: dict, key: str) -> Any:
     where = Where.of(file, node, path)
     kind = spec.kind
-    if kind in ("l1_regims", "struct_regims"):
+    if kind in ("l1_regims", "struct_regims", "lasso_regims", "levels"):
         out = {}
         for name, (knode, vnode) in mapping(file, node, path).items():
             sub = f"{path}.{name}"
             key_where[f"{key}.{name}"] = Where.of(file, knode, sub)
             value = plain(vnode)
-            if kind == "l1_regims":
+            if kind in ("l1_regims", "levels"):
+                what = {"l1_regims": "strength", "levels": key.rstrip("s")}[kind]
                 if not is_number(value):
-                    raise Where.of(file, vnode, sub).error(f"expected a number (strength), got {value!r}")
-                if value < 0:
-                    raise Where.of(file, vnode, sub).error(f"strength must be >= 0, got {value!r}")
+                    raise Where.of(file, vnode, sub).error(f"expected a number ({what}), got {value!r}")
+                if value < 0 or (kind == "levels" and key == "levels" and value >= 1):
+                    bound = "in [0, 1)" if key == "levels" else ">= 0"
+                    raise Where.of(file, vnode, sub).error(f"{what} must be {bound}, got {value!r}")
             else:
-                problem = check_struct_entry(value)
+                problem = check_struct_entry(value, LASSO_STRUCTURES if kind == "lasso_regims"
+                                             else STRUCTURES)
                 if problem is None and section == "pruners" and not 0 <= value[0] < 1:
                     problem = f"fraction must be in [0, 1), got {value[0]!r}"
                 if problem is None and value[0] < 0:
@@ -85,19 +88,30 @@ def convert(file: str, node: yaml.Node, path: str, spec: Field, section: str,
         if not out:
             raise where.error("must name at least one weight")
         return out
+    if kind == "overrides":
+        return _overrides(file, node, path, key_where, key)
     value = plain(node)
-    expected = {"number": is_number, "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    if kind.startswith("opt_"):
+        if value is None:
+            return None
+        kind = kind[len("opt_"):]
+    expected = {"number": is_number,
+                "numbers": lambda v: isinstance(v, list) and bool(v) and all(is_number(x) for x in v),
+                "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
                 "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str),
                 "names": lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v),
                 "ints": lambda v: isinstance(v, list) and bool(v) and all(
                     isinstance(x, int) and not isinstance(x, bool) for x in v),
                 "any": lambda v: True}
     words = {"number": "a number", "int": "an integer", "bool": "true or false", "str": "a string",
-             "names": "a non-empty list of weight names", "ints": "a non-empty list of integers"}
+             "names": "a non-empty list of weight names", "ints": "a non-empty list of integers",
+             "numbers": "a non-empty list of numbers"}
     if not expected[kind](value):
         raise where.error(f"expected {words[kind]}, got {value!r}")
     if kind == "number":
         value = float(value)
+    if kind == "numbers":
+        value = [float(x) for x in value]
     if spec.check is not None:
         problem = spec.check(value)
         if problem:
@@ -105,3 +119,29 @@ def convert(file: str, node: yaml.Node, path: str, spec: Field, section: str,
     return value
 
 
+
+
+OVERRIDE_KEYS = ("bits_weights", "bits_activations", "bits_bias")
+
+
+def _overrides(file: str, node: yaml.Node, path: str, key_where: dict, key: str) -> dict:
+    """Distiller's quantizer ``overrides``: module-name regex -> {bits_weights, bits_activations,
+    bits_bias}, each an integer or null (left in floating point); the first match wins."""
+    out: dict[str, dict] = {}
+    for name, (knode, vnode) in mapping(file, node, path).items():
+        sub = f"{path}.{name}"
+        key_where[f"{key}.{name}"] = Where.of(file, knode, sub)
+        items = mapping(file, vnode, sub)
+        bits = {}
+        for field, (fk, fv) in items.items():
+            if field not in OVERRIDE_KEYS:
+                raise Where.of(file, fk, sub).error(f"unknown key {field!r}; valid keys: "
+                                                    f"{', '.join(OVERRIDE_KEYS)}")
+            value = plain(fv)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not (1 <= value <= 16 or value == 32)):
+                raise Where.of(file, fv, f"{sub}.{field}").error(
+                    f"expected null (floating point) or bits in [1, 16] or 32, got {value!r}")
+            bits[field] = value
+        out[name] = bits
+    return out

@@ -15,6 +15,12 @@ class ScheduleConfig(OutputOptions):
     nb_epochs: int = option(0, "schedule: training epochs (0: the policy's last epoch + 1)")
     epoch_iters: int = option(0, "schedule: optimizer steps per policy epoch (0: one pass over "
                                  "the training set)")
+    ending_epoch: str = option("exclusive", "schedule: how a policy's ending_epoch is read: exclusive "
+                                            "(Distiller's: active at range(start, end, frequency); LR "
+                                            "schedulers stepped at the end of their epochs) or "
+                                            "inclusive (this project's files before Distiller "
+                                            "compatibility: the end epoch is active too)",
+                               choices=["exclusive", "inclusive"])
     lrn_rate: float = option(0.0, "schedule: base learning rate of the policy's lr_schedulers "
                                   "(0: the helper's initial rate, scaled by the global batch)")
 

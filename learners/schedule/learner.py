@@ -1,9 +1,11 @@
 """schedule: run a Distiller-style compression-schedule YAML (``--compress=policy.yaml``).
 
-Pre-trained model -> policy validated against it -> training in SEGMENTS split at the thinning
-epochs and the quantizers' first epochs; at a segment's first epoch: the pruners of that epoch
-fire, a thinning extension physically thins the masked structured-pruned model
-(``compression.thinning.thin``, recorded in the spec), quantizers starting then are attached;
+Pre-trained model -> policy validated against it (its names mapped to the model's:
+``compression.schedule.names``) -> training in SEGMENTS split at the thinning epochs and the
+quantizers' first epochs; at a segment's first epoch: the pruners of that epoch listed before
+the thinning extension fire, the extension physically thins the masked structured-pruned model
+(what the pruners selected and every exactly-zero channel: ``compression.thinning.thin``,
+recorded in the spec), the pruners listed after it fire, quantizers starting then are attached;
 then the segment trains (its own ``fit``, tag ``epochs_<first>_<last>``, fresh optimizer, the
 one ``CompressionScheduler`` callback) -> masks / quantized weights baked -> artifact + ONNX +
 report. ``--resume`` restarts the interrupted segment from its checkpoint's spec.
@@ -22,9 +24,12 @@ from compression.graph import analyse
 from compression.quant_format import export_quantized
 from compression.masks import attach_masks, detach_masks, maskable_layers, masks_of, sparsity_of
 from compression.schedule.lr import policy_lr
-from compression.schedule.policy import Policy, check_epochs, check_weights, load_policy
-from compression.schedule.quantizers import apply_quantizer, check_not_pruned
+from compression.schedule.names import resolve_names
+from compression.schedule.policy import Policy, check_epochs, load_policy
+from compression.schedule.pruners import AgpPruner, LevelPruner
+from compression.schedule.quantizers import apply_quantizer, check_bias_bits, check_not_pruned
 from compression.schedule.scheduler import CompressionScheduler
+from compression.schedule.zero_structures import merge_keep, zero_keep
 from compression.thinning import thin
 from learners import composition
 from learners.base import Learner, Result
@@ -37,6 +42,9 @@ log = logging.getLogger("pocketflow")
 MASK_SUFFIX = ".parametrizations.weight.0.mask"
 
 
+FINE_GRAINED = ("AutomatedGradualPruner", *LevelPruner.KEYS)
+
+
 def segment_starts(policy: Policy, nb_epochs: int) -> list[int]:
     """Epoch 0, every thinning epoch and every quantizer's first epoch (below ``nb_epochs``)."""
     starts = {0, *(e for p in policy.of_kind("extension") for e in p.active_epochs()),
@@ -44,9 +52,10 @@ def segment_starts(policy: Policy, nb_epochs: int) -> list[int]:
     return sorted(e for e in starts if e < nb_epochs)
 
 
-def _bake_masks(model: nn.Module, layers: list, keep: dict) -> None:
-    """Bake the masks of the layers thinning rebuilds (consumers, producers): exact zeros stay."""
-    touched = set()
+def _bake_masks(model: nn.Module, layers: list, keep: dict, structured: set[str] = frozenset()) -> None:
+    """Bake the masks of the layers thinning rebuilds (consumers, producers) and of the
+    structured pruners' layers: exact zeros stay."""
+    touched = set(structured)
     for layer in layers:
         if layer.name in keep:
             touched |= {layer.name, *([layer.producer] if layer.shrinks_producer else []),
@@ -58,10 +67,18 @@ def _bake_masks(model: nn.Module, layers: list, keep: dict) -> None:
 
 
 def policy_tags(policy: Policy) -> frozenset:
+    """sparse: a fine-grained pruner, or a structured one with events after the last thinning
+    (its zeros stay as zeros); thinned: a thinning extension; quantized: a quantizer."""
     tags = set()
-    classes = {p.instance.cls for p in policy.of_kind("pruner")}
-    if "AutomatedGradualPruner" in classes or (classes and not policy.of_kind("extension")):
-        tags.add("sparse")
+    thin_at = [(e, i) for i, p in enumerate(policy.policies) if p.kind == "extension"
+               for e in p.active_epochs()]
+    last = max(thin_at, default=None)
+    for index, entry in enumerate(policy.policies):
+        if entry.kind != "pruner":
+            continue
+        if entry.instance.cls in FINE_GRAINED or last is None or \
+                any((e, index) > last for e in entry.active_epochs()):
+            tags.add("sparse")
     if policy.of_kind("extension"):
         tags.add("thinned")
     if policy.of_kind("quantizer"):
@@ -79,12 +96,15 @@ class ScheduleLearner(Learner):
         self._policy: Policy | None = None
         self._before: float | None = None   # accuracy when the policy first changed the model
         if self.ctx.cfg.exec_mode == "train":
-            self._policy = load_policy(self.cfg.compress)  # a bad file fails before training
+            self._policy = self._load()  # a bad file fails before training
+
+    def _load(self) -> Policy:
+        return load_policy(self.cfg.compress, inclusive_end=self.cfg.ending_epoch == "inclusive")
 
     @property
     def policy(self) -> Policy:
         if self._policy is None:
-            self._policy = load_policy(self.cfg.compress)
+            self._policy = self._load()
         return self._policy
 
     def result_tags(self) -> frozenset:
@@ -109,29 +129,39 @@ class ScheduleLearner(Learner):
                   sections: dict, quant: list) -> tuple[nn.Module, dict]:
         """What happens when epoch ``start`` begins a segment: pruning, thinning, quantizers."""
         scheduler.set_segment(model, start)
-        scheduler.fire(start)
-        thin_epochs = {e for p in self.policy.of_kind("extension") for e in p.active_epochs()}
-        if start in thin_epochs:
-            if not scheduler.keep:
-                log.warning("thinning at epoch %d: no structured pruner has selected channels yet; "
-                            "nothing to remove", start)
-            else:
-                layers = analyse(model, self.ctx.helper.input_shape)
-                _bake_masks(model, layers, scheduler.keep)
-                dead: dict = {}
-                thinned, spec = thin(model, layers, scheduler.keep, spec, stats=dead)
-                sections["thinning"] = {"epoch": start, **self._parity(model, thinned)}
-                sections["dead_channels"] = dead
-                model = thinned.to(self.ctx.device)
-                self._before = self.ctx.accuracy(model)
-                log.info("thinned at epoch %d: masked vs thinned max |diff| = %.2e | accuracy %.4f",
-                         start, sections["thinning"]["max_abs_diff"], self._before)
-            scheduler.reset_structure()
-            scheduler.set_segment(model, start)
+        thin_at = [i for i, p in enumerate(self.policy.policies)
+                   if p.kind == "extension" and start in p.active_epochs()]
+        scheduler.fire(start, before=thin_at[0] if thin_at else None)
+        if thin_at:
+            model, spec = self._thin(model, spec, scheduler, start, sections)
+            scheduler.fire(start)
         before = len(quant)
         self._quantize(model, start, False, quant)
         if len(quant) > before and "thinning" not in sections:
             self._before = self.ctx.accuracy(model)
+        return model, spec
+
+    def _thin(self, model: nn.Module, spec: dict, scheduler: CompressionScheduler, start: int,
+              sections: dict) -> tuple[nn.Module, dict]:
+        """The thinning extension: the pruners' selections and every exactly-zero channel."""
+        layers = analyse(model, self.ctx.helper.input_shape)
+        zeros, found = zero_keep(model, layers)
+        keep = merge_keep(scheduler.keep, zeros)
+        if not keep:
+            log.warning("thinning at epoch %d: no structured pruner has selected channels and no "
+                        "channel is zero; nothing to remove", start)
+        else:
+            _bake_masks(model, layers, keep, scheduler.structured_layers())
+            dead: dict = {}
+            thinned, spec = thin(model, layers, keep, spec, stats=dead)
+            sections["thinning"] = {"epoch": start, **self._parity(model, thinned), **found}
+            sections["dead_channels"] = dead
+            model = thinned.to(self.ctx.device)
+            self._before = self.ctx.accuracy(model)
+            log.info("thinned at epoch %d: masked vs thinned max |diff| = %.2e | accuracy %.4f",
+                     start, sections["thinning"]["max_abs_diff"], self._before)
+        scheduler.reset_structure(model, start)
+        scheduler.set_segment(model, start)
         return model, spec
 
     @torch.no_grad()
@@ -145,13 +175,21 @@ class ScheduleLearner(Learner):
     # -- the flow ----------------------------------------------------------------------------
     def compress(self, full: nn.Module, spec: dict) -> Result:
         cfg, policy, ctx, sections = self.cfg, self.policy, self.ctx, {}
-        check_weights(policy, list(maskable_layers(full)))
+        mapped = resolve_names(policy, full, getattr(ctx.helper, "distiller_aliases", None))
+        for old, new in mapped.items():
+            log.info("schedule name %s -> %s", old, new)
         nb_epochs = cfg.nb_epochs or policy.last_epoch + 1
-        check_epochs(policy, nb_epochs)
-        agp = {w[: -len(".weight")] for p in policy.of_kind("pruner")
-               for w in p.instance.params.get("weights") or []}
+        for note in check_epochs(policy, nb_epochs):
+            log.info("schedule: %s", note)
+        fine = set()
+        for entry in policy.of_kind("pruner"):
+            if entry.instance.cls in FINE_GRAINED:
+                pruner = (AgpPruner if entry.instance.cls == "AutomatedGradualPruner" else LevelPruner)(
+                    entry.instance, entry, [], list(maskable_layers(full)))
+                fine |= set(pruner.mask_layers())
         for entry in policy.of_kind("quantizer"):
-            check_not_pruned(full, entry.instance, agp, "an AutomatedGradualPruner")
+            check_bias_bits(entry.instance)
+            check_not_pruned(full, entry.instance, fine, "a fine-grained pruner")
         iters = cfg.epoch_iters or len(ctx.train_loader())
         base_lr = cfg.lrn_rate or scaled_lr(ctx.helper.cfg.lrn_rate_init,
                                             ctx.helper.global_batch(ctx.mgw.size()),
@@ -198,7 +236,8 @@ class ScheduleLearner(Learner):
             sections["sparsity"] = sparsity_of(model, pruned, targets)
         if quant:
             sections["quantization"] = [dict(q) for q in quant]
-        sections["policy"] = policy.summary()
+        sections["policy"] = {**policy.summary(), "names": mapped,
+                              "ending_epoch": self.cfg.ending_epoch}
         if packed is not None:
             sections["quantized_file"] = packed
         return Result(model, spec, before_finetune=self._before, accuracy=accuracy,
