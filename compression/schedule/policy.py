@@ -323,7 +323,10 @@ def check_epochs(policy: Policy, nb_epochs: int) -> list[str]:
     end them at epoch 300 or 400 as "until the end"): returns a note for each one cut."""
     notes = []
     for entry in policy.policies:
-        if entry.kind in CUT_KINDS and entry.first_epoch < nb_epochs <= entry.last_epoch:
+        if entry.kind in CUT_KINDS[:2] and entry.first_epoch >= nb_epochs:
+            notes.append(f"{entry.kind} {entry.instance.name} starts at epoch {entry.first_epoch}, "
+                         f"after the run's {nb_epochs} epochs: it never acts")
+        elif entry.kind in CUT_KINDS and entry.first_epoch < nb_epochs <= entry.last_epoch:
             notes.append(f"{entry.kind} {entry.instance.name} ends at epoch {entry.last_epoch}, after "
                          f"the run's {nb_epochs} epochs: it stops with the run")
         elif entry.last_epoch >= nb_epochs:
