@@ -213,6 +213,33 @@ def test_agp_filters_schedule_runs_end_to_end(tmp_path, tiny_pretrained, one_thr
     layer = report["sparsity"]["layers"]["layer3.1.conv1"]
     assert layer["zeros"] == layer["target_zeros"] == round(0.7 * layer["numel"])
     assert report["sparsity"]["layers"]["fc"]["zeros"] == 10 * 32   # floor(0.5 * 64) columns
+    again = compress_digits(tmp_path, tiny_pretrained, "schedule", helper=digits_helper(batch_size=32),
+                            compress=write(tmp_path, AGP_FILTERS), nb_epochs=10, epoch_iters=1,
+                            save_step=100, export_format="none", resume=True).report
+    assert again["accuracy"]["compressed"] == report["accuracy"]["compressed"]   # the thinned
+    assert again["params"]["compressed"] == report["params"]["compressed"]       # segment resumed
+
+
+def test_fold_batchnorm_ranks_filters_by_the_folded_weights(tmp_path):
+    text = """pruners:
+  f: {class: L1RankedStructureParameterPruner, group_type: Filters, desired_sparsity: 0.25,
+      weights: [module.layer1.0.conv1.weight]}
+policies:
+  - pruner:
+      instance_name: f
+      args: {fold_batchnorm: FOLD}
+    epochs: [0]
+"""
+    removed = {}
+    for fold in ("false", "true"):
+        model = resnet20()
+        with torch.no_grad():
+            model.layer1[0].conv1.weight[:4] *= 10.0        # large filters ...
+            model.layer1[0].bn1.weight[:4] = 1e-3           # ... that their BN silences
+        scheduler = scheduler_for(write(tmp_path, text.replace("FOLD", fold), f"{fold}.yaml"), model)
+        scheduler.fire(0)
+        removed[fold] = sorted(set(range(16)) - set(scheduler.keep["layer1.0.conv2"].tolist()))
+    assert removed["true"] == [0, 1, 2, 3] and not set(removed["false"]) & {0, 1, 2, 3}
 
 
 # Distiller's examples/pruning_filters_for_efficient_convnets/resnet56_cifar_channel_rank.yaml,
@@ -277,8 +304,8 @@ def test_group_type_desired_sparsity_and_leader(tmp_path):
 
 
 def test_filter_rank_prunes_each_conv1_at_its_own_rate(tmp_path):
-    text = CHANNEL_RANK.replace("group_type: Channels\n    desired_sparsity: 0.7\n    group_dependency: Leader",
-                                "group_type: Filters\n    desired_sparsity: 0.7")
+    leader = "group_type: Channels\n    desired_sparsity: 0.7\n    group_dependency: Leader"
+    text = CHANNEL_RANK.replace(leader, "group_type: Filters\n    desired_sparsity: 0.7")
     text = text.replace("module.layer2.1.conv2.weight, module.layer2.2.conv2.weight",
                         "module.layer2.1.conv1.weight").replace("group_type: Channels", "group_type: Filters")
     model = resnet20()
@@ -355,8 +382,9 @@ def test_overrides_naming_another_model_say_which(tmp_path):
 def test_overrides_give_modules_their_bits(tmp_path):
     text = DOREFA_PREACT.replace("layer1.0.pre_relu:", "'module\\.layer1\\..*relu.*':").replace(
         "      final_relu:\n        bits_weights: null\n        bits_activations: null\n", "")
-    text = text.replace("'module\\.layer1\\..*relu.*':\n        bits_weights: null\n        bits_activations: null",
-                        "'module\\.layer1\\..*relu.*':\n        bits_activations: 4")
+    pattern = "'module\\.layer1\\..*relu.*':\n"
+    text = text.replace(pattern + "        bits_weights: null\n        bits_activations: null",
+                        pattern + "        bits_activations: 4")
     model = resnet20()
     policy = load_policy(write(tmp_path, text))
     mapped = resolve_names(policy, model)

@@ -108,7 +108,7 @@ POLICY_ARGS: dict[str, dict[str, tuple | None]] = {
     "pruner": {"keep_mask": None, "mask_on_forward_only": None, "mask_gradients": None,
                "use_double_copies": (False,), "mini_batch_pruning_frequency": (0,),
                "discard_masks_at_minibatch_end": (False,), "skip_first_minibatch": (False,),
-               "fold_batchnorm": None, "levels": None},
+               "fold_batchnorm": None},
     "regularizer": {"keep_mask": None},
 }
 ARGS_WHY = {"use_double_copies": "masks are weight parametrizations: masked weights get no update",

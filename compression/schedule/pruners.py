@@ -17,6 +17,7 @@ from torch import nn
 from compression.graph import PrunableLayer
 from compression.masks import magnitude_mask, masks_of
 from compression.schedule.agp import agp_sparsity, layer_of
+from compression.schedule.bn_fold import folded_weight, following_bn
 from compression.schedule.policy import Instance, PolicyEntry
 from compression.schedule.schema import RANKINGS
 from compression.schedule.structured import RankedPruner
@@ -44,8 +45,9 @@ class AgpPruner:
     @torch.no_grad()
     def apply(self, model: nn.Module, epoch: int, keep: dict) -> None:
         masks = masks_of(model)
+        fold = following_bn(model) if self.entry.args.get("fold_batchnorm") else {}
         for name, zeros in self.target_zeros(model, epoch).items():
-            masks[name].mask.copy_(magnitude_mask(model.get_submodule(name).weight, zeros))
+            masks[name].mask.copy_(magnitude_mask(folded_weight(model, name, fold.get(name)), zeros))
 
 
 class LevelPruner:

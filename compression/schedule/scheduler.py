@@ -118,6 +118,10 @@ class CompressionScheduler(Callback):
             masks[name].mask.copy_(mask)
         self.keep = dict(payload["keep"])
 
+    def rebuild(self, model: nn.Module, epoch: int) -> None:
+        """The pruners on ``model``'s graph from ``epoch`` on (a resumed, thinned model)."""
+        self._build(unwrap(model), epoch)
+
     def reset_structure(self, model: nn.Module, epoch: int) -> None:
         """After thinning at ``epoch``: the kept channels are now the architecture, and the
         pruners with events still to come work on the thinned model's graph."""

@@ -34,6 +34,7 @@ from compression.graph import PrunableLayer, graph_of
 from compression.masks import masks_of
 from compression.schedule.policy import Instance, PolicyEntry, Where
 from compression.schedule.agp import agp_sparsity, layer_of
+from compression.schedule.bn_fold import folded_weight, following_bn
 from compression.schedule.schema import RANKINGS
 
 Ranker = Callable[[torch.Tensor, int, str], torch.Tensor]
@@ -95,6 +96,7 @@ class RankedPruner:
                        for w in params["weights"]]
         self.graph = graph_of(layers)
         self.layers = {layer.name: layer for layer in layers}
+        self.fold: dict[str, str] | None = None  # conv -> its BatchNorm, with fold_batchnorm
         self.clusters: list[tuple[_Cluster, float | None]] = []
         self._build(targets)
 
@@ -197,8 +199,11 @@ class RankedPruner:
             return self.ranker(weight, 1, seed).float().cpu()
         index = {root: k for k, root in enumerate(cluster.roots)}
         scores = torch.zeros(len(cluster.roots))
+        if self.entry.args.get("fold_batchnorm") and self.fold is None:
+            self.fold = following_bn(model)
         for name, roots in cluster.positions.items():
-            per_filter = self.ranker(model.get_submodule(name).weight, 0, f"{seed}:{name}").float().cpu()
+            weight = folded_weight(model, name, (self.fold or {}).get(name))
+            per_filter = self.ranker(weight, 0, f"{seed}:{name}").float().cpu()
             for f, root in enumerate(roots):
                 scores[index[root]] += per_filter[f]
         return scores

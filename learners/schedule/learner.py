@@ -212,6 +212,7 @@ class ScheduleLearner(Learner):
                 model = build_model(spec, base=ctx.base).to(ctx.device)
                 if resumed[2]:
                     attach_masks(model, resumed[2])
+                scheduler.rebuild(model, start)
                 self._quantize(model, start, True, quant)
                 scheduler.set_segment(model, start, attach=False)
             else:
