@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -562,3 +563,67 @@ policies:
     assert int((model.layer1[0].conv1.weight == 0).sum()) == round(0.6 * 16 * 16 * 9)
     expected = int((weight.abs() <= 0.5 * float(weight.std())).sum())
     assert int((model.layer2[0].conv1.weight == 0).sum()) == expected
+
+
+# -- Distiller's published files, byte for byte (tests/data/distiller) ------------------------
+PUBLISHED = Path(__file__).resolve().parent / "data" / "distiller"
+
+
+def published_model(depth: int):
+    return resnet20() if depth == 20 else build_from_spec(net_spec("resnet56", num_classes=10,
+                                                                   in_channels=1)).eval()
+
+
+@pytest.mark.parametrize("name,depth,fire_until,counts", [
+    ("resnet56_cifar_filter_rank_v2.yaml", 56, 0,
+     {"layer1.0.conv2": 5, "layer2.1.conv2": 13, "layer3.1.conv2": 52, "layer3.2.conv2": 39}),
+    ("resnet56_cifar_channel_rank.yaml", 56, 0,
+     {"layer1.0.conv1": 5, "layer2.0.shortcut.0": 5, "layer2.1.conv2": 13, "layer3.1.conv2": 52}),
+    ("resnet20_filters.schedule_agp.yaml", 20, 30, {"layer2.1.conv1": 16, "layer2.0.conv2": 16}),
+    ("resnet20_filters.bn_fold.schedule_agp.yaml", 20, 30, {"layer2.1.conv1": 16, "layer2.0.conv2": 16}),
+])
+def test_published_structured_schedules_run_unchanged(name, depth, fire_until, counts):
+    """Every event up to the thinning epoch, then the thinning: the thinned model computes what
+    the masked one did, each reader keeps what Distiller's counts say."""
+    model = published_model(depth)
+    policy = load_policy(str(PUBLISHED / name))
+    resolve_names(policy, model)
+    scheduler = CompressionScheduler(policy, model, (1, 8, 8), 1)
+    scheduler.set_segment(model, 0)
+    thin_index = next(i for i, p in enumerate(policy.policies) if p.kind == "extension")
+    for epoch in range(fire_until + 1):
+        scheduler.fire(epoch, before=thin_index if epoch == fire_until else None)
+    assert {n: len(scheduler.keep[n]) for n in counts} == counts
+    inputs = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        masked = model(inputs)
+    layers = analyse(model, (1, 8, 8))
+    detach_masks(model)
+    thinned, _ = thin(model, layers, scheduler.keep)
+    with torch.no_grad():
+        assert float((thinned.eval()(inputs) - masked).abs().max()) <= 1e-5
+    assert sum(p.numel() for p in thinned.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_published_ssl_and_slimming_files_validate():
+    """The SSL file repeats a reg_regims key with the same value (accepted); its regularizer
+    runs to epoch 179 and thins then; the slimming file's names are BN weights."""
+    model = resnet20()
+    policy = load_policy(str(PUBLISHED / "ssl_channels-removal_training.yaml"))
+    mapped = resolve_names(policy, model)
+    assert mapped["module.layer3.1.conv2.weight"] == "layer3.1.conv2.weight"
+    assert policy.instances["regularizers"]["Channels_groups_regularizer"].params["threshold_criteria"] == \
+        "Mean_Abs"
+    assert [p.active_epochs()[-1] for p in policy.policies] == [299, 179, 179]
+    slimming = load_policy(str(PUBLISHED / "resnet20_slimming.yaml"))
+    assert resolve_names(slimming, model)["module.layer1.0.bn2.weight"] == "layer1.0.bn2.weight"
+
+
+@pytest.mark.parametrize("name,message", [
+    ("preact_resnet20_cifar_pact.yaml", "the name is from Distiller's preact_resnet models"),
+    ("resnet56_cifar_activation_apoz_v2.yaml",
+     "Distiller's ActivationAPoZRankedFilterPruner_AGP is not supported"),
+])
+def test_published_files_that_cannot_run_say_why(name, message):
+    with pytest.raises(PolicyError, match=message):
+        resolve_names(load_policy(str(PUBLISHED / name)), resnet20())

@@ -37,7 +37,10 @@ def mapping(file: str, node: yaml.Node, path: str) -> dict[str, tuple[yaml.Node,
     for key, value in node.value:
         name = str(key.value)
         if name in items:
-            raise Where.of(file, key, path).error(f"duplicate key {name!r}")
+            if plain(items[name][1]) == plain(value):
+                continue        # repeated with the same value (published Distiller files do)
+            raise Where.of(file, key, path).error(f"duplicate key {name!r} with another value "
+                                                  f"(first at line {items[name][0].start_mark.line + 1})")
         items[name] = (key, value)
     return items
 

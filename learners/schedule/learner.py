@@ -179,6 +179,9 @@ class ScheduleLearner(Learner):
         for old, new in mapped.items():
             log.info("schedule name %s -> %s", old, new)
         nb_epochs = cfg.nb_epochs or policy.last_epoch + 1
+        if not cfg.nb_epochs:
+            log.info("schedule: %d epochs (the policies' last epoch + 1; --sch_nb_epochs sets the "
+                     "run's length, as Distiller's --epochs)", nb_epochs)
         for note in check_epochs(policy, nb_epochs):
             log.info("schedule: %s", note)
         fine = set()
