@@ -27,7 +27,8 @@ from nets.resnet_at_digits import ModelHelper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = sorted(glob.glob(os.path.join(REPO, "examples", "distiller", "*.yaml")))
-EPOCHS = {"resnet20_filters.schedule_agp": 14, "resnet20_slimming": 10, "resnet20_dorefa": 10}
+EPOCHS = {"resnet20_filters.schedule_agp": 14, "resnet20_slimming": 10, "resnet20_dorefa": 10,
+          "resnet20_activation_apoz": 12}
 
 flags.DEFINE_string("model", "./models_eval/model.ckpt",
                     "pre-trained digits ResNet-20 artifact (trained by the first run if missing)")

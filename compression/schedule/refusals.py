@@ -15,12 +15,6 @@ REFUSED: dict[str, dict[str, str]] = {
         "RandomLevelStructureParameterPruner": "it draws a new sparsity level at every event, so the "
                                                "result has no fixed size; use "
                                                "L1RankedStructureParameterPruner with desired_sparsity",
-        **{f"Activation{kind}RankedFilterPruner{agp}": (
-            f"ranking filters by activation statistics ({what}) is not implemented; use "
-            f"L1RankedStructureParameterPruner{agp} (same keys) or --learner=chn-pruned-gpu "
-            "(selection by the feature maps themselves)")
-           for kind, what in (("APoZ", "average percentage of zeros"), ("Mean", "mean activation"))
-           for agp in ("", "_AGP")},
         "GradientRankedFilterPruner": "ranking by weight x gradient is not implemented; use "
                                       "L1RankedStructureParameterPruner (group_type: Filters) or "
                                       "--learner=dis-chn-pruned (discrimination-aware selection)",

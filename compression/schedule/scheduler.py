@@ -32,8 +32,10 @@ RANKED = {name for base in RANKINGS for name in (base, f"{base}_AGP")}
 
 class CompressionScheduler(Callback):
     def __init__(self, policy: Policy, model: nn.Module, input_shape, iters_per_epoch: int,
-                 broadcast: Callable | None = None) -> None:
+                 broadcast: Callable | None = None, batches: Callable | None = None) -> None:
+        """``batches``: () -> a few input batches, for pruners ranking by activations."""
         self.policy = policy
+        self.batches = batches
         self.input_shape = tuple(input_shape)
         self.iters_per_epoch = iters_per_epoch
         self.broadcast = broadcast
@@ -58,7 +60,9 @@ class CompressionScheduler(Callback):
             done = from_epoch is not None and p.instance.cls in RANKED and all(
                 e < from_epoch or f"{i}:{e}" in self.fired for e in p.active_epochs())
             if not done:
-                self.pruners.append((i, p, PRUNERS[p.instance.cls](p.instance, p, layers, names)))
+                pruner = PRUNERS[p.instance.cls](p.instance, p, layers, names)
+                pruner.batches = self.batches
+                self.pruners.append((i, p, pruner))
         owner: dict[str, str] = {}
         for _, entry, pruner in self.pruners:
             for name in pruner.mask_layers():

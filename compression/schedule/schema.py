@@ -93,8 +93,10 @@ _AGP_RATE = {"initial_sparsity": Field("number", REQUIRED, _sparsity),
              "final_sparsity": Field("number", REQUIRED, _sparsity)}
 # the ranked (structure) pruners: class -> how it ranks the structures
 RANKINGS = {"L1RankedStructureParameterPruner": "l1", "L2RankedStructureParameterPruner": "l2",
-            "RandomRankedFilterPruner": "random"}
-FILTERS_ONLY = ("RandomRankedFilterPruner",)
+            "RandomRankedFilterPruner": "random", "ActivationAPoZRankedFilterPruner": "apoz",
+            "ActivationMeanRankedFilterPruner": "mean_act"}
+FILTERS_ONLY = ("RandomRankedFilterPruner", "ActivationAPoZRankedFilterPruner",
+                "ActivationMeanRankedFilterPruner")
 
 
 def _ranked_classes() -> dict[str, dict[str, Field]]:

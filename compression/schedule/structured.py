@@ -18,7 +18,8 @@ the masked model computes exactly what the thinned one will.
   all of them (they must have as many structures).
 - Rankings (``RANKERS``): ``l1`` / ``l2`` (mean absolute / root-mean-square value of the
   structure: Distiller's length-normalised norms), ``random`` (seeded by the pruner's name
-  and the epoch, so every process draws the same).
+  and the epoch, so every process draws the same); filters also by their feature maps
+  (``apoz``, ``mean_act``: ``compression.schedule.activation_rank``).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from torch import nn
 from compression.graph import PrunableLayer, graph_of
 from compression.masks import masks_of
 from compression.schedule.policy import Instance, PolicyEntry, Where
+from compression.schedule.activation_rank import CRITERIA, activation_scores
 from compression.schedule.agp import agp_sparsity, layer_of
 from compression.schedule.bn_fold import folded_weight, following_bn
 from compression.schedule.schema import RANKINGS
@@ -83,7 +85,9 @@ class RankedPruner:
                  all_layers: list[str]) -> None:
         self.instance, self.entry = instance, entry
         base = instance.cls[: -len("_AGP")] if instance.cls.endswith("_AGP") else instance.cls
-        self.ranker = RANKERS[RANKINGS[base]]
+        self.criterion = RANKINGS[base]
+        self.ranker = RANKERS.get(self.criterion, _l1)
+        self.batches = None       # () -> input batches, for the activation criteria
         self.agp = instance.cls.endswith("_AGP")
         params = instance.params
         self.group_size = params.get("group_size", 1) or 1
@@ -206,6 +210,10 @@ class RankedPruner:
             per_filter = self.ranker(weight, 0, f"{seed}:{name}").float().cpu()
             for f, root in enumerate(roots):
                 scores[index[root]] += per_filter[f]
+        if self.criterion in CRITERIA:
+            alive = (scores > 0).float()       # filters already removed stay removed
+            scores = alive * (activation_scores(model, self.graph, cluster.roots, self.criterion,
+                                                self.batches, self.instance.name) + 1e-6)
         return scores
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ report. ``--resume`` restarts the interrupted segment from its checkpoint's spec
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 
 import torch
@@ -42,6 +43,7 @@ log = logging.getLogger("pocketflow")
 MASK_SUFFIX = ".parametrizations.weight.0.mask"
 
 
+ACTIVATION_BATCHES = 8   # training batches the activation-ranked pruners observe per event
 FINE_GRAINED = ("AutomatedGradualPruner", *LevelPruner.KEYS)
 
 
@@ -200,7 +202,9 @@ class ScheduleLearner(Learner):
         schedule = policy_lr(policy, base_lr, iters, nb_epochs)
         model = copy.deepcopy(full)
         scheduler = CompressionScheduler(policy, model, ctx.helper.input_shape, iters,
-                                         ctx.mgw.broadcast_object if ctx.mgw.size() > 1 else None)
+                                         ctx.mgw.broadcast_object if ctx.mgw.size() > 1 else None,
+                                         batches=lambda: itertools.islice(
+                                             (x for x, _ in ctx.train_loader()), ACTIVATION_BATCHES))
         starts = segment_starts(policy, nb_epochs)
         ends = [*starts[1:], nb_epochs]
         tags = [f"epochs_{s}_{e - 1}" for s, e in zip(starts, ends)]
