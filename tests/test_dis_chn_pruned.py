@@ -74,8 +74,53 @@ def test_greedy_selection_finds_the_channels_the_output_depends_on():
     assert keep.tolist() == [1, 3, 4]
 
 
+def _greedy_reference(objective, name, nb_keep, batches):
+    """The selection as first written: the full net's output and the whole autograd graph
+    recomputed at every addition, one channel per pass."""
+    from learners.dis_chn_pruned.dcp import _override_weight
+
+    module = objective.pruned.get_submodule(name)
+    weight = module.weight.detach().clone()
+    chosen = torch.zeros(weight.shape[1], dtype=torch.bool)
+    objective.eval()
+    for step in range(nb_keep):
+        inputs, labels = batches[step % len(batches)]
+        leaf = (weight * chosen.reshape(1, -1, 1, 1)).requires_grad_(True)
+        handle = _override_weight(module, leaf)
+        loss, _ = objective.loss(labels, objective(inputs))
+        (grad,) = torch.autograd.grad(loss, leaf)
+        handle.remove()
+        score = grad.pow(2).sum(dim=(0, 2, 3))
+        score[chosen] = -float("inf")
+        chosen[int(score.argmax())] = True
+    return chosen.nonzero().flatten()
+
+
+def test_greedy_selection_with_cached_targets_is_the_papers_selection():
+    torch.manual_seed(0)
+    full = create_net("resnet20", num_classes=10, in_channels=1).eval()
+    pruned = create_net("resnet20", num_classes=10, in_channels=1)
+    pruned.load_state_dict(full.state_dict())
+    with torch.no_grad():
+        pruned.layer2[1].conv1.weight.add_(0.05 * torch.randn_like(pruned.layer2[1].conv1.weight))
+    points = head_points(pruned, 3)
+    heads = build_heads(pruned, points, (1, 8, 8), 10)
+    loss = lambda y, out: (nn.functional.cross_entropy(out, y), {})  # noqa: E731
+    objective = DcpObjective(pruned, full, heads, points, loss)
+    batches = [(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))) for _ in range(3)]
+    objective.set_stage(1, "layer2.1.conv1", bn_train=False)
+    reference = _greedy_reference(objective, "layer2.1.conv1", 12, batches)
+    fast = greedy_channels(objective, "layer2.1.conv1", 12, batches)
+    assert fast.tolist() == reference.tolist()
+    assert all(p.requires_grad for p in pruned.parameters())       # unfrozen afterwards
+    several = greedy_channels(objective, "layer2.1.conv1", 12, batches, per_pass=4)
+    objective.close()
+    assert len(several) == 12 and len(set(several.tolist()) & set(reference.tolist())) >= 8
+
+
 @pytest.mark.parametrize("field,value", [("dcp_prune_ratio", 1.0), ("dcp_nb_stages", -1),
-                                         ("dcp_lrn_rate_adam", 0.0), ("dcp_nb_batches", 0)])
+                                         ("dcp_lrn_rate_adam", 0.0), ("dcp_nb_batches", 0),
+                                         ("dcp_nb_iters_block", -2), ("dcp_channels_per_pass", 0)])
 def test_bad_options_name_the_flag(field, value):
     with pytest.raises(ConfigError, match=f"^--{field}:"):
         from_flag_dict(DcpConfig, {field: value}, prefix="dcp")

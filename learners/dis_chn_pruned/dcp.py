@@ -18,7 +18,8 @@
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,11 +43,15 @@ class DcpObjective(nn.Module):
         self.points, self.calc_loss = list(points), calc_loss
         self.block, self.layer, self.bn_train = 0, None, False
         self._taps: StageTaps | None = None
+        # the frozen full net's output of the current layer, per input batch (the selection and
+        # the layer's fine-tuning cycle through the same cached batches)
+        self._targets: dict[tuple, torch.Tensor] = {}
 
     def set_stage(self, block: int, layer: str | None, bn_train: bool) -> "DcpObjective":
         """What the next passes compute: block ``block``'s head, ``layer``'s reconstruction
         (None: block fine-tuning), and whether the network's BN layers train."""
         self.close()
+        self._targets = {}
         self.block, self.layer, self.bn_train = block, layer, bn_train
         names = ([self.points[block]] if block < len(self.points) else []) + ([layer] if layer else [])
         self._taps = StageTaps(self.pruned, names)
@@ -68,10 +73,15 @@ class DcpObjective(nn.Module):
         if self.block < len(self.points):
             out["aux"] = self.heads[self.block](taps[self.points[self.block]])
         if self.layer is not None:
-            with torch.no_grad():
-                target = capture(self._full[0], self.layer, x, "output")
-            out["rec"] = F.mse_loss(taps[self.layer], target)
+            out["rec"] = F.mse_loss(taps[self.layer], self._target(x))
         return out
+
+    def _target(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.data_ptr(), x.device, tuple(x.shape), x._version)
+        if key not in self._targets:
+            with torch.no_grad():
+                self._targets[key] = capture(self._full[0], self.layer, x, "output")
+        return self._targets[key]
 
     def loss(self, labels: torch.Tensor, outputs: dict) -> tuple[torch.Tensor, dict]:
         final, metrics = self.calc_loss(labels, outputs["logits"])
@@ -109,28 +119,54 @@ def _override_weight(module: nn.Module, weight: torch.Tensor):
 
 
 def greedy_channels(objective: DcpObjective, name: str, nb_keep: int,
-                    batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Indices (sorted) of ``nb_keep`` input channels of layer ``name``, added one at a time by
-    the largest squared gradient of the layer objective, one batch per addition."""
+                    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                    per_pass: int = 1) -> torch.Tensor:
+    """Indices (sorted) of ``nb_keep`` input channels of layer ``name``, added ``per_pass`` at a
+    time (1: the paper's one) by the largest squared gradient of the layer objective, one
+    batch per pass.
+
+    What a pass computes is unchanged by two savings: the full network's output of the layer
+    is computed once per batch (``DcpObjective`` caches it), and the network's own parameters
+    are frozen during the passes, so autograd records only what lies between the layer's
+    weight and the losses."""
     module = objective.pruned.get_submodule(name)
     weight = module.weight.detach().clone()
     shape = (1, -1) + (1,) * (weight.dim() - 2)
     chosen = torch.zeros(weight.shape[1], dtype=torch.bool, device=weight.device)
     objective.eval()
-    for step in range(nb_keep):
-        inputs, labels = batches[step % len(batches)]
-        leaf = (weight * chosen.reshape(shape)).requires_grad_(True)
-        handle = _override_weight(module, leaf)
-        try:
-            loss, _ = objective.loss(labels, objective(inputs))
-            (grad,) = torch.autograd.grad(loss, leaf)
-        finally:
-            handle.remove()
-        dims = [d for d in range(grad.dim()) if d != 1]
-        score = grad.pow(2).sum(dim=dims)
-        score[chosen] = -float("inf")
-        chosen[int(score.argmax())] = True
+    with frozen(objective.parameters()):
+        step = 0
+        while int(chosen.sum()) < nb_keep:
+            inputs, labels = batches[step % len(batches)]
+            leaf = (weight * chosen.reshape(shape)).requires_grad_(True)
+            handle = _override_weight(module, leaf)
+            try:
+                loss, _ = objective.loss(labels, objective(inputs))
+                (grad,) = torch.autograd.grad(loss, leaf)
+            finally:
+                handle.remove()
+            dims = [d for d in range(grad.dim()) if d != 1]
+            score = grad.pow(2).sum(dim=dims)
+            score[chosen] = -float("inf")
+            count = min(per_pass, nb_keep - int(chosen.sum()))
+            chosen[torch.topk(score, count).indices] = True
+            step += 1
     return chosen.nonzero().flatten().cpu()
+
+
+@contextlib.contextmanager
+def frozen(params: Iterable[nn.Parameter], trained: Sequence[nn.Parameter] = ()):
+    """Every parameter but ``trained`` without gradients inside the block (autograd then records
+    only the graph between the trained ones and the loss); restored afterwards."""
+    keep = {id(p) for p in trained}
+    stopped = [p for p in params if p.requires_grad and id(p) not in keep]
+    for p in stopped:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in stopped:
+            p.requires_grad_(True)
 
 
 def layer_blocks(model: nn.Module, layers: Sequence[PrunableLayer], points: Sequence[str],

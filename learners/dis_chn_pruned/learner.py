@@ -18,8 +18,8 @@ import torch
 
 from compression.channel_selection import SelectionSettings, refit_kept, select_channels
 from learners.channel_base import ChannelLearnerBase
-from learners.dis_chn_pruned.dcp import (DcpObjective, ZeroPrunedInputs, greedy_channels,
-                                         layer_blocks)
+from learners.dis_chn_pruned.dcp import (DcpObjective, ZeroPrunedInputs, frozen,
+                                         greedy_channels, layer_blocks)
 from learners.dis_chn_pruned.heads import build_heads, head_points
 from learners.registry import register_learner
 from learners.options import RatioChannelOptions
@@ -27,6 +27,7 @@ from training.trainer import Trainer
 from utils.config import check, option
 
 log = logging.getLogger("pocketflow")
+POCKETFLOW_BATCH, POCKETFLOW_TRAIN_IMAGES = 128, 50000   # the CIFAR-10 setting of its defaults
 
 
 @dataclass
@@ -34,12 +35,16 @@ class DcpConfig(RatioChannelOptions):
     nb_stages: int = option(3, "auxiliary heads (at most the net's stage_names): the network is "
                                "split into nb_stages + 1 blocks")
     lrn_rate_adam: float = option(1e-3, "Adam rate of the block and layer fine-tuning")
-    nb_iters_block: int = option(10000, "Adam steps per block on final + discrimination loss "
-                                        "(PocketFlow's CIFAR value; far less suffices on small "
-                                        "data)")
-    nb_iters_layer: int = option(500, "Adam steps per layer on reconstruction + discrimination "
-                                      "loss, pruned channels held at zero")
+    nb_iters_block: int = option(-1, "Adam steps per block on final + discrimination loss "
+                                     "(-1: PocketFlow's CIFAR-10 schedule in epochs, 10000 steps "
+                                     "of 128 of 50000 images = 25.6 epochs of this training set)")
+    nb_iters_layer: int = option(-1, "Adam steps per layer on reconstruction + discrimination "
+                                     "loss, pruned channels held at zero (-1: PocketFlow's 500 "
+                                     "CIFAR-10 steps in epochs = 1.28 epochs of this training set)")
     nb_batches: int = option(20, "cached training batches the selection cycles through")
+    channels_per_pass: int = option(1, "input channels the greedy selection adds per gradient "
+                                       "pass (1: the paper's one at a time; more: fewer passes, "
+                                       "see docs/learners.md#dis-chn-pruned)")
     lstsq_init: bool = option(True, "start a layer's fine-tune from the closed-form "
                                     "least-squares refit of its kept channels (not in "
                                     "PocketFlow: it makes the layer fine-tune start at the "
@@ -50,9 +55,10 @@ class DcpConfig(RatioChannelOptions):
         super().__post_init__()
         check(self.nb_stages >= 0, "nb_stages", "must be >= 0")
         check(self.lrn_rate_adam > 0, "lrn_rate_adam", "must be positive")
-        check(self.nb_iters_block >= 0, "nb_iters_block", "must be >= 0")
-        check(self.nb_iters_layer >= 0, "nb_iters_layer", "must be >= 0")
+        check(self.nb_iters_block >= -1, "nb_iters_block", "must be >= 0, or -1 (auto)")
+        check(self.nb_iters_layer >= -1, "nb_iters_layer", "must be >= 0, or -1 (auto)")
         check(self.nb_batches > 0, "nb_batches", "must be positive")
+        check(self.channels_per_pass > 0, "channels_per_pass", "must be positive")
         check(self.nb_crops_per_smpl > 0, "nb_crops_per_smpl", "must be positive")
 
 
@@ -66,8 +72,18 @@ class DisChnPrunedLearner(ChannelLearnerBase):
     def calibration_samples(self) -> int:
         return self.ctx.helper.cfg.batch_size  # DCP reads labelled batches of its own
 
+    def _iters(self, value: int, pocketflow_steps: int) -> int:
+        """``value``, or (-1) PocketFlow's CIFAR-10 steps as epochs of this training set."""
+        if value >= 0:
+            return value
+        images = pocketflow_steps * POCKETFLOW_BATCH / POCKETFLOW_TRAIN_IMAGES * len(
+            self.ctx.helper.build_dataset_train())
+        return max(1, round(images / self.ctx.helper.cfg.batch_size))
+
     def select(self, full, pruned, chosen, counts, batches):
         cfg = self.cfg
+        iters_block = self._iters(cfg.nb_iters_block, 10000)
+        iters_layer = self._iters(cfg.nb_iters_layer, 500)
         data = self.ctx.cached_batches(self.ctx.helper.build_dataset_train(), cfg.nb_batches)
         shape = self.ctx.helper.input_shape
         points = head_points(pruned, cfg.nb_stages)
@@ -79,7 +95,8 @@ class DisChnPrunedLearner(ChannelLearnerBase):
         keep: dict[str, torch.Tensor] = {}
         zero = ZeroPrunedInputs(pruned, keep)
         stats = []
-        log.info("DCP: %d auxiliary heads at %s, %d blocks", len(points), points, len(points) + 1)
+        log.info("DCP: %d auxiliary heads at %s, %d blocks; %d Adam steps per block, %d per layer",
+                 len(points), points, len(points) + 1, iters_block, iters_layer)
         try:
             for block in range(len(points) + 1):
                 members = [layer for layer in chosen if blocks[layer.name] == block]
@@ -88,20 +105,23 @@ class DisChnPrunedLearner(ChannelLearnerBase):
                 objective.set_stage(block, None, bn_train=True)
                 params = list(pruned.parameters()) + (
                     list(heads[block].parameters()) if block < len(points) else [])
-                self._tune(objective, params, cfg.nb_iters_block, data, zero)
+                self._tune(objective, params, iters_block, data, zero)
                 for layer in members:
                     start = time.perf_counter()
                     objective.set_stage(block, layer.name, bn_train=False)
                     keep[layer.name] = greedy_channels(objective, layer.name, counts[layer.name],
-                                                       data)
+                                                       data, cfg.channels_per_pass)
+                    greedy_s = time.perf_counter() - start
                     zero.apply()
                     if cfg.lstsq_init:
                         refit_kept(full, pruned, layer.name, keep[layer.name],
                                    [inputs for inputs, _ in data], cfg.nb_crops_per_smpl,
                                    torch.Generator().manual_seed(self.ctx.seed))
                     module = pruned.get_submodule(layer.name)
-                    self._tune(objective, [module.weight], cfg.nb_iters_layer, data, zero)
+                    self._tune(objective, [module.weight], iters_layer, data, zero)
                     stats.append(self._record(objective, layer, keep, data, block, start))
+                    stats[-1]["adam_steps"] = iters_layer + (iters_block if layer is members[0] else 0)
+                    stats[-1]["greedy_seconds"] = greedy_s
         finally:
             objective.close()
         pruned.eval()
@@ -117,8 +137,9 @@ class DisChnPrunedLearner(ChannelLearnerBase):
         if nb_iters <= 0:
             return
         optimizer = torch.optim.Adam(params, lr=self.cfg.lrn_rate_adam)
-        Trainer(objective, optimizer, objective.loss, data, nb_iters, self.ctx.device,
-                callbacks=[zero]).fit()
+        with frozen(objective.parameters(), params):   # the others get no gradient computed
+            Trainer(objective, optimizer, objective.loss, data, nb_iters, self.ctx.device,
+                    callbacks=[zero]).fit()
 
     @torch.no_grad()
     def _record(self, objective, layer, keep, data, block: int, start: float) -> dict:
