@@ -31,6 +31,7 @@ from learners.dis_chn_pruned.heads import StageTaps
 from training.trainer import Callback
 from utils.model_stats import probe_forward
 
+TARGET_CACHE = 256   # batches whose full-net layer outputs are kept (the cached batches cycle)
 LossFn = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, dict]"]
 
 
@@ -45,7 +46,7 @@ class DcpObjective(nn.Module):
         self._taps: StageTaps | None = None
         # the frozen full net's output of the current layer, per input batch (the selection and
         # the layer's fine-tuning cycle through the same cached batches)
-        self._targets: dict[tuple, torch.Tensor] = {}
+        self._targets: dict[int, tuple] = {}
 
     def set_stage(self, block: int, layer: str | None, bn_train: bool) -> "DcpObjective":
         """What the next passes compute: block ``block``'s head, ``layer``'s reconstruction
@@ -77,11 +78,15 @@ class DcpObjective(nn.Module):
         return out
 
     def _target(self, x: torch.Tensor) -> torch.Tensor:
-        key = (x.data_ptr(), x.device, tuple(x.shape), x._version)
-        if key not in self._targets:
+        """The full net's output of the layer for batch ``x``, computed once per batch object
+        (the entry holds the batch, so an id is never reused for another while cached)."""
+        entry = self._targets.get(id(x))
+        if entry is None or entry[0] is not x or entry[1] != x._version:
             with torch.no_grad():
-                self._targets[key] = capture(self._full[0], self.layer, x, "output")
-        return self._targets[key]
+                entry = (x, x._version, capture(self._full[0], self.layer, x, "output"))
+            if len(self._targets) < TARGET_CACHE:
+                self._targets[id(x)] = entry
+        return entry[2]
 
     def loss(self, labels: torch.Tensor, outputs: dict) -> tuple[torch.Tensor, dict]:
         final, metrics = self.calc_loss(labels, outputs["logits"])
