@@ -45,3 +45,8 @@ def run_all(helper_cls: type, names: Iterable[str], seeds: Iterable[int],
 def mean(values: Iterable[float]) -> float:
     values = list(values)
     return sum(values) / len(values)
+
+
+def fmt(value, spec: str) -> str:
+    """``value`` formatted, or "-" when there is none."""
+    return "-" if value is None else format(value, spec)

@@ -17,7 +17,7 @@ import os
 
 import torch
 from absl import app, flags
-from bench_common import learner_values
+from bench_common import fmt, learner_values
 
 from compression.artifacts import load_model
 from compression.schedule.names import resolve_names
@@ -95,10 +95,6 @@ def one(name: str) -> dict:
             "thinning_max_abs_diff": thinning.get("max_abs_diff"),
             "names_mapped": len(report["policy"]["names"]),
             "onnx_parity_ok": (report.get("onnx") or {}).get("parity_ok")}
-
-
-def fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def main(argv: list[str]) -> None:

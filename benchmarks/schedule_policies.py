@@ -17,7 +17,7 @@ import os
 
 import torch
 from absl import app, flags
-from bench_common import learner_values
+from bench_common import fmt, learner_values
 
 from learners.launch import run
 from nets.resnet_at_digits import ModelHelper
@@ -54,10 +54,6 @@ def one(name: str) -> dict:
             "thinning_max_abs_diff": thinning.get("max_abs_diff"),
             "quantization": report.get("quantization"),
             "onnx_parity_ok": onnx.get("parity_ok"), "onnx_max_abs_diff": onnx.get("max_abs_diff")}
-
-
-def fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def main(argv: list[str]) -> None:

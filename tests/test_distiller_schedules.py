@@ -397,6 +397,19 @@ def test_overrides_give_modules_their_bits(tmp_path):
     assert len(weights) == 20   # every conv/linear but the two overridden
 
 
+def thin_zeros_exactly(model):
+    """The model thinned of its exactly-zero channels; its outputs must not change."""
+    inputs = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        before = model(inputs)
+    layers = analyse(model, (1, 8, 8))
+    keep, found = zero_keep(model, layers)
+    thinned, _ = thin(model, layers, keep)
+    with torch.no_grad():
+        assert float((thinned.eval()(inputs) - before).abs().max()) <= 1e-5
+    return thinned, found
+
+
 SLIMMING = """
 lr_schedulers:
   training_lr:
@@ -447,15 +460,8 @@ def test_bn_slimming_threshold_zeroes_gamma_and_beta_and_thinning_removes_exactl
     threshold(model, "L1Regularizer", params)
     assert int((model.layer1[0].bn1.weight == 0).sum()) == 5
     assert int((model.layer1[0].bn1.bias == 0).sum()) == 5
-    inputs = torch.randn(8, 1, 8, 8)
-    with torch.no_grad():
-        before = model(inputs)
-    layers = analyse(model, (1, 8, 8))
-    keep, found = zero_keep(model, layers)
+    thinned, found = thin_zeros_exactly(model)
     assert found["zero_channels"] == {"layer1.0.bn1": 5}
-    thinned, _ = thin(model, layers, keep)
-    with torch.no_grad():
-        assert float((thinned.eval()(inputs) - before).abs().max()) <= 1e-5
     assert thinned.layer1[0].conv1.out_channels == 11 and thinned.layer1[0].conv2.in_channels == 11
     assert thinned.layer3[2].conv2.out_channels == 64
 
@@ -497,15 +503,8 @@ policies:
     w = model.layer1[0].conv2.weight
     assert int((w.abs().sum(dim=(0, 2, 3)) == 0).sum()) == 6
     assert int((model.layer2[0].conv1.weight.abs().sum(dim=(1, 2, 3)) == 0).sum()) == 4
-    inputs = torch.randn(4, 1, 8, 8)
-    with torch.no_grad():
-        before = model(inputs)
-    layers = analyse(model, (1, 8, 8))
-    keep, found = zero_keep(model, layers)
+    thinned, found = thin_zeros_exactly(model)
     assert found["zero_columns"] == {"layer1.0.conv2": 6}
-    thinned, _ = thin(model, layers, keep)
-    with torch.no_grad():
-        assert float((thinned.eval()(inputs) - before).abs().max()) <= 1e-5
     assert thinned.layer1[0].conv1.out_channels == 10
 
 
