@@ -63,24 +63,26 @@ def calc_loss(labels: torch.Tensor, outputs: torch.Tensor):
     return AbstractModelHelper.calc_loss(None, labels, outputs)
 
 
-def setup(dataset, steps: int):
+def setup(dataset, steps: int, seed: int = SEED):
     """Model, optimizer, loader and schedule, built from a fresh seed (same for both loops)."""
-    seed_everything(SEED)
+    seed_everything(seed)
     model = create_net("resnet20", num_classes=10, in_channels=1).to(DEVICE)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=MOMENTUM,
                                 weight_decay=WEIGHT_DECAY)
-    loader = make_train_loader(dataset, BATCH_SIZE, seed=SEED, nb_threads=0)
+    loader = make_train_loader(dataset, BATCH_SIZE, seed=seed, nb_threads=0)
     schedule = CosineLr(LR, steps, warmup_iters=steps // 10)
     return model, optimizer, loader, schedule
 
 
-def run_framework(dataset, steps: int):
-    model, optimizer, loader, schedule = setup(dataset, steps)
+def run_framework(dataset, steps: int, seed: int = SEED, **options):
+    """``options``: the Trainer's own (``channels_last``, ``amp_dtype``, ``compile``)."""
+    model, optimizer, loader, schedule = setup(dataset, steps, seed)
     callbacks = [LrScheduleCallback(schedule),
                  LoggingCallback(SUMM_STEP, BATCH_SIZE, writer=None, progress=False),
                  PeriodicCallback(SAVE_STEP, lambda trainer, step: None)]
     trainer = Trainer(model, optimizer, calc_loss, loader, steps, DEVICE, callbacks,
-                      check_every=SUMM_STEP)  # as a real run's fit (check_every=summ_step)
+                      check_every=SUMM_STEP,  # as a real run's fit (check_every=summ_step)
+                      **options)
     start = time.perf_counter()
     trainer.fit()
     return time.perf_counter() - start, model
@@ -115,17 +117,21 @@ def max_weight_diff(model_a, model_b) -> float:
                 for k, v in model_a.state_dict().items() if v.is_floating_point()), default=0.0)
 
 
+def log_to_devnull() -> None:
+    """LoggingCallback logs as in a real run, but to /dev/null rather than through the table."""
+    log = logging.getLogger("pocketflow")
+    log.handlers[:] = [logging.StreamHandler(open(os.devnull, "w"))]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise SystemExit(f"unexpected positional arguments: {' '.join(argv[1:])}")
     if FLAGS.steps < 1 or FLAGS.repeats < 1 or FLAGS.threads < 1:
         raise SystemExit("--steps, --repeats and --threads must be positive")
     torch.set_num_threads(FLAGS.threads)
-    # LoggingCallback logs as in a real run, but to /dev/null rather than through the table
-    log = logging.getLogger("pocketflow")
-    log.handlers[:] = [logging.StreamHandler(open(os.devnull, "w"))]
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    log_to_devnull()
     dataset = load_digits_splits(seed=SEED, image_size=IMAGE_SIZE)["train"]
     loops = {"framework": run_framework, "bare": run_bare}
     print(f"resnet20 on digits {IMAGE_SIZE}x{IMAGE_SIZE} ({len(dataset)} training images), "

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deployment.formats import EXPORT_CHOICES
+from training.trainer import AMP_DTYPES
 from utils.config import check, option
 
 
@@ -33,6 +34,21 @@ class LearnerConfig:
     nan_check_step: int = option(0, "check the training loss for NaN/inf every this many steps "
                                     "and stop at the first non-finite one (0: every summ_step)",
                                  run_only=True)
+    # how the training step runs, not what it trains (like --device): a run may be resumed
+    # with other values; bit-identical resume needs the same ones (docs/speed.md)
+    channels_last: bool = option(False, "train with the model and each batch in the "
+                                        "channels_last (NHWC) memory format; the saved model is "
+                                        "unchanged; not with Horovod on several processes "
+                                        "(docs/speed.md)", run_only=True)
+    amp_dtype: str = option("none", "autocast the training forward to this dtype (CPU or CUDA "
+                                    "bfloat16); the loss, backward, optimizer step and evaluation "
+                                    "stay float32. float16 is not offered: it would need a "
+                                    "gradient scaler (docs/speed.md)",
+                            choices=list(AMP_DTYPES), run_only=True)
+    compile: bool = option(False, "torch.compile the training forward (the first step compiles; "
+                                  "state_dict keys unchanged; if compilation fails, one warning "
+                                  "and training goes on in eager mode) (docs/speed.md)",
+                           run_only=True)
     momentum: float = option(0.9, "momentum of the SGD optimizer")
     enbl_dst: bool = option(False, "add a knowledge-distillation loss from a teacher model")
     loss_w_dst: float = option(4.0, "weight of the distillation loss")
@@ -63,6 +79,8 @@ class LearnerConfig:
         check(self.summ_step > 0, "summ_step", f"must be positive, got {self.summ_step}")
         check(self.save_step > 0, "save_step", f"must be positive, got {self.save_step}")
         check(self.nan_check_step >= 0, "nan_check_step", f"must be >= 0, got {self.nan_check_step}")
+        check(self.amp_dtype in AMP_DTYPES, "amp_dtype",
+              f"must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}")
         check(self.loss_w_dst >= 0, "loss_w_dst", f"must be >= 0, got {self.loss_w_dst}")
         check(self.tempr_dst > 0, "tempr_dst", f"must be positive, got {self.tempr_dst}")
         check(self.mgw_timeout_s > 0, "mgw_timeout_s", f"must be positive, got {self.mgw_timeout_s}")

@@ -19,7 +19,7 @@ from learners.checkpointing import CheckpointCallback, restore, save_checkpoint
 from learners.config import LearnerConfig
 from training.distillation import DistillationCallback
 from learners.resume import check_resumable, stamp
-from training.trainer import Callback, Trainer, TrainingDivergedError
+from training.trainer import AMP_DTYPES, Callback, Trainer, TrainingDivergedError, set_memory_format
 from utils.checkpoint import load_file
 from utils.data_loading import make_eval_loader, make_train_loader
 from compression.artifacts import build_model
@@ -153,6 +153,8 @@ class Context:
                 log.info("resumed %s from %s at step %d", tag, self.checkpoint, start_step)
         else:
             self.mgw.broadcast_parameters(model)
+        if self.cfg.channels_last:   # before DDP wraps it: its gradient buckets copy the strides
+            set_memory_format(model, torch.channels_last)
         wrapped = self.mgw.wrap_model(model)
         optimizer = self.mgw.wrap_optimizer(optimizer, model)
         loader = self.train_loader(dataset)
@@ -180,7 +182,9 @@ class Context:
                           self.device, [*callbacks, checkpoints], forward=self.helper.forward_train,
                           start_step=start_step,
                           check_every=self.cfg.nan_check_step or self.cfg.summ_step,
-                          reduce=self.mgw.allreduce if self.mgw.size() > 1 else None)
+                          reduce=self.mgw.allreduce if self.mgw.size() > 1 else None,
+                          channels_last=self.cfg.channels_last,
+                          amp_dtype=AMP_DTYPES[self.cfg.amp_dtype], compile=self.cfg.compile)
         try:
             trainer.fit()
         except TrainingDivergedError as exc:

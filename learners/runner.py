@@ -27,7 +27,7 @@ from learners.outputs import Outputs
 from learners.registry import learner_class
 from learners.report import Report
 from utils.checkpoint import CheckpointError
-from utils.config import formatted, settings
+from utils.config import ConfigError, formatted, settings
 from utils.data_loading import check_one_batch
 from compression.artifacts import load_model
 from utils.model_io import load_weights_from
@@ -82,13 +82,18 @@ class Runner:
 
     def preflight(self, learner: Learner) -> None:
         """Checks that need no training, before anything is written: every resumable file
-        belongs to this learner and these settings; the data give one batch per process."""
+        belongs to this learner and these settings; the data give one batch per process; the
+        multi-process backend can reduce the gradients of ``--channels_last``."""
         ctx = learner.ctx
         for path, kind in [(ctx.checkpoint, "checkpoint"), (ctx.state_path("search.pt"), "search"),
                            *learner.resume_files()]:
             ctx.resume_state(path, kind)
         check_one_batch(len(self.helper.build_dataset_train()), self.helper.cfg.batch_size,
                         self.mgw.size())
+        if self.cfg.channels_last and self.mgw.size() > 1 and not self.mgw.strided_gradients:
+            raise ConfigError(f"--channels_last: the {self.mgw.name} backend needs contiguous "
+                              "gradients (its allreduce refuses channels_last ones); launch with "
+                              "--mgw_backend=torch, or run without --channels_last")
         if len(self.helper.build_dataset_eval()) == 0:
             raise DataError("the evaluation set is empty: no accuracy could be measured; check "
                             "--data_dir_local and the helper's load_eval / build_dataset_eval")

@@ -4,14 +4,31 @@ Hooks, in Distiller's order: ``on_train_begin``, ``on_epoch_begin``, ``on_miniba
 ``before_backward_pass`` (a callback may add terms to ``state.loss``), ``on_minibatch_end``
 (after the optimizer step), ``on_epoch_end``, ``on_train_end``. Callbacks with state that must
 survive an interruption implement ``state_dict``/``load_state_dict``.
+
+Three opt-in ways to run the same step faster (``--channels_last``, ``--amp_dtype``,
+``--compile``; docs/speed.md): the model and each batch in the channels_last memory format
+during ``fit`` (contiguous again after it), the model's forward under autocast (its outputs cast
+back to float32: the loss, every callback's term, the backward and the optimizer step stay
+float32), and the forward through ``torch.compile`` (the module itself keeps its parameters and
+state_dict keys; a failed compilation falls back to eager with one warning).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
+
+from training.fast_step import AMP_DTYPES, as_float32, compile_error_reason, compile_guard, set_memory_format
+from utils.checkpoint import rng_state, set_rng_state
+
+__all__ = ["AMP_DTYPES", "Callback", "StepState", "Trainer", "TrainingDivergedError", "model_is_finite",
+           "set_memory_format"]
+
+log = logging.getLogger("pocketflow")
+
 
 
 class TrainingDivergedError(RuntimeError):
@@ -64,6 +81,9 @@ LossFn = Callable[[torch.Tensor, Any], "tuple[torch.Tensor, dict]"]
 ForwardFn = Callable[[nn.Module, torch.Tensor], Any]
 
 
+_compile_failure: str | None = None   # why torch.compile failed in this process (warned once)
+
+
 class Trainer:
     """Runs ``nb_iters`` optimizer steps over ``loader``, calling the callbacks' hooks.
 
@@ -74,13 +94,18 @@ class Trainer:
     ``check_every`` steps and at the end: the first non-finite one stops the run with
     ``TrainingDivergedError`` naming its step. ``reduce`` (an all-reduce sum over processes)
     makes every process see the same verdict at the same step.
+
+    ``channels_last``, ``amp_dtype`` (None or ``torch.bfloat16``) and ``compile`` change how
+    the training forward runs, not what it computes (see the module's docstring).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn,
                  loader: Iterable, nb_iters: int, device: torch.device,
                  callbacks: Sequence[Callback] = (), forward: ForwardFn | None = None,
                  start_step: int = 0, check_every: int = 0,
-                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 channels_last: bool = False, amp_dtype: torch.dtype | None = None,
+                 compile: bool = False) -> None:
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
@@ -94,6 +119,11 @@ class Trainer:
         self.reduce = reduce
         self._losses: list[torch.Tensor] = []   # losses since the last check
         self.stop_requested = False
+        self.channels_last = channels_last
+        self.amp_dtype = amp_dtype
+        self.compile = compile
+        self._compiled: Callable | None = None    # torch.compile(model), once fit starts
+        self._compiled_steps = 0
 
     # -- helpers used by callbacks --------------------------------------------------------
     def set_lr(self, lr: float) -> None:
@@ -153,25 +183,76 @@ class Trainer:
         if iters_per_epoch == 0:
             raise ValueError("the training loader yields no batch (dataset smaller than a batch?)")
         self.model.train()
-        self._call("on_train_begin")
-        while self.step < self.nb_iters and not self.stop_requested:
-            epoch, done_in_epoch = divmod(self.step, iters_per_epoch)
-            self._set_epoch(epoch, done_in_epoch)
-            self._call("on_epoch_begin", epoch)
-            for inputs, labels in self.loader:
-                self._train_step(StepState(self.step, epoch, inputs.to(self.device, non_blocking=True),
-                                           labels.to(self.device, non_blocking=True)))
-                if self.step >= self.nb_iters or self.stop_requested:
-                    break
-            if self.step % iters_per_epoch == 0:
-                self._call("on_epoch_end", epoch)
-        self.check_finite()
-        self._call("on_train_end")
+        if self.channels_last:
+            set_memory_format(self.model, torch.channels_last)
+        if self.compile and _compile_failure is None:
+            self._compiled = torch.compile(self.model)   # lazy: compiles at the first step
+        try:
+            self._call("on_train_begin")
+            while self.step < self.nb_iters and not self.stop_requested:
+                epoch, done_in_epoch = divmod(self.step, iters_per_epoch)
+                self._set_epoch(epoch, done_in_epoch)
+                self._call("on_epoch_begin", epoch)
+                for inputs, labels in self.loader:
+                    self._train_step(StepState(self.step, epoch, self._batch(inputs),
+                                               labels.to(self.device, non_blocking=True)))
+                    if self.step >= self.nb_iters or self.stop_requested:
+                        break
+                if self.step % iters_per_epoch == 0:
+                    self._call("on_epoch_end", epoch)
+            self.check_finite()
+            self._call("on_train_end")
+        finally:
+            self._compiled = None
+            if self.channels_last:   # what comes after (saving, export, thinning) sees the usual layout
+                set_memory_format(self.model, torch.contiguous_format)
         return self.step
+
+    def _batch(self, inputs: torch.Tensor) -> torch.Tensor:
+        inputs = inputs.to(self.device, non_blocking=True)
+        if self.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
+
+    def _run_forward(self, model: Callable, inputs: torch.Tensor) -> Any:
+        if self.amp_dtype is None:
+            return self.forward(model, inputs)
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype):
+            outputs = self.forward(model, inputs)
+        return as_float32(outputs)
+
+    def _forward(self, inputs: torch.Tensor) -> Any:
+        """The model's training forward: compiled when asked and compilation works, else eager."""
+        if self._compiled is None:
+            return self._run_forward(self.model, inputs)
+        first = self._compiled_steps == 0   # compiles now: keep what a failure must undo
+        saved = ([b.detach().clone() for b in self.model.buffers()], rng_state()) if first else None
+        try:
+            with compile_guard():
+                outputs = self._run_forward(self._compiled, inputs)
+        except Exception as exc:   # any compilation error: train on in eager mode
+            self._compile_failed(exc, saved)
+            return self._run_forward(self.model, inputs)
+        self._compiled_steps += 1
+        return outputs
+
+    def _compile_failed(self, exc: Exception, saved: tuple | None) -> None:
+        global _compile_failure
+        if saved is not None:   # BN statistics a partly run graph moved, dropout's RNG
+            with torch.no_grad():
+                for buffer, value in zip(self.model.buffers(), saved[0]):
+                    buffer.copy_(value)
+            set_rng_state(saved[1])
+        self._compiled = None
+        reason = compile_error_reason(exc)
+        if _compile_failure is None:
+            log.warning("--compile: torch.compile failed (%s); training goes on in eager mode "
+                        "(the same results, without the speed-up)", reason)
+        _compile_failure = reason
 
     def _train_step(self, state: StepState) -> None:
         self._call("on_minibatch_begin", state)
-        state.outputs = self.forward(self.model, state.inputs)
+        state.outputs = self._forward(state.inputs)
         state.loss, state.metrics = self.loss_fn(state.labels, state.outputs)
         self._call("before_backward_pass", state)
         self._losses.append(state.loss.detach().float().reshape(()))

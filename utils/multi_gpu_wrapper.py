@@ -39,6 +39,7 @@ class MultiGpuWrapper(ABC):
     """The strategy interface; see the module docstring."""
 
     name = "abstract"
+    strided_gradients = True   # its gradient allreduce takes any dense layout (channels_last)
 
     @staticmethod
     def create(enabled: bool = False, backend: str = "auto",
@@ -250,6 +251,7 @@ class HorovodWrapper(MultiGpuWrapper):
     """Horovod; gradients are averaged by ``hvd.DistributedOptimizer``."""
 
     name = "horovod"
+    strided_gradients = False  # hvd.allreduce refuses a tensor that is not contiguous
 
     def init(self) -> None:
         import horovod.torch as hvd
