@@ -125,13 +125,18 @@ def log_to_devnull() -> None:
     log.propagate = False
 
 
-def main(argv) -> None:
+def start(argv) -> None:
+    """The checks and settings both loop benchmarks begin with."""
     if len(argv) > 1:
         raise SystemExit(f"unexpected positional arguments: {' '.join(argv[1:])}")
     if FLAGS.steps < 1 or FLAGS.repeats < 1 or FLAGS.threads < 1:
         raise SystemExit("--steps, --repeats and --threads must be positive")
     torch.set_num_threads(FLAGS.threads)
     log_to_devnull()
+
+
+def main(argv) -> None:
+    start(argv)
     dataset = load_digits_splits(seed=SEED, image_size=IMAGE_SIZE)["train"]
     loops = {"framework": run_framework, "bare": run_bare}
     print(f"resnet20 on digits {IMAGE_SIZE}x{IMAGE_SIZE} ({len(dataset)} training images), "

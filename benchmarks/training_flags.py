@@ -37,7 +37,8 @@ from absl import app, flags
 
 import training.trainer
 from datasets.digits import load_digits_splits
-from loop_overhead import BATCH_SIZE, IMAGE_SIZE, SEED, log_to_devnull, run_framework
+from loop_overhead import BATCH_SIZE, IMAGE_SIZE, SEED, run_framework
+from loop_overhead import start as start_benchmark
 from utils.data_loading import make_eval_loader
 
 FLAGS = flags.FLAGS   # loop_overhead's flags, with this benchmark's defaults
@@ -85,12 +86,7 @@ def summary(results: dict) -> dict:
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise SystemExit(f"unexpected positional arguments: {' '.join(argv[1:])}")
-    if FLAGS.steps < 1 or FLAGS.repeats < 1 or FLAGS.threads < 1:
-        raise SystemExit("--steps, --repeats and --threads must be positive")
-    torch.set_num_threads(FLAGS.threads)
-    log_to_devnull()
+    start_benchmark(argv)
     if FLAGS.cold_compile:   # removed when main returns
         cold_cache = tempfile.TemporaryDirectory(prefix="inductor_cold_")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold_cache.name
