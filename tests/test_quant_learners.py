@@ -119,6 +119,16 @@ def test_non_uniform_flags_are_checked_too():
         from_flag_dict(NuqlConfig, {"nuql_w_bit_min": 6, "nuql_w_bit_max": 4}, prefix="nuql")
 
 
+def test_uniform_tf_artifact_must_be_a_pte_path():
+    """The artifact is the ExecuTorch program: a .ckpt path used to fail only after QAT."""
+    from learners.quant.uniform_tf import UqtfConfig
+
+    with pytest.raises(ConfigError, match=r"^--uqtf_save_path_eval: the int8 ExecuTorch program is "
+                                          r"written here: give a path ending in \.pte"):
+        from_flag_dict(UqtfConfig, {"uqtf_save_path_eval": "out/model.ckpt"}, prefix="uqtf")
+    assert UqtfConfig(save_path_eval="out/model.pte").save_path_eval == "out/model.pte"
+
+
 def test_uniform_tf_ends_in_a_real_int8_program(tmp_path, tiny_pretrained):
     pytest.importorskip("executorch")
     result = compress_digits(tmp_path, tiny_pretrained, "uniform-tf", export_format="none")

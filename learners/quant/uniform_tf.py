@@ -51,6 +51,11 @@ class UqtfConfig(OutputOptions):
                                  "(bigger batches are split)")
 
     def __post_init__(self) -> None:
+        # the artifact IS the ExecuTorch program: another extension would be written as
+        # <stem>.pte and then looked for under the given name, after the whole QAT run
+        check(self.save_path_eval.endswith(".pte"), "save_path_eval",
+              f"the int8 ExecuTorch program is written here: give a path ending in .pte, got "
+              f"{self.save_path_eval!r}")
         check(self.lrn_rate_dcy > 0, "lrn_rate_dcy", "must be positive")
         check(self.nb_calib_batches > 0, "nb_calib_batches", "must be positive")
         check(self.max_batch > 0, "max_batch", "must be positive")
