@@ -170,7 +170,7 @@ def refused(root, tmp_path, learner: str, start: str, *extra: str) -> str:
               "chn-pruned-rmt": "cpr", "weight-sparse": "ws"}[learner]
     values = values_in(tmp_path, f"--learner={learner}", "--enbl_warm_start",
                        f"--warm_start_path={start}", f"--save_path_eval={root}/eval/model.ckpt",
-                       *paths(tmp_path, prefix), *extra)
+                       *paths(tmp_path, prefix, "pte" if prefix == "uqtf" else "ckpt"), *extra)
     with pytest.raises(ChainError) as err:
         run(Helper, values)
     return str(err.value)
