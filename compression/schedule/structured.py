@@ -179,11 +179,12 @@ class RankedPruner:
                 if layer.shrinks_producer:
                     touched.append(layer.producer)
             else:
-                touched += self._readers(cluster, cluster.roots)
+                touched += self._readers(cluster.roots)
             names += [n for n in touched if n not in names]
         return names
 
-    def _readers(self, cluster: _Cluster, roots) -> list[str]:
+    def _readers(self, roots) -> list[str]:
+        """The layers (gate readers excepted) that read any of ``roots``."""
         roots = set(roots)
         graph = self.graph
         return sorted(n for n in graph.readers if n not in graph.gate_readers
@@ -242,7 +243,7 @@ class RankedPruner:
             for name, roots in cluster.positions.items():
                 rows = [f for f, root in enumerate(roots) if root in gone]
                 masks[name].mask[rows] = 0.0
-            for reader in self._readers(cluster, cluster.roots):
+            for reader in self._readers(cluster.roots):
                 read = self.graph.roots(self.graph.read_ids(reader))
                 dropped.setdefault(reader, set()).update(c for c, r in enumerate(read) if r in gone)
         for reader, columns in dropped.items():
