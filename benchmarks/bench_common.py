@@ -11,6 +11,9 @@ from absl import flags
 
 from learners.launch import define_flags as define_run_flags
 from learners.launch import run
+from utils.malloc import tune_malloc
+
+tune_malloc()   # before any benchmark allocates (see utils/malloc.py)
 
 
 def learner_values(helper_cls: type, model: str, outdir: str, seed: int, ft_epochs_rat: float,

@@ -27,6 +27,7 @@ from typing import Callable, Dict
 import torch
 from absl import app, flags
 
+from utils.malloc import tune_malloc
 from compression.int8_qat import convert_int8, output_scale, prepare_qat
 from deployment.pte import PteModel, export_pte, set_runtime_threads
 from nets.registry import create_net
@@ -80,6 +81,7 @@ def cpu_info() -> str:
 
 def main(argv) -> None:
     del argv
+    tune_malloc()
     torch.set_num_threads(FLAGS.threads)
     set_runtime_threads(FLAGS.threads)
     torch.manual_seed(FLAGS.seed)

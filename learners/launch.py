@@ -23,6 +23,7 @@ from learners.runner import Runner
 from training.trainer import TrainingDivergedError
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, define_flags as define_dataclass_flags, flag_name, from_flag_dict
+from utils.malloc import tune_malloc
 from utils.multi_gpu_wrapper import DistributedSetupError, MultiGpuWrapper
 from utils.run_lock import RunLock, RunLockedError, on_primary
 
@@ -116,6 +117,7 @@ def entry(helper: str | type) -> None:
 
     from nets.helpers import resolve_helper
 
+    tune_malloc()
     helper_cls = resolve_helper(helper) if isinstance(helper, str) else helper
     define_flags(flags.FLAGS, helper_cls)
     app.run(lambda argv: main(helper_cls, flags.FLAGS.flag_values_dict(), argv))

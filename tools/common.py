@@ -32,6 +32,7 @@ from deployment.onnx_export import ExportUnavailable
 from nets import helpers as nets_helpers
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
+from utils.malloc import tune_malloc
 
 ARTIFACT_EXPECTED = "a model artifact written by a learner's --*_save_path_eval"
 
@@ -201,6 +202,7 @@ def tool_main(main: Callable[[], None], errors: tuple = ()) -> Callable[[list], 
     def run(argv: list) -> None:
         if len(argv) > 1:
             raise SystemExit(f"error: unexpected positional arguments: {' '.join(argv[1:])}")
+        tune_malloc()
         try:
             main()
         except USER_ERRORS + tuple(errors) as exc:
