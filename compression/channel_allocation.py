@@ -45,7 +45,10 @@ def count_at(ratio: float, in_channels: int, multiple: int = 1) -> int:
 
 
 def _step_up(count: int, in_channels: int, multiple: int) -> int:
-    step = multiple if multiple > 1 and in_channels >= multiple else 1
+    if multiple < 0:        # a SIMD block: single channels up to one block, blocks above
+        step = -multiple if count >= -multiple and in_channels > -multiple else 1
+    else:
+        step = multiple if multiple > 1 and in_channels >= multiple else 1
     return min(in_channels, count + step)
 
 

@@ -45,10 +45,26 @@ class SelectionSettings:
 def round_to_multiple(count: int, in_channels: int, multiple: int) -> int:
     """The nearest multiple of ``multiple`` (at least one multiple, at most ``in_channels``);
     layers narrower than ``multiple`` keep ``count``. CPU kernels are much faster on channel
-    counts that are multiples of 8, whatever the FLOPs say."""
+    counts that are multiples of 8, whatever the FLOPs say.
+
+    A negative ``multiple`` ``-b`` is a SIMD block of ``b`` channels (``cpu_channel_block``):
+    counts up to ``b`` are kept as they are and larger ones go to the nearest multiple of
+    ``b``. oneDNN's convolutions cost in proportion to the channels up to one block and a
+    whole block for any part of one above it (``docs/speed.md``)."""
+    if multiple < 0:
+        block = -multiple
+        if count <= block or in_channels <= block:
+            return count
+        return min(in_channels, max(block, int(round(count / block)) * block))
     if multiple <= 1 or in_channels < multiple:
         return count
     return min(in_channels, max(multiple, int(round(count / multiple)) * multiple))
+
+
+def cpu_channel_block() -> int:
+    """Channels per SIMD register of float32 on this CPU as ATen dispatches it: 16 with
+    AVX-512, else 8 (AVX2, Arm)."""
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
 
 
 def nb_kept(in_channels: int, ratio: float) -> int:

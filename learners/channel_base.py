@@ -17,7 +17,7 @@ from torch import nn
 
 from compression.channel_flops import ChannelFlops
 from compression.channel_selection import (SelectionSettings, choose_layers, counts_for_ratios,
-                                          refit_layers)
+                                          cpu_channel_block, refit_layers)
 from compression.graph import PrunableLayer, analyse
 from compression.residual_groups import coupled_keep
 from compression.thinning import mask_inputs, thin
@@ -64,13 +64,14 @@ class ChannelLearnerBase(Learner):
 
     @property
     def channel_multiple(self) -> int:
-        """``channel_multiple``; 0 (where allowed): 8 under a latency budget (CPU kernels run
-        fastest on multiples of 8), else 1 (PocketFlow's exact counts)."""
+        """``channel_multiple`` as ``round_to_multiple`` takes it; -1: ``-cpu_channel_block()``
+        (exact counts up to one SIMD block, whole blocks above); 0 (where allowed): that under
+        a latency budget, else 1 (PocketFlow's exact counts)."""
         multiple = self.cfg.channel_multiple
         if multiple == 0:
             strategy = getattr(self.cfg, "strategy", None)
-            return 8 if strategy is not None and strategy.budget_type == "latency" else 1
-        return multiple
+            multiple = -1 if strategy is not None and strategy.budget_type == "latency" else 1
+        return -cpu_channel_block() if multiple == -1 else multiple
 
     @abstractmethod
     def select(self, full: nn.Module, pruned: nn.Module, chosen: list[PrunableLayer],

@@ -62,14 +62,17 @@ class RatioChannelOptions(ChannelOptions):
     prune_ratio: float = option(0.5, "fraction of each layer's input channels removed")
     skip_frst_layer: bool = option(True, "do not prune the layer that reads the input image")
     skip_last_layer: bool = option(False, "do not prune the last layer (the classifier)")
-    channel_multiple: int = option(0, "round each kept-channel count to a multiple of this; 0: 8 "
-                                      "under a latency budget (CPU kernels run fastest on "
-                                      "multiples of 8), else 1 (PocketFlow's exact count)")
+    channel_multiple: int = option(0, "round each kept-channel count to a multiple of this; -1: "
+                                      "this CPU's SIMD block b (16 with AVX-512, else 8): counts "
+                                      "up to b exact, larger ones multiples of b (the widths "
+                                      "oneDNN runs in proportion to their FLOPs); 0: -1 under "
+                                      "a latency budget, else 1 (PocketFlow's exact count)")
     strategy: RatioStrategy = nested(RatioStrategy)
     ddpg: DdpgConfig = nested(DdpgConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_ratio(self.prune_ratio, "prune_ratio")
-        check(self.channel_multiple >= 0, "channel_multiple",
-              f"must be >= 0, got {self.channel_multiple}")
+        check(self.channel_multiple >= -1, "channel_multiple",
+              f"must be -1 (the CPU's SIMD block), 0 (automatic) or a positive multiple, got "
+              f"{self.channel_multiple}")

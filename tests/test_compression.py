@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from compression.channel_selection import choose_layers, nb_kept, round_to_multiple
+from compression.channel_selection import choose_layers, cpu_channel_block, nb_kept, round_to_multiple
 from compression.graph import GraphError, analyse
 from compression.ista import ista, normalised_problem, select_exact
 from compression.layer_sampling import (capture, gram_and_corr, layer_weight, normal_equations,
@@ -249,3 +249,38 @@ def test_kept_counts_round_to_a_channel_multiple():
     assert round_to_multiple(3, 6, 8) == 3                # narrower than the multiple
     assert round_to_multiple(63, 64, 8) == 64             # never above the layer's width
     assert round_to_multiple(2, 64, 8) == 8               # at least one multiple
+
+
+def test_kept_counts_round_to_a_simd_block():
+    """A negative multiple -b: counts up to b exact, larger ones the nearest multiple of b."""
+    assert [round_to_multiple(c, 64, -16) for c in (1, 9, 16, 17, 23, 24, 25, 39, 41, 63)] == \
+        [1, 9, 16, 16, 16, 32, 32, 32, 48, 64]
+    assert round_to_multiple(20, 20, -16) == 16           # never above the layer's width
+    assert round_to_multiple(13, 16, -16) == 13           # one block wide: exact
+    assert [round_to_multiple(c, 64, -8) for c in (5, 8, 11, 12, 13)] == [5, 8, 8, 16, 16]
+    assert cpu_channel_block() in (8, 16)
+
+
+def test_allocation_steps_up_by_simd_blocks():
+    from compression.channel_allocation import _step_up
+    assert [_step_up(c, 64, -16) for c in (3, 15, 16, 32, 64)] == [4, 16, 32, 48, 64]
+    assert _step_up(12, 16, -16) == 13
+
+
+def test_channel_multiple_values():
+    """-1: the CPU's SIMD block (as a negative multiple); 0: that under a latency budget, else
+    exact; below -1 refused with the valid values."""
+    from types import SimpleNamespace
+
+    from learners.channel_base import ChannelLearnerBase
+    from learners.channel_pruning_rmt.learner import CprConfig
+    from utils.config import ConfigError
+
+    def multiple(value, budget="flops"):
+        cfg = SimpleNamespace(channel_multiple=value, strategy=SimpleNamespace(budget_type=budget))
+        return ChannelLearnerBase.channel_multiple.fget(SimpleNamespace(cfg=cfg))
+
+    block = cpu_channel_block()
+    assert [multiple(-1), multiple(0), multiple(0, "latency"), multiple(8)] == [-block, 1, -block, 8]
+    with pytest.raises(ConfigError, match="must be -1 .* got -2"):
+        CprConfig(channel_multiple=-2)
