@@ -176,6 +176,30 @@ def test_deploy_tool_exports_checks_and_refuses(exported, tmp_path):
     assert pte.returncode == 2 and "is a deployment file" in pte.stderr
 
 
+def test_deployed_picks_run_inside_the_xnnpack_delegate():
+    """Every conv and linear product of a deployed thinned net, the one-hot picks included,
+    is lowered into XNNPACK: a pick whose weight was a buffer ran in ExecuTorch's portable
+    kernels, outside the delegate, and made a thinned ResNet-20's .pte 16x slower."""
+    pytest.importorskip("executorch")
+    from torch import nn
+
+    from compression.int8_qat import quiet, torchao_api
+    from compression.thinning import GatherConv2d, gathers_as_matrices
+
+    conv = GatherConv2d(3, 4, 3, padding=1)
+    conv.in_index = torch.tensor([5, 0, 2])
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), conv, nn.ReLU(), nn.Conv2d(4, 4, 3)).eval()
+    deployed = gathers_as_matrices(net, (1, 5, 5))
+    assert isinstance(deployed[1], nn.Sequential)            # the one-hot form was chosen
+    api = torchao_api()
+    with quiet(), torch.no_grad():
+        program = torch.export.export(deployed, (torch.randn(2, 1, 5, 5),))
+        edge = api.lower(program, partitioner=[api.partitioner()])
+    ops = [str(n.target) for n in edge.exported_program().graph.nodes if n.op == "call_function"]
+    assert not [op for op in ops if "convolution" in op or "addmm" in op or "linear" in op], ops
+    assert sum("executorch_call_delegate" in op for op in ops) == 1
+
+
 def test_gathers_as_matrices_keep_outputs_and_state():
     """Deployed thinned nets pick channels by one-hot matrices or read the whole input with
     zero columns, whichever is smaller: same outputs, no index_select left in the export."""
@@ -193,12 +217,18 @@ def test_gathers_as_matrices_keep_outputs_and_state():
     x = torch.randn(7, 1, 5, 5)
     with torch.no_grad():
         assert torch.allclose(matrices(x), net(x), atol=1e-6)
-    # the 3x3 conv: 4x3x9 weights + a 3x6 one-hot (126) < 4x6x9 folded (216)
-    assert matrices[1].selection.shape == (3, 6, 1, 1) and matrices[1].weight.shape == (4, 3, 3, 3)
+    # the 3x3 conv: 4x3x9 weights + a 3x6 one-hot (126) < 4x6x9 folded (216): a 1x1 conv
+    # whose weight is a parameter (XNNPACK delegates only convs with static weights), then
+    # the plain conv
+    pick, plain = matrices[1]
+    assert type(pick) is nn.Conv2d and type(plain) is nn.Conv2d
+    assert pick.weight.shape == (3, 6, 1, 1) and plain.weight.shape == (4, 3, 3, 3)
+    assert pick.weight.sum() == 3 and (pick.weight.flatten(1).argmax(1) == conv.in_index).all()
+    assert dict(matrices.named_parameters())["1.0.weight"] is pick.weight
     # the linear layer: 3x4 folded (12) < 3x2 + a 2x4 one-hot (14): a plain Linear
     assert type(matrices[4]) is nn.Linear and matrices[4].weight.shape == (3, 4)
     assert matrices[4].weight[:, [0, 2]].abs().sum() == 0
-    assert getattr(net[1], "selection", None) is None  # the original still gathers
+    assert type(net[1]) is GatherConv2d                  # the original still gathers
 
     def ops(model):
         graph = torch.export.export(model, (x,)).graph
