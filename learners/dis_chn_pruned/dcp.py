@@ -44,6 +44,7 @@ class DcpObjective(nn.Module):
         self.points, self.calc_loss = list(points), calc_loss
         self.block, self.layer, self.bn_train = 0, None, False
         self._taps: StageTaps | None = None
+        self._stop = None
         # the frozen full net's output of the current layer, per input batch (the selection and
         # the layer's fine-tuning cycle through the same cached batches)
         self._targets: dict[int, tuple] = {}
@@ -56,12 +57,20 @@ class DcpObjective(nn.Module):
         self.block, self.layer, self.bn_train = block, layer, bn_train
         names = ([self.points[block]] if block < len(self.points) else []) + ([layer] if layer else [])
         self._taps = StageTaps(self.pruned, names)
+        if layer is not None and block < len(self.points):
+            # a layer's loss reads the block's head and the layer, never the logits: the pass
+            # stops at the head point (registered after the tap, so the tap keeps its output)
+            self._stop = self.pruned.get_submodule(self.points[block]).register_forward_hook(
+                _stop_forward)
         return self
 
     def close(self) -> None:
         if self._taps is not None:
             self._taps.remove()
             self._taps = None
+        if self._stop is not None:
+            self._stop.remove()
+            self._stop = None
 
     def train(self, mode: bool = True) -> "DcpObjective":
         super().train(mode)
@@ -69,7 +78,10 @@ class DcpObjective(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> dict:
-        out = {"logits": self.pruned(x)}
+        try:
+            out = {"logits": self.pruned(x)}
+        except _HeadReached:
+            out = {}
         taps = self._taps.outputs
         if self.block < len(self.points):
             out["aux"] = self.heads[self.block](taps[self.points[self.block]])
@@ -89,11 +101,25 @@ class DcpObjective(nn.Module):
         return entry[2]
 
     def loss(self, labels: torch.Tensor, outputs: dict) -> tuple[torch.Tensor, dict]:
+        """Block stage: final + head loss (final alone after the last head); layer stage:
+        reconstruction + head loss (+ final's after the last head). Metrics: the logits',
+        the head's where the pass stopped there."""
+        if "logits" not in outputs:
+            discrimination, metrics = self.calc_loss(labels, outputs["aux"])
+            return outputs["rec"] + discrimination, metrics
         final, metrics = self.calc_loss(labels, outputs["logits"])
         discrimination = self.calc_loss(labels, outputs["aux"])[0] if "aux" in outputs else final
         if self.layer is None:
             return (final + discrimination if "aux" in outputs else final), metrics
         return outputs["rec"] + discrimination, metrics
+
+
+class _HeadReached(Exception):
+    """Raised at the block's head point when the rest of the network is not needed."""
+
+
+def _stop_forward(_module, _args, _output) -> None:
+    raise _HeadReached
 
 
 class ZeroPrunedInputs(Callback):
