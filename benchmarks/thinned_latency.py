@@ -116,10 +116,10 @@ def ratios(rounds: list[dict], name, full) -> dict:
 
 def eager_rounds(paths: list[str], tuned: bool) -> list[dict]:
     """Per-round eager ms of ``paths`` in fresh child processes (``--eager_processes`` of them,
-    rounds pooled), with the malloc tuning or glibc's defaults. Eager torch is timed apart from
-    the other runtimes: on this guest a process sometimes runs eager batch-1 passes at half
-    speed for good (seen after onnxruntime sessions and not; never the onnxruntime and
-    ExecuTorch times), so fresh processes and pooled rounds keep one state from deciding."""
+    rounds pooled), with the malloc tuning or glibc's defaults: on this guest a process
+    sometimes runs eager batch-1 passes at half speed for its whole life (seen with onnxruntime
+    sessions in the process and without), so fresh processes and pooled rounds keep one
+    process's state from deciding the eager ratios."""
     return [r for _ in range(FLAGS.eager_processes) for r in _child_rounds(paths, tuned)]
 
 
