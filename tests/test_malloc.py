@@ -72,3 +72,25 @@ def test_refused_value_is_reported(monkeypatch):
     for name in malloc.USER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert malloc.tune_malloc() == "failed"
+
+
+def test_timing_without_tuning_is_noted_once(monkeypatch, caplog):
+    """An API user's process that never tuned malloc is told once, when it first times a CPU
+    forward pass; a tuned one is not."""
+    import logging
+
+    import torch
+
+    from utils.model_stats import time_forward
+
+    monkeypatch.setattr(malloc, "_state", {})
+    monkeypatch.setattr(malloc, "_glibc_mallopt", lambda: lambda option, value: 1)
+    with caplog.at_level(logging.INFO, logger="pocketflow"):
+        for _ in range(2):
+            time_forward(torch.nn.Identity(), (1, 2, 2), (1,), warmup=0, repeats=1)
+    assert sum("tune_malloc()" in r.getMessage() for r in caplog.records) == 1
+    caplog.clear()
+    monkeypatch.setattr(malloc, "_state", {"result": "tuned"})
+    with caplog.at_level(logging.INFO, logger="pocketflow"):
+        time_forward(torch.nn.Identity(), (1, 2, 2), (1,), warmup=0, repeats=1)
+    assert not any("tune_malloc()" in r.getMessage() for r in caplog.records)

@@ -74,3 +74,13 @@ def tune_malloc() -> str:
     _state["result"] = result
     log.debug("malloc tuning: %s", result)
     return result
+
+
+def note_untuned_timing() -> None:
+    """Log once, at INFO, that CPU timings run on glibc's default malloc when ``tune_malloc``
+    was not called in this process (a Python API user's script) and could have been."""
+    if _state.get("result") is None and not _state.get("noted") and _glibc_mallopt() is not None:
+        _state["noted"] = "yes"
+        log.info("timing eager passes with glibc's default malloc: activations are mapped and "
+                 "faulted in on every pass, which slows the widest models most; call "
+                 "utils.malloc.tune_malloc() at the start of the process (docs/speed.md)")

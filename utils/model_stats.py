@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from utils.malloc import note_untuned_timing
+
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -58,6 +60,8 @@ def time_forward(forward: Callable[[torch.Tensor], object], input_shape: Sequenc
     """Median wall time in ms of ``forward(inputs)`` per batch size (``{"bs1": ..}``): any
     callable (an eager model, an ExecuTorch program, an onnxruntime session wrapper)."""
     device = torch.device(device)
+    if device.type == "cpu":
+        note_untuned_timing()
     results = {}
     with torch.no_grad(), torch_threads(nb_threads):
         for batch in batch_sizes:
