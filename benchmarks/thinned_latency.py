@@ -18,10 +18,15 @@ issue's case), ``residual_x8`` (``--cpr_prune_residual``: whole residual channel
 ``residual_block`` (also ``--cpr_channel_multiple=-1``: counts up to this CPU's SIMD block
 exact, larger ones whole blocks), at ``--ratio``; ``floor`` (residual, ratio 0.9).
 
+Eager forms (``--eager_forms``, both models alike, tuned malloc): ``folded`` (BatchNorm folded
+into its conv, ``compression.inference.fold_batchnorm``) and ``channels_last``.
+
 Prints a table, then, as the LAST line, one JSON object:
-{"threads", "rounds", "full_ms": {runtime: {"bs64", "bs1"}}, "runs": {run: {"flags",
- "flops_ratio", "accuracy_before_ft", "accuracy", "widths", "ms": {runtime: {..}},
- "ratio": {runtime: {"bs64", "bs1"}}, "ratio_eager_untuned_malloc": {..}}}}
+{"threads", "rounds", "full_ms": {runtime: {"bs64", "bs1"}}, "full_ms_eager_untuned_malloc",
+ "full_ms_eager_forms": {form: {..}}, "runs": {run: {"flags", "flops_ratio",
+ "accuracy_before_ft", "accuracy", "widths", "ms": {runtime: {..}},
+ "ratio": {runtime: {"bs64", "bs1"}}, "ratio_eager_untuned_malloc": {..},
+ "ratio_eager_forms": {form: {..}}}}}
 
     python benchmarks/thinned_latency.py [--runs=...] [--rounds=9] [--ft_epochs_rat=0.3]
 """
@@ -39,6 +44,7 @@ from absl import app, flags
 from bench_common import learner_values
 
 from compression.artifacts import load_model
+from compression.inference import fold_batchnorm
 from deployment.formats import formats_for
 from deployment.pipeline import deploy, eval_batches
 from deployment.runners import runner_for, time_runners
@@ -56,7 +62,12 @@ flags.DEFINE_integer("rounds", 9, "timing rounds (every file in each, the first 
 flags.DEFINE_integer("repeats", 180, "timed calls per file and batch size over all rounds")
 flags.DEFINE_integer("threads", 2, "intra-op threads of every runtime")
 flags.DEFINE_integer("eager_processes", 3, "fresh processes the eager times come from")
+flags.DEFINE_list("eager_forms", ["folded", "channels_last"],
+                  "eager forms timed besides the artifact as saved (BN folded into its conv in "
+                  "both models; both models channels_last)")
 flags.DEFINE_list("time_eager", [], "internal: time these artifacts (eager) and print JSON")
+flags.DEFINE_enum("eager_form", "plain", ["plain", "folded", "channels_last"],
+                  "internal: the form --time_eager times")
 FLAGS = flags.FLAGS
 SHAPE = ModelHelper().input_shape
 BATCHES = (64, 1)
@@ -123,18 +134,35 @@ def eager_rounds(paths: list[str], tuned: bool) -> list[dict]:
     return [r for _ in range(FLAGS.eager_processes) for r in _child_rounds(paths, tuned)]
 
 
-def _child_rounds(paths: list[str], tuned: bool) -> list[dict]:
+def _child_rounds(paths: list[str], tuned: bool, form: str = "plain") -> list[dict]:
     env = {**os.environ, "PF_MALLOC_TUNING": "1" if tuned else "0"}
     out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--rounds={FLAGS.rounds}",
                           f"--repeats={FLAGS.repeats}", f"--threads={FLAGS.threads}",
-                          f"--time_eager={','.join(paths)}"],
+                          f"--time_eager={','.join(paths)}", f"--eager_form={form}"],
                          env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def eager_runner(path: str):
+    """``x -> logits`` of the artifact at ``path`` in the ``--eager_form``: as saved, with its
+    BatchNorms folded (``compression.inference.fold_batchnorm``), or channels_last."""
+    model, _ = load_model(path)
+    model = model.eval()
+    if FLAGS.eager_form == "folded":
+        model = fold_batchnorm(model)
+    to = (lambda x: x.contiguous(memory_format=torch.channels_last)) \
+        if FLAGS.eager_form == "channels_last" else (lambda x: x)
+    if FLAGS.eager_form == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(to(x))
+    return forward
+
+
 def time_eager_only() -> None:
-    print(json.dumps(timed_rounds({path: runner_for(path, FLAGS.threads)
-                                   for path in FLAGS.time_eager})))
+    print(json.dumps(timed_rounds({path: eager_runner(path) for path in FLAGS.time_eager})))
 
 
 def main(argv: list) -> None:
@@ -158,6 +186,9 @@ def main(argv: list) -> None:
 
         eager = named(eager_rounds(list(by_path), tuned=True))
         untuned_rounds = named(eager_rounds(list(by_path), tuned=False))
+        forms = {form: named([r for _ in range(FLAGS.eager_processes)
+                              for r in _child_rounds(list(by_path), True, form)])
+                 for form in FLAGS.eager_forms}
         rounds = timed_rounds({f"{name}/{rt}": runner_for(p, FLAGS.threads)
                                for name, paths in files.items() for rt, p in paths.items()
                                if rt != "eager"})
@@ -173,6 +204,8 @@ def main(argv: list) -> None:
                    for rt in r["files"]}
         r["ratio"] = {rt: ratios(source(rt), f"{name}/{rt}", f"full/{rt}") for rt in r["files"]}
         r["ratio_eager_untuned_malloc"] = ratios(untuned_rounds, f"{name}/eager", "full/eager")
+        r["ratio_eager_forms"] = {form: ratios(rs, f"{name}/eager", "full/eager")
+                                  for form, rs in forms.items()}
         del r["files"]
     flops_full = count_flops(original, SHAPE)
     print(f"\nfull model: {flops_full:,} FLOPs; ms " + ", ".join(
@@ -180,15 +213,22 @@ def main(argv: list) -> None:
         + f" (bs64 / bs1); untuned-malloc eager {untuned['bs64']:.3f} / {untuned['bs1']:.3f}")
     runtimes = list(full_ms)
     head = "".join(f"{rt + ' 64':>14}{'1':>7}" for rt in runtimes)
-    print(f"{'run':<16}{'FLOPs':>7}{'acc':>8}{head}{'untuned 64':>12}{'1':>7}  widths")
+    extra = ["untuned", *FLAGS.eager_forms]
+    print(f"{'run':<16}{'FLOPs':>7}{'acc':>8}{head}"
+          + "".join(f"{e + ' 64':>{max(12, len(e) + 4)}}{'1':>7}" for e in extra) + "  widths")
     for name, r in runs.items():
         cells = "".join(f"{r['ratio'][rt]['bs64']:>14.3f}{r['ratio'][rt]['bs1']:>7.3f}"
                         for rt in runtimes)
-        un = r["ratio_eager_untuned_malloc"]
-        print(f"{name:<16}{r['flops_ratio']:>7.3f}{r['accuracy']:>8.4f}{cells}"
-              f"{un['bs64']:>12.3f}{un['bs1']:>7.3f}  {r['widths']}")
+        more = [r["ratio_eager_untuned_malloc"], *r["ratio_eager_forms"].values()]
+        cells += "".join(f"{m['bs64']:>{max(12, len(e) + 4)}.3f}{m['bs1']:>7.3f}"
+                         for e, m in zip(extra, more))
+        print(f"{name:<16}{r['flops_ratio']:>7.3f}{r['accuracy']:>8.4f}{cells}  {r['widths']}")
     print(json.dumps({"threads": FLAGS.threads, "rounds": FLAGS.rounds, "full_ms": full_ms,
-                      "full_ms_eager_untuned_malloc": untuned, "runs": runs}))
+                      "full_ms_eager_untuned_malloc": untuned,
+                      "full_ms_eager_forms": {form: {f"bs{b}": v for b, v in
+                                                     median_ms(rs, "full/eager").items()}
+                                              for form, rs in forms.items()},
+                      "runs": runs}))
 
 
 if __name__ == "__main__":
