@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from compression.channel_picks import is_gather, is_scatter
-from compression.inference import fold_batchnorm
-from compression.schedule.bn_fold import following_bn
+from compression.inference import fold_batchnorm, following_bn
 from compression.thinning import mask_inputs, thin
 from tests.test_zoo import LATE_MEMBERS, _pruned
 from tests.zoo_nets import INPUT_SHAPE, ZOO

@@ -6,24 +6,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compression.fx_ops import trace
-
-
-def following_bn(model: nn.Module) -> dict[str, str]:
-    """conv/linear module -> the BatchNorm module whose only input is its output."""
-    gm = trace(model)
-    modules = dict(model.named_modules())
-    out = {}
-    norms = nn.modules.batchnorm._NormBase
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), norms):
-            continue
-        source = node.args[0] if node.args else None
-        if getattr(source, "op", None) == "call_module" and len(source.users) == 1 and \
-                isinstance(modules.get(source.target), (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            out[source.target] = node.target
-    return out
-
 
 @torch.no_grad()
 def folded_weight(model: nn.Module, layer: str, bn: str | None) -> torch.Tensor:

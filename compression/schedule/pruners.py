@@ -17,7 +17,8 @@ from torch import nn
 from compression.graph import PrunableLayer
 from compression.masks import magnitude_mask, masks_of
 from compression.schedule.agp import agp_sparsity, layer_of
-from compression.schedule.bn_fold import folded_weight, following_bn
+from compression.inference import following_bn
+from compression.schedule.bn_fold import folded_weight
 from compression.schedule.policy import Instance, PolicyEntry
 from compression.schedule.schema import RANKINGS
 from compression.schedule.structured import RankedPruner

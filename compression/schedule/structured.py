@@ -36,7 +36,8 @@ from compression.masks import masks_of
 from compression.schedule.policy import Instance, PolicyEntry, Where
 from compression.schedule.activation_rank import CRITERIA, activation_scores
 from compression.schedule.agp import agp_sparsity, layer_of
-from compression.schedule.bn_fold import folded_weight, following_bn
+from compression.inference import following_bn
+from compression.schedule.bn_fold import folded_weight
 from compression.schedule.schema import RANKINGS
 
 Ranker = Callable[[torch.Tensor, int, str], torch.Tensor]
