@@ -125,13 +125,13 @@ def ratios(rounds: list[dict], name, full) -> dict:
                                               for r in rounds), 3) for b in BATCHES}
 
 
-def eager_rounds(paths: list[str], tuned: bool) -> list[dict]:
+def eager_rounds(paths: list[str], tuned: bool, form: str = "plain") -> list[dict]:
     """Per-round eager ms of ``paths`` in fresh child processes (``--eager_processes`` of them,
-    rounds pooled), with the malloc tuning or glibc's defaults: on this guest a process
+    rounds pooled), in ``form``, with the malloc tuning or glibc's defaults: on this guest a process
     sometimes runs eager batch-1 passes at half speed for its whole life (seen with onnxruntime
     sessions in the process and without), so fresh processes and pooled rounds keep one
     process's state from deciding the eager ratios."""
-    return [r for _ in range(FLAGS.eager_processes) for r in _child_rounds(paths, tuned)]
+    return [r for _ in range(FLAGS.eager_processes) for r in _child_rounds(paths, tuned, form)]
 
 
 def _child_rounds(paths: list[str], tuned: bool, form: str = "plain") -> list[dict]:
@@ -186,9 +186,7 @@ def main(argv: list) -> None:
 
         eager = named(eager_rounds(list(by_path), tuned=True))
         untuned_rounds = named(eager_rounds(list(by_path), tuned=False))
-        forms = {form: named([r for _ in range(FLAGS.eager_processes)
-                              for r in _child_rounds(list(by_path), True, form)])
-                 for form in FLAGS.eager_forms}
+        forms = {form: named(eager_rounds(list(by_path), True, form)) for form in FLAGS.eager_forms}
         rounds = timed_rounds({f"{name}/{rt}": runner_for(p, FLAGS.threads)
                                for name, paths in files.items() for rt, p in paths.items()
                                if rt != "eager"})

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 _CONV_BY_RANK = {3: nn.functional.conv1d, 4: nn.functional.conv2d, 5: nn.functional.conv3d}
+_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}     # by the number of spatial dimensions
 
 
 def _one_hot(rows: torch.Tensor, n_rows: int, n_cols: int, cols: torch.Tensor,
@@ -227,16 +228,17 @@ def as_matrix_modules(model: nn.Module, input_shape, fold) -> nn.Module:
 
 
 def _picked_by_matrix(module: nn.Module, width: int) -> nn.Module:
-    """A conv2d / linear gather as ``Sequential(one-hot pick, plain layer)``: the pick is a
+    """A conv / linear gather as ``Sequential(one-hot pick, plain layer)``: the pick is a
     bias-free 1x1 conv / linear layer whose weight is a *parameter*, so runtimes that need
     static weights (XNNPACK) run it in their delegate; a constant buffer as the weight of a
     functional conv ran outside it, in ExecuTorch's portable kernels (a thinned ResNet-20's
     .pte was 16x slower than the full model's). Other gathers: ``select_by_matrix``."""
     index = module.in_index
+    rank = module.weight.dim() - 2
     if isinstance(module, nn.Linear):
         pick = nn.Linear(width, len(index), bias=False)
-    elif isinstance(module, nn.Conv2d):
-        pick = nn.Conv2d(width, len(index), 1, bias=False)
+    elif isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and rank in _CONVS:
+        pick = _CONVS[rank](width, len(index), 1, bias=False)
     else:
         module.select_by_matrix(width)
         return module

@@ -238,3 +238,23 @@ def test_gathers_as_matrices_keep_outputs_and_state():
     exported = ops(matrices)
     assert not any("index_select" in op for op in exported)
     assert sum("conv2d" in op for op in exported) == 3 and sum("linear" in op for op in exported) == 1
+
+
+def test_conv1d_gathers_get_a_parameterised_pick_too():
+    """A 1-D conv of a user's net is picked by a Conv1d with a parameter weight (not a buffer
+    product outside the runtimes' delegates), with the same outputs."""
+    from torch import nn
+
+    from compression.thinning import GatherConv1d, gathers_as_matrices
+
+    torch.manual_seed(0)
+    conv = GatherConv1d(2, 3, 5, padding=2)
+    conv.in_index = torch.tensor([4, 1])
+    net = nn.Sequential(nn.Conv1d(1, 6, 3, padding=1), conv).eval()
+    deployed = gathers_as_matrices(net, (1, 7))
+    pick, plain = deployed[1]
+    assert type(pick) is nn.Conv1d and isinstance(pick.weight, nn.Parameter)
+    assert type(plain) is nn.Conv1d and plain.weight.shape == (3, 2, 5)
+    x = torch.randn(4, 1, 7)
+    with torch.no_grad():
+        assert torch.allclose(deployed(x), net(x), atol=1e-6)

@@ -30,7 +30,6 @@ __all__ = ["AMP_DTYPES", "Callback", "StepState", "Trainer", "TrainingDivergedEr
 log = logging.getLogger("pocketflow")
 
 
-
 class TrainingDivergedError(RuntimeError):
     """The loss (or the weights, or the evaluation) became NaN or infinite; ``step`` is the
     first step seen non-finite (None when unknown)."""

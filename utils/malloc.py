@@ -79,8 +79,10 @@ def tune_malloc() -> str:
 def note_untuned_timing() -> None:
     """Log once, at INFO, that CPU timings run on glibc's default malloc when ``tune_malloc``
     was not called in this process (a Python API user's script) and could have been."""
-    if _state.get("result") is None and not _state.get("noted") and _glibc_mallopt() is not None:
-        _state["noted"] = "yes"
+    if _state.get("result") is not None or _state.get("noted"):
+        return
+    _state["noted"] = "yes"           # decided once: find_library may run a subprocess
+    if _glibc_mallopt() is not None:
         log.info("timing eager passes with glibc's default malloc: activations are mapped and "
                  "faulted in on every pass, which slows the widest models most; call "
                  "utils.malloc.tune_malloc() at the start of the process (docs/speed.md)")

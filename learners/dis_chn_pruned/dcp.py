@@ -114,8 +114,9 @@ class DcpObjective(nn.Module):
         return outputs["rec"] + discrimination, metrics
 
 
-class _HeadReached(Exception):
-    """Raised at the block's head point when the rest of the network is not needed."""
+class _HeadReached(BaseException):
+    """Raised at the block's head point when the rest of the network is not needed; a
+    BaseException, so a user's forward that catches ``Exception`` lets it through."""
 
 
 def _stop_forward(_module, _args, _output) -> None:

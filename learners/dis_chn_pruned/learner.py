@@ -119,9 +119,9 @@ class DisChnPrunedLearner(ChannelLearnerBase):
                                    torch.Generator().manual_seed(self.ctx.seed))
                     module = pruned.get_submodule(layer.name)
                     self._tune(objective, [module.weight], iters_layer, data, zero)
-                    stats.append(self._record(objective, layer, keep, data, block, start))
-                    stats[-1]["adam_steps"] = iters_layer + (iters_block if layer is members[0] else 0)
-                    stats[-1]["greedy_seconds"] = greedy_s
+                    steps = iters_layer + (iters_block if layer is members[0] else 0)
+                    stats.append(self._record(objective, layer, keep, data, block, start,
+                                              adam_steps=steps, greedy_seconds=greedy_s))
         finally:
             objective.close()
         pruned.eval()
@@ -142,12 +142,12 @@ class DisChnPrunedLearner(ChannelLearnerBase):
                     callbacks=[zero]).fit()
 
     @torch.no_grad()
-    def _record(self, objective, layer, keep, data, block: int, start: float) -> dict:
+    def _record(self, objective, layer, keep, data, block: int, start: float, **extra) -> dict:
         objective.eval()
         rec = float(objective(data[0][0])["rec"])
         record = {"layer": layer.name, "in_channels": layer.in_channels,
                   "kept": len(keep[layer.name]), "mode": layer.mode, "block": block,
-                  "reconstruction_mse": rec, "seconds": time.perf_counter() - start}
+                  "reconstruction_mse": rec, "seconds": time.perf_counter() - start, **extra}
         log.info("select %-22s block %d keep %3d/%-3d reconstruction mse %.4g %.2f s",
                  layer.name, block, record["kept"], layer.in_channels, rec, record["seconds"])
         return record
