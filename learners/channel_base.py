@@ -65,12 +65,13 @@ class ChannelLearnerBase(Learner):
     @property
     def channel_multiple(self) -> int:
         """``channel_multiple`` as ``round_to_multiple`` takes it; -1: ``-cpu_channel_block()``
-        (exact counts up to one SIMD block, whole blocks above); 0 (where allowed): that under
-        a latency budget, else 1 (PocketFlow's exact counts)."""
+        (exact counts up to one SIMD block, whole blocks above); 0 (where allowed): 8 under a
+        latency budget (finer steps than whole blocks, which a small net's budget can fall
+        between), else 1 (PocketFlow's exact counts)."""
         multiple = self.cfg.channel_multiple
         if multiple == 0:
             strategy = getattr(self.cfg, "strategy", None)
-            multiple = -1 if strategy is not None and strategy.budget_type == "latency" else 1
+            return 8 if strategy is not None and strategy.budget_type == "latency" else 1
         return -cpu_channel_block() if multiple == -1 else multiple
 
     @abstractmethod

@@ -65,7 +65,7 @@ class RatioChannelOptions(ChannelOptions):
     channel_multiple: int = option(0, "round each kept-channel count to a multiple of this; -1: "
                                       "this CPU's SIMD block b (16 with AVX-512, else 8): counts "
                                       "up to b exact, larger ones multiples of b (the widths "
-                                      "oneDNN runs in proportion to their FLOPs); 0: -1 under "
+                                      "oneDNN runs in proportion to their FLOPs); 0: 8 under "
                                       "a latency budget, else 1 (PocketFlow's exact count)")
     strategy: RatioStrategy = nested(RatioStrategy)
     ddpg: DdpgConfig = nested(DdpgConfig)

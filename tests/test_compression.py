@@ -268,7 +268,7 @@ def test_allocation_steps_up_by_simd_blocks():
 
 
 def test_channel_multiple_values():
-    """-1: the CPU's SIMD block (as a negative multiple); 0: that under a latency budget, else
+    """-1: the CPU's SIMD block (as a negative multiple); 0: 8 under a latency budget, else
     exact; below -1 refused with the valid values."""
     from types import SimpleNamespace
 
@@ -281,6 +281,6 @@ def test_channel_multiple_values():
         return ChannelLearnerBase.channel_multiple.fget(SimpleNamespace(cfg=cfg))
 
     block = cpu_channel_block()
-    assert [multiple(-1), multiple(0), multiple(0, "latency"), multiple(8)] == [-block, 1, -block, 8]
+    assert [multiple(-1), multiple(0), multiple(0, "latency"), multiple(8)] == [-block, 1, 8, 8]
     with pytest.raises(ConfigError, match="must be -1 .* got -2"):
         CprConfig(channel_multiple=-2)
