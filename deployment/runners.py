@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from utils.model_stats import time_forward
+from utils.model_stats import time_side_by_side
 
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
 RUNTIMES = {**{s: "torch" for s in TORCH_SUFFIXES}, ".onnx": "onnxruntime", ".pte": "executorch",
@@ -95,18 +95,18 @@ def runner_for(path: str, nb_threads: int | None = None, device: str = "cpu",
 
 def compare_latency(runner_a: Callable, runner_b: Callable, input_shape: Sequence[int],
                     batch_sizes: Sequence[int] = (1, 64), nb_threads: int | None = None,
-                    warmup: int = 5, repeats: int = 20, device: str = "cpu") -> dict:
-    """Median ms per batch of A and of B (``time_forward``, same random inputs' shape, same
-    threads), and ``ratio_b_over_a`` per batch size (> 1: B is slower):
-    ``{"a": {"bs1": ms, ..}, "b": {..}, "ratio_b_over_a": {..}, "input_shape", "batch_sizes",
-    "threads", "warmup", "repeats", "device"}``."""
-    timing = dict(batch_sizes=batch_sizes, nb_threads=nb_threads, warmup=warmup, repeats=repeats,
-                  device=device)
-    a = time_forward(runner_a, input_shape, **timing)
-    b = time_forward(runner_b, input_shape, **timing)
+                    warmup: int = 5, repeats: int = 20, device: str = "cpu",
+                    rounds: int = 3) -> dict:
+    """Median ms per batch of A and of B, timed side by side (``time_side_by_side``: same random
+    inputs' shape, same threads, ``rounds`` alternating rounds), and ``ratio_b_over_a`` per
+    batch size (> 1: B is slower): ``{"a": {"bs1": ms, ..}, "b": {..}, "ratio_b_over_a": {..},
+    "input_shape", "batch_sizes", "threads", "warmup", "repeats", "rounds", "device"}``."""
+    ms = time_side_by_side({"a": runner_a, "b": runner_b}, input_shape, batch_sizes, nb_threads,
+                           warmup, repeats, rounds, device)
+    a, b = ms["a"], ms["b"]
     return {"a": a, "b": b, "ratio_b_over_a": {k: b[k] / a[k] for k in a},
             "input_shape": list(input_shape), "batch_sizes": list(batch_sizes), "threads": nb_threads,
-            "warmup": warmup, "repeats": repeats, "device": str(device)}
+            "warmup": warmup, "repeats": repeats, "rounds": rounds, "device": str(device)}
 
 
 def time_runners(runners: dict, input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 64),
@@ -121,14 +121,5 @@ def time_runners(runners: dict, input_shape: Sequence[int], batch_sizes: Sequenc
         from deployment.pte import set_runtime_threads
 
         set_runtime_threads(nb_threads)
-    per_round = max(1, -(-repeats // rounds))
-    samples: dict = {name: {f"bs{b}": [] for b in batch_sizes} for name in runners}
-    order = list(runners.items())
-    for r in range(rounds):
-        start = r % max(1, len(order))
-        for name, runner in order[start:] + order[:start]:
-            times = time_forward(runner, input_shape, batch_sizes, nb_threads, warmup, per_round)
-            for key, ms in times.items():
-                samples[name][key].append(ms)
-    return {name: {key: statistics.median(values) for key, values in by_batch.items()}
-            for name, by_batch in samples.items()}
+    return time_side_by_side(runners, input_shape, batch_sizes, nb_threads, warmup, repeats,
+                             rounds)

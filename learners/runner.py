@@ -31,7 +31,7 @@ from utils.config import ConfigError, formatted, settings
 from utils.data_loading import check_one_batch
 from compression.artifacts import load_model
 from utils.model_io import load_weights_from
-from utils.model_stats import count_flops, count_params, measure_latency
+from utils.model_stats import count_flops, count_params, measure_latencies, measure_latency
 from utils.multi_gpu_wrapper import MultiGpuWrapper, SingleProcess
 from utils.report import format_report, write_report
 from utils.run_lock import RunLock, on_primary
@@ -251,10 +251,15 @@ class Runner:
         if not result.compressed_side:
             self.model_report(model, report, "full", size)
         else:
-            self.model_report(self.original(), report, "full",
-                              os.path.getsize(self.cfg.save_path_eval))
-            self.model_report(result.report_model or model, report, "compressed", size,
-                              result.latency_ms)
+            original, compressed = self.original(), result.report_model or model
+            eager = None   # both eager: timed side by side, so the ratio is not a drift
+            if self.cfg.report_latency and result.latency_ms is None:
+                eager = measure_latencies({"full": original, "compressed": compressed},
+                                          self.helper.input_shape)
+            self.model_report(original, report, "full", os.path.getsize(self.cfg.save_path_eval),
+                              eager and eager["full"])
+            self.model_report(compressed, report, "compressed", size,
+                              result.latency_ms or (eager and eager["compressed"]))
             if "thinned" in tags and result.spec is not None:
                 report.add("kept_channels", kept_channels(start_channels, model))
         if result.sparse:

@@ -108,6 +108,26 @@ def test_weight_sparsity_on_a_plain_module(trained, tmp_path):
     assert result.report["chain"][0]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
 
 
+def test_report_times_the_full_and_the_compressed_model_side_by_side(trained, tmp_path,
+                                                                    monkeypatch):
+    import learners.runner as runner_module
+    model, train, test, _ = trained
+    timed = []
+
+    def spy(models, input_shape, *args, **kwargs):
+        timed.append(sorted(models))
+        return real(models, input_shape, *args, **{**kwargs, "repeats": 2, "rounds": 2})
+
+    real = runner_module.measure_latencies
+    monkeypatch.setattr(runner_module, "measure_latencies", spy)
+    result = pf.compress(model, DataLoader(train, batch_size=64), test, "chn-pruned-rmt",
+                         out_dir=str(tmp_path), prune_ratio=0.5, nb_smpls=200,
+                         export_format="none", **{**FAST, "report_latency": True})
+    assert timed == [["compressed", "full"]]   # one interleaved measurement of both
+    latency = result.report["latency_ms"]
+    assert all(latency[side][f"bs{b}"] > 0 for side in ("full", "compressed") for b in (1, 64))
+
+
 def test_a_chain_quantizes_the_pruned_model(trained, pruned, tmp_path):
     model, _, test, _ = trained
     result = pf.compress(model, DataLoader(trained[1], batch_size=64), test, "uniform",

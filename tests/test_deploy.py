@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 from deployment import formats as formats_module
 from deployment.formats import FORMATS, FormatUnavailable, formats_for
@@ -21,6 +22,7 @@ from tests.test_learners import flag_values
 from utils.data_loading import make_eval_loader
 from utils.model_io import save_model
 from deployment.runners import time_runners
+from utils.model_stats import measure_latencies, time_side_by_side
 from utils.multi_gpu_wrapper import SingleProcess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,6 +149,26 @@ def test_time_runners_measures_every_runner_side_by_side():
     assert set(ms) == {"a", "b"} and set(ms["a"]) == {"bs1", "bs3"}
     assert all(v > 0 for t in ms.values() for v in t.values())
     assert calls == {"a": 2 * 3 * (1 + 2), "b": 2 * 3 * (1 + 2)}  # 2 sizes x 3 rounds x (1 + 2)
+
+
+def test_side_by_side_rounds_rotate_the_first_runner_and_models_keep_their_mode():
+    order = []
+
+    def runner(name):
+        def run(x):
+            order.append(name)
+            return x
+        return run
+
+    time_side_by_side({"a": runner("a"), "b": runner("b"), "c": runner("c")}, (1, 2, 2), (1,),
+                      warmup=0, repeats=3, rounds=3)
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # one call each per round
+    full, thinned = nn.Sequential(nn.Linear(4, 3), nn.Dropout()), nn.Linear(4, 3)
+    thinned.eval()
+    ms = measure_latencies({"full": full, "thinned": thinned}, (4,), (1, 2), warmup=0, repeats=2,
+                           rounds=2)
+    assert set(ms) == {"full", "thinned"} and all(set(v) == {"bs1", "bs2"} for v in ms.values())
+    assert full.training and not thinned.training   # each model's own mode is restored
 
 
 def tool(*args: str) -> subprocess.CompletedProcess:

@@ -2,7 +2,8 @@
 
     python -m tools.latency --model_a=models_eval/model.ckpt --model_b=model.onnx
         [--input_shape=1,8,8 | --helper=resnet_at_digits [--helper_config=image_size=8]]
-        [--batch_sizes=1,64] [--threads=2] [--warmup=5] [--repeats=20] [--device=cpu]
+        [--batch_sizes=1,64] [--threads=2] [--warmup=5] [--repeats=20] [--rounds=3]
+        [--device=cpu]
 
 Runtimes by extension (``utils.model_stats.runner_for``): ``.ckpt`` / ``.pt`` / ``.pth``
 model artifacts run eagerly in torch (eval mode, ``inference_mode``), ``.onnx`` in
@@ -13,11 +14,13 @@ else the one the files record (an artifact's meta, an .onnx graph, a .pte plan);
 disagree are refused.
 
 For each batch size, random inputs, ``--warmup`` untimed calls, then the median wall time
-of ``--repeats`` calls (``utils.model_stats.time_forward``), A fully before B. Prints a table
+of ``--repeats`` calls, split over ``--rounds`` rounds that alternate A and B (B first in every
+other round: ``utils.model_stats.time_side_by_side``), so that a slow spell of the machine hits
+both alike. Prints a table
 of the medians (ms per batch) and the ratio B/A (< 1: B is faster), then, as the LAST line,
 one JSON object: ``{"a": {"path", "runtime", "device", "ms": {"bs1": ..}}, "b": {..},
 "ratio_b_over_a": {"bs1": ..}, "input_shape", "batch_sizes", "threads", "warmup", "repeats",
-"device"}``.
+"rounds", "device"}``.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ flags.DEFINE_list("batch_sizes", ["1", "64"], "batch sizes timed")
 flags.DEFINE_integer("threads", 2, "intra-op threads (torch, onnxruntime, the ExecuTorch pool)")
 flags.DEFINE_integer("warmup", 5, "untimed calls per batch size and model")
 flags.DEFINE_integer("repeats", 20, "timed calls per batch size and model (the median is reported)")
+flags.DEFINE_integer("rounds", 3, "rounds the repeats are split into, A and B alternating")
 flags.DEFINE_enum("device", "cpu", ["cpu", "cuda"], "cuda: model artifacts only")
 define_input_flags(FLAGS)
 flags.mark_flags_as_required(["model_a", "model_b"])
@@ -66,19 +70,19 @@ def main() -> None:
         batch_sizes = []
     if not batch_sizes or min(batch_sizes) <= 0:
         raise ToolError(f"--batch_sizes: expected positive integers, got {','.join(FLAGS.batch_sizes)}")
-    if FLAGS.threads <= 0 or FLAGS.repeats <= 0 or FLAGS.warmup < 0:
-        raise ToolError("--threads and --repeats must be positive, --warmup >= 0")
+    if FLAGS.threads <= 0 or FLAGS.repeats <= 0 or FLAGS.rounds <= 0 or FLAGS.warmup < 0:
+        raise ToolError("--threads, --repeats and --rounds must be positive, --warmup >= 0")
     helper = helper_from_flags(values)   # first: its module registers the user's nets
     runners = {key: runner_for(path, FLAGS.threads, FLAGS.device,
                                load=lambda p: load_artifact(p, helper))
                for key, path in (("a", FLAGS.model_a), ("b", FLAGS.model_b))}
     shape = input_shape_of(runners, values)
     result = compare_latency(runners["a"], runners["b"], shape, batch_sizes, FLAGS.threads,
-                             FLAGS.warmup, FLAGS.repeats, FLAGS.device)
+                             FLAGS.warmup, FLAGS.repeats, FLAGS.device, FLAGS.rounds)
     for key in ("a", "b"):
         print(f"{key.upper()}: {runners[key].runtime:<12} {runners[key].path}")
     print(f"input [batch, {', '.join(map(str, shape))}] | {FLAGS.threads} threads | {FLAGS.device} | "
-          f"median ms per batch of {FLAGS.repeats} calls after {FLAGS.warmup} warm-up")
+          f"median ms per batch of {FLAGS.repeats} calls in {FLAGS.rounds} alternating rounds")
     print(f"{'batch':>6} {'A ms':>10} {'B ms':>10} {'B/A':>7}")
     for batch in batch_sizes:
         key = f"bs{batch}"

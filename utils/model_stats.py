@@ -81,16 +81,68 @@ def time_forward(forward: Callable[[torch.Tensor], object], input_shape: Sequenc
     return results
 
 
+def time_side_by_side(forwards: dict, input_shape: Sequence[int],
+                      batch_sizes: Sequence[int] = (1, 64), nb_threads: int | None = None,
+                      warmup: int = 5, repeats: int = 20, rounds: int = 3,
+                      device: torch.device | str = "cpu") -> dict:
+    """Median ms per batch of every forward (name -> ``x -> outputs``), measured side by side:
+    ``rounds`` rounds, each timing every forward in turn (``repeats / rounds`` calls after
+    ``warmup``), round ``r`` starting at forward ``r mod n`` so that none is always first, and
+    drift of the machine (a 2-vCPU guest has slow spells of seconds) hits all of them alike;
+    ``{name: {"bs1": ms, ..}}``."""
+    per_round = max(1, -(-repeats // max(1, rounds)))
+    samples: dict = {name: {f"bs{b}": [] for b in batch_sizes} for name in forwards}
+    order = list(forwards.items())
+    for r in range(max(1, rounds)):
+        start = r % max(1, len(order))
+        for name, forward in order[start:] + order[:start]:
+            times = time_forward(forward, input_shape, batch_sizes, nb_threads, warmup, per_round,
+                                 device)
+            for key, ms in times.items():
+                samples[name][key].append(ms)
+    return {name: {key: statistics.median(values) for key, values in by_batch.items()}
+            for name, by_batch in samples.items()}
+
+
+@contextmanager
+def _eval_mode(models: Iterable[nn.Module]) -> Iterator[None]:
+    models = list(models)
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
 def measure_latency(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 64),
                     nb_threads: int | None = None, warmup: int = 5, repeats: int = 20) -> dict:
     """Median wall time in ms of an eval-mode forward pass, per batch size (``{"bs1": ..}``)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    device = _device(model)
+    with _eval_mode([model]):
         return time_forward(model, input_shape, batch_sizes, nb_threads, warmup, repeats, device)
-    finally:
-        model.train(was_training)
+
+
+def measure_latencies(models: dict, input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 64),
+                      nb_threads: int | None = None, warmup: int = 5, repeats: int = 30,
+                      rounds: int = 3) -> dict:
+    """``measure_latency`` of several models (name -> module, all on one device) side by side
+    (``time_side_by_side``), so that their ratios are not a drift of the machine between two
+    measurements: ``{name: {"bs1": ms, ..}}``."""
+    devices = {_device(m) for m in models.values()}
+    if len(devices) > 1:   # nothing to interleave across devices
+        return {name: measure_latency(m, input_shape, batch_sizes, nb_threads, warmup, repeats)
+                for name, m in models.items()}
+    with _eval_mode(models.values()):
+        return time_side_by_side(models, input_shape, batch_sizes, nb_threads, warmup, repeats,
+                                 rounds, devices.pop())
+
+
+def _device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 class OutputShapeMismatch(ValueError):
