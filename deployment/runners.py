@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 from typing import Callable, Sequence
 
 import torch
