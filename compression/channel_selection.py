@@ -67,6 +67,14 @@ def cpu_channel_block() -> int:
     return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
 
 
+def off_block_widths(kept: Mapping[str, Sequence[int]], block: int) -> dict[str, int]:
+    """``layer -> kept count`` of the pruned layers (``kept``: ``layer -> [kept, original]``,
+    as ``compression.thinning.kept_channels`` gives) whose count is above one SIMD ``block``
+    and not a multiple of it: oneDNN runs them at the cost of the next multiple."""
+    return {name: counts[0] for name, counts in kept.items()
+            if counts[0] > block and counts[0] % block}
+
+
 def nb_kept(in_channels: int, ratio: float) -> int:
     """PocketFlow's count: int(c_in * (1 - ratio)), at least one channel."""
     return max(1, int(in_channels * (1.0 - ratio)))

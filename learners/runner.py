@@ -17,6 +17,7 @@ import time
 
 from torch import nn
 
+from compression.channel_selection import cpu_channel_block, off_block_widths
 from compression.thinning import in_channels, kept_channels
 from datasets.errors import DataError
 from learners import composition
@@ -261,7 +262,9 @@ class Runner:
             self.model_report(compressed, report, "compressed", size,
                               result.latency_ms or (eager and eager["compressed"]))
             if "thinned" in tags and result.spec is not None:
-                report.add("kept_channels", kept_channels(start_channels, model))
+                kept = kept_channels(start_channels, model)
+                report.add("kept_channels", kept)
+                _hint_block_widths(kept)
         if result.sparse:
             inputs, _ = next(iter(learner.ctx.eval_loader()))
             files = outputs.export_sparse(model, result.spec, inputs.to(self.device),
@@ -336,3 +339,17 @@ def _describe(spec: dict) -> str:
         return f"the module {spec.get('module')}"
     kwargs = ", ".join(f"{k}={v!r}" for k, v in (spec.get("kwargs") or {}).items())
     return f"{spec.get('net')}({kwargs})"
+
+
+def _hint_block_widths(kept: dict) -> None:
+    """One INFO line when pruned layers keep counts between SIMD blocks of this CPU (they cost
+    what the next whole block costs: docs/speed.md)."""
+    block = cpu_channel_block()
+    off = off_block_widths(kept, block)
+    if off:
+        log.info("%d of %d pruned layers keep a channel count above %d that is not a multiple of "
+                 "%d (%s): oneDNN runs them at the cost of the next multiple on this CPU; the "
+                 "channel learners' channel_multiple=-1 rounds counts to whole SIMD blocks "
+                 "(docs/speed.md)", len(off), len(kept), block, block,
+                 ", ".join(f"{name}: {count}" for name, count in list(off.items())[:4])
+                 + (", ..." if len(off) > 4 else ""))

@@ -90,6 +90,21 @@ def test_generic_cifar_resnet():
         resnet_cifar(depth=21)
 
 
+def test_cifar_resnet_stage_widths():
+    net = resnet_cifar(depth=8, num_classes=5, in_channels=1, widths=(8, 24, 40))
+    convs = {name: tuple(m.weight.shape) for name, m in net.named_modules()
+             if isinstance(m, torch.nn.Conv2d)}
+    assert convs == {"conv1": (8, 1, 3, 3), "layer1.0.conv1": (8, 8, 3, 3),
+                     "layer1.0.conv2": (8, 8, 3, 3), "layer2.0.conv1": (24, 8, 3, 3),
+                     "layer2.0.conv2": (24, 24, 3, 3), "layer2.0.shortcut.0": (24, 8, 1, 1),
+                     "layer3.0.conv1": (40, 24, 3, 3), "layer3.0.conv2": (40, 40, 3, 3),
+                     "layer3.0.shortcut.0": (40, 24, 1, 1)}
+    assert net(torch.randn(2, 1, 16, 16)).shape == (2, 5)
+    for bad in [(8, 24), (8, 0, 40)]:
+        with pytest.raises(ValueError, match="three positive channel counts"):
+            resnet_cifar(depth=8, widths=bad)
+
+
 def test_unknown_net_lists_valid_names():
     with pytest.raises(ValueError) as info:
         create_net("foo")

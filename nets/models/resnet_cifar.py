@@ -1,7 +1,8 @@
 """CIFAR-style ResNets (He et al. 2016, "6n+2" layers) with projection shortcuts.
 
 Stem: 3x3 conv (16 ch) + BN + ReLU; three stages of ``n`` BasicBlocks with
-16/32/64 channels and strides 1/2/2; global average pool + Linear.
+16/32/64 channels (``widths``: other ones, e.g. a wide ResNet's multiples) and strides 1/2/2;
+global average pool + Linear.
 A shortcut is a 1x1 conv (with the stage's stride) + BN wherever the shape
 changes ("option B"), and the identity otherwise.
 """
@@ -44,21 +45,25 @@ class BasicBlock(nn.Module):
 class ResNetCifar(nn.Module):
     """ResNet for 32x32 inputs with ``depth = 6n + 2`` layers."""
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3,
+                 widths: tuple = (16, 32, 64)) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
+        if len(widths) != 3 or min(widths) < 1:
+            raise ValueError(f"widths: three positive channel counts, got {tuple(widths)}")
         n = (depth - 2) // 6
+        w1, w2, w3 = (int(w) for w in widths)
         self.depth = depth
         self.stage_names = ["layer1", "layer2", "layer3"]
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
+        self.conv1 = nn.Conv2d(in_channels, w1, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w1)
         self.relu = nn.ReLU(inplace=False)
-        self.layer1 = self._make_layer(16, 16, n, stride=1)
-        self.layer2 = self._make_layer(16, 32, n, stride=2)
-        self.layer3 = self._make_layer(32, 64, n, stride=2)
+        self.layer1 = self._make_layer(w1, w1, n, stride=1)
+        self.layer2 = self._make_layer(w1, w2, n, stride=2)
+        self.layer3 = self._make_layer(w2, w3, n, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(w3, num_classes)
         init_weights(self)
 
     @staticmethod
@@ -74,9 +79,11 @@ class ResNetCifar(nn.Module):
         return self.fc(x)
 
 
-def resnet_cifar(depth: int = 20, num_classes: int = 10, in_channels: int = 3) -> ResNetCifar:
-    """Generic CIFAR ResNet builder for any ``depth = 6n + 2``."""
-    return ResNetCifar(depth=depth, num_classes=num_classes, in_channels=in_channels)
+def resnet_cifar(depth: int = 20, num_classes: int = 10, in_channels: int = 3,
+                 widths: tuple = (16, 32, 64)) -> ResNetCifar:
+    """Generic CIFAR ResNet builder for any ``depth = 6n + 2`` and stage ``widths``."""
+    return ResNetCifar(depth=depth, num_classes=num_classes, in_channels=in_channels,
+                       widths=widths)
 
 
 @register_net("resnet20")
