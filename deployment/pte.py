@@ -110,11 +110,15 @@ def _write_atomic(buffer: bytes, path: Union[str, Path]) -> int:
 
 
 def set_runtime_threads(n: int) -> None:
-    """Resize ExecuTorch's (XNNPACK's) thread pool, which ignores ``torch.set_num_threads``."""
+    """Resize ExecuTorch's (XNNPACK's) thread pool, which ignores ``torch.set_num_threads``;
+    only when its size changes: the reset is "unsafe" (loaded delegates keep using the pool),
+    and resetting it again and again to the same size crashed a process that had run programs
+    in between (a TypeError from the binding, then a segfault at exit)."""
     runtime()
     with quiet():
-        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-    _unsafe_reset_threadpool(int(n))
+        from executorch.extension.pybindings import portable_lib
+    if portable_lib._threadpool_get_thread_count() != int(n):
+        portable_lib._unsafe_reset_threadpool(int(n))
 
 
 class PteModel:

@@ -58,6 +58,18 @@ def one_thread():
     pte_runtime.set_runtime_threads(saved_et)
 
 
+def test_the_pte_pool_is_reset_only_when_its_size_changes(monkeypatch):
+    from executorch.extension.pybindings import portable_lib
+
+    resets = []
+    real = portable_lib._unsafe_reset_threadpool
+    monkeypatch.setattr(portable_lib, "_unsafe_reset_threadpool",
+                        lambda n: (resets.append(n), real(n)))
+    for n in (1, 1, 2, 2, 1):
+        pte_runtime.set_runtime_threads(n)
+    assert resets == [2, 1] and portable_lib._threadpool_get_thread_count() == 1
+
+
 @pytest.fixture(scope="module")
 def run():
     """ResNet-8 (CIFAR family: stem, 3 stages with projection shortcuts, pool, linear) prepared
