@@ -10,6 +10,8 @@ the converted int8 model as a ``.pt2`` (``torch.export``), runnable in eager PyT
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 from pathlib import Path
 from typing import Union
 
@@ -109,16 +111,30 @@ def _write_atomic(buffer: bytes, path: Union[str, Path]) -> int:
     return len(buffer)
 
 
+class PoolResizeError(RuntimeError):
+    """ExecuTorch's thread pool cannot be resized while programs are loaded."""
+
+
+_LOADED: "weakref.WeakSet[PteModel]" = weakref.WeakSet()   # programs alive in this process
+
+
 def set_runtime_threads(n: int) -> None:
     """Resize ExecuTorch's (XNNPACK's) thread pool, which ignores ``torch.set_num_threads``;
-    only when its size changes: the reset is "unsafe" (loaded delegates keep using the pool),
-    and resetting it again and again to the same size crashed a process that had run programs
-    in between (a TypeError from the binding, then a segfault at exit)."""
+    only when its size changes, and only while no program is loaded: a loaded XNNPACK
+    delegate keeps the old pool, and runs after a resize crashed the process (segfault).
+    Set the threads first, then load programs (``deployment.runners.runner_for`` does)."""
     runtime()
     with quiet():
         from executorch.extension.pybindings import portable_lib
-    if portable_lib._threadpool_get_thread_count() != int(n):
-        portable_lib._unsafe_reset_threadpool(int(n))
+    if portable_lib._threadpool_get_thread_count() == int(n):
+        return
+    gc.collect()   # programs no longer referenced are not a reason to refuse
+    if len(_LOADED):
+        raise PoolResizeError(
+            f"ExecuTorch's thread pool has {portable_lib._threadpool_get_thread_count()} threads "
+            f"and {len(_LOADED)} programs are loaded ({', '.join(sorted({m.path for m in _LOADED}))})"
+            f": resizing it to {int(n)} now would crash them; set the threads before loading")
+    portable_lib._unsafe_reset_threadpool(int(n))
 
 
 class PteModel:
@@ -130,6 +146,7 @@ class PteModel:
     def __init__(self, path: Union[str, Path], method: str = "forward") -> None:
         self.path = str(path)
         self.program = runtime().load_program(Path(path))
+        _LOADED.add(self)
         self.method = self.program.load_method(method)
         meta = self.method.metadata.input_tensor_meta(0)
         self.planned_shape = tuple(meta.sizes())

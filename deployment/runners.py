@@ -86,9 +86,9 @@ def runner_for(path: str, nb_threads: int | None = None, device: str = "cpu",
         return Runner(path, runtime, lambda x: run_session(session, x), session_input_shape(session))
     from deployment.pte import PteModel, set_runtime_threads
 
-    program = PteModel(path)
-    if nb_threads:
+    if nb_threads:   # before loading: the pool cannot be resized under a loaded program
         set_runtime_threads(nb_threads)
+    program = PteModel(path)
     return Runner(path, runtime, program, tuple(program.planned_shape[1:]))
 
 

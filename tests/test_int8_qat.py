@@ -58,7 +58,8 @@ def one_thread():
     pte_runtime.set_runtime_threads(saved_et)
 
 
-def test_the_pte_pool_is_reset_only_when_its_size_changes(monkeypatch):
+def test_the_pte_pool_is_reset_only_when_its_size_changes_and_no_program_is_loaded(
+        monkeypatch, tmp_path):
     from executorch.extension.pybindings import portable_lib
 
     resets = []
@@ -68,6 +69,21 @@ def test_the_pte_pool_is_reset_only_when_its_size_changes(monkeypatch):
     for n in (1, 1, 2, 2, 1):
         pte_runtime.set_runtime_threads(n)
     assert resets == [2, 1] and portable_lib._threadpool_get_thread_count() == 1
+    # a loaded program keeps the pool it was loaded with: a resize is refused, not a segfault
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()).eval()
+    path = str(tmp_path / "tiny.pte")
+    pte_runtime.export_pte(net, torch.randn(2, 1, SIZE, SIZE), path, quantized=False)
+    program = pte_runtime.PteModel(path)
+    pte_runtime.set_runtime_threads(1)   # the same size: nothing to do
+    with pytest.raises(pte_runtime.PoolResizeError, match=r"1 threads and 1 programs are loaded "
+                                                          r"\(.*tiny\.pte\): resizing it to 2"):
+        pte_runtime.set_runtime_threads(2)
+    x = torch.randn(3, 1, SIZE, SIZE)
+    assert (program(x) - net(x)).abs().max() < 1e-4   # and it still runs
+    del program
+    pte_runtime.set_runtime_threads(2)
+    pte_runtime.set_runtime_threads(1)
+    assert resets == [2, 1, 2, 1]
 
 
 @pytest.fixture(scope="module")
