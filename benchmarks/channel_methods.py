@@ -9,11 +9,15 @@ selection and fine-tuning wall times, and the training steps each method took be
 "before fine-tuning" accuracy (``extra_steps``). DCP's selection itself trains the network with
 Adam (``--dcp_nb_iters_block`` steps per block that holds a selected layer, plus
 ``--dcp_nb_iters_layer`` steps per selected layer); LASSO and L1 take none, so the
-before-fine-tuning comparison is stated with DCP's extra training.
+before-fine-tuning comparison is stated with DCP's extra training. ``greedy_s``: the part of
+DCP's selection spent in its greedy channel choice (the records' ``greedy_seconds``), the rest
+being that Adam training and the refits; ``greedy_vs_cpr`` compares it with chn-pruned-rmt's
+whole selection.
 
 Prints a table, then, as the LAST line, one JSON object:
 {"full", "ratio", "runs": {name: {"flops_ratio", "before_ft", "after_ft", "selection_s",
- "selection_vs_cpr", "finetune_s", "extra_steps"}}, "goals": {"dcp_ge_cpr_before_ft",
+ "selection_vs_cpr", "greedy_s", "greedy_vs_cpr", "finetune_s", "extra_steps"}},
+ "goals": {"dcp_ge_cpr_before_ft",
  "dcp_ge_cpr_before_ft_with_extra_training", "dcp_auto_selection_le_5x_cpr",
  "dcp_short_le_5x_cpr_within_half_a_point"}} (the first two hold the same value; the first is
 the old name). Runs: ``dcp`` (the fixed ``--dcp_nb_iters_block/layer``), ``dcp_short``
@@ -30,7 +34,7 @@ import json
 
 import torch
 from absl import app, flags
-from bench_common import learner_values, mean, run_all
+from bench_common import fmt, learner_values, mean, run_all
 
 from nets.resnet_at_digits import ModelHelper
 
@@ -86,6 +90,12 @@ def extra_steps(name: str, report: dict) -> int:
     return sum(record["adam_steps"] for record in report.get("selection") or [])
 
 
+def greedy_seconds(report: dict) -> float | None:
+    """Seconds of DCP's greedy channel choice (None for the methods without one)."""
+    records = [r for r in report.get("selection") or [] if "greedy_seconds" in r]
+    return sum(r["greedy_seconds"] for r in records) if records else None
+
+
 def main(argv: list[str]) -> None:
     del argv
     torch.set_num_threads(FLAGS.threads)
@@ -97,6 +107,8 @@ def main(argv: list[str]) -> None:
                    "after_ft": mean(r["accuracy"]["compressed"] for r in rs),
                    "selection_s": mean(r["wall_s"]["selection"] for r in rs),
                    "finetune_s": mean(r["wall_s"]["finetune"] for r in rs),
+                   "greedy_s": None if greedy_seconds(rs[0]) is None
+                   else mean(greedy_seconds(r) for r in rs),
                    "extra_steps": mean(extra_steps(name, r) for r in rs)}
             for name, rs in reports.items()}
     print(f"\nResNet-20 / digits, full model {full:.4f}, ratio {FLAGS.ratio}, "
@@ -104,12 +116,15 @@ def main(argv: list[str]) -> None:
     cpr_s = rows["cpr"]["selection_s"] if "cpr" in rows else None
     for row in rows.values():
         row["selection_vs_cpr"] = row["selection_s"] / cpr_s if cpr_s else None
-    print(f"{'method':<9}{'FLOPs':>8}{'before FT':>11}{'after FT':>10}{'select s':>10}{'vs cpr':>8}"
-          f"{'FT s':>8}{'extra steps':>13}")
+        row["greedy_vs_cpr"] = (row["greedy_s"] / cpr_s
+                                if cpr_s and row["greedy_s"] is not None else None)
+    print(f"{'method':<10}{'FLOPs':>7}{'before FT':>11}{'after FT':>10}{'select s':>10}{'vs cpr':>8}"
+          f"{'greedy s':>10}{'vs cpr':>8}{'FT s':>8}{'extra steps':>13}")
     for name, row in rows.items():
-        ratio = "-" if row["selection_vs_cpr"] is None else f"{row['selection_vs_cpr']:.2f}"
-        print(f"{name:<9}{row['flops_ratio']:>8.4f}{row['before_ft']:>11.4f}"
-              f"{row['after_ft']:>10.4f}{row['selection_s']:>10.1f}{ratio:>8}{row['finetune_s']:>8.1f}"
+        print(f"{name:<10}{row['flops_ratio']:>7.4f}{row['before_ft']:>11.4f}"
+              f"{row['after_ft']:>10.4f}{row['selection_s']:>10.1f}"
+              f"{fmt(row['selection_vs_cpr'], '.2f'):>8}{fmt(row['greedy_s'], '.1f'):>10}"
+              f"{fmt(row['greedy_vs_cpr'], '.2f'):>8}{row['finetune_s']:>8.1f}"
               f"{row['extra_steps']:>13,.0f}")
     goal = (rows["dcp"]["before_ft"] >= rows["cpr"]["before_ft"]
             if "dcp" in rows and "cpr" in rows else None)
