@@ -264,7 +264,8 @@ class Runner:
             if "thinned" in tags and result.spec is not None:
                 kept = kept_channels(start_channels, model)
                 report.add("kept_channels", kept)
-                _hint_block_widths(kept)
+                if self.device.type == "cpu":   # the widths a GPU runs well are another matter
+                    _hint_block_widths(kept)
         if result.sparse:
             inputs, _ = next(iter(learner.ctx.eval_loader()))
             files = outputs.export_sparse(model, result.spec, inputs.to(self.device),
