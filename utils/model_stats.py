@@ -128,9 +128,9 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], batch_sizes: S
 def measure_latencies(models: dict, input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 64),
                       nb_threads: int | None = None, warmup: int = 5, repeats: int = 30,
                       rounds: int = 3) -> dict:
-    """``measure_latency`` of several models (name -> module, all on one device) side by side
-    (``time_side_by_side``), so that their ratios are not a drift of the machine between two
-    measurements: ``{name: {"bs1": ms, ..}}``."""
+    """``measure_latency`` of several models (name -> module) side by side when they share a
+    device (``time_side_by_side``), so that their ratios are not a drift of the machine between
+    two measurements; one after the other otherwise: ``{name: {"bs1": ms, ..}}``."""
     devices = {_device(m) for m in models.values()}
     if len(devices) > 1:   # nothing to interleave across devices
         return {name: measure_latency(m, input_shape, batch_sizes, nb_threads, warmup, repeats)
