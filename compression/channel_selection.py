@@ -75,6 +75,19 @@ def off_block_widths(kept: Mapping[str, Sequence[int]], block: int) -> dict[str,
             if counts[0] > block and counts[0] % block}
 
 
+def block_width_note(kept: Mapping[str, Sequence[int]], block: int) -> str | None:
+    """The one-line note for a run whose pruned layers keep counts between SIMD blocks
+    (``off_block_widths``), or None when every count is a whole block or within one."""
+    off = off_block_widths(kept, block)
+    if not off:
+        return None
+    named = ", ".join(f"{name}: {count}" for name, count in list(off.items())[:4])
+    return (f"{len(off)} of {len(kept)} pruned layers keep a channel count above {block} that is "
+            f"not a multiple of {block} ({named}{', ...' if len(off) > 4 else ''}): oneDNN runs "
+            "them at the cost of the next multiple on this CPU; the channel learners' "
+            "channel_multiple=-1 rounds counts to whole SIMD blocks (docs/speed.md)")
+
+
 def nb_kept(in_channels: int, ratio: float) -> int:
     """PocketFlow's count: int(c_in * (1 - ratio)), at least one channel."""
     return max(1, int(in_channels * (1.0 - ratio)))

@@ -111,11 +111,11 @@ def compare_latency(runner_a: Callable, runner_b: Callable, input_shape: Sequenc
 def time_runners(runners: dict, input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 64),
                  nb_threads: int | None = None, warmup: int = 5, repeats: int = 20,
                  rounds: int = 3) -> dict:
-    """Median ms per batch of every runner (name -> ``x -> outputs``), measured side by side:
-    ``rounds`` rounds, each timing every runner in turn (``repeats / rounds`` calls after
-    ``warmup``), round ``r`` starting at runner ``r mod n`` so that no runner is always first,
-    and drift of the machine hits all of them alike; ``{name: {"bs1": ms, ..}}``.
-    ExecuTorch's pool is resized to ``nb_threads`` as well (it ignores torch's setting)."""
+    """Median ms per batch of every runner (name -> ``x -> outputs``), measured side by side
+    (``utils.model_stats.time_side_by_side``): ``{name: {"bs1": ms, ..}}``. ExecuTorch's pool
+    ignores torch's setting and is sized when a program loads (``runner_for(path,
+    nb_threads)``); runners loaded with another size get ``deployment.pte.PoolResizeError``
+    here rather than timings at a thread count they do not use."""
     if nb_threads and any(getattr(r, "runtime", "") == "executorch" for r in runners.values()):
         from deployment.pte import set_runtime_threads
 

@@ -17,7 +17,7 @@ import time
 
 from torch import nn
 
-from compression.channel_selection import cpu_channel_block, off_block_widths
+from compression.channel_selection import block_width_note, cpu_channel_block
 from compression.thinning import in_channels, kept_channels
 from datasets.errors import DataError
 from learners import composition
@@ -264,8 +264,9 @@ class Runner:
             if "thinned" in tags and result.spec is not None:
                 kept = kept_channels(start_channels, model)
                 report.add("kept_channels", kept)
-                if self.device.type == "cpu":   # the widths a GPU runs well are another matter
-                    _hint_block_widths(kept)
+                note = block_width_note(kept, cpu_channel_block())
+                if note and self.device.type == "cpu":   # a GPU's good widths are another matter
+                    log.info(note)
         if result.sparse:
             inputs, _ = next(iter(learner.ctx.eval_loader()))
             files = outputs.export_sparse(model, result.spec, inputs.to(self.device),
@@ -341,16 +342,3 @@ def _describe(spec: dict) -> str:
     kwargs = ", ".join(f"{k}={v!r}" for k, v in (spec.get("kwargs") or {}).items())
     return f"{spec.get('net')}({kwargs})"
 
-
-def _hint_block_widths(kept: dict) -> None:
-    """One INFO line when pruned layers keep counts between SIMD blocks of this CPU (they cost
-    what the next whole block costs: docs/speed.md)."""
-    block = cpu_channel_block()
-    off = off_block_widths(kept, block)
-    if off:
-        log.info("%d of %d pruned layers keep a channel count above %d that is not a multiple of "
-                 "%d (%s): oneDNN runs them at the cost of the next multiple on this CPU; the "
-                 "channel learners' channel_multiple=-1 rounds counts to whole SIMD blocks "
-                 "(docs/speed.md)", len(off), len(kept), block, block,
-                 ", ".join(f"{name}: {count}" for name, count in list(off.items())[:4])
-                 + (", ..." if len(off) > 4 else ""))

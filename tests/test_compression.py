@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import copy
-import logging
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from compression.channel_selection import (choose_layers, cpu_channel_block, nb_kept, off_block_widths,
-                                          round_to_multiple)
+from compression.channel_selection import (block_width_note, choose_layers, cpu_channel_block, nb_kept,
+                                          off_block_widths, round_to_multiple)
 from compression.graph import GraphError, analyse
 from compression.ista import ista, normalised_problem, select_exact
 from compression.layer_sampling import (capture, gram_and_corr, layer_weight, normal_equations,
@@ -263,20 +262,16 @@ def test_kept_counts_round_to_a_simd_block():
     assert cpu_channel_block() in (8, 16)
 
 
-def test_counts_between_simd_blocks_are_found_and_hinted(monkeypatch, caplog):
-    import learners.runner as runner_module
+def test_counts_between_simd_blocks_are_found_and_noted():
     kept = {"a": [20, 32], "b": [16, 32], "c": [11, 16], "d": [48, 64], "e": [43, 64]}
     assert off_block_widths(kept, 16) == {"a": 20, "e": 43}
     assert off_block_widths(kept, 8) == {"a": 20, "c": 11, "e": 43}
-    monkeypatch.setattr(runner_module, "cpu_channel_block", lambda: 16)
-    with caplog.at_level(logging.INFO, logger="pocketflow"):
-        runner_module._hint_block_widths(kept)
-        runner_module._hint_block_widths({"b": [16, 32], "d": [48, 64]})   # all whole blocks
-    hints = [r.getMessage() for r in caplog.records if "SIMD" in r.getMessage()]
-    assert hints == ["2 of 5 pruned layers keep a channel count above 16 that is not a multiple "
-                     "of 16 (a: 20, e: 43): oneDNN runs them at the cost of the next multiple on "
-                     "this CPU; the channel learners' channel_multiple=-1 rounds counts to whole "
-                     "SIMD blocks (docs/speed.md)"]
+    assert block_width_note({"b": [16, 32], "d": [48, 64]}, 16) is None   # all whole blocks
+    assert block_width_note(kept, 16) == (
+        "2 of 5 pruned layers keep a channel count above 16 that is not a multiple "
+        "of 16 (a: 20, e: 43): oneDNN runs them at the cost of the next multiple on "
+        "this CPU; the channel learners' channel_multiple=-1 rounds counts to whole "
+        "SIMD blocks (docs/speed.md)")
 
 
 def test_allocation_steps_up_by_simd_blocks():
