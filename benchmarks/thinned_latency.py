@@ -16,7 +16,10 @@ every pass, the setting of the ratios this project reported before).
 Runs (``--runs``): ``per_layer_x8`` (each layer's own channels, counts multiples of 8: the
 issue's case), ``residual_x8`` (``--cpr_prune_residual``: whole residual channels), and
 ``residual_block`` (also ``--cpr_channel_multiple=-1``: counts up to this CPU's SIMD block
-exact, larger ones whole blocks), at ``--ratio``; ``floor`` (residual, ratio 0.9).
+exact, larger ones whole blocks), at ``--ratio``; ``floor`` (residual, ratio 0.9);
+``residual_alloc`` (residual, ``--cpr_prune_ratio_prtl=list``: the stage widths
+``--alloc_widths``, by default the allocation ``benchmarks/latency_vs_width.py --search``
+timed fastest at about 44 % of the FLOPs, written as each reader's kept fraction).
 
 Eager forms (``--eager_forms``, both models alike, tuned malloc): ``folded`` (BatchNorm folded
 into its conv, ``compression.inference.fold_batchnorm``) and ``channels_last``.
@@ -55,7 +58,9 @@ from utils.model_stats import count_flops
 flags.DEFINE_string("model", "./models_eval/model.ckpt",
                     "pre-trained digits ResNet-20 artifact (trained by the first run if missing)")
 flags.DEFINE_list("runs", ["per_layer_x8", "residual_x8", "residual_block", "floor"],
-                  "per_layer_x8, residual_x8, residual_block, floor")
+                  "per_layer_x8, residual_x8, residual_block, residual_alloc, floor")
+flags.DEFINE_list("alloc_widths", ["6", "16", "64"],
+                  "residual_alloc: the kept widths of the three stages (full: 16, 32, 64)")
 flags.DEFINE_float("ratio", 0.3, "--cpr_prune_ratio of the three width-rule runs")
 flags.DEFINE_float("ft_epochs_rat", 0.3, "--nb_epochs_rat of the fine-tuning")
 flags.DEFINE_integer("rounds", 9, "timing rounds (every file in each, the first rotated)")
@@ -73,9 +78,26 @@ SHAPE = ModelHelper().input_shape
 BATCHES = (64, 1)
 
 
-def configs() -> dict:
+def write_alloc_list(outdir: str) -> str:
+    """The ratio list of ``residual_alloc``: every conv / linear layer reading a stage's
+    channels (ResNet-20's stages are 16, 32 and 64 wide) keeps ``--alloc_widths`` of them."""
+    kept = dict(zip((16, 32, 64), (int(w) for w in FLAGS.alloc_widths)))
+    model = ModelHelper(Config()).build_model()
+    reads = {name: getattr(m, "in_channels", getattr(m, "in_features", 0))
+             for name, m in model.named_modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    lines = [f"{name} {kept[c] / c:.6f}" for name, c in reads.items() if c in kept]
+    path = os.path.join(outdir, "alloc_ratio.list")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def configs(alloc_list: str = "") -> dict:
     r = FLAGS.ratio
-    return {"per_layer_x8": [f"--cpr_prune_ratio={r}", "--cpr_channel_multiple=8"],
+    return {"residual_alloc": ["--cpr_prune_residual", "--cpr_prune_ratio_prtl=list",
+                               f"--cpr_prune_list_file={alloc_list}"],
+            "per_layer_x8": [f"--cpr_prune_ratio={r}", "--cpr_channel_multiple=8"],
             "residual_x8": ["--cpr_prune_residual", f"--cpr_prune_ratio={r}",
                             "--cpr_channel_multiple=8"],
             "residual_block": ["--cpr_prune_residual", f"--cpr_prune_ratio={r}",
@@ -88,15 +110,16 @@ def widths(model: torch.nn.Module) -> list[int]:
 
 
 def one_run(name: str, outdir: str) -> dict:
+    extra = configs(write_alloc_list(outdir) if name == "residual_alloc" else "")[name]
     values = learner_values(ModelHelper, FLAGS.model, os.path.join(outdir, name), 0,
                             FLAGS.ft_epochs_rat,
                             {"cpr": ("save_path", "save_path_eval", "save_path_ws")},
-                            ["--learner=chn-pruned-rmt", "--export_format=both", *configs()[name]])
+                            ["--learner=chn-pruned-rmt", "--export_format=both", *extra])
     report = run(ModelHelper, values)
     thinned, _ = load_model(values["cpr_save_path_eval"])
     files = {"eager": values["cpr_save_path_eval"]}
     files.update({entry["runtime"]: entry["path"] for entry in report["deploy"].values()})
-    return {"flags": configs()[name], "files": files,
+    return {"flags": extra, "files": files,
             "flops_ratio": round(report["flops"]["compressed"] / report["flops"]["full"], 4),
             "accuracy_before_ft": report["accuracy"]["compressed_before_finetune"],
             "accuracy": report["accuracy"]["compressed"], "widths": widths(thinned)}

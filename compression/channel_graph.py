@@ -2,7 +2,7 @@
 them (see ``compression.graph`` for what the ids mean and how pruning uses them)."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import torch
 
@@ -74,14 +74,18 @@ class ChannelGraph:
                 voters.setdefault(root, set()).add(name)
         return voters
 
-    def survivors(self, keep: Mapping[str, torch.Tensor], keep_shared: bool = False) -> set[int]:
+    def survivors(self, keep: Mapping[str, torch.Tensor], keep_shared: bool = False,
+                  coupled: Collection[int] = ()) -> set[int]:
         """Roots that stay: fixed, kept by a reader (all its inputs when it is not in
         ``keep``), or read by no reader but a gate's; with ``keep_shared`` also every root
-        several readers read (the architecture ``ChannelFlops.flops`` counts)."""
+        several readers read (the architecture ``ChannelFlops.flops`` counts), except the
+        ``coupled`` ones (residual groups, whose readers keep the same channels)."""
         alive = self.fixed_roots()
         voters = self.voters()
+        coupled = {self.find(i) for i in coupled}
         alive.update(r for r in {self.find(i) for i in range(len(self.parent))}
-                     if r not in voters or keep_shared and len(voters[r]) > 1)
+                     if r not in voters
+                     or keep_shared and len(voters[r]) > 1 and r not in coupled)
         for name in self.readers:
             if name in self.gate_readers:
                 continue
@@ -94,12 +98,13 @@ class ChannelGraph:
                 alive.add(self.find(ids[0]))
         return alive
 
-    def plan(self, keep: Mapping[str, torch.Tensor], keep_shared: bool = False) -> dict[str, dict]:
+    def plan(self, keep: Mapping[str, torch.Tensor], keep_shared: bool = False,
+             coupled: Collection[int] = ()) -> dict[str, dict]:
         """``module -> change`` for every module that changes when each reader in ``keep``
         keeps those input columns: ``out`` (kept output channels of a writer), ``channels`` (of
         a follower), ``in`` (kept weight columns of a reader) and ``gather`` (where they lie in
         the reader's new, narrower input; absent when it reads all of it)."""
-        alive = self.survivors(keep, keep_shared)
+        alive = self.survivors(keep, keep_shared, coupled)
         plan: dict[str, dict] = {}
 
         def alive_positions(ids: Sequence[int]) -> list[int]:

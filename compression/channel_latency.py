@@ -180,14 +180,22 @@ class ChannelLatency:
 
 
 def thin_to_counts(model: nn.Module, layers: Sequence[PrunableLayer],
-                   counts: Mapping[str, int]) -> nn.Module:
+                   counts: Mapping[str, int], groups: Sequence = ()) -> nn.Module:
     """A thinned copy of ``model`` keeping the first ``counts[layer]`` input channels of each
     layer: the architecture of a strategy, for timing (which channels does not matter; channels
     several layers read stay, as ``ChannelFlops.flops`` counts them: the final model, which
     also drops those no layer kept and those nothing reads after a residual sum, is at most as
-    slow)."""
+    slow). The channels of each residual group in ``groups`` (``prune_residual``) leave the
+    whole stream instead: its readers keep the group's first ``counts`` channels (the counts
+    of its readers are the group's, ``learners.channel_strategy.at_group_counts``)."""
     keep = {name: torch.arange(count) for name, count in counts.items()}
-    thinned, _ = thin(copy.deepcopy(model), layers, keep, keep_shared=True, eliminate=False)
+    coupled = []
+    for group in groups:
+        if all(name in counts for name in group.readers):
+            keep.update(group.keep(range(counts[group.readers[0]])))
+            coupled += group.roots
+    thinned, _ = thin(copy.deepcopy(model), layers, keep, keep_shared=True, eliminate=False,
+                      coupled=coupled)
     return thinned.eval()
 
 

@@ -14,7 +14,7 @@ model computes exactly what the thinned one computes, which is how thinning is t
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -112,15 +112,16 @@ def _shrunk(module: nn.Module, change: dict) -> nn.Module:
 def thin(model: nn.Module, layers: Sequence[PrunableLayer],
          keep: Mapping[str, torch.Tensor], spec: dict | None = None,
          keep_shared: bool = False, eliminate: bool = True,
-         stats: dict | None = None) -> tuple[nn.Module, dict | None]:
+         stats: dict | None = None, coupled: Collection[int] = ()) -> tuple[nn.Module, dict | None]:
     """A physically smaller copy of ``model`` keeping, for each layer in ``keep``, only the
     listed input channels (and removing every channel no reader keeps; with ``keep_shared``
-    only those one reader alone read); also returns ``spec`` with the thinning recorded (if
+    only those one reader alone read, or that are ``coupled``: channel ids of residual groups);
+    also returns ``spec`` with the thinning recorded (if
     given). With ``eliminate`` (and a graph that knows the input shape) no layer of the result
     computes a channel nothing reads afterwards (``compression.dead_channels``); ``stats``
     (a dict) receives what that pass did, or would have done (``dead_channels.report``)."""
     graph = graph_of(layers)
-    plan = graph.plan(keep, keep_shared)
+    plan = graph.plan(keep, keep_shared, coupled)
     thinned = copy.deepcopy(model)
     for name, change in plan.items():
         set_submodule(thinned, name, _shrunk(thinned.get_submodule(name), change))

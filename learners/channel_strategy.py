@@ -32,7 +32,7 @@ from compression.channel_latency import (ChannelLatency, measured_ratio, settle_
                                          thin_to_counts)
 from compression.graph import PrunableLayer
 from compression.ratio_list import read_ratio_list
-from compression.residual_groups import residual_groups
+from compression.residual_groups import group_count, residual_groups
 from compression.thinning import thin
 from learners.rl.channel_env import ChannelEnv
 
@@ -72,6 +72,18 @@ def coupled_groups(learner, layers: list[PrunableLayer], chosen: list[PrunableLa
     if not getattr(learner.cfg, "prune_residual", False):
         return []
     return residual_groups(layers, chosen)
+
+
+def at_group_counts(counts: dict[str, int], groups: list,
+                    chosen: list[PrunableLayer]) -> dict[str, int]:
+    """``counts`` with every reader of a residual group at the group's count (the readers read
+    nothing but the group's channels), the channels the learner keeps for the group."""
+    in_channels = {layer.name: layer.in_channels for layer in chosen}
+    counts = dict(counts)
+    for group in groups:
+        if all(name in counts for name in group.readers):
+            counts.update(dict.fromkeys(group.readers, group_count(group, counts, in_channels)))
+    return counts
 
 
 def plan_counts(learner, full: nn.Module, layers: list[PrunableLayer],
@@ -131,7 +143,11 @@ def _budgeted(learner, full: nn.Module, layers: list[PrunableLayer], chosen: lis
         return cache["latency"]
 
     def measure(counts: dict) -> float:
-        return measured_ratio(full, thin_to_counts(full, layers, counts), shape,
+        """Measured ratio of the strategy's architecture; residual groups (prune_residual) at
+        their group's count, as the learner will thin them."""
+        counts = at_group_counts(counts, flops.groups, chosen)
+
+        return measured_ratio(full, thin_to_counts(full, layers, counts, flops.groups), shape,
                               s.latency_batch, s.latency_threads or None)
 
     def allocate(prefs, target: float) -> dict[str, int]:
@@ -172,7 +188,7 @@ def _budgeted(learner, full: nn.Module, layers: list[PrunableLayer], chosen: lis
     if not within:
         log.warning("latency budget %.3f: the closest strategy measured %.3f (tolerance %.0f%%)",
                     s.preserve_ratio, measured, 100 * s.latency_tolerance)
-    return settled["counts"]
+    return at_group_counts(settled["counts"], flops.groups, chosen)
 
 
 def _rerank(learner, full, layers, chosen, s: StrategySettings, candidates: list, allocate,

@@ -45,8 +45,6 @@ class ChannelOptions(OutputOptions):
             check(strategy.protocol != "auto", "prune_residual", "works with the uniform and "
                   "list protocols, not with the DDPG search (optimal / auto), whose roll-outs "
                   "score layers one at a time")
-            check(strategy.budget_type == "flops", "prune_residual", "works under a FLOPs "
-                  "budget, not a latency one (the latency table times layers one at a time)")
 
     @property
     def skip_names(self) -> list[str]:

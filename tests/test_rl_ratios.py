@@ -177,6 +177,56 @@ def test_unknown_protocol_lists_the_valid_ones(tmp_path, tiny_pretrained):
         values_for("cpr", tmp_path, tiny_pretrained, "--cpr_prune_ratio_prtl=auto")
 
 
+def test_a_latency_budget_with_prune_residual_times_the_residual_architecture(
+        tmp_path, tiny_pretrained, monkeypatch):
+    """Under a latency budget with ``prune_residual`` the strategies are measured as the learner
+    thins them: every residual stream at its group's count (not kept whole with its readers
+    gathering), so the measured ratio is that of the final model. The deterministic stand-in
+    of the previous test prices the FLOPs of what is measured; the table's timings are
+    deterministic too (``flops_timing``)."""
+    import learners.channel_strategy as strategy_module
+
+    flops_timing(monkeypatch)
+
+    def fake_ratio(full, candidate, shape, *args, **kwargs) -> float:
+        return 0.5 + 0.5 * count_flops(candidate, shape) / count_flops(full, shape)
+
+    monkeypatch.setattr(strategy_module, "measured_ratio", fake_ratio)
+    result = compress("cpr", tmp_path, tiny_pretrained, prune_residual=True,
+                      budget_type="latency", preserve_ratio=0.75, min_preserve_ratio=0.25,
+                      channel_multiple=1, export_format="none")
+    report = result.report
+    saved, model = _saved(result)
+    latency = saved["strategy"]["latency"]
+    assert latency["within_tolerance"] and abs(latency["measured_ratio"] - 0.75) <= 0.0375
+    flops_ratio = report["flops"]["compressed"] / report["flops"]["full"]
+    chosen = min(latency["trials"], key=lambda t: abs(t["measured"] - 0.75))["measured"]
+    assert chosen == pytest.approx(0.5 + 0.5 * flops_ratio, abs=1e-9)   # the final model's
+    kept = saved["strategy"]["kept"]
+    for group in report["residual_groups"]:
+        assert group["kept"] < group["channels"]
+    stage2 = next(g["kept"] for g in report["residual_groups"] if g["channels"] == 32)
+    assert {kept[name][0] for name in ("layer2.1.conv1", "layer2.2.conv1", "layer3.0.conv1",
+                                       "layer3.0.shortcut.0")} == {stage2}
+    assert all(block.conv2.out_channels == stage2 for block in model.layer2)
+
+
+def test_thin_to_counts_thins_residual_streams_as_groups():
+    model, layers, chosen, shape = _resnet20()
+    from compression.residual_groups import residual_groups
+    from learners.channel_strategy import at_group_counts
+
+    groups = residual_groups(layers, chosen)
+    counts = at_group_counts({layer.name: max(1, layer.in_channels * 3 // 8) for layer in chosen},
+                             groups, chosen)
+    widths = [m.out_channels for m in thin_to_counts(model, layers, counts, groups).modules()
+              if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [6] * 7 + [12] * 7 + [24] * 7
+    apart = [m.out_channels for m in thin_to_counts(model, layers, counts).modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    assert apart[:3] == [16, 6, 16]            # per layer: the stream stays, readers gather
+
+
 # -- the latency lookup table and the settling ---------------------------------------------------
 def test_grid_steps_by_the_channel_multiple():
     assert _grid(16, True, 8) == [1, 8, 16]
