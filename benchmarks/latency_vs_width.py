@@ -14,12 +14,13 @@ inputs; each pair timed side by side (``utils.model_stats.time_side_by_side``: a
 rounds) at batch 64 and 1, with ``--threads`` intra-op threads each; the repeats of a pair are
 chosen so that each model runs about ``--seconds`` per batch size.
 
-``--convs_only`` (default on) adds a bound no eager form of these two models can beat with
-torch's kernels: every convolution of each model timed alone at batch 64 on its own input
-(captured in one pass), with oneDNN's direct kernel and with torch's im2col + GEMM kernel
-(oneDNN off), the faster of the two taken per convolution, summed per model (no BN, ReLU, sum,
-pooling or call overhead). ``convs_only_ratio`` is the thinned sum over the full sum; a model
-whose convolutions alone take that share of the full model's cannot run faster than it.
+``--convs_only`` (default on) asks what the convolutions alone allow: every convolution of each
+model timed alone at batch 64 on an input of its shape (found in one pass), with oneDNN's direct
+kernel and with torch's im2col + GEMM kernel (oneDNN off), the faster of the two taken per
+convolution, summed per model (no BN, ReLU, sum, pooling or call overhead).
+``convs_only_ratio`` is the thinned sum over the full sum: the ratio of the two models if
+nothing but their convolutions cost and each ran its fastest torch kernel; ``gemm_convs``
+counts the convolutions where GEMM was the faster.
 
 ``--search`` asks whether another allocation of the same FLOPs would run faster: every
 combination of block-rule stage widths (an eighth to all of each width) whose FLOPs ratio lies

@@ -28,6 +28,7 @@ from torch import nn
 
 from compression.channel_allocation import allocate_channels, amc_min_ratio, count_at
 from compression.channel_flops import ChannelFlops
+from compression.channel_selection import round_to_multiple
 from compression.channel_latency import (ChannelLatency, measured_ratio, settle_budget,
                                          thin_to_counts)
 from compression.graph import PrunableLayer
@@ -74,15 +75,19 @@ def coupled_groups(learner, layers: list[PrunableLayer], chosen: list[PrunableLa
     return residual_groups(layers, chosen)
 
 
-def at_group_counts(counts: dict[str, int], groups: list,
-                    chosen: list[PrunableLayer]) -> dict[str, int]:
+def at_group_counts(counts: dict[str, int], groups: list, chosen: list[PrunableLayer],
+                    multiple: int = 1) -> dict[str, int]:
     """``counts`` with every reader of a residual group at the group's count (the readers read
-    nothing but the group's channels), the channels the learner keeps for the group."""
+    nothing but the group's channels; the channels the learner keeps for the group), rounded
+    to ``multiple`` (``round_to_multiple``): readers the allocation stepped up apart would
+    otherwise give the stream a count between multiples."""
     in_channels = {layer.name: layer.in_channels for layer in chosen}
     counts = dict(counts)
     for group in groups:
         if all(name in counts for name in group.readers):
-            counts.update(dict.fromkeys(group.readers, group_count(group, counts, in_channels)))
+            count = round_to_multiple(group_count(group, counts, in_channels),
+                                      len(group.roots), multiple)
+            counts.update(dict.fromkeys(group.readers, count))
     return counts
 
 
@@ -145,7 +150,7 @@ def _budgeted(learner, full: nn.Module, layers: list[PrunableLayer], chosen: lis
     def measure(counts: dict) -> float:
         """Measured ratio of the strategy's architecture; residual groups (prune_residual) at
         their group's count, as the learner will thin them."""
-        counts = at_group_counts(counts, flops.groups, chosen)
+        counts = at_group_counts(counts, flops.groups, chosen, s.multiple)
 
         return measured_ratio(full, thin_to_counts(full, layers, counts, flops.groups), shape,
                               s.latency_batch, s.latency_threads or None)
@@ -188,7 +193,7 @@ def _budgeted(learner, full: nn.Module, layers: list[PrunableLayer], chosen: lis
     if not within:
         log.warning("latency budget %.3f: the closest strategy measured %.3f (tolerance %.0f%%)",
                     s.preserve_ratio, measured, 100 * s.latency_tolerance)
-    return at_group_counts(settled["counts"], flops.groups, chosen)
+    return at_group_counts(settled["counts"], flops.groups, chosen, s.multiple)
 
 
 def _rerank(learner, full, layers, chosen, s: StrategySettings, candidates: list, allocate,

@@ -125,8 +125,12 @@ def test_latency_budget_is_settled_on_measurements(tmp_path, tiny_pretrained, mo
     """The budget is met on what is MEASURED, whatever the table predicted. The measurement is
     replaced by a deterministic stand-in (half the latency fixed, half proportional to the
     FLOPs): real timings are too noisy for a unit test; benchmarks/rl_ratios.py shows them.
-    Counts are multiples of 8, the default under a latency budget."""
+    The lookup table's timings are deterministic too (``flops_timing``): with real ones the
+    table's targets, and so the trials, varied from run to run. Counts are multiples of 8, the
+    default under a latency budget."""
     import learners.channel_strategy as strategy_module
+
+    flops_timing(monkeypatch)
 
     def fake_ratio(full, candidate, shape, *args, **kwargs) -> float:
         return 0.5 + 0.5 * count_flops(candidate, shape) / count_flops(full, shape)
@@ -225,6 +229,12 @@ def test_thin_to_counts_thins_residual_streams_as_groups():
     apart = [m.out_channels for m in thin_to_counts(model, layers, counts).modules()
              if isinstance(m, torch.nn.Conv2d)]
     assert apart[:3] == [16, 6, 16]            # per layer: the stream stays, readers gather
+    # readers of one stream stepped up apart: the group's count, rounded to the multiple
+    stage1 = next(g for g in groups if len(g.roots) == 16)
+    stepped = {**counts, **dict.fromkeys(stage1.readers, 8), stage1.readers[0]: 16}
+    assert {at_group_counts(stepped, groups, chosen)[n] for n in stage1.readers} == {10}
+    assert {at_group_counts(stepped, groups, chosen, 8)[n] for n in stage1.readers} == {8}
+    assert {at_group_counts(stepped, groups, chosen, -16)[n] for n in stage1.readers} == {10}
 
 
 # -- the latency lookup table and the settling ---------------------------------------------------
