@@ -55,6 +55,7 @@ class ChannelFlops:
         each layer in ``kept`` keeps that many input channels (others: all)."""
         g = self.graph
         fractions = self._fractions(kept)
+        kept = {**kept, **self._group_counts(kept)}
         shapes = {}
         for name, cost in self.costs.items():
             if name in g.followers:                       # a depthwise conv
@@ -66,6 +67,17 @@ class ChannelFlops:
             else:
                 shapes[name] = (cost.in_channels, cost.out_channels)
         return shapes
+
+    def _group_counts(self, kept: Mapping[str, int]) -> dict[str, int]:
+        """reader -> its group's count, for the readers of residual groups all in ``kept``
+        (the learner keeps the group's count of channels for every one of them)."""
+        counts = {}
+        for group in self.groups:
+            if all(name in kept for name in group.readers):
+                in_channels = {name: self.layers[name].in_channels for name in group.readers}
+                counts.update(dict.fromkeys(group.readers,
+                                            group_count(group, kept, in_channels)))
+        return counts
 
     def _fractions(self, kept: Mapping[str, int]) -> dict[int, float]:
         """root -> expected fraction kept (``ChannelGraph.fractions``); the channels of a

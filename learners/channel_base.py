@@ -101,15 +101,18 @@ class ChannelLearnerBase(Learner):
 
     def coupled_keep(self, full: nn.Module, layers: list[PrunableLayer],
                      chosen: list[PrunableLayer], counts: dict[str, int],
-                     batches: list[torch.Tensor], sections: dict) -> dict[str, torch.Tensor]:
+                     batches: list[torch.Tensor], sections: dict | None) -> dict[str, torch.Tensor]:
         """With ``prune_residual``: the kept input columns of every reader of a residual group,
         chosen once per group (``compression.residual_groups``); these readers then skip the
-        learner's own selection. Else nothing."""
+        learner's own selection. Else nothing. ``sections`` (the report's; ``None`` for a
+        search's roll-out, which logs nothing) receives the groups' records."""
         if not getattr(self.cfg, "prune_residual", False):
             return {}
         keep, records = coupled_keep(full, layers, chosen, counts, batches,
                                      self.residual_criterion, self.selection_settings())
         keep = {layer.name: keep[layer.name] for layer in chosen if layer.name in keep}
+        if sections is None:
+            return keep
         for record in records:
             log.info("residual group: %d readers keep %d/%d shared channels (%s): %s",
                      len(record["readers"]), record["kept"], record["channels"],
@@ -119,6 +122,23 @@ class ChannelLearnerBase(Learner):
                         "all their input channels)")
         sections["residual_groups"] = records
         return keep
+
+    def select_all(self, full: nn.Module, layers: list[PrunableLayer],
+                   chosen: list[PrunableLayer], counts: dict[str, int],
+                   batches: list[torch.Tensor], sections: dict | None = None) -> tuple:
+        """``(pruned copy of full, keep, stats)`` for ``counts``: residual groups chosen once
+        each (``prune_residual``), the other layers by the learner's selection, the groups'
+        readers refitted. The final selection passes the report's ``sections``
+        (``select_final``); a search's roll-out passes none (``select_rollout``, no logs)."""
+        pruned = copy.deepcopy(full)
+        coupled = self.coupled_keep(full, layers, chosen, counts, batches, sections)
+        mask_inputs(pruned, coupled)
+        select = self.select_final if sections is not None else self.select_rollout
+        keep, stats = select(full, pruned, [layer for layer in chosen if layer.name not in coupled],
+                             counts, batches)
+        stats += self.refit_coupled(full, pruned, coupled, batches)
+        keep.update(coupled)
+        return pruned, keep, stats
 
     def refit_coupled(self, full: nn.Module, pruned: nn.Module, coupled: dict[str, torch.Tensor],
                       batches: list[torch.Tensor]) -> list[dict]:
@@ -156,15 +176,9 @@ class ChannelLearnerBase(Learner):
         payload = None
         with ctx.timed("selection"):
             if ctx.mgw.is_primary():
-                pruned = copy.deepcopy(full)
                 batches = self.calibration_batches(self.calibration_samples)
-                coupled = self.coupled_keep(full, layers, chosen, counts, batches, sections)
-                mask_inputs(pruned, coupled)
-                keep, stats = self.select_final(
-                    full, pruned, [layer for layer in chosen if layer.name not in coupled],
-                    counts, batches)
-                stats += self.refit_coupled(full, pruned, coupled, batches)
-                keep.update(coupled)
+                pruned, keep, stats = self.select_all(full, layers, chosen, counts, batches,
+                                                      sections)
                 dead: dict = {}
                 thinned, spec = thin(pruned, layers, keep, full_spec, stats=dead,
                                      eliminate=self.cfg.eliminate_dead)

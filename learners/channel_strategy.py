@@ -114,6 +114,7 @@ def plan_counts(learner, full: nn.Module, layers: list[PrunableLayer],
                   for layer in chosen}
     else:
         counts = _budgeted(learner, full, layers, chosen, flops, s, strategy)
+    counts = at_group_counts(counts, flops.groups, chosen)   # what the learner keeps
     if "search" in strategy:
         sections["search"] = strategy.pop("search")
     sections["strategy"] = {
@@ -228,8 +229,7 @@ def rollout_scorer(learner, full: nn.Module, layers: list[PrunableLayer],
     calibration = [inputs for inputs, _ in train[:s.rl_nb_batches]]
 
     def score(counts: dict[str, int]) -> dict:
-        pruned = copy.deepcopy(full)
-        keep, _ = learner.select_rollout(full, pruned, chosen, counts, calibration)
+        pruned, keep, _ = learner.select_all(full, layers, chosen, counts, calibration)
         thinned, _ = thin(pruned, layers, keep)
         ctx.short_finetune(thinned, train, s.rl_lrn_rate, s.rl_ft_steps)
         return ctx.evaluate(thinned, loader=val, local=True)

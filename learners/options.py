@@ -40,11 +40,6 @@ class ChannelOptions(OutputOptions):
 
     def __post_init__(self) -> None:
         """Subclasses validate their own options (calling this first)."""
-        strategy = getattr(self, "strategy", None)
-        if self.prune_residual and strategy is not None:
-            check(strategy.protocol != "auto", "prune_residual", "works with the uniform and "
-                  "list protocols, not with the DDPG search (optimal / auto), whose roll-outs "
-                  "score layers one at a time")
 
     @property
     def skip_names(self) -> list[str]:

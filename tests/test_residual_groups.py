@@ -16,7 +16,6 @@ from compression.thinning import mask_inputs, thin
 from nets.registry import create_net
 from tests.conftest import compress_digits
 from tests.zoo_nets import INPUT_SHAPE, ZOO, randomise_bn
-from utils.config import ConfigError
 from utils.model_stats import count_flops
 
 SHAPE = (3, 8, 8)
@@ -118,10 +117,43 @@ def test_prune_residual_end_to_end(tmp_path, tiny_pretrained):
     assert report["flops"]["compressed"] < plain["flops"]["compressed"]
 
 
-def test_prune_residual_refuses_the_search(tmp_path, tiny_pretrained):
-    with pytest.raises(ConfigError, match="prune_residual.*optimal"):
-        compress_digits(tmp_path, tiny_pretrained, "chn-pruned-rmt", prune_residual=True,
-                        prune_ratio_prtl="optimal")
+def test_the_search_scores_roll_outs_with_residual_groups(tmp_path, tiny_pretrained, monkeypatch):
+    """optimal (DDPG) with prune_residual: every roll-out is scored on the architecture the
+    learner delivers (each stream cut as one group, then thinned), and the chosen strategy
+    meets the FLOPs budget with every stream at one width."""
+    import learners.channel_base as base
+
+    scored = []
+    original = base.ChannelLearnerBase.select_all
+
+    def spy(self, full, layers, chosen, counts, batches, sections=None):
+        pruned, keep, stats = original(self, full, layers, chosen, counts, batches, sections)
+        if sections is None:                       # a roll-out
+            thinned, _ = thin(pruned, layers, keep)
+            scored.append([m.out_channels for m in thinned.modules()
+                           if isinstance(m, torch.nn.Conv2d)])
+        return pruned, keep, stats
+
+    monkeypatch.setattr(base.ChannelLearnerBase, "select_all", spy)
+    result = compress_digits(tmp_path, tiny_pretrained, "chn-pruned-rmt", prune_residual=True,
+                             prune_ratio_prtl="optimal", preserve_ratio=0.5, nb_smpls=64,
+                             nb_rlouts=3, nb_rlouts_min=2, rl_nb_batches=1, nb_rerank=1,
+                             rerank_ft_steps=2, nb_iters_feval=1, ddpg_batch_size=8,
+                             export_format="none")
+    assert len(scored) == 3 + 2                    # 3 roll-outs, then uniform + 1 re-ranked
+    for widths in scored:                          # ResNet-20: stem + 3 x (2 convs) per stage
+        stream = [widths[0], widths[2], widths[4], widths[6]]
+        assert len(set(stream)) == 1 and stream[0] < 16, widths
+    report = result.report
+    assert report["search"]["flops_ratio"] <= 0.5 + 1e-9
+    kept = report["strategy"]["kept"]
+    for group in report["residual_groups"]:                # one count per stream, reported
+        assert {kept[name][0] for name in group["readers"]} == {group["kept"]}
+    assert 0.45 <= report["flops"]["compressed"] / report["flops"]["full"] <= 0.5 + 1e-9
+    groups = {g["channels"]: g["kept"] for g in report["residual_groups"]}
+    model = result.model
+    assert all(block.conv2.out_channels == groups[32] for block in model.layer2)
+    assert model.conv1.out_channels == groups[16] and model.fc.in_features == groups[64]
 
 
 @pytest.mark.parametrize("learner,options,criterion", [
@@ -147,9 +179,6 @@ def test_every_channel_learner_prunes_residual_groups(learner, options, criterio
     assert result.report["dead_channels"]["unread_channels"] == 0
 
 
-def test_the_channel_learners_search_refuses_prune_residual(tmp_path, tiny_pretrained):
-    with pytest.raises(ConfigError, match="prune_residual"):
-        compress_digits(tmp_path, tiny_pretrained, "channel", prune_residual=True)
 
 
 def test_a_flops_budget_counts_the_groups_at_their_count(tmp_path, tiny_pretrained):
