@@ -55,7 +55,7 @@ class ChannelFlops:
         each layer in ``kept`` keeps that many input channels (others: all)."""
         g = self.graph
         fractions = self._fractions(kept)
-        kept = {**kept, **self._group_counts(kept)}
+        kept = {**kept, **self.group_counts(kept)}
         shapes = {}
         for name, cost in self.costs.items():
             if name in g.followers:                       # a depthwise conv
@@ -68,9 +68,9 @@ class ChannelFlops:
                 shapes[name] = (cost.in_channels, cost.out_channels)
         return shapes
 
-    def _group_counts(self, kept: Mapping[str, int]) -> dict[str, int]:
-        """reader -> its group's count, for the readers of residual groups all in ``kept``
-        (the learner keeps the group's count of channels for every one of them)."""
+    def group_counts(self, kept: Mapping[str, int]) -> dict[str, int]:
+        """reader -> its group's count (``group_count``), for the readers of the residual groups
+        whose readers are all in ``kept``: the channels the learner keeps for each of them."""
         counts = {}
         for group in self.groups:
             if all(name in kept for name in group.readers):
@@ -83,11 +83,11 @@ class ChannelFlops:
         """root -> expected fraction kept (``ChannelGraph.fractions``); the channels of a
         residual group keep the group's count, whichever of its readers are in ``kept``."""
         fractions = self.graph.fractions(kept)
+        counts = self.group_counts(kept)
         for group in self.groups:
-            if all(name in kept for name in group.readers):
-                in_channels = {name: self.layers[name].in_channels for name in group.readers}
-                share = group_count(group, kept, in_channels) / len(group.roots)
-                fractions.update(dict.fromkeys(group.roots, share))
+            if group.readers[0] in counts:
+                fractions.update(dict.fromkeys(group.roots,
+                                               counts[group.readers[0]] / len(group.roots)))
         return fractions
 
     def shapes_of(self, keep: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:

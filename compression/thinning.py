@@ -115,9 +115,9 @@ def thin(model: nn.Module, layers: Sequence[PrunableLayer],
          stats: dict | None = None, coupled: Collection[int] = ()) -> tuple[nn.Module, dict | None]:
     """A physically smaller copy of ``model`` keeping, for each layer in ``keep``, only the
     listed input channels (and removing every channel no reader keeps; with ``keep_shared``
-    only those one reader alone read, or that are ``coupled``: channel ids of residual groups);
-    also returns ``spec`` with the thinning recorded (if
-    given). With ``eliminate`` (and a graph that knows the input shape) no layer of the result
+    only those one reader alone reads, and the ``coupled`` ones: channel ids of residual
+    groups, whose readers keep the same channels); also returns ``spec`` with the thinning
+    recorded (if given). With ``eliminate`` (and a graph that knows the input shape) no layer of the result
     computes a channel nothing reads afterwards (``compression.dead_channels``); ``stats``
     (a dict) receives what that pass did, or would have done (``dead_channels.report``)."""
     graph = graph_of(layers)

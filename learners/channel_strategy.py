@@ -33,7 +33,7 @@ from compression.channel_latency import (ChannelLatency, measured_ratio, settle_
                                          thin_to_counts)
 from compression.graph import PrunableLayer
 from compression.ratio_list import read_ratio_list
-from compression.residual_groups import group_count, residual_groups
+from compression.residual_groups import residual_groups
 from compression.thinning import thin
 from learners.rl.channel_env import ChannelEnv
 
@@ -75,20 +75,15 @@ def coupled_groups(learner, layers: list[PrunableLayer], chosen: list[PrunableLa
     return residual_groups(layers, chosen)
 
 
-def at_group_counts(counts: dict[str, int], groups: list, chosen: list[PrunableLayer],
+def at_group_counts(counts: dict[str, int], flops: ChannelFlops,
                     multiple: int = 1) -> dict[str, int]:
-    """``counts`` with every reader of a residual group at the group's count (the readers read
-    nothing but the group's channels; the channels the learner keeps for the group), rounded
-    to ``multiple`` (``round_to_multiple``): readers the allocation stepped up apart would
-    otherwise give the stream a count between multiples."""
-    in_channels = {layer.name: layer.in_channels for layer in chosen}
-    counts = dict(counts)
-    for group in groups:
-        if all(name in counts for name in group.readers):
-            count = round_to_multiple(group_count(group, counts, in_channels),
-                                      len(group.roots), multiple)
-            counts.update(dict.fromkeys(group.readers, count))
-    return counts
+    """``counts`` with every reader of a residual group of ``flops`` at the group's count
+    (``ChannelFlops.group_counts``: what the learner keeps), rounded to ``multiple``
+    (``round_to_multiple``): readers the allocation stepped up apart would otherwise give the
+    stream a count between multiples. A group's readers read nothing but its channels."""
+    grouped = {name: round_to_multiple(count, flops.layers[name].in_channels, multiple)
+               for name, count in flops.group_counts(counts).items()}
+    return {**counts, **grouped}
 
 
 def plan_counts(learner, full: nn.Module, layers: list[PrunableLayer],
@@ -114,7 +109,7 @@ def plan_counts(learner, full: nn.Module, layers: list[PrunableLayer],
                   for layer in chosen}
     else:
         counts = _budgeted(learner, full, layers, chosen, flops, s, strategy)
-    counts = at_group_counts(counts, flops.groups, chosen)   # what the learner keeps
+    counts = at_group_counts(counts, flops)   # what the learner keeps
     if "search" in strategy:
         sections["search"] = strategy.pop("search")
     sections["strategy"] = {
@@ -151,8 +146,7 @@ def _budgeted(learner, full: nn.Module, layers: list[PrunableLayer], chosen: lis
     def measure(counts: dict) -> float:
         """Measured ratio of the strategy's architecture; residual groups (prune_residual) at
         their group's count, as the learner will thin them."""
-        counts = at_group_counts(counts, flops.groups, chosen, s.multiple)
-
+        counts = at_group_counts(counts, flops, s.multiple)
         return measured_ratio(full, thin_to_counts(full, layers, counts, flops.groups), shape,
                               s.latency_batch, s.latency_threads or None)
 
@@ -194,7 +188,7 @@ def _budgeted(learner, full: nn.Module, layers: list[PrunableLayer], chosen: lis
     if not within:
         log.warning("latency budget %.3f: the closest strategy measured %.3f (tolerance %.0f%%)",
                     s.preserve_ratio, measured, 100 * s.latency_tolerance)
-    return at_group_counts(settled["counts"], flops.groups, chosen, s.multiple)
+    return at_group_counts(settled["counts"], flops, s.multiple)
 
 
 def _rerank(learner, full, layers, chosen, s: StrategySettings, candidates: list, allocate,

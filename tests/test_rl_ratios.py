@@ -221,8 +221,9 @@ def test_thin_to_counts_thins_residual_streams_as_groups():
     from learners.channel_strategy import at_group_counts
 
     groups = residual_groups(layers, chosen)
+    flops = ChannelFlops(model, layers, shape, groups)
     counts = at_group_counts({layer.name: max(1, layer.in_channels * 3 // 8) for layer in chosen},
-                             groups, chosen)
+                             flops)
     widths = [m.out_channels for m in thin_to_counts(model, layers, counts, groups).modules()
               if isinstance(m, torch.nn.Conv2d)]
     assert widths == [6] * 7 + [12] * 7 + [24] * 7
@@ -232,9 +233,9 @@ def test_thin_to_counts_thins_residual_streams_as_groups():
     # readers of one stream stepped up apart: the group's count, rounded to the multiple
     stage1 = next(g for g in groups if len(g.roots) == 16)
     stepped = {**counts, **dict.fromkeys(stage1.readers, 8), stage1.readers[0]: 16}
-    assert {at_group_counts(stepped, groups, chosen)[n] for n in stage1.readers} == {10}
-    assert {at_group_counts(stepped, groups, chosen, 8)[n] for n in stage1.readers} == {8}
-    assert {at_group_counts(stepped, groups, chosen, -16)[n] for n in stage1.readers} == {10}
+    assert {at_group_counts(stepped, flops)[n] for n in stage1.readers} == {10}
+    assert {at_group_counts(stepped, flops, 8)[n] for n in stage1.readers} == {8}
+    assert {at_group_counts(stepped, flops, -16)[n] for n in stage1.readers} == {10}
 
 
 # -- the latency lookup table and the settling ---------------------------------------------------
