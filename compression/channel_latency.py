@@ -179,20 +179,30 @@ class ChannelLatency:
         return self.cost(kept) / self.total
 
 
+def spread(count: int, width: int) -> torch.Tensor:
+    """``count`` of ``width`` input positions, evenly spaced: a reader of a concatenation keeps
+    about the same share of every part of it, as ``ChannelFlops`` expects."""
+    return torch.div(torch.arange(count) * width, count, rounding_mode="floor")
+
+
 def thin_to_counts(model: nn.Module, layers: Sequence[PrunableLayer],
                    counts: Mapping[str, int], groups: Sequence = ()) -> nn.Module:
-    """A thinned copy of ``model`` keeping the first ``counts[layer]`` input channels of each
-    layer: the architecture of a strategy, for timing (which channels does not matter; channels
-    several layers read stay, as ``ChannelFlops.flops`` counts them: the final model, which
-    also drops those no layer kept and those nothing reads after a residual sum, is at most as
-    slow). The channels of each residual group in ``groups`` (``prune_residual``) leave the
-    whole stream instead: its readers keep the group's first ``counts`` channels (the counts
-    of its readers are the group's, ``learners.channel_strategy.at_group_counts``)."""
-    keep = {name: torch.arange(count) for name, count in counts.items()}
+    """A thinned copy of ``model`` in which each layer keeps ``counts[layer]`` input channels,
+    evenly spread over its input (``spread``): the architecture of a strategy, for timing.
+    Which channels a reader of one producer keeps does not change the architecture; a reader
+    of a concatenation keeps the same share of every part, so each producer that only it reads
+    keeps that share (the final selection may pick otherwise: an estimate, as the strategy's
+    FLOPs are). Channels several layers read stay, as ``ChannelFlops.flops`` counts them. The
+    channels of each residual group in ``groups`` (``prune_residual``) leave the whole stream
+    instead: its readers keep the same channels (their counts are the group's,
+    ``learners.channel_strategy.at_group_counts``)."""
+    width = {layer.name: layer.in_channels for layer in layers}
+    keep = {name: spread(count, width[name]) for name, count in counts.items()}
     coupled = []
     for group in groups:
         if all(name in counts for name in group.readers):
-            keep.update(group.keep(range(counts[group.readers[0]])))
+            count = counts[group.readers[0]]
+            keep.update(group.keep(spread(count, len(group.roots)).tolist()))
             coupled += group.roots
     thinned, _ = thin(copy.deepcopy(model), layers, keep, keep_shared=True, eliminate=False,
                       coupled=coupled)

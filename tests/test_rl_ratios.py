@@ -238,6 +238,23 @@ def test_thin_to_counts_thins_residual_streams_as_groups():
     assert {at_group_counts(stepped, flops, -16)[n] for n in stage1.readers} == {10}
 
 
+def test_thin_to_counts_keeps_a_share_of_every_part_of_a_concatenation():
+    """A reader of a concatenation keeps its count spread over the parts, so a producer that
+    only it reads keeps about that share (with the first channels instead, the last dense
+    layer kept 1 of its 6 outputs, and a latency budget timed a smaller model than the one
+    delivered)."""
+    from tests.zoo_nets import INPUT_SHAPE, DenseNet
+
+    model = DenseNet().eval()
+    layers = analyse(model, INPUT_SHAPE)
+    chosen = choose_layers(layers, True, False, [])
+    counts = {layer.name: layer.in_channels for layer in chosen}
+    counts["transition.2"] = 13                         # half of its 26 inputs
+    thinned = thin_to_counts(model, layers, counts)
+    assert thinned.dense[2][2].out_channels == 3        # half of the last dense layer's 6
+    assert thinned.transition[2].weight.shape[1] == 13
+
+
 # -- the latency lookup table and the settling ---------------------------------------------------
 def test_grid_steps_by_the_channel_multiple():
     assert _grid(16, True, 8) == [1, 8, 16]

@@ -281,6 +281,45 @@ def test_every_channel_learner_on_every_zoo_net(name, learner, zoo_full):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("budget", ["flops", "latency"])
+@pytest.mark.parametrize("name", list(ZOO))
+def test_the_search_with_residual_groups_on_every_zoo_net(name, budget, zoo_full, monkeypatch):
+    """chn-pruned-rmt's DDPG search with ``prune_residual`` under a FLOPs or a latency budget
+    on nets with concatenations, SE gates, grouped convs, dense blocks, 1-D convs and splits:
+    the budget holds, every group's readers keep the group's count, the thinned model is exact
+    in ONNX. Latency is a deterministic stand-in (half fixed, half the FLOPs of what is timed):
+    these nets are too small for timings to rank strategies."""
+    import learners.channel_strategy as strategy_module
+    from tests.test_rl_ratios import flops_timing
+
+    flops_timing(monkeypatch)
+    monkeypatch.setattr(strategy_module, "measured_ratio",
+                        lambda full, candidate, shape, *a, **k:
+                        0.5 + 0.5 * count_flops(candidate, shape) / count_flops(full, shape))
+    root, full = zoo_full
+    helper_cls, artifact, _ = full[name]
+    latency = {"budget_type": "latency", "preserve_ratio": 0.8, "min_preserve_ratio": 0.25,
+               "channel_multiple": 1} if budget == "latency" else {"preserve_ratio": 0.6}
+    result = pf.compress(helper_cls(), learner="chn-pruned-rmt", report_latency=False,
+                         out_dir=str(root / name / f"search_{budget}"), full_model=artifact,
+                         prune_residual=True, prune_ratio_prtl="optimal", nb_rlouts=3,
+                         nb_rlouts_min=2, rl_nb_batches=1, nb_rerank=1, rerank_ft_steps=2,
+                         nb_iters_feval=1, ddpg_batch_size=8, **latency)
+    report = result.report
+    model, _ = load_model(result.artifact)
+    assert report["flops"]["compressed"] == count_flops(model, INPUT_SHAPE)
+    if budget == "flops":
+        assert report["search"]["flops_ratio"] <= 0.6 + 1e-9
+    else:     # the strategy's architecture is an estimate where readers share a concatenation
+        assert report["strategy"]["latency"]["within_tolerance"]
+    kept = report["strategy"]["kept"]
+    for group in report.get("residual_groups", []):
+        assert {kept[reader][0] for reader in group["readers"]} == {group["kept"]}
+    assert unread_channels(model, INPUT_SHAPE) == {}
+    assert report["onnx"]["parity_ok"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ZOO))
 def test_every_tool_on_a_pruned_zoo_net(name, zoo_full):
     root, full = zoo_full
