@@ -125,15 +125,18 @@ class ChannelLearnerBase(Learner):
 
     def select_all(self, full: nn.Module, layers: list[PrunableLayer],
                    chosen: list[PrunableLayer], counts: dict[str, int],
-                   batches: list[torch.Tensor], sections: dict | None = None) -> tuple:
+                   batches: list[torch.Tensor], sections: dict | None = None,
+                   rollout: bool = False) -> tuple:
         """``(pruned copy of full, keep, stats)`` for ``counts``: residual groups chosen once
         each (``prune_residual``), the other layers by the learner's selection, the groups'
-        readers refitted. The final selection passes the report's ``sections``
-        (``select_final``); a search's roll-out passes none (``select_rollout``, no logs)."""
+        readers refitted. The final model uses ``select_final`` and puts the groups' records
+        into ``sections`` (the report's); a search's ``rollout`` uses ``select_rollout`` and
+        logs nothing."""
         pruned = copy.deepcopy(full)
-        coupled = self.coupled_keep(full, layers, chosen, counts, batches, sections)
+        coupled = self.coupled_keep(full, layers, chosen, counts, batches,
+                                    None if rollout else sections)
         mask_inputs(pruned, coupled)
-        select = self.select_final if sections is not None else self.select_rollout
+        select = self.select_rollout if rollout else self.select_final
         keep, stats = select(full, pruned, [layer for layer in chosen if layer.name not in coupled],
                              counts, batches)
         stats += self.refit_coupled(full, pruned, coupled, batches)

@@ -223,7 +223,8 @@ def rollout_scorer(learner, full: nn.Module, layers: list[PrunableLayer],
     calibration = [inputs for inputs, _ in train[:s.rl_nb_batches]]
 
     def score(counts: dict[str, int]) -> dict:
-        pruned, keep, _ = learner.select_all(full, layers, chosen, counts, calibration)
+        pruned, keep, _ = learner.select_all(full, layers, chosen, counts, calibration,
+                                             rollout=True)
         thinned, _ = thin(pruned, layers, keep)
         ctx.short_finetune(thinned, train, s.rl_lrn_rate, s.rl_ft_steps)
         return ctx.evaluate(thinned, loader=val, local=True)

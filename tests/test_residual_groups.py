@@ -126,9 +126,10 @@ def test_the_search_scores_roll_outs_with_residual_groups(tmp_path, tiny_pretrai
     scored = []
     original = base.ChannelLearnerBase.select_all
 
-    def spy(self, full, layers, chosen, counts, batches, sections=None):
-        pruned, keep, stats = original(self, full, layers, chosen, counts, batches, sections)
-        if sections is None:                       # a roll-out
+    def spy(self, full, layers, chosen, counts, batches, sections=None, rollout=False):
+        pruned, keep, stats = original(self, full, layers, chosen, counts, batches, sections,
+                                       rollout)
+        if rollout:
             thinned, _ = thin(pruned, layers, keep)
             scored.append([m.out_channels for m in thinned.modules()
                            if isinstance(m, torch.nn.Conv2d)])

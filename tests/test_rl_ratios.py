@@ -68,6 +68,12 @@ def _resnet20():
     return model, layers, choose_layers(layers, True, False, []), shape
 
 
+def half_fixed_ratio(full, candidate, shape, *args, **kwargs) -> float:
+    """A deterministic stand-in for ``measured_ratio``: half the latency fixed, half
+    proportional to the FLOPs of what is timed."""
+    return 0.5 + 0.5 * count_flops(candidate, shape) / count_flops(full, shape)
+
+
 # -- the learners end to end -------------------------------------------------------------------
 @pytest.mark.parametrize("prefix", ["cpr", "dcp"])
 def test_optimal_search_meets_the_flops_budget_and_thins(prefix, tmp_path, tiny_pretrained):
@@ -132,10 +138,7 @@ def test_latency_budget_is_settled_on_measurements(tmp_path, tiny_pretrained, mo
 
     flops_timing(monkeypatch)
 
-    def fake_ratio(full, candidate, shape, *args, **kwargs) -> float:
-        return 0.5 + 0.5 * count_flops(candidate, shape) / count_flops(full, shape)
-
-    monkeypatch.setattr(strategy_module, "measured_ratio", fake_ratio)
+    monkeypatch.setattr(strategy_module, "measured_ratio", half_fixed_ratio)
     result = compress("cpr", tmp_path, tiny_pretrained, budget_type="latency", preserve_ratio=0.8,
                       min_preserve_ratio=0.25)
     report = result.report
@@ -192,10 +195,7 @@ def test_a_latency_budget_with_prune_residual_times_the_residual_architecture(
 
     flops_timing(monkeypatch)
 
-    def fake_ratio(full, candidate, shape, *args, **kwargs) -> float:
-        return 0.5 + 0.5 * count_flops(candidate, shape) / count_flops(full, shape)
-
-    monkeypatch.setattr(strategy_module, "measured_ratio", fake_ratio)
+    monkeypatch.setattr(strategy_module, "measured_ratio", half_fixed_ratio)
     result = compress("cpr", tmp_path, tiny_pretrained, prune_residual=True,
                       budget_type="latency", preserve_ratio=0.75, min_preserve_ratio=0.25,
                       channel_multiple=1, export_format="none")

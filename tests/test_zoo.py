@@ -290,12 +290,10 @@ def test_the_search_with_residual_groups_on_every_zoo_net(name, budget, zoo_full
     in ONNX. Latency is a deterministic stand-in (half fixed, half the FLOPs of what is timed):
     these nets are too small for timings to rank strategies."""
     import learners.channel_strategy as strategy_module
-    from tests.test_rl_ratios import flops_timing
+    from tests.test_rl_ratios import flops_timing, half_fixed_ratio
 
     flops_timing(monkeypatch)
-    monkeypatch.setattr(strategy_module, "measured_ratio",
-                        lambda full, candidate, shape, *a, **k:
-                        0.5 + 0.5 * count_flops(candidate, shape) / count_flops(full, shape))
+    monkeypatch.setattr(strategy_module, "measured_ratio", half_fixed_ratio)
     root, full = zoo_full
     helper_cls, artifact, _ = full[name]
     latency = {"budget_type": "latency", "preserve_ratio": 0.8, "min_preserve_ratio": 0.25,
