@@ -6,7 +6,7 @@
 For serving a result in eager PyTorch: ``tune_malloc()`` once at the start of the process and
 ``fold_batchnorm(model)`` (docs/speed.md).
 """
-from compression.inference import fold_batchnorm
+from compression.surgery.inference import fold_batchnorm
 from learners.api import Result, compress, evaluate, load_model
 from learners.registry import list_learners
 from utils.malloc import tune_malloc

@@ -84,7 +84,7 @@ def flag_values(name: str, outdir: str, seed: int) -> dict:
 def extra_steps(name: str, report: dict) -> int:
     """Training steps a method takes before its "before fine-tuning" accuracy: DCP's Adam steps
     (one block tune per block holding a selected layer, one layer tune per selected layer, as
-    in ``learners/dis_chn_pruned/learner.py``); LASSO and L1 select without training."""
+    in ``learners/channel/dcp.py``); LASSO and L1 select without training."""
     if "--learner=dis-chn-pruned" not in configs()[name]:
         return 0
     return sum(record["adam_steps"] for record in report.get("selection") or [])

@@ -26,9 +26,10 @@ import torch
 from absl import app, flags
 from bench_common import learner_values, mean, run_all
 
-from compression.channel_flops import ChannelFlops
-from compression.channel_selection import choose_layers, counts_for_ratios
-from compression.graph import analyse
+from compression.budget.flops import ChannelFlops
+from compression.graph.layers import choose_layers
+from compression.budget.counts import counts_for_ratios
+from compression.graph.layers import analyse
 from nets.resnet_at_digits import ModelHelper
 from compression.artifacts import load_model
 

@@ -5,7 +5,7 @@
    search (double the penalty until at most k channels remain, then
    narrow the interval until exactly k do). A fair baseline gets ISTA's start and stopping rule
    mapped to its own penalty (``alpha = gamma * s / n``, ``s = ||A'A||_F``, ``n`` rows: the same
-   problem, see ``compression.ista``) and the more economical sequential bisection. Both
+   problem, see ``compression.selection.ista``) and the more economical sequential bisection. Both
    selections are refitted by the same least squares and the relative reconstruction error of
    the layer output is compared. ``--unmapped_start`` also times the earlier baseline, which
    started at ``alpha = 1e-4`` (far below the answer, so it spent most of its time doubling).
@@ -32,12 +32,13 @@ from absl import app, flags
 
 from lasso_baseline import alpha_for_gamma, sklearn_select  # sibling module (run as a script)
 
-from compression.channel_selection import (SelectionSettings, choose_layers, counts_for_ratios,
-                                           nb_kept, select_channels)
-from compression.graph import analyse
-from compression.ista import normalised_problem, select_exact
-from compression.layer_sampling import collect, gram_and_corr, layer_weight, normal_equations
-from compression.lstsq import reconstruction_error, refit_closed
+from compression.selection.criteria import SelectionOptions, select_channels
+from compression.graph.layers import choose_layers
+from compression.budget.counts import counts_for_ratios, nb_kept
+from compression.graph.layers import analyse
+from compression.selection.ista import normalised_problem, select_exact
+from compression.selection.sampling import collect, gram_and_corr, layer_weight, normal_equations
+from compression.selection.lstsq import reconstruction_error, refit_closed
 from learners.launch import build
 from learners.launch import define_flags as define_run_flags
 from nets.resnet_at_digits import ModelHelper
@@ -106,7 +107,7 @@ def main(_) -> None:
     start = time.perf_counter()
     select_channels(full, copy.deepcopy(full), layers,
                     counts_for_ratios(layers, {layer.name: FLAGS.ratio for layer in layers}),
-                    batches, SelectionSettings())
+                    batches, SelectionOptions())
     network_s = time.perf_counter() - start
 
     print(f"layer {FLAGS.layer}: {patches.shape[0]} rows x {weight.shape[0]} outputs, "

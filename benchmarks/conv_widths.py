@@ -52,7 +52,7 @@ def main(argv: list) -> None:
     malloc = tune_malloc()
     import torch
 
-    from compression.channel_selection import cpu_channel_block
+    from compression.budget.simd import cpu_channel_block
 
     torch.set_num_threads(FLAGS.threads)
     widths, sizes = [int(w) for w in FLAGS.widths], [int(s) for s in FLAGS.sizes]

@@ -4,10 +4,10 @@ pass, side by side with the full model, in one process.
 
 Each run is one ``learners.launch.run`` from the same pre-trained model (trained by the first
 run if ``--model`` is missing), ``--report_latency=false``. The architecture the pass starts
-from is captured by wrapping ``compression.dead_channels.eliminate`` (nothing else changes);
+from is captured by wrapping ``compression.surgery.dead_channels.eliminate`` (nothing else changes);
 its weights do not matter for latency. Latency: median eval-mode forward time of the full
 model, the thinned model before the pass and after it, rounds rotated (``--rounds``), at
-batch 64 and 1, ``--threads`` threads. Unread channels: ``compression.unread.unread_channels``
+batch 64 and 1, ``--threads`` threads. Unread channels: ``compression.surgery.unread.unread_channels``
 (noise on one output channel at a time).
 
 Runs: ``main`` (the README command: ``--learner=chn-pruned-rmt``, default ratio) and
@@ -29,9 +29,9 @@ import torch
 from absl import app, flags
 from bench_common import learner_values
 
-from compression import dead_channels
+from compression.surgery import dead_channels
 from compression.artifacts import load_model
-from compression.unread import unread_channels
+from compression.surgery.unread import unread_channels
 from learners.launch import run
 from nets.resnet_at_digits import ModelHelper
 from utils.model_stats import count_flops, measure_latency

@@ -3,7 +3,7 @@
     python benchmarks/int8_latency.py [--threads=2] [--repeats=15] [--warmup=5] [--dynamic=True]
 
 Builds ResNet-20 (3 channels, 10 classes, random weights), prepares it for int8 QAT with
-``compression.int8_qat`` (XNNPACK quantizer: per-channel symmetric int8 weights, int8
+``compression.quantization.int8_qat`` (XNNPACK quantizer: per-channel symmetric int8 weights, int8
 activations), calibrates the observers on a few random batches (no training: latency does not
 depend on the weights), converts it, and lowers both the int8 model and the fp32 model (BN in
 eval mode) to ``.pte`` programs with the XNNPACK delegate (dynamic batch 1..64 unless
@@ -28,7 +28,7 @@ import torch
 from absl import app, flags
 
 from utils.malloc import tune_malloc
-from compression.int8_qat import convert_int8, output_scale, prepare_qat
+from compression.quantization.int8_qat import convert_int8, output_scale, prepare_qat
 from deployment.pte import PteModel, export_pte, set_runtime_threads
 from nets.registry import create_net
 

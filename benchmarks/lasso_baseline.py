@@ -1,5 +1,5 @@
 """The scikit-learn baseline of ``channel_selection.py``: the exact-count penalty search of
-``compression.ista.select_exact`` with each probe a ``sklearn.linear_model.Lasso`` fit.
+``compression.selection.ista.select_exact`` with each probe a ``sklearn.linear_model.Lasso`` fit.
 
 The two solve the same problem: ``select_exact`` minimises ``0.5 b'Gb - c'b + gamma |b|_1``
 with ``G = A'A / s``, ``c = A'y / s`` (``s = ||A'A||_F``); multiplied by ``s`` that is
@@ -14,7 +14,7 @@ import torch
 
 
 def alpha_for_gamma(gamma: float, scale: float, nb_rows: int) -> float:
-    """scikit-learn's ``alpha`` of the penalty ``gamma`` of ``compression.ista``."""
+    """scikit-learn's ``alpha`` of the penalty ``gamma`` of ``compression.selection.ista``."""
     return gamma * scale / nb_rows
 
 

@@ -7,9 +7,9 @@ narrower ResNet of the same depth: no channel picks, no scatters (``benchmarks/
 thinned_latency.py`` shows the digits run's model). So both models here are built directly,
 ``nets.models.resnet_cifar.ResNetCifar(widths=...)``, from the full widths ``--multipliers`` x
 (16, 32, 64) and the thinned widths ``round(keep x width)``, exact (``exact``) or rounded by
-``compression.channel_selection.round_to_multiple`` with ``-cpu_channel_block()`` (``block``:
+``compression.budget.counts.round_to_multiple`` with ``-cpu_channel_block()`` (``block``:
 the rule of ``--cpr_channel_multiple=-1``). Random weights: latency does not depend on them.
-Both models eval mode, BatchNorm folded (``compression.inference.fold_batchnorm``), 1-channel
+Both models eval mode, BatchNorm folded (``compression.surgery.inference.fold_batchnorm``), 1-channel
 inputs; each pair timed side by side (``utils.model_stats.time_side_by_side``: alternating
 rounds) at batch 64 and 1, with ``--threads`` intra-op threads each; the repeats of a pair are
 chosen so that each model runs about ``--seconds`` per batch size.
@@ -47,8 +47,9 @@ import bench_common  # noqa: F401  (tunes malloc before anything allocates)
 import torch
 from absl import app, flags
 
-from compression.channel_selection import cpu_channel_block, round_to_multiple
-from compression.inference import fold_batchnorm
+from compression.budget.simd import cpu_channel_block
+from compression.budget.counts import round_to_multiple
+from compression.surgery.inference import fold_batchnorm
 from nets.models.resnet_cifar import ResNetCifar
 from utils.model_stats import count_flops, time_side_by_side
 

@@ -22,7 +22,7 @@ all starting from the SAME pre-trained model (``--model``, passed as ``--save_pa
 * ``--selection_only``: no fine-tuning; the learner's pieces are run directly, once per
   criterion, on the same calibration batches: ``compression.artifacts.load_model``,
   ``compression.graph.analyse`` + ``choose_layers``, the learner's ``select`` on a deep copy of
-  the full model, ``compression.thinning.thin``, then ``learner.ctx.accuracy`` of the
+  the full model, ``compression.surgery.thinning.thin``, then ``learner.ctx.accuracy`` of the
   thinned model (the before-fine-tune accuracy). Selection time covers select +
   thin: one untimed warm-up selection first, then ``--rounds`` timed rounds, round ``r``
   starting at criterion ``r mod n`` (no criterion is always first), median over the rounds;
@@ -49,9 +49,10 @@ import time
 import torch
 from absl import app, flags
 
-from compression.channel_selection import SELECTIONS, choose_layers
-from compression.graph import analyse
-from compression.thinning import thin
+from compression.selection.criteria import SELECTIONS
+from compression.graph.layers import choose_layers
+from compression.graph.layers import analyse
+from compression.surgery.thinning import thin
 from learners.launch import build, run, seed_everything, setup_logging
 from learners.launch import define_flags as define_run_flags
 from nets.resnet_at_digits import ModelHelper

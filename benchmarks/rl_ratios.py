@@ -7,7 +7,7 @@ Runs (one ``learners.launch.run`` each, own temporary directory, ``--report_late
 FLOPs; ``cpr-lat-uniform`` and ``cpr-lat-optimal`` at ``--latency_budget`` of the CPU latency
 at batch ``--latency_batch`` (channel counts in multiples of 8). Afterwards every strategy's
 architecture is timed against the unpruned model in alternating rounds in this one process
-(``compression.channel_latency.measured_ratio``), so all latency ratios come from one run.
+(``compression.budget.latency.measured_ratio``), so all latency ratios come from one run.
 
 Prints a table (FLOPs kept, measured latency ratio, accuracy before / after fine-tuning,
 roll-outs per minute), then, as the LAST line, one JSON object:
@@ -27,8 +27,8 @@ import torch
 from absl import app, flags
 from bench_common import learner_values, run_all
 
-from compression.channel_latency import measured_ratio, thin_to_counts
-from compression.graph import analyse
+from compression.budget.latency import measured_ratio, thin_to_counts
+from compression.graph.layers import analyse
 from nets.resnet_at_digits import ModelHelper
 from compression.artifacts import load_model
 

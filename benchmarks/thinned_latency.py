@@ -22,7 +22,7 @@ exact, larger ones whole blocks), at ``--ratio``; ``floor`` (residual, ratio 0.9
 timed fastest at about 44 % of the FLOPs, written as each reader's kept fraction).
 
 Eager forms (``--eager_forms``, both models alike, tuned malloc): ``folded`` (BatchNorm folded
-into its conv, ``compression.inference.fold_batchnorm``) and ``channels_last``.
+into its conv, ``compression.surgery.inference.fold_batchnorm``) and ``channels_last``.
 
 Prints a table, then, as the LAST line, one JSON object:
 {"threads", "rounds", "full_ms": {runtime: {"bs64", "bs1"}}, "full_ms_eager_untuned_malloc",
@@ -47,7 +47,7 @@ from absl import app, flags
 from bench_common import learner_values
 
 from compression.artifacts import load_model
-from compression.inference import fold_batchnorm
+from compression.surgery.inference import fold_batchnorm
 from deployment.formats import formats_for
 from deployment.pipeline import deploy, eval_batches
 from deployment.runners import runner_for, time_runners
@@ -168,7 +168,7 @@ def _child_rounds(paths: list[str], tuned: bool, form: str = "plain") -> list[di
 
 def eager_runner(path: str):
     """``x -> logits`` of the artifact at ``path`` in the ``--eager_form``: as saved, with its
-    BatchNorms folded (``compression.inference.fold_batchnorm``), or channels_last."""
+    BatchNorms folded (``compression.surgery.inference.fold_batchnorm``), or channels_last."""
     model, _ = load_model(path)
     model = model.eval()
     if FLAGS.eager_form == "folded":

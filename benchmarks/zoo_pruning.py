@@ -4,7 +4,7 @@ wasted on output channels nothing reads, per net, after a real learner.
 For each net: train it on the digits (8x8, Python API ``full-prec``), compress it with
 ``--learner`` at ``--prune_ratio``, then count on the saved model its FLOPs
 (``torch.utils.flop_counter``), the output channels no later layer reads
-(``compression.unread.unread_channels``: noise on one channel at a time, random weights) and
+(``compression.surgery.unread.unread_channels``: noise on one channel at a time, random weights) and
 the FLOPs those channels cost, plus the accuracy. Prints a table and one JSON line per net:
 {"net", "learner", "flops_full", "flops_pruned", "flops_kept", "unread_channels",
 "wasted_flops", "wasted_share", "accuracy_full", "accuracy_pruned"}; a learner that fails on
@@ -26,7 +26,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pocketflow_torch as pf  # noqa: E402
-from compression.unread import unread_channels, wasted_flops  # noqa: E402
+from compression.surgery.unread import unread_channels, wasted_flops  # noqa: E402
 from tests.zoo_nets import INPUT_SHAPE, ZOO  # noqa: E402
 from utils.model_stats import count_flops  # noqa: E402
 

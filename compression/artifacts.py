@@ -9,9 +9,9 @@ from typing import Any
 
 from torch import nn
 
-import compression.dorefa_pact  # noqa: F401  (registers the transforms of the artifacts'
-import compression.quant_spec  # noqa: F401   specs)
-import compression.thinning  # noqa: F401
+import compression.quantization.dorefa_pact  # noqa: F401  (registers the transforms of the artifacts'
+import compression.quantization.spec  # noqa: F401   specs)
+import compression.surgery.thinning  # noqa: F401
 from nets.registry import build_from_spec
 from utils.checkpoint import CheckpointError, load_file
 from utils.model_io import apply_transforms, load_weights

@@ -8,7 +8,7 @@ kinds of model:
   quantization grid);
 - ``fakequant``: a float model whose activations are rounded to a few levels by float ops
   (DoReFa / PACT of the ``schedule`` learner): exported as ``fp32``, checked like ``int8``;
-- ``int8``: the converted int8 model of ``compression.int8_qat`` (uniform-tf), whose
+- ``int8``: the converted int8 model of ``compression.quantization.int8_qat`` (uniform-tf), whose
   quantize/dequantize ops become XNNPACK int8 kernels in a ``.pte`` and
   QuantizeLinear/DequantizeLinear pairs (QDQ) in an ``.onnx``, with the trained scales.
 
@@ -58,7 +58,7 @@ class DeployFormat:
 def _float_for_export(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """Thinned layers pick their channels by one-hot matrices in deployed files (the same
     outputs; no gather between the runtime's fused kernels)."""
-    from compression.thinning import gathers_as_matrices
+    from compression.surgery.thinning import gathers_as_matrices
 
     return gathers_as_matrices(model, tuple(example.shape[1:]))
 

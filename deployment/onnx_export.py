@@ -27,7 +27,7 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str, opset: 
         import onnx  # noqa: F401
     except ImportError as exc:
         raise ExportUnavailable("ONNX export needs onnx and onnxruntime: pip install -e .[onnx]") from exc
-    from compression.channel_picks import is_scatter, scatters_as_products
+    from compression.surgery.picks import is_scatter, scatters_as_products
 
     if any(is_scatter(m) for m in model.modules()):
         model = scatters_as_products(model)
@@ -54,7 +54,7 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str, opset: 
 
 
 def export_onnx_program(program, path: str) -> str:
-    """An exported program (e.g. the int8 model of ``compression.int8_qat``, whose
+    """An exported program (e.g. the int8 model of ``compression.quantization.int8_qat``, whose
     quantize/dequantize ops become QuantizeLinear/DequantizeLinear: a QDQ model with the very
     scales and zero points it was trained with) to ``path`` atomically, through the dynamo
     exporter (needs ``onnxscript``)."""

@@ -1,6 +1,6 @@
 """ExecuTorch (XNNPACK) programs and int8 PyTorch programs: export, load, run.
 
-``export_pte`` lowers a float or converted int8 model (``compression.int8_qat``) to a ``.pte``;
+``export_pte`` lowers a float or converted int8 model (``compression.quantization.int8_qat``) to a ``.pte``;
 ``PteModel`` runs one with ExecuTorch's runtime alone. ExecuTorch plans memory for an upper
 bound, so a program's batch is dynamic in ``[1, max_batch]`` (default) or static; the constant
 methods ``max_batch`` / ``dynamic_batch`` record which, and ``PteModel`` splits larger batches
@@ -18,9 +18,9 @@ from typing import Union
 import torch
 from torch import nn
 
-from compression.int8_qat import (INSTALL_HINT, Int8ExportUnavailable, QatModel, batch_of,
-                                  convert_int8, is_quantized, no_batch_size_guards, quiet,
-                                  torchao_api)
+from compression.quantization.int8_qat import (INSTALL_HINT, Int8ExportUnavailable, QatModel,
+                                               batch_of, convert_int8, is_quantized,
+                                               no_batch_size_guards, quiet, torchao_api)
 from utils.checkpoint import CheckpointError, atomic_write
 
 

@@ -25,8 +25,8 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from compression.artifacts import load_model
-from compression.graph import GraphError
-from compression.int8_qat import Int8ExportUnavailable
+from compression.graph.layers import GraphError
+from compression.quantization.int8_qat import Int8ExportUnavailable
 from datasets.errors import DataError
 from deployment.onnx_export import ExportUnavailable
 from nets import helpers as nets_helpers

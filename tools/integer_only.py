@@ -4,7 +4,7 @@
         --weight_bits=8 --act_bits=8 --nb_calib_batches=4 --yaml=model_int.yml --sparse=csr \
         [--helper_config=image_size=8] [--rounding=single|gemmlowp] [--eval_batches=0]
 
-Steps (``compression.integer_only``): calibrate activation ranges on the first
+Steps (``compression.quantization.integer_only``): calibrate activation ranges on the first
 ``--nb_calib_batches`` batches (``--calib_batch_size`` images) of the helper's held-out training
 split (``val``, never the test set), build the integer program (``--weight_bits`` per-channel
 symmetric weights, ``--act_bits`` asymmetric activations, both in [2, 8]), then on the helper's
@@ -34,10 +34,10 @@ import time
 import torch
 from absl import app, flags
 
-from compression.integer_only import (ROUNDINGS, IntegerOverflowError, IntegerYamlError,
-                                      UnsupportedOpError, build_program, compare, export_yaml,
-                                      load_yaml)
-from compression.integer_only.yaml_io import LAYOUTS
+from compression.quantization.integer_only import (ROUNDINGS, IntegerOverflowError,
+                                                   IntegerYamlError, UnsupportedOpError,
+                                                   build_program, compare, export_yaml, load_yaml)
+from compression.quantization.integer_only.yaml_io import LAYOUTS
 from tools.common import (ToolError, check_writable, define_input_flags, load_artifact, make_helper,
                           resolve_helper, resolve_input_shape, tool_main)
 from utils.data_loading import make_eval_loader

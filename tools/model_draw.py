@@ -31,7 +31,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from compression.fx_ops import shaped_graph
+from compression.graph.ops import shaped_graph
 from utils.checkpoint import atomic_write_text
 
 INSTALL_HINT = ("install Graphviz: apt-get install graphviz (Debian/Ubuntu), conda install graphviz, "

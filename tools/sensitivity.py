@@ -1,4 +1,4 @@
-"""Per-layer pruning sensitivity of a saved model (``compression.sensitivity``), from the shell.
+"""Per-layer pruning sensitivity of a saved model (``compression.sparsity.sensitivity``), from the shell.
 
     python -m tools.sensitivity --model=./models_eval/model.ckpt --helper=resnet_at_digits \
         --granularity=element --ratios=0.25,0.5,0.75 --max_drop=1.0 --split=val \
@@ -16,7 +16,7 @@ helper's held-out training split (``val``) or test set (``eval``). Written to ``
   unpruned accuracy, ``pruned``/``total`` count the units zeroed / in the layer;
 - ``sensitivity_<granularity>.png``: accuracy vs ratio, one curve per layer;
 - ``suggested_<granularity>.list``: per layer, the largest ratio dropping at most
-  ``--max_drop`` points (``compression.sensitivity.write_suggestion`` says what each
+  ``--max_drop`` points (``compression.sparsity.sensitivity.write_suggestion`` says what each
   granularity's file holds; the ``channel`` one feeds ``--learner=channel
   --cp_prune_option=list --cp_prune_list_file=<file>``).
 
@@ -41,9 +41,9 @@ import time
 
 from absl import app, flags
 
-from compression.sensitivity import (GRANULARITIES, analyse_sensitivity, check_granularity,
-                                     check_ratios, make_evaluator, select_layers,
-                                     suggest_ratios, suggestion_layers, write_suggestion)
+from compression.sparsity.sensitivity import (GRANULARITIES, analyse_sensitivity, check_granularity,
+                                              check_ratios, make_evaluator, select_layers,
+                                              suggest_ratios, suggestion_layers, write_suggestion)
 from tools.common import (ToolError, check_writable, load_artifact, make_helper, resolve_helper,
                           resolve_input_shape, tool_main)
 from utils.checkpoint import atomic_write, atomic_write_text

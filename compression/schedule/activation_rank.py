@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from compression.channel_graph import ChannelGraph
+from compression.graph.channel_graph import ChannelGraph
 
 Batches = Callable[[], Iterable[torch.Tensor]]
 CRITERIA = ("apoz", "mean_act")

@@ -18,7 +18,7 @@ from typing import Mapping
 
 from torch import nn
 
-from compression.masks import maskable_layers
+from compression.sparsity.masks import maskable_layers
 from compression.schedule.policy import Instance, Policy, Where
 from compression.schedule.refusals import arch_hint
 
@@ -137,3 +137,8 @@ def resolve_names(policy: Policy, model: nn.Module, aliases: Mapping[str, str] |
         for inst in instances.values():
             resolver.instance(section, inst)
     return resolver.mapped
+
+
+def layer_of(weight_name: str) -> str:
+    """The layer of a parameter name (``conv1.weight`` -> ``conv1``)."""
+    return weight_name[: -len(".weight")]

@@ -1,6 +1,6 @@
 """Pruners and regularizers of a compression schedule (registries keyed by the YAML class).
 
-A pruner acts at the beginning of its active epochs on weight masks (``compression.masks``):
+A pruner acts at the beginning of its active epochs on weight masks (``compression.sparsity.masks``):
 - ``AutomatedGradualPruner`` (Zhu & Gupta): at epoch t of [t0, t0 + n dt] the sparsity is
   s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3, applied by magnitude per weight with an
   exact zero count round(s_t * numel); masked weights stay zero (monotone: already pruned
@@ -14,10 +14,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compression.graph import PrunableLayer
-from compression.masks import magnitude_mask, masks_of
-from compression.schedule.agp import agp_sparsity, layer_of
-from compression.inference import following_bn
+from compression.graph.layers import PrunableLayer
+from compression.sparsity.masks import magnitude_mask, masks_of
+from compression.schedule.names import layer_of
+from compression.sparsity.agp import agp_sparsity
+from compression.surgery.inference import following_bn
 from compression.schedule.bn_fold import folded_weight
 from compression.schedule.policy import Instance, PolicyEntry
 from compression.schedule.schema import RANKINGS

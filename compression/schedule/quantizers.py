@@ -1,4 +1,4 @@
-"""DoReFa / PACT quantizers of a compression schedule (``compression.dorefa_pact``).
+"""DoReFa / PACT quantizers of a compression schedule (``compression.quantization.dorefa_pact``).
 
 Distiller's semantics: ``bits_weights`` quantizes the weight of every conv/linear layer and
 ``bits_activations`` replaces every ReLU module by a clipped quantizer; ``overrides`` (module-name
@@ -14,8 +14,8 @@ import re
 
 from torch import nn
 
-from compression.dorefa_pact import RELUS, attach_clipped_quantizers, optional_bits
-from compression.masks import maskable_layers
+from compression.quantization.dorefa_pact import RELUS, attach_clipped_quantizers, optional_bits
+from compression.sparsity.masks import maskable_layers
 from compression.schedule.policy import Instance
 
 QUANTIZER_METHODS = {"DorefaQuantizer": "dorefa", "PACTQuantizer": "pact"}

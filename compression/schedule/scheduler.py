@@ -16,9 +16,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from compression.dorefa_pact import pact_alpha_l2
-from compression.graph import analyse
-from compression.masks import attach_masks, maskable_layers, masks_of
+from compression.quantization.dorefa_pact import pact_alpha_l2
+from compression.graph.layers import analyse
+from compression.sparsity.masks import attach_masks, maskable_layers, masks_of
 from compression.schedule.policy import Policy
 from compression.schedule.pruners import PRUNERS
 from compression.schedule.regularizers import REGULARIZERS, threshold

@@ -2,7 +2,7 @@
 their ``_AGP`` forms): filters, input channels or rows, ranked and removed by exact counts.
 
 Each event ranks the structures of the named weights and keeps the best; what it decides is a
-keep dict on the READERS of the removed channels (``compression.thinning.thin``), and until the
+keep dict on the READERS of the removed channels (``compression.surgery.thinning.thin``), and until the
 thinning extension the readers' input columns (and the named weights' filters) are masked, so
 the masked model computes exactly what the thinned one will.
 
@@ -31,12 +31,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from compression.graph import PrunableLayer, graph_of
-from compression.masks import masks_of
+from compression.graph.layers import PrunableLayer, graph_of
+from compression.sparsity.masks import masks_of
 from compression.schedule.policy import Instance, PolicyEntry, Where
 from compression.schedule.activation_rank import CRITERIA, activation_scores
-from compression.schedule.agp import agp_sparsity, layer_of
-from compression.inference import following_bn
+from compression.schedule.names import layer_of
+from compression.sparsity.agp import agp_sparsity
+from compression.surgery.inference import following_bn
 from compression.schedule.bn_fold import folded_weight
 from compression.schedule.schema import RANKINGS
 

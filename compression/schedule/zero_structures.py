@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from compression.graph import PrunableLayer, graph_of
+from compression.graph.layers import PrunableLayer, graph_of
 
 
 @torch.no_grad()

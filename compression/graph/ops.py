@@ -1,0 +1,182 @@
+"""torch.fx for the channel passes: the trace (modules with a registered pruner are leaves),
+its shapes, and the ops whose effect on channels (dim 1) the passes know.
+
+Used by the channel graph (``compression.graph.builder``), dead-channel elimination
+(``compression.surgery.dead_channels``) and the model drawing (``tools.model_draw``).
+"""
+from __future__ import annotations
+
+import operator
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from compression.graph.pruners import pruner_for
+
+
+class GraphError(RuntimeError):
+    """The model cannot be analysed (e.g. torch.fx cannot trace it)."""
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return _Tracer().trace_module(model)
+    except Exception as exc:  # torch.fx raises many kinds of errors on dynamic code
+        raise GraphError(
+            f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). Make forward() free of "
+            "data-dependent Python control flow, or declare the prunable layers yourself as a "
+            "list of compression.graph.PrunableLayer and pass it as `layers=`.") from exc
+
+
+class _Tracer(fx.Tracer):
+    """Every module with a registered pruner is a leaf (a user's Conv2d subclass included)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return pruner_for(m) is not None or super().is_leaf_module(m, qualname)
+
+    def trace_module(self, model: nn.Module) -> fx.GraphModule:
+        graph = self.trace(model)
+        return fx.GraphModule(model, graph, type(model).__name__)
+
+
+# -- the ops the graph understands -----------------------------------------------------------
+PASSTHROUGH_FUNCTIONS = {
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, torch.relu, torch.sigmoid,
+    torch.tanh, torch.abs, torch.neg, torch.exp, torch.sqrt, torch.clamp, torch.clip,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+    F.interpolate, F.upsample, F.pad, operator.neg, operator.pos}
+PASSTHROUGH_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "abs", "neg", "exp", "sqrt",
+    "clamp", "clamp_", "clip", "contiguous", "clone", "detach", "float", "half", "bfloat16",
+    "to", "type_as", "pow", "__pow__"}
+ELEMENTWISE_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.truediv,
+                         operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                         torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
+                         torch.minimum, torch.where, operator.pow}
+ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_",
+                       "__add__", "__radd__", "__mul__", "__rmul__", "maximum", "minimum"}
+MUL_TARGETS = {operator.mul, operator.imul, torch.mul, "mul", "mul_", "__mul__", "__rmul__"}
+RESHAPE_TARGETS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, "flatten",
+                   "view", "reshape", "squeeze", "unsqueeze", "expand", "expand_as"}
+REDUCE_TARGETS = {torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin"}
+SPLIT_TARGETS = {torch.split, torch.chunk, torch.tensor_split, "split", "chunk", "tensor_split"}
+SHAPE_TARGETS = {"size", "dim", "numel", getattr}
+CAT_TARGETS = {torch.cat, "cat"}
+
+# The one rule per functional op and tensor method, read by every channel pass (the graph
+# builder, dead-channel liveness): what the op does to channels (dim 1).
+#   shape        returns a size, no tensor
+#   getitem      x[index] (a slice of channels, or an element of a tuple)
+#   cat / split  concatenates / cuts tensors (along dim 1 or another dim)
+#   reshape      view / flatten / squeeze...: dim 0 and 1 kept (checked on the shapes)
+#   reduce       mean / sum / amax over other dims than 0 and 1
+#   elementwise  channel i of the output from channel i of each full-width operand
+#   mul          elementwise, and a broadcast operand may be a gate (squeeze-and-excitation)
+#   passthrough  one tensor in, the same channels out
+# Any other op is unknown: the graph fixes the channels it touches, liveness needs them all.
+OP_KINDS: dict = {}
+for _kind, _targets in (("passthrough", PASSTHROUGH_FUNCTIONS | PASSTHROUGH_METHODS),
+                        ("elementwise", ELEMENTWISE_FUNCTIONS | ELEMENTWISE_METHODS),
+                        ("mul", MUL_TARGETS), ("reduce", REDUCE_TARGETS),
+                        ("reshape", RESHAPE_TARGETS), ("split", SPLIT_TARGETS),
+                        ("cat", CAT_TARGETS), ("getitem", {operator.getitem}),
+                        ("shape", SHAPE_TARGETS)):       # later rows take precedence
+    OP_KINDS.update(dict.fromkeys(_targets, _kind))
+OP_RULES = ("shape", "getitem", "cat", "split", "reshape", "reduce", "elementwise", "mul",
+            "passthrough")
+
+
+def op_kind(target) -> str | None:
+    """The rule of a call_function / call_method target (``OP_KINDS``), or None: an op the
+    channel passes do not know."""
+    try:
+        return OP_KINDS.get(target)
+    except TypeError:            # an unhashable target
+        return None
+
+
+def register_op(target, kind: str) -> None:
+    """Declare what a function or tensor method (by name) does to channels, one of
+    ``OP_RULES``: every channel pass then follows it."""
+    if kind not in OP_RULES:
+        raise ValueError(f"unknown op rule {kind!r}; valid: {', '.join(OP_RULES)}")
+    OP_KINDS[target] = kind
+
+
+def meta_shape(value) -> tuple | None:
+    meta = value.meta.get("tensor_meta") if isinstance(value, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def prod(dims: Sequence[int]) -> int:
+    out = 1
+    for d in dims:
+        out *= int(d)
+    return out
+
+
+def nodes_in(value) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg(value, found.append)
+    return found
+
+
+def channel_role(module: nn.Module, node: fx.Node) -> str | None:
+    """The registered pruner's role of ``module`` at call ``node`` (None: no pruner); a linear
+    layer on an (N, ..., C) input reads the last dim, not dim 1, so it mixes channels."""
+    pruner = pruner_for(module)
+    if pruner is None:
+        return None
+    role = pruner.role(module)
+    if role == "reader" and isinstance(module, nn.Linear) and len(meta_shape(node.args[0])) != 2:
+        return "mixing"
+    return role
+
+
+def channel_index(index) -> slice | None:
+    """What ``x[index]`` does to dim 1 of an (N, C, ...) tensor: ``slice(None)`` (every channel
+    passes), a slice of channels, or None (an index the passes do not follow)."""
+    if index == slice(None) or index is Ellipsis:
+        return slice(None)
+    if isinstance(index, tuple) and index and index[0] == slice(None) and all(
+            isinstance(i, slice) and not any(isinstance(v, fx.Node)
+                                             for v in (i.start, i.stop, i.step))
+            for i in index):
+        return index[1] if len(index) > 1 else slice(None)
+    return None
+
+
+def keeps_channels(node: fx.Node, reduce: bool) -> bool:
+    """A reshape keeping dims 0 and 1, or a reduction over other dims only (``reduce``)."""
+    source = node.args[0] if node.args else node.kwargs.get("input")
+    before, after = meta_shape(source), meta_shape(node)
+    if before is None:
+        return False
+    if reduce:
+        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        return dims is not None and not {
+            d % len(before) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))
+        } & {0, 1}
+    return bool(before) and after is not None and len(after) >= 2 and after[:2] == before[:2]
+
+
+def shaped_graph(model: nn.Module, input_shape: Sequence[int]) -> fx.GraphModule:
+    """The fx trace of ``model`` with ``tensor_meta`` from one zero input (eval mode)."""
+    graph_module = trace(model)
+    was_training = model.training
+    graph_module.eval()
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    try:
+        with torch.no_grad():
+            ShapeProp(graph_module).propagate(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+    return graph_module

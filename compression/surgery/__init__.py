@@ -1,0 +1,35 @@
+"""Surgery: a selection made physical, and models rewritten for serving.
+
+    from compression.surgery import thin, fold_batchnorm
+    thinned, spec = thin(pruned, layers, keep, spec)   # really smaller, same function
+    serving = fold_batchnorm(thinned)                  # BN folded into the conv before it
+
+``thin`` turns per-reader kept input channels into smaller layers along the channel graph
+(``compression.graph``), records the new shapes as a spec transform (a saved model rebuilds
+without this code) and, by default, removes the output channels nothing reads afterwards.
+
+Modules:
+
+- ``picks``: ``Gather*`` / ``Scatter*`` modules that pick channels around a layer, and their
+  one-hot matrix form for deployment;
+- ``thinning``: ``thin``, ``mask_inputs`` (the same selection as zeros), ``gathers_as_matrices``,
+  ``kept_channels``;
+- ``dead_channels``: liveness over the trace; writers compute only the channels read later;
+- ``unread``: the same question answered by perturbation, independent of the graph (the
+  report's ``unread_channels``, the tests' probe);
+- ``inference``: ``fold_batchnorm``, the eager serving form.
+"""
+from utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "GatherConv1d": "picks", "GatherConv2d": "picks", "GatherLinear": "picks",
+    "gather_class": "picks", "is_gather": "picks", "is_scatter": "picks",
+    "as_matrix_modules": "picks",
+    "thin": "thinning", "mask_inputs": "thinning", "gathers_as_matrices": "thinning",
+    "kept_channels": "thinning", "in_channels": "thinning",
+    "eliminate": "dead_channels", "unread_outputs": "dead_channels",
+    "unread_channels": "unread", "wasted_flops": "unread",
+    "fold_batchnorm": "inference",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
