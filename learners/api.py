@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from learners.config import LearnerConfig
 from learners.launch import locked_run, seed_everything, setup_logging
 from learners.registry import learner_class, learner_configs
-from learners.runner import Runner
+from learners.run.runner import Runner
 from nets.abstract_model_helper import AbstractModelHelper
 from nets.module_helper import ModuleConfig, ModuleHelper
 from utils.config import ConfigError, flag_fields, from_flag_dict

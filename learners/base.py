@@ -1,12 +1,12 @@
 """The learner protocol: what a compression algorithm implements, and what it hands back.
 
 A learner is constructed with its own options (an unprefixed config dataclass, or None) and a
-``Context`` (``learners.context``: device, processes, data, the one training loop, the teacher,
+``Context`` (``learners.run.context``: device, processes, data, the one training loop, the teacher,
 the original model, rank-0 searches). ``compress(model, spec)`` gets the starting model (the
 pre-trained full model, or the result of an earlier learner of a chain) and its architecture
 spec, and returns a ``Result``: the compressed model, its spec and the typed facts of the report.
 Everything else (starting models and chains, checkpoints, resume, evaluation, the artifact,
-the report, exports and their checks) is the runner's (``learners.runner``).
+the report, exports and their checks) is the runner's (``learners.run.runner``).
 
 To add a learner: subclass ``Learner``, give it a config dataclass, register both with
 ``@register_learner("my-learner", config=MyConfig, prefix="my")`` (its flags become
@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import nn
 
 if TYPE_CHECKING:
-    from learners.context import Context
+    from learners.run.context import Context
+    from learners.run.report import Report
 
 
 @dataclass
@@ -30,11 +31,13 @@ class Result:
     """What ``Learner.compress`` returns.
 
     ``model``/``spec``: the result and its architecture spec (``spec=None``: the learner wrote
-    its own artifact, e.g. an int8 program, and ``accuracy`` says how it scored). ``sections``:
-    the learner's report sections (``selection``, ``sparsity``...), ``accuracy_extra``: its
-    intermediate accuracies (``gated``). ``sparse``: also write COO/CSR files of the result.
-    ``deploy_kind``: how the runner exports the result (``fp32``, ``fakequant``; None: not at
-    all, ``deploy_reason`` says why). ``meta``: extra entries of the artifact's meta.
+    its own artifact, e.g. an int8 program, ``model`` is the float model its figures count and
+    ``accuracy`` says how the artifact scored). ``sections``: the learner's report sections
+    (``selection``, ``sparsity``...), ``accuracy_extra``: its intermediate accuracies
+    (``gated``). ``deploy_kind``: how the runner exports the result (``fp32``, ``fakequant``;
+    None: not at all, ``deploy_reason`` says why). ``meta``: extra entries of the artifact's
+    meta. Facts only one learner has (a smaller file, a runtime's latency, sparse copies) go
+    into the report through ``Learner.finish``.
     """
 
     model: nn.Module
@@ -43,14 +46,9 @@ class Result:
     sections: dict = field(default_factory=dict)
     accuracy_extra: dict = field(default_factory=dict)
     accuracy: float | None = None
-    sparse: bool = False
     deploy_kind: str | None = "fp32"
     deploy_reason: str = ""
     meta: dict = field(default_factory=dict)
-    bytes_on_disk: int | None = None        # a smaller file than the artifact (bit-packed)
-    report_model: nn.Module | None = None   # the float model counted when ``model`` is a program
-    latency_ms: dict | None = None          # measured by the learner (a program's runtime)
-    compressed_side: bool = True            # full-prec: the result IS the full model
 
 
 class Learner(ABC):
@@ -59,7 +57,7 @@ class Learner(ABC):
     learner_name: ClassVar[str] = "abstract"     # set by register_learner
     config_cls: ClassVar[type | None] = None
     flag_prefix: ClassVar[str] = ""
-    # Chains (``learners.composition``): properties this learner's result has, and the
+    # Chains (``learners.run.composition``): properties this learner's result has, and the
     # properties of a starting model it refuses (property -> why).
     produces: ClassVar[frozenset] = frozenset()
     refuses: ClassVar[dict] = {}
@@ -73,6 +71,11 @@ class Learner(ABC):
     @abstractmethod
     def compress(self, model: nn.Module, spec: dict) -> Result:
         """Compress ``model`` (on the context's device; the learner may change it in place)."""
+
+    def finish(self, result: Result, report: "Report") -> None:
+        """This learner's own facts in the report, on the primary process after the artifact is
+        written and before the runner's figures: a figure set here (``bytes_on_disk``,
+        ``latency_ms`` of the compressed side) is kept, the runner measures the others."""
 
     def result_tags(self) -> frozenset:
         """The properties of this run's result (``produces``; a learner whose result depends on

@@ -86,3 +86,11 @@ class LearnerConfig:
         check(self.mgw_timeout_s > 0, "mgw_timeout_s", f"must be positive, got {self.mgw_timeout_s}")
         check(self.deploy_eval_batches >= 0, "deploy_eval_batches", "must be >= 0")
         check(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")
+
+
+@dataclass
+class OutputOptions:
+    save_path: str = option("./models_{prefix}/model.ckpt", "training checkpoint (resumable state)")
+    save_path_eval: str = option("./models_{prefix}_eval/model.ckpt",
+                                 "final model (report.json and the files derived from it beside "
+                                 "it)")

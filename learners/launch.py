@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from compression.int8_qat import Int8ExportUnavailable
+from compression.quantization.int8_qat import Int8ExportUnavailable
 from datasets.errors import DataError
 from learners.config import LearnerConfig
 from learners.registry import learner_class, learner_configs, list_learners
-from learners.runner import Runner
+from learners.run.runner import Runner
 from training.trainer import TrainingDivergedError
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, define_flags as define_dataclass_flags, flag_name, from_flag_dict

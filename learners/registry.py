@@ -10,11 +10,11 @@ _CONFIGS: dict[str, tuple[type, str]] = {}
 
 # Modules whose import registers the built-in learners (imported lazily, on first lookup).
 BUILTIN_MODULES = (
-    "learners.full_precision.learner",
-    "learners.channel_pruning_rmt.learner",
-    "learners.channel.learner",
-    "learners.chn_pruned_gpu.learner",
-    "learners.dis_chn_pruned.learner",
+    "learners.full_precision",
+    "learners.channel.rmt",
+    "learners.channel.he2017",
+    "learners.channel.gpu",
+    "learners.channel.dcp",
     "learners.gate_decorator.learner",
     "learners.weight_sparse.learner",
     "learners.quant.uniform",

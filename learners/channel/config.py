@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from learners.options import ChannelOptions
-from learners.channel_strategy import StrategySettings
-from learners.rl.config import DdpgConfig
-from learners.strategy_options import SearchStrategy
+from learners.channel.options import ChannelOptions
+from learners.search.config import DdpgConfig
+from learners.channel.options import SearchStrategy
 from utils.config import check, nested, option
+from compression.selection.criteria import SelectionOptions
+from learners.channel.options import RatioChannelOptions
+from utils.config import check_ratio
 
 
 @dataclass
@@ -37,6 +39,87 @@ class ChannelConfig(ChannelOptions):
         for name in ("nb_points_per_layer", "nb_batches", "list_group"):
             check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
 
-    def strategy_settings(self) -> StrategySettings:
-        return self.strategy.settings(uniform_ratio=self.uniform_preserve_ratio,
-                                      multiple=4 if self.quadruple else 1)
+    def selection_options(self) -> SelectionOptions:
+        """PocketFlow's ``cp_lasso`` / ``cp_nb_points_per_layer`` as the selection's options."""
+        return SelectionOptions("ista" if self.lasso else "l1", self.nb_points_per_layer)
+
+
+@dataclass
+class CprConfig(SelectionOptions, RatioChannelOptions):
+    """chn-pruned-rmt's options: the ratio options and the selection's own
+    (``SelectionOptions``: ``--cpr_selection``, ``--cpr_ista_lrn_rate``...), passed as they are."""
+
+    nb_smpls: int = option(5000, "training samples used for channel selection")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.nb_smpls > 0, "nb_smpls", "must be positive")
+
+
+@dataclass
+class CpgConfig(ChannelOptions):
+    prune_ratio: float = option(0.5, "fraction of each layer's input channels removed")
+    skip_ht_layers: bool = option(True, "do not prune the first (head) and last (tail) layers")
+    lrn_rate_pgd_init: float = option(
+        1e-2, "initial proximal step on the layer's problem scaled by ||P'P||_F (PocketFlow's "
+        "1e-10 was for the unscaled problem); x1.4 after a decrease, x0.7 otherwise")
+    nb_iters_pgd: int = option(1000, "proximal gradient iterations per layer")
+    lrn_rate_adam: float = option(1e-2, "Adam rate of the masked refit")
+    nb_iters_layer: int = option(1000, "masked Adam iterations per layer")
+    nb_smpls: int = option(5000, "training samples used for the layer regressions")
+    nb_crops_per_smpl: int = option(10, "random output positions sampled per sample")
+    channel_multiple: int = option(1, "round each kept-channel count to a multiple of this")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ratio(self.prune_ratio, "prune_ratio")
+        check(self.lrn_rate_pgd_init > 0, "lrn_rate_pgd_init", "must be positive")
+        check(self.lrn_rate_adam > 0, "lrn_rate_adam", "must be positive")
+        for name in ("nb_iters_pgd", "nb_iters_layer", "nb_smpls", "nb_crops_per_smpl",
+                     "channel_multiple"):
+            check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+
+    def selection_options(self) -> SelectionOptions:
+        """PocketFlow's ``cpg_*`` flags as the selection's options: L2,1 proximal selection,
+        then the masked Adam refit."""
+        return SelectionOptions("group-prox", self.nb_crops_per_smpl, lstsq_solver="adam",
+                                lstsq_lrn_rate=self.lrn_rate_adam,
+                                lstsq_nb_iters=self.nb_iters_layer,
+                                prox_lrn_rate=self.lrn_rate_pgd_init,
+                                prox_nb_iters=self.nb_iters_pgd)
+
+
+@dataclass
+class DcpConfig(RatioChannelOptions):
+    nb_stages: int = option(3, "auxiliary heads (at most the net's stage_names): the network is "
+                               "split into nb_stages + 1 blocks")
+    lrn_rate_adam: float = option(1e-3, "Adam rate of the block and layer fine-tuning")
+    nb_iters_block: int = option(-1, "Adam steps per block on final + discrimination loss "
+                                     "(-1: PocketFlow's CIFAR-10 schedule in epochs, 10000 steps "
+                                     "of 128 of 50000 images = 25.6 epochs of this training set)")
+    nb_iters_layer: int = option(-1, "Adam steps per layer on reconstruction + discrimination "
+                                     "loss, pruned channels held at zero (-1: PocketFlow's 500 "
+                                     "CIFAR-10 steps in epochs = 1.28 epochs of this training set)")
+    nb_batches: int = option(20, "cached training batches the selection cycles through")
+    channels_per_pass: int = option(1, "input channels the greedy selection adds per gradient "
+                                       "pass (1: the paper's one at a time; more: fewer passes, "
+                                       "see docs/learners.md#dis-chn-pruned)")
+    lstsq_init: bool = option(True, "start a layer's fine-tune from the closed-form "
+                                    "least-squares refit of its kept channels (not in "
+                                    "PocketFlow: it makes the layer fine-tune start at the "
+                                    "reconstruction optimum instead of the old weights)")
+    nb_crops_per_smpl: int = option(10, "output positions per sample of that refit")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.nb_stages >= 0, "nb_stages", "must be >= 0")
+        check(self.lrn_rate_adam > 0, "lrn_rate_adam", "must be positive")
+        check(self.nb_iters_block >= -1, "nb_iters_block", "must be >= 0, or -1 (auto)")
+        check(self.nb_iters_layer >= -1, "nb_iters_layer", "must be >= 0, or -1 (auto)")
+        check(self.nb_batches > 0, "nb_batches", "must be positive")
+        check(self.channels_per_pass > 0, "channels_per_pass", "must be positive")
+        check(self.nb_crops_per_smpl > 0, "nb_crops_per_smpl", "must be positive")
+
+    def selection_options(self) -> SelectionOptions:
+        """The LASSO selection of a search's roll-outs and the refits (``lstsq_init``)."""
+        return SelectionOptions(nb_crops_per_smpl=self.nb_crops_per_smpl)

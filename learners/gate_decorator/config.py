@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from learners.options import OutputOptions
+from learners.config import OutputOptions
 from utils.config import check, check_ratio, option, split_names
 
 

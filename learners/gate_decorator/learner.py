@@ -2,12 +2,12 @@
 al., NeurIPS 2019), ending in a physically thinned model.
 
 Pre-trained model -> a gate after every BN whose channels feed one layer only (residual sums
-are never cut; ``compression.gates``) -> rounds of
+are never cut; ``compression.selection.gates``) -> rounds of
   tick (``gd_t`` times): gates trained alone for ``gd_tick_nb_batches`` batches while Taylor
       importance accumulates, then the ``gd_p`` least important gates of the whole network
       closed, stopping exactly at the FLOPs target;
   tock: the whole network trained ``gd_tock_epoch`` epochs with an L1 penalty on the gates
--> gates melted into the BNs, closed channels physically removed (``compression.thinning``)
+-> gates melted into the BNs, closed channels physically removed (``compression.surgery.thinning``)
 -> fine-tuning with a triangular learning rate (``gd_lr_min`` -> ``gd_lr_max`` -> ``gd_lr_min``).
 Ticks run on the primary process (every rank then receives its gates); tocks and the
 fine-tuning run on all processes. Each round is saved, so ``--resume`` continues where the
@@ -21,11 +21,11 @@ import logging
 import torch
 from torch import nn
 
-from compression.gates import (GlobalGatePruner, attach_gates, gate_l1, gate_points, gates_of,
-                               melt_gates)
-from compression.graph import analyse
-from compression.thinning import thin
-from learners import composition
+from compression.selection.gates import (GlobalGatePruner, attach_gates, gate_l1, gate_points,
+                                         gates_of, melt_gates)
+from compression.graph.layers import analyse
+from compression.surgery.thinning import thin
+from learners.run import composition
 from learners.base import Learner, Result
 from learners.gate_decorator.config import GateDecoratorConfig
 from learners.registry import register_learner

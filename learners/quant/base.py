@@ -15,17 +15,18 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
-from compression.batchnorm import recalibrate_bn
-from compression.layer_regression import layerwise_regression
-from compression.masks import maskable_layers
-from compression.quant_format import export_quantized
-from compression.quant_spec import act_quant_entry
-from compression.quantizers import (attach_activation_quantizers, attach_weight_quantizers,
-                                    detach_weight_quantizers, keep_zeros)
-from learners import composition
+from compression.sparsity.batchnorm import recalibrate_bn
+from compression.sparsity.regression import layerwise_regression
+from compression.sparsity.masks import maskable_layers
+from compression.quantization.packed_format import export_quantized
+from compression.quantization.spec import act_quant_entry
+from compression.quantization.activations import attach_activation_quantizers
+from compression.quantization.quantizers import (attach_weight_quantizers, detach_weight_quantizers,
+                                                 keep_zeros)
+from learners.run import composition
 from learners.base import Learner, Result
-from learners.quant.bits_env import BitsEnv
-from learners.rl.preference_env import layer_features
+from learners.quant.search_env import BitsEnv
+from learners.search.preference_env import layer_features
 from utils.lrn_rate import CosineLr
 
 log = logging.getLogger("pocketflow")
@@ -108,17 +109,20 @@ class QuantLearnerBase(Learner):
         ctx.fit(model, schedule, tag="finetune", spec=spec, teacher=ctx.teacher(),
                 optimizer=optimizer)
         accuracy = ctx.accuracy(model)
-        packed = None
         if ctx.mgw.is_primary():
             # the bit-packed file carries the activation ranges itself: the plain spec
-            sections["quantization"] = packed = self._export(model, full_spec, bits)
+            sections["quantization"] = self._export(model, full_spec, bits)
         plain = detach_weight_quantizers(model)
         full_precision_outputs = cfg.activation_bits >= 32
         return Result(plain, spec, before_finetune=before, accuracy=accuracy, sections=sections,
-                      bytes_on_disk=packed["file"]["bytes"] if packed else None,
                       deploy_kind="fp32" if full_precision_outputs else None,
                       deploy_reason="" if full_precision_outputs else
                       "activation quantizers have no ONNX export yet")
+
+    def finish(self, result: Result, report) -> None:
+        """The bit-packed file is the result's size on disk."""
+        if "quantization" in result.sections:
+            report.bytes_on_disk.compressed = result.sections["quantization"]["file"]["bytes"]
 
     def _export(self, model: nn.Module, spec: dict, bits: dict) -> dict:
         """Bit-packed file beside the artifact, loaded back and compared weight by weight."""

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compression.quantizers import BUCKET_TYPES, INIT_STYLES, OPT_MODES
-from learners.rl.config import DdpgConfig
-from learners.options import OutputOptions
+from compression.quantization.quantizers import BUCKET_TYPES, INIT_STYLES, OPT_MODES
+from learners.search.config import DdpgConfig
+from learners.config import OutputOptions
 from utils.config import check, nested, option
 
 MAX_BITS = 16
@@ -86,3 +86,26 @@ class NuqlConfig(QuantConfig):
                                        "squares), at quantiles (PocketFlow's default) or "
                                        "uniformly spaced", choices=INIT_STYLES)
     opt_mode: str = option("both", "train the weights, the centres or both", choices=OPT_MODES)
+
+
+@dataclass
+class UqtfConfig(OutputOptions):
+    save_path_eval: str = option("./models_{prefix}_eval/model.pte",
+                                 "final int8 ExecuTorch program (report.json and the other "
+                                 "exports beside it)")
+    lrn_rate_dcy: float = option(1e-2, "uniform-tf: QAT learning rate = the helper's "
+                                       "schedule x this (PocketFlow's default)")
+    nb_calib_batches: int = option(10, "uniform-tf: training batches that initialise the "
+                                       "quantization ranges before QAT")
+    max_batch: int = option(256, "uniform-tf: largest batch the program runs at once "
+                                 "(bigger batches are split)")
+
+    def __post_init__(self) -> None:
+        # the artifact IS the ExecuTorch program: another extension would be written as
+        # <stem>.pte and then looked for under the given name, after the whole QAT run
+        check(self.save_path_eval.endswith(".pte"), "save_path_eval",
+              f"the int8 ExecuTorch program is written here: give a path ending in .pte, got "
+              f"{self.save_path_eval!r}")
+        check(self.lrn_rate_dcy > 0, "lrn_rate_dcy", "must be positive")
+        check(self.nb_calib_batches > 0, "nb_calib_batches", "must be positive")
+        check(self.max_batch > 0, "max_batch", "must be positive")

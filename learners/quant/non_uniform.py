@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from compression.quantizers import CodebookQuantizer
+from compression.quantization.codebook import CodebookQuantizer
 from learners.quant.base import QuantLearnerBase
 from learners.quant.config import NuqlConfig
 from learners.registry import register_learner

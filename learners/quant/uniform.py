@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from compression.quantizers import UniformWeightQuantizer
+from compression.quantization.quantizers import UniformWeightQuantizer
 from learners.quant.base import QuantLearnerBase
 from learners.quant.config import UqlConfig
 from learners.registry import register_learner

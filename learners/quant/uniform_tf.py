@@ -16,49 +16,24 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from compression.int8_qat import convert_int8, output_scale, prepare_qat
-from compression.masks import KeepZeros
-from compression.thinning import gathers_as_matrices
+from compression.quantization.int8_qat import convert_int8, output_scale, prepare_qat
+from compression.sparsity.masks import KeepZeros
+from compression.surgery.thinning import gathers_as_matrices
 from deployment.formats import FORMATS
 from deployment.pte import PteModel, save_int8_program
-from learners import composition
+from learners.run import composition
 from learners.base import Learner, Result
-from learners.options import OutputOptions
-from learners.outputs import deploy_sections
+from learners.run.outputs import deploy_sections
 from learners.registry import register_learner
-from utils.config import check, option
 from utils.lrn_rate import ScaledLr
 from utils.model_stats import time_forward
+from learners.quant.config import UqtfConfig
 
 log = logging.getLogger("pocketflow")
-
-
-@dataclass
-class UqtfConfig(OutputOptions):
-    save_path_eval: str = option("./models_{prefix}_eval/model.pte",
-                                 "final int8 ExecuTorch program (report.json and the other "
-                                 "exports beside it)")
-    lrn_rate_dcy: float = option(1e-2, "uniform-tf: QAT learning rate = the helper's "
-                                       "schedule x this (PocketFlow's default)")
-    nb_calib_batches: int = option(10, "uniform-tf: training batches that initialise the "
-                                       "quantization ranges before QAT")
-    max_batch: int = option(256, "uniform-tf: largest batch the program runs at once "
-                                 "(bigger batches are split)")
-
-    def __post_init__(self) -> None:
-        # the artifact IS the ExecuTorch program: another extension would be written as
-        # <stem>.pte and then looked for under the given name, after the whole QAT run
-        check(self.save_path_eval.endswith(".pte"), "save_path_eval",
-              f"the int8 ExecuTorch program is written here: give a path ending in .pte, got "
-              f"{self.save_path_eval!r}")
-        check(self.lrn_rate_dcy > 0, "lrn_rate_dcy", "must be positive")
-        check(self.nb_calib_batches > 0, "nb_calib_batches", "must be positive")
-        check(self.max_batch > 0, "max_batch", "must be positive")
 
 
 class _Program(nn.Module):
@@ -106,17 +81,20 @@ class UniformQuantTFLearner(Learner):
         sections = {"accuracy_qat": ctx.accuracy(qat)}
         if zeros.masks:
             sections["sparsity"] = {"kept_zeros": zeros.sparsity}
-        # the artifact is the int8 program: written here, not by the runner (spec None)
-        result = Result(full, None, before_finetune=before, sections=sections, deploy_kind=None,
-                        report_model=full)
+        # the artifact is the int8 program: written here, not by the runner (spec None); the
+        # figures count the float model it was converted from
+        result = Result(full, None, before_finetune=before, sections=sections, deploy_kind=None)
         if ctx.mgw.is_primary():
             int8, deployed = self._export(full, qat, example)
             sections.update({**deployed, "int8": int8})
-            result.model = _Program(PteModel(self.artifact))
-            result.accuracy = ctx.evaluate(result.model, local=True)["accuracy"]
-            result.bytes_on_disk = int8["bytes"]
-            result.latency_ms = int8.get("latency_ms", {}).get("pte_int8")
+            result.accuracy = ctx.evaluate(_Program(PteModel(self.artifact)), local=True)["accuracy"]
         return result
+
+    def finish(self, result: Result, report) -> None:
+        """The program's size on disk and its latency in ExecuTorch."""
+        int8 = result.sections["int8"]
+        report.bytes_on_disk.compressed = int8["bytes"]
+        report.latency_ms.compressed = int8.get("latency_ms", {}).get("pte_int8")
 
     def _export(self, full: nn.Module, qat, example: torch.Tensor) -> tuple[dict, dict]:
         """The int8 program (the artifact), the int8 PyTorch model (``.pt2``) and their fp32

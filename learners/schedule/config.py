@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from learners.options import OutputOptions
+from learners.config import OutputOptions
 from utils.config import check, option
 
 

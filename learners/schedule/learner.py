@@ -4,7 +4,7 @@ Pre-trained model -> policy validated against it (its names mapped to the model'
 ``compression.schedule.names``) -> training in SEGMENTS split at the thinning epochs and the
 quantizers' first epochs; at a segment's first epoch: the pruners of that epoch listed before
 the thinning extension fire, the extension physically thins the masked structured-pruned model
-(what the pruners selected and every exactly-zero channel: ``compression.thinning.thin``,
+(what the pruners selected and every exactly-zero channel: ``compression.surgery.thinning.thin``,
 recorded in the spec), the pruners listed after it fire, quantizers starting then are attached;
 then the segment trains (its own ``fit``, tag ``epochs_<first>_<last>``, fresh optimizer, the
 one ``CompressionScheduler`` callback) -> masks / quantized weights baked -> artifact + ONNX +
@@ -20,10 +20,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compression.dorefa_pact import bake_weights, clipped_quant_entry
-from compression.graph import analyse
-from compression.quant_format import export_quantized
-from compression.masks import attach_masks, detach_masks, maskable_layers, masks_of, sparsity_of
+from compression.quantization.dorefa_pact import bake_weights, clipped_quant_entry
+from compression.graph.layers import analyse
+from compression.quantization.packed_format import export_quantized
+from compression.sparsity.masks import (attach_masks, detach_masks, maskable_layers, masks_of,
+                                        sparsity_of)
 from compression.schedule.lr import policy_lr
 from compression.schedule.names import resolve_names
 from compression.schedule.policy import Policy, check_epochs, load_policy
@@ -31,8 +32,8 @@ from compression.schedule.pruners import AgpPruner, LevelPruner
 from compression.schedule.quantizers import apply_quantizer, check_bias_bits, check_not_pruned
 from compression.schedule.scheduler import CompressionScheduler
 from compression.schedule.zero_structures import merge_keep, zero_keep
-from compression.thinning import thin
-from learners import composition
+from compression.surgery.thinning import thin
+from learners.run import composition
 from learners.base import Learner, Result
 from learners.registry import register_learner
 from learners.schedule.config import ScheduleConfig
@@ -249,6 +250,12 @@ class ScheduleLearner(Learner):
         if packed is not None:
             sections["quantized_file"] = packed
         return Result(model, spec, before_finetune=self._before, accuracy=accuracy,
-                      sections=sections, sparse=sparse,
-                      bytes_on_disk=packed["file"]["bytes"] if packed else None,
-                      deploy_kind="fakequant" if quant else "fp32")
+                      sections=sections, deploy_kind="fakequant" if quant else "fp32")
+
+    def finish(self, result: Result, report) -> None:
+        """Sparse copies of a pruned result; the bit-packed file of a quantized one is its
+        size on disk."""
+        if "sparse" in self.result_tags():
+            self.ctx.write_sparse_copies(result, report)
+        if "quantized_file" in result.sections:
+            report.bytes_on_disk.compressed = result.sections["quantized_file"]["file"]["bytes"]

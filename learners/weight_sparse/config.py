@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from learners.rl.config import DdpgConfig
-from learners.options import OutputOptions
+from learners.search.config import DdpgConfig
+from learners.config import OutputOptions
 from utils.config import check, check_ratio, nested, option, split_names
 
 PROTOCOLS = ("uniform", "heurist", "optimal", "global", "list")

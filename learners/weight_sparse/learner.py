@@ -11,18 +11,18 @@ import logging
 
 from torch import nn
 
-from compression.batchnorm import recalibrate_bn
-from compression.layer_regression import layerwise_regression
-from compression.masks import (attach_masks, detach_masks, maskable_layers, masks_of, set_masks,
-                               sparsity_of)
-from compression.ratio_list import read_ratio_list
-from compression.sparsity_allocation import nb_zeros_heurist, nb_zeros_uniform
-from learners import composition
+from compression.sparsity.batchnorm import recalibrate_bn
+from compression.sparsity.regression import layerwise_regression
+from compression.sparsity.masks import (attach_masks, detach_masks, maskable_layers, masks_of,
+                                        set_masks, sparsity_of)
+from compression.budget.ratio_list import read_ratio_list
+from compression.sparsity.allocation import nb_zeros_heurist, nb_zeros_uniform
+from learners.run import composition
 from learners.base import Learner, Result
 from learners.registry import register_learner
 from learners.weight_sparse.config import WsConfig
 from learners.weight_sparse.schedule import MaskScheduleCallback, update_steps
-from learners.rl.preference_env import layer_features
+from learners.search.preference_env import layer_features
 from learners.weight_sparse.search_env import SparsityEnv
 from utils.config import ConfigError
 
@@ -123,5 +123,7 @@ class WeightSparseLearner(Learner):
         sections["sparsity"] = {**sparsity_of(model, names, targets),
                                 "target_zeros": sum(targets.values()),
                                 "protocol_counts": None if final is None else list(final.values())}
-        return Result(model, spec, before_finetune=before, accuracy=accuracy, sections=sections,
-                      sparse=True)
+        return Result(model, spec, before_finetune=before, accuracy=accuracy, sections=sections)
+
+    def finish(self, result: Result, report) -> None:
+        self.ctx.write_sparse_copies(result, report)

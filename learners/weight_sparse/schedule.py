@@ -13,8 +13,8 @@ import logging
 import torch
 from torch import nn
 
-from compression.masks import global_nb_zeros, raw_weight, set_masks
-from compression.sparsity_allocation import agp_fraction
+from compression.sparsity.masks import global_nb_zeros, raw_weight, set_masks
+from compression.sparsity.agp import agp_fraction
 from training.trainer import Callback, StepState, Trainer
 
 log = logging.getLogger("pocketflow")

@@ -1,4 +1,4 @@
-"""The per-layer sparsity search as a DDPG environment (``learners.rl.search.SearchEnv``).
+"""The per-layer sparsity search as a DDPG environment (``learners.search.search.SearchEnv``).
 
 One step per maskable layer; the action is that layer's RELATIVE pruning preference in
 [0, 1]. A finished roll-out turns the preferences into exact integer counts with ``allocate``:
@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from compression.sparsity_allocation import allocate
-from learners.rl.preference_env import PreferenceEnv
+from compression.sparsity.allocation import allocate
+from learners.search.preference_env import PreferenceEnv
 
 
 class SparsityEnv(PreferenceEnv):

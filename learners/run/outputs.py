@@ -95,7 +95,7 @@ class Outputs:
     def export_sparse(self, model: nn.Module, spec: dict, inputs: torch.Tensor,
                       meta: dict, base: nn.Module | None = None) -> dict:
         """COO and CSR files of a sparse result, each loaded back and compared on ``inputs``."""
-        from compression.sparse_format import export_sparse_files
+        from compression.sparsity.sparse_format import export_sparse_files
 
         files = export_sparse_files(model, spec, self.stem(), inputs, meta, base)
         for layout, f in files.items():

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from training.callbacks import LoggingCallback, LrScheduleCallback
-from learners.checkpointing import CheckpointCallback, restore, save_checkpoint
+from learners.run.checkpointing import CheckpointCallback, restore, save_checkpoint
 from learners.config import LearnerConfig
 from training.distillation import DistillationCallback
-from learners.resume import check_resumable, stamp
+from learners.run.resume import check_resumable, stamp
 from training.trainer import AMP_DTYPES, Callback, Trainer, TrainingDivergedError, set_memory_format
 from utils.checkpoint import load_file
 from utils.data_loading import make_eval_loader, make_train_loader
@@ -33,7 +33,7 @@ log = logging.getLogger("pocketflow")
 class Context:
     """Services of one learner's run. ``checkpoint`` is the learner's resumable state file
     (other state files go beside it: ``state_path``); ``settings`` and ``learner`` stamp every
-    state file so that ``--resume`` can check it (``learners.resume``)."""
+    state file so that ``--resume`` can check it (``learners.run.resume``)."""
 
     helper: object                       # nets.abstract_model_helper.AbstractModelHelper
     cfg: LearnerConfig
@@ -43,7 +43,7 @@ class Context:
     settings: dict
     original: Callable[[], nn.Module]     # the full model (reference of the report)
     make_teacher: Callable[[], nn.Module | None]
-    outputs: object = None                # learners.outputs.Outputs of the learner's artifact
+    outputs: object = None                # learners.run.outputs.Outputs of the learner's artifact
     base: nn.Module | None = None         # the base a spec of an unregistered net builds on
     wall_s: dict = field(default_factory=dict)
     writer: object = None                 # TensorBoard SummaryWriter (primary) or None
@@ -56,6 +56,16 @@ class Context:
     @property
     def seed(self) -> int:
         return self.cfg.seed
+
+    def write_sparse_copies(self, result, report) -> None:
+        """COO and CSR files of a sparse result beside its artifact, each loaded back and
+        compared on an eval batch; the smaller one is the compressed side's bytes on disk
+        (primary process, from ``Learner.finish``)."""
+        inputs, _ = next(iter(self.eval_loader()))
+        files = self.outputs.export_sparse(result.model, result.spec, inputs.to(self.device),
+                                           {"learner": self.learner}, self.base)
+        report.add("sparse_files", files)
+        report.bytes_on_disk.compressed = min(f["bytes"] for f in files.values())
 
     # -- data ----------------------------------------------------------------------------
     def train_loader(self, dataset=None, batch_size: int | None = None):
@@ -230,11 +240,11 @@ class Context:
 
     def search(self, make_env, ddpg_cfg, nb_rlouts: int, nb_rlouts_min: int,
                keep_top: int = 1) -> tuple[dict, dict]:
-        """DDPG strategy search (``learners.rl.search``) on the primary process only; every
+        """DDPG strategy search (``learners.search.search``) on the primary process only; every
         process receives ``(best, section)``: the ``info`` of the best roll-out (``"top"``: the
         infos of the best ``keep_top``, best first) and the report's ``search`` section. The
         search checkpoints to ``search.pt`` beside the checkpoint and resumes with ``--resume``."""
-        from learners.rl.search import run_search
+        from learners.search.search import run_search
 
         path = self.state_path("search.pt")
 

@@ -1,12 +1,12 @@
 """Per-layer channel counts under a FLOPs budget as a DDPG environment (``SearchEnv``).
 
 The one environment every channel learner's search uses (``channel``; ``chn-pruned-rmt`` and
-``dis-chn-pruned`` through ``learners.channel_strategy``). One step per prunable layer. The
+``dis-chn-pruned`` through ``compression.budget.strategy``). One step per prunable layer. The
 state is AMC's (He et al. 2018): layer index, output and input channels, output height and
 width, stride, kernel area, the layer's share of the FLOPs and the largest reduction allowed,
 each divided by its maximum over the layers; plus the budget, the FLOPs-weighted mean of the
 previous actions and the previous action. The action is the layer's relative preference for
-keeping channels in [0, 1]; ``compression.channel_allocation.allocate_channels`` turns a
+keeping channels in [0, 1]; ``compression.budget.allocation.allocate_channels`` turns a
 finished roll-out into integer counts whose FLOPs meet the budget (at most the budget, short
 by less than one channel step). So every action vector is a valid strategy, and the first
 roll-out (equal preferences) is the uniform strategy.
@@ -22,13 +22,12 @@ from typing import Callable, Sequence
 import numpy as np
 from torch import nn
 
-from compression.channel_allocation import CostModel, allocate_channels
-from compression.channel_flops import ChannelFlops
-from compression.graph import PrunableLayer
-from learners.rl.preference_env import PreferenceEnv, normalised
-from learners.rl.search import accuracy_reward
-
-REWARD_POLICIES = ("accuracy", "flops")
+from compression.budget.allocation import CostModel, allocate_channels
+from compression.budget.flops import ChannelFlops
+from compression.budget.options import REWARD_POLICIES
+from compression.graph.layers import PrunableLayer
+from learners.search.preference_env import PreferenceEnv, normalised
+from learners.search.search import accuracy_reward
 
 
 def amc_features(model: nn.Module, layers: Sequence[PrunableLayer], flops: ChannelFlops,

@@ -12,54 +12,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import torch
 
-from compression.channel_selection import SelectionSettings, refit_kept, select_channels
-from learners.channel_base import ChannelLearnerBase
-from learners.dis_chn_pruned.dcp import (DcpObjective, ZeroPrunedInputs, frozen,
-                                         greedy_channels, layer_blocks)
-from learners.dis_chn_pruned.heads import build_heads, head_points
+from compression.selection.criteria import refit_kept, select_channels
+from learners.channel.base import ChannelLearnerBase
+from compression.selection.dcp import (DcpObjective, ZeroPrunedInputs, frozen, greedy_channels,
+                                       layer_blocks)
+from compression.selection.dcp_heads import build_heads, head_points
 from learners.registry import register_learner
-from learners.options import RatioChannelOptions
 from training.trainer import Trainer
-from utils.config import check, option
+from learners.channel.config import DcpConfig
 
 log = logging.getLogger("pocketflow")
 POCKETFLOW_BATCH, POCKETFLOW_TRAIN_IMAGES = 128, 50000   # the CIFAR-10 setting of its defaults
-
-
-@dataclass
-class DcpConfig(RatioChannelOptions):
-    nb_stages: int = option(3, "auxiliary heads (at most the net's stage_names): the network is "
-                               "split into nb_stages + 1 blocks")
-    lrn_rate_adam: float = option(1e-3, "Adam rate of the block and layer fine-tuning")
-    nb_iters_block: int = option(-1, "Adam steps per block on final + discrimination loss "
-                                     "(-1: PocketFlow's CIFAR-10 schedule in epochs, 10000 steps "
-                                     "of 128 of 50000 images = 25.6 epochs of this training set)")
-    nb_iters_layer: int = option(-1, "Adam steps per layer on reconstruction + discrimination "
-                                     "loss, pruned channels held at zero (-1: PocketFlow's 500 "
-                                     "CIFAR-10 steps in epochs = 1.28 epochs of this training set)")
-    nb_batches: int = option(20, "cached training batches the selection cycles through")
-    channels_per_pass: int = option(1, "input channels the greedy selection adds per gradient "
-                                       "pass (1: the paper's one at a time; more: fewer passes, "
-                                       "see docs/learners.md#dis-chn-pruned)")
-    lstsq_init: bool = option(True, "start a layer's fine-tune from the closed-form "
-                                    "least-squares refit of its kept channels (not in "
-                                    "PocketFlow: it makes the layer fine-tune start at the "
-                                    "reconstruction optimum instead of the old weights)")
-    nb_crops_per_smpl: int = option(10, "output positions per sample of that refit")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(self.nb_stages >= 0, "nb_stages", "must be >= 0")
-        check(self.lrn_rate_adam > 0, "lrn_rate_adam", "must be positive")
-        check(self.nb_iters_block >= -1, "nb_iters_block", "must be >= 0, or -1 (auto)")
-        check(self.nb_iters_layer >= -1, "nb_iters_layer", "must be >= 0, or -1 (auto)")
-        check(self.nb_batches > 0, "nb_batches", "must be positive")
-        check(self.channels_per_pass > 0, "channels_per_pass", "must be positive")
-        check(self.nb_crops_per_smpl > 0, "nb_crops_per_smpl", "must be positive")
 
 
 @register_learner("dis-chn-pruned", config=DcpConfig, prefix="dcp")
@@ -130,8 +96,8 @@ class DisChnPrunedLearner(ChannelLearnerBase):
     def select_rollout(self, full, pruned, chosen, counts, batches):
         """DCP's own selection fine-tunes blocks and layers (minutes); a search's roll-outs rank
         per-layer counts with LASSO + least squares on the same cached batches instead."""
-        settings = SelectionSettings("ista", self.cfg.nb_crops_per_smpl, seed=self.ctx.seed)
-        return select_channels(full, pruned, chosen, counts, batches, settings)
+        return select_channels(full, pruned, chosen, counts, batches, self.cfg.selection_options(),
+                               self.ctx.seed)
 
     def _tune(self, objective, params, nb_iters: int, data, zero: ZeroPrunedInputs) -> None:
         if nb_iters <= 0:

@@ -22,8 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
-from learners.rl.agent import DdpgAgent, observe_rollout
-from learners.rl.config import DdpgConfig
+from learners.search.agent import DdpgAgent, observe_rollout
+from learners.search.config import DdpgConfig
 from utils.checkpoint import save_file
 
 log = logging.getLogger("pocketflow")

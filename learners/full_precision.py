@@ -18,4 +18,4 @@ class FullPrecLearner(Learner):
         ctx = self.ctx
         ctx.fit(model, ctx.helper.lr_schedule(ctx.mgw.size()), tag="train", spec=spec,
                 teacher=ctx.teacher())
-        return Result(model, spec, compressed_side=False)
+        return Result(model, spec)

@@ -1,4 +1,4 @@
-"""The one environment shape of every DDPG strategy search (``learners.rl.search.SearchEnv``):
+"""The one environment shape of every DDPG strategy search (``learners.search.search.SearchEnv``):
 one step per layer, the action is that layer's RELATIVE preference in [0, 1].
 
 The state is the layer's static features (each column divided by its maximum) plus the budget
@@ -6,8 +6,8 @@ The state is the layer's static features (each column divided by its maximum) pl
 finished roll-out turns all preferences at once into a strategy that meets the budget
 (``strategy``), so every action vector is valid and equal preferences (the first roll-out,
 ``baseline_actions``) are the uniform strategy; ``finish`` scores it. Subclasses: sparsity
-(``learners.weight_sparse.search_env``), bit widths (``learners.quant.bits_env``), channels
-(``learners.rl.channel_env``).
+(``learners.weight_sparse.search_env``), bit widths (``learners.quant.search_env``), channels
+(``learners.channel.search_env``).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-layer bit widths as a DDPG environment (``learners.rl.search.SearchEnv``).
+"""Per-layer bit widths as a DDPG environment (``learners.search.search.SearchEnv``).
 
 One step per quantized layer; the action is that layer's RELATIVE preference for bits in
 [0, 1]. A finished roll-out turns the preferences into integer widths with ``allocate_bits``:
@@ -9,7 +9,7 @@ preferences give the uniform strategy (the search's baseline roll-out), and ever
 vector is a valid strategy: a random one is a variation of uniform, not the AMC-style
 sequential clipping that spared the first layers and forced the minimum onto the last ones.
 
-The reward is ``learners.rl.search.accuracy_reward``: held-out accuracy, loss as a tie-break.
+The reward is ``learners.search.search.accuracy_reward``: held-out accuracy, loss as a tie-break.
 A mixed strategy replaces the uniform one only when its held-out accuracy is higher by more
 than ``min_gain`` (``beats_baseline``): a lower loss alone, on a small held-out split, is
 noise as likely as a gain, and the uniform strategy is the safe default.
@@ -20,8 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-from learners.rl.preference_env import PreferenceEnv
-from learners.rl.search import accuracy_reward
+from learners.search.preference_env import PreferenceEnv
+from learners.search.search import accuracy_reward
 
 
 def gains_accuracy(info: dict, baseline: dict, min_gain: float = 0.0) -> bool:

@@ -19,8 +19,8 @@ import copy
 import torch
 from torch import nn
 
-from learners.rl.config import DdpgConfig
-from learners.rl.networks import Actor
+from learners.search.config import DdpgConfig
+from learners.search.networks import Actor
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ Per layer, regression rows are sampled at ``cp_nb_points_per_layer`` output posi
 image over ``cp_nb_batches`` training batches; the kept input channels are chosen by LASSO
 (ISTA with an exact-count search: it always lands on the target count, well inside PocketFlow's
 +-2 %) or by L1 magnitude (``cp_lasso=false``); the kept weights are refitted by least squares.
-How many channels each layer keeps comes from ``cp_prune_option`` (``learners.channel_strategy``:
+How many channels each layer keeps comes from ``cp_prune_option`` (``compression.budget.strategy``:
 an AMC-style DDPG search under the FLOPs budget ``cp_preserve_ratio``, uniform, or a ratio
 list). With ``cp_list_group`` smaller than the number of layers, layers are pruned in groups
 and the masked model is fine-tuned with Adam between groups. Unlike PocketFlow, the pruned
@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import logging
 
-from compression.channel_selection import SelectionSettings, select_channels
-from compression.masks import attach_masks, detach_masks, masks_of
+from compression.selection.criteria import select_channels
+from compression.sparsity.masks import attach_masks, detach_masks, masks_of
 from learners.channel.config import ChannelConfig
-from learners.channel_base import ChannelLearnerBase
-from learners.channel_pruning_rmt.learner import log_layer
-from learners.channel_strategy import plan_counts
+from learners.channel.base import ChannelLearnerBase
+from learners.channel.base import log_layer
 from learners.registry import register_learner
 
 log = logging.getLogger("pocketflow")
@@ -33,21 +32,17 @@ class ChannelPrunedLearner(ChannelLearnerBase):
         return self.cfg.nb_batches * self.ctx.helper.cfg.batch_size
 
     def kept_counts(self, full, layers, chosen, report):
-        return plan_counts(self, full, layers, chosen, self.cfg.strategy_settings(), report)
-
-    def _settings(self) -> SelectionSettings:
         cfg = self.cfg
-        return SelectionSettings(method="ista" if cfg.lasso else "l1",
-                                 nb_crops=cfg.nb_points_per_layer, seed=self.ctx.seed)
-
-    selection_settings = _settings
+        return self.plan(full, layers, chosen, report, uniform_ratio=cfg.uniform_preserve_ratio,
+                         multiple=4 if cfg.quadruple else 1)
 
     @property
     def residual_criterion(self) -> str:
         return "lasso" if self.cfg.lasso else "l1"
 
     def select(self, full, pruned, chosen, counts, batches):
-        return select_channels(full, pruned, chosen, counts, batches, self._settings())
+        return select_channels(full, pruned, chosen, counts, batches, self.cfg.selection_options(),
+                               self.ctx.seed)
 
     def select_final(self, full, pruned, chosen, counts, batches):
         size = self.cfg.list_group
@@ -55,7 +50,8 @@ class ChannelPrunedLearner(ChannelLearnerBase):
         keep, stats = {}, []
         for index, group in enumerate(groups):
             group_keep, group_stats = select_channels(full, pruned, group, counts, batches,
-                                                      self._settings(), on_layer=log_layer)
+                                                      self.cfg.selection_options(), self.ctx.seed,
+                                                      on_layer=log_layer)
             keep.update(group_keep)
             stats += group_stats
             if index < len(groups) - 1:

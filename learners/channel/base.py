@@ -1,6 +1,6 @@
 """The flow every channel-pruning learner shares: pre-trained model -> dependency graph ->
 layers to prune (skip rules) -> kept-channel counts (fixed ratios, a ratio list, or a DDPG
-search: ``learners.channel_strategy``) -> selection (the learner's own) -> physical thinning
+search: ``compression.budget.strategy``) -> selection (the learner's own) -> physical thinning
 -> fine-tuning (optionally distilled from the full model); the runner saves, exports and
 reports the result. A channel learner implements ``select`` (and may refine ``choose``,
 ``kept_counts``, ``select_final`` and ``select_rollout``).
@@ -15,15 +15,18 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
-from compression.channel_flops import ChannelFlops
-from compression.channel_selection import (SelectionSettings, choose_layers, counts_for_ratios,
-                                          cpu_channel_block, refit_layers)
-from compression.graph import PrunableLayer, analyse
-from compression.residual_groups import coupled_keep
-from compression.thinning import mask_inputs, thin
-from learners import composition
+from compression.budget.flops import ChannelFlops
+from compression.selection.criteria import refit_layers
+from compression.graph.layers import choose_layers
+from compression.budget.counts import counts_for_ratios
+from compression.budget.simd import cpu_channel_block
+from compression.graph.layers import PrunableLayer, analyse
+from compression.selection.residual_groups import coupled_keep, residual_groups
+from learners.channel.search_env import ChannelEnv
+from compression.surgery.thinning import mask_inputs, thin
+from learners.run import composition
 from learners.base import Learner, Result
-from learners.channel_strategy import coupled_groups, plan_counts
+from compression.budget.strategy import SearchProblem, StrategyHooks, plan_counts
 from compression.artifacts import build_model, load_model
 from utils.model_io import save_model
 
@@ -45,9 +48,9 @@ class ChannelLearnerBase(Learner):
         """``layer -> kept input channels``; runs on EVERY rank (a search is collective).
         Default: ``prune_ratio`` of every layer's inputs removed (PocketFlow's count),
         rounded to ``channel_multiple``. A learner whose config has the ratio options of
-        ``learners.strategy_options`` (a ``strategy`` field) also gets their protocols
+        ``learners.channel.options`` (a ``strategy`` field) also gets their protocols
         (``uniform`` under a FLOPs or latency budget, ``list``, ``optimal``:
-        ``learners.channel_strategy``); without a budget (``preserve_ratio=0``) ``uniform`` is
+        ``compression.budget.strategy``); without a budget (``preserve_ratio=0``) ``uniform`` is
         the count above and ``optimal`` searches at its FLOPs."""
         multiple = self.channel_multiple
         ratio = self.cfg.prune_ratio
@@ -55,12 +58,63 @@ class ChannelLearnerBase(Learner):
         strategy = getattr(self.cfg, "strategy", None)
         if strategy is None:
             return counts
-        s = strategy.settings(multiple=multiple)
-        if s.preserve_ratio == 0:
-            s.uniform_counts = counts
-            s.preserve_ratio = ChannelFlops(full, layers, self.ctx.helper.input_shape,
-                                            coupled_groups(self, layers, chosen)).ratio(counts)
-        return plan_counts(self, full, layers, chosen, s, sections)
+        fixed = {}
+        if strategy.preserve_ratio == 0:
+            flops = ChannelFlops(full, layers, self.ctx.helper.input_shape,
+                                 self.groups(layers, chosen))
+            fixed = {"uniform_counts": counts, "preserve_ratio": flops.ratio(counts)}
+        return self.plan(full, layers, chosen, sections, multiple=multiple, **fixed)
+
+    def plan(self, full: nn.Module, layers: list[PrunableLayer], chosen: list[PrunableLayer],
+             sections: dict, **fixed) -> dict[str, int]:
+        """The counts of ``self.cfg.strategy``'s protocol (``compression.budget.strategy``, with
+        this learner's search and roll-out scores); ``fixed``: ``plan_counts``' keywords
+        (``multiple``, ``uniform_ratio``, ``uniform_counts``, ``preserve_ratio``)."""
+        hooks = StrategyHooks(self.ctx.on_primary, self.search,
+                              lambda nb_batches, ft_steps: self.rollout_scorer(
+                                  full, layers, chosen, nb_batches, ft_steps))
+        counts, found = plan_counts(full, layers, chosen, self.cfg.strategy,
+                                    self.ctx.helper.input_shape,
+                                    groups=self.groups(layers, chosen), hooks=hooks, **fixed)
+        sections.update(found)
+        return counts
+
+    def groups(self, layers: list[PrunableLayer], chosen: list[PrunableLayer]) -> list:
+        """The residual groups this learner prunes as one (``prune_residual``), else none: the
+        FLOPs of a strategy count their channels at the group's count."""
+        if not getattr(self.cfg, "prune_residual", False):
+            return []
+        return residual_groups(layers, chosen)
+
+    def search(self, problem: SearchProblem) -> tuple[dict, dict]:
+        """The DDPG search of a strategy (``learners.channel.search_env``), on rank 0."""
+        opts = problem.options
+
+        def make_env() -> ChannelEnv:
+            return ChannelEnv(problem.full, problem.chosen, problem.flops, problem.preserve_ratio,
+                              problem.scorer(), problem.min_ratio, problem.multiple,
+                              opts.reward_policy, opts.noise_tolerance, problem.cost())
+
+        return self.ctx.search(make_env, self.cfg.ddpg, opts.nb_rlouts, opts.nb_rlouts_min,
+                               keep_top=problem.keep_top)
+
+    def rollout_scorer(self, full: nn.Module, layers: list[PrunableLayer],
+                       chosen: list[PrunableLayer], nb_batches: int, ft_steps: int):
+        """``counts -> {"accuracy", "loss"}`` of the model a strategy gives: selected as the
+        final model is (``select_all``) on ``nb_batches`` cached batches, thinned, tuned
+        ``ft_steps`` Adam steps and evaluated on held-out batches."""
+        ctx, opts = self.ctx, self.cfg.strategy
+        train, val = ctx.search_batches(max(nb_batches, ft_steps), opts.nb_iters_feval)
+        calibration = [inputs for inputs, _ in train[:nb_batches]]
+
+        def score(counts: dict[str, int]) -> dict:
+            pruned, keep, _ = self.select_all(full, layers, chosen, counts, calibration,
+                                              rollout=True)
+            thinned, _ = thin(pruned, layers, keep)
+            ctx.short_finetune(thinned, train, opts.rl_lrn_rate, ft_steps)
+            return ctx.evaluate(thinned, loader=val, local=True)
+
+        return score
 
     @property
     def channel_multiple(self) -> int:
@@ -93,23 +147,20 @@ class ChannelLearnerBase(Learner):
         return self.select(full, pruned, chosen, counts, batches)
 
     # -- coupled residual pruning (``prune_residual``) --------------------------------------
-    residual_criterion = "lasso"   # compression.residual_groups.GROUP_CRITERIA
-
-    def selection_settings(self) -> SelectionSettings:
-        """Sampling and LASSO settings a group criterion uses."""
-        return SelectionSettings(seed=self.ctx.seed)
+    residual_criterion = "lasso"   # compression.selection.residual_groups.GROUP_CRITERIA
 
     def coupled_keep(self, full: nn.Module, layers: list[PrunableLayer],
                      chosen: list[PrunableLayer], counts: dict[str, int],
                      batches: list[torch.Tensor], sections: dict | None) -> dict[str, torch.Tensor]:
         """With ``prune_residual``: the kept input columns of every reader of a residual group,
-        chosen once per group (``compression.residual_groups``); these readers then skip the
+        chosen once per group (``compression.selection.residual_groups``); these readers then skip the
         learner's own selection. Else nothing. ``sections`` (the report's; ``None`` for a
         search's roll-out, which logs nothing) receives the groups' records."""
         if not getattr(self.cfg, "prune_residual", False):
             return {}
         keep, records = coupled_keep(full, layers, chosen, counts, batches,
-                                     self.residual_criterion, self.selection_settings())
+                                     self.residual_criterion, self.cfg.selection_options(),
+                                     self.ctx.seed)
         keep = {layer.name: keep[layer.name] for layer in chosen if layer.name in keep}
         if sections is None:
             return keep
@@ -148,7 +199,8 @@ class ChannelLearnerBase(Learner):
         """After selection, least-squares weights for the kept inputs of the readers of residual
         groups (inputs from the pruned network, targets from the full one), in execution
         order."""
-        return refit_layers(full, pruned, coupled, batches, self.selection_settings())
+        return refit_layers(full, pruned, coupled, batches, self.cfg.selection_options(),
+                            self.ctx.seed)
 
     @property
     @abstractmethod
@@ -214,3 +266,10 @@ class ChannelLearnerBase(Learner):
         ctx.fit(model, ctx.helper.lr_schedule(ctx.mgw.size()), tag="finetune", spec=spec,
                 teacher=ctx.teacher())
         return Result(model, spec, before_finetune=before, sections=sections)
+
+
+def log_layer(record: dict) -> None:
+    """One log line per selected layer."""
+    log.info("select %-22s %-6s keep %3d/%-3d rel.err %.4f (unpruned %.4f) %.2f s",
+             record["layer"], record["mode"], record["kept"], record["in_channels"],
+             record["rel_error"], record["rel_error_unpruned"], record["seconds"])

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from learners.rl.config import DdpgConfig
-from learners.rl.networks import Actor, Critic, soft_update
-from learners.rl.noise import ExplorationNoise
-from learners.rl.replay_buffer import ReplayBuffer
+from learners.search.config import DdpgConfig
+from learners.search.networks import Actor, Critic, soft_update
+from learners.search.noise import ExplorationNoise
+from learners.search.replay_buffer import ReplayBuffer
 
 ArrayLike = float | Sequence[float] | np.ndarray
 

@@ -2,7 +2,7 @@
 
 ``Runner(helper, cfg, mgw).run(learner)``: the starting model (the pre-trained full model,
 trained first with ``full-prec`` when missing, or with ``--enbl_warm_start`` another learner's
-result, checked to fit: ``learners.composition``), the original's accuracy, the learner's
+result, checked to fit: ``learners.run.composition``), the original's accuracy, the learner's
 ``compress``, then the artifact, the report's figures of both sides, sparse copies, deployment
 files checked in their runtimes, and ``report.json``. ``evaluate(learner)`` is
 ``--exec_mode=eval``. A run's output folders are locked and its resume files checked before
@@ -17,16 +17,16 @@ import time
 
 from torch import nn
 
-from compression.channel_selection import block_width_note, cpu_channel_block
-from compression.thinning import in_channels, kept_channels
+from compression.budget.simd import block_width_note, cpu_channel_block
+from compression.surgery.thinning import in_channels, kept_channels
 from datasets.errors import DataError
-from learners import composition
+from learners.run import composition
 from learners.base import Learner, Result
 from learners.config import LearnerConfig
-from learners.context import Context
-from learners.outputs import Outputs
+from learners.run.context import Context
+from learners.run.outputs import Outputs
 from learners.registry import learner_class
-from learners.report import Report
+from learners.run.report import Report
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, formatted, settings
 from utils.data_loading import check_one_batch
@@ -227,11 +227,11 @@ class Runner:
                start_channels: dict) -> dict:
         """The artifact, both sides' figures, sparse and deployment files, the report."""
         outputs, tags = learner.ctx.outputs, learner.result_tags()
-        if result.compressed_side:
+        if learner.from_scratch:          # full-prec: the result IS the full model
+            report.accuracy.full = result.accuracy
+        else:
             report.accuracy.compressed = result.accuracy
             report.accuracy.compressed_before_finetune = result.before_finetune
-        else:
-            report.accuracy.full = result.accuracy
         report.accuracy.extra.update(result.accuracy_extra)
         for name, value in result.sections.items():
             report.add(name, value)
@@ -249,32 +249,24 @@ class Runner:
     def _figures(self, learner: Learner, result: Result, report: Report, size, tags,
                  start_channels: dict) -> None:
         outputs, model = learner.ctx.outputs, result.model
-        if not result.compressed_side:
+        learner.finish(result, report)
+        if learner.from_scratch:
             self.model_report(model, report, "full", size)
         else:
-            original, compressed = self.original(), result.report_model or model
+            original = self.original()
             eager = None   # both eager: timed side by side, so the ratio is not a drift
-            if self.cfg.report_latency and result.latency_ms is None:
-                eager = measure_latencies({"full": original, "compressed": compressed},
+            if self.cfg.report_latency and report.latency_ms.compressed is None:
+                eager = measure_latencies({"full": original, "compressed": model},
                                           self.helper.input_shape)
             self.model_report(original, report, "full", os.path.getsize(self.cfg.save_path_eval),
                               eager and eager["full"])
-            self.model_report(compressed, report, "compressed", size,
-                              result.latency_ms or (eager and eager["compressed"]))
+            self.model_report(model, report, "compressed", size, eager and eager["compressed"])
             if "thinned" in tags and result.spec is not None:
                 kept = kept_channels(start_channels, model)
                 report.add("kept_channels", kept)
                 note = block_width_note(kept, cpu_channel_block())
                 if note and self.device.type == "cpu":   # a GPU's good widths are another matter
                     log.info(note)
-        if result.sparse:
-            inputs, _ = next(iter(learner.ctx.eval_loader()))
-            files = outputs.export_sparse(model, result.spec, inputs.to(self.device),
-                                          {"learner": learner.learner_name}, self.base)
-            report.add("sparse_files", files)
-            report.bytes_on_disk.compressed = min(f["bytes"] for f in files.values())
-        if result.bytes_on_disk is not None:
-            report.bytes_on_disk.compressed = result.bytes_on_disk
         if result.deploy_kind:
             for name, value in outputs.deploy_sections(model, result.deploy_kind).items():
                 report.add(name, value)
@@ -283,13 +275,17 @@ class Runner:
 
     def model_report(self, model: nn.Module, report: Report, side: str, size: int | None,
                      latency: dict | None = None) -> None:
-        """FLOPs, parameters, bytes on disk and latency of ``model`` as ``side``."""
-        setattr(report.flops, side, count_flops(model, self.helper.input_shape))
-        setattr(report.params, side, count_params(model))
-        setattr(report.bytes_on_disk, side, size)
+        """FLOPs, parameters, bytes on disk and latency of ``model`` as ``side``; a figure the
+        learner already gave (``Learner.finish``) is kept."""
+        def put(sides, value):
+            if getattr(sides, side) is None:
+                setattr(sides, side, value() if callable(value) else value)
+
+        put(report.flops, lambda: count_flops(model, self.helper.input_shape))
+        put(report.params, lambda: count_params(model))
+        put(report.bytes_on_disk, size)
         if self.cfg.report_latency:
-            setattr(report.latency_ms, side,
-                    latency or measure_latency(model, self.helper.input_shape))
+            put(report.latency_ms, lambda: latency or measure_latency(model, self.helper.input_shape))
 
     def finish_report(self, learner: Learner, report: Report) -> dict:
         if self.chain:  # the stages before this one, then this one
