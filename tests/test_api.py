@@ -110,7 +110,7 @@ def test_weight_sparsity_on_a_plain_module(trained, tmp_path):
 
 def test_report_times_the_full_and_the_compressed_model_side_by_side(trained, tmp_path,
                                                                     monkeypatch):
-    import learners.runner as runner_module
+    import learners.run.runner as runner_module
     model, train, test, _ = trained
     timed = []
 

@@ -10,18 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from compression.channel_allocation import (BudgetError, allocate_channels, amc_min_ratio,
-                                            count_at)
-from compression.channel_flops import ChannelFlops
-from compression.channel_selection import choose_layers
-from compression.graph import analyse
-from compression.ratio_list import RatioListError, read_ratio_list, write_ratio_list
+from compression.budget.allocation import BudgetError, allocate_channels, amc_min_ratio, count_at
+from compression.budget.flops import ChannelFlops
+from compression.graph.layers import choose_layers
+from compression.graph.layers import analyse
+from compression.budget.ratio_list import RatioListError, read_ratio_list, write_ratio_list
 from compression.artifacts import build_model
-from compression.dead_channels import unread_outputs
-from compression.thinning import mask_inputs, thin
-from compression.unread import unread_channels
+from compression.surgery.dead_channels import unread_outputs
+from compression.surgery.thinning import mask_inputs, thin
+from compression.surgery.unread import unread_channels
 from utils.model_io import module_spec
-from learners.rl.channel_env import ChannelEnv
+from learners.channel.search_env import ChannelEnv
 from nets.registry import create_net, list_nets
 from tests.test_compression import INPUT_SIZES, UserNet
 from tests.conftest import compress_digits

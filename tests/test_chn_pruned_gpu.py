@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from compression.channel_selection import SELECTIONS
-from compression.group_prox import group_prox
-from compression.layer_sampling import layer_weight, normal_equations, patches_and_targets
-from compression.lstsq import reconstruction_error, refit_adam, refit_closed
-from learners.chn_pruned_gpu.learner import CpgConfig
+from compression.selection.criteria import SELECTIONS
+from compression.selection.group_prox import group_prox
+from compression.selection.sampling import layer_weight, normal_equations, patches_and_targets
+from compression.selection.lstsq import reconstruction_error, refit_adam, refit_closed
+from learners.channel.config import CpgConfig
 from compression.artifacts import load_model
 from tests.conftest import compress_digits
 from utils.config import ConfigError, from_flag_dict

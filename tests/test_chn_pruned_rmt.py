@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from learners.channel_pruning_rmt.learner import CprConfig
+from learners.channel.config import CprConfig
 from learners.launch import run
 from nets import resnet_at_digits
 from tests.test_learners import flag_values

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from learners.composition import ChainError
+from learners.run.composition import ChainError
 from learners.launch import build, run
 from nets import resnet_at_digits
 from tests.test_learners import flag_values
@@ -108,7 +108,7 @@ def test_weight_sparse_then_quantized_keeps_the_zeros(chain, tmp_path, quantizer
     """A quantizer started from a sparse model keeps every pruned weight exactly 0 (in the
     baked model and in its bit-packed codes), and reports both the sparsity and the bits; the
     chain lists the sparse stage at the size of its sparse file."""
-    from compression.quant_format import load_quantized_model
+    from compression.quantization.packed_format import load_quantized_model
 
     root = chain[0]
     common = [f"--save_path_eval={root}/eval/model.ckpt", "--export_format=onnx"]

@@ -8,14 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from compression.channel_selection import (block_width_note, choose_layers, cpu_channel_block, nb_kept,
-                                          off_block_widths, round_to_multiple)
-from compression.graph import GraphError, analyse
-from compression.ista import ista, normalised_problem, select_exact
-from compression.layer_sampling import (capture, gram_and_corr, layer_weight, normal_equations,
-                                        patches_and_targets)
-from compression.lstsq import reconstruction_error, refit_adam, refit_closed
-from compression.thinning import mask_inputs, thin
+from compression.budget.simd import block_width_note, cpu_channel_block, off_block_widths
+from compression.graph.layers import choose_layers
+from compression.budget.counts import nb_kept, round_to_multiple
+from compression.graph.layers import GraphError, analyse
+from compression.selection.ista import ista, normalised_problem, select_exact
+from compression.selection.sampling import (capture, gram_and_corr, layer_weight, normal_equations,
+                                            patches_and_targets)
+from compression.selection.lstsq import reconstruction_error, refit_adam, refit_closed
+from compression.surgery.thinning import mask_inputs, thin
 from nets.registry import create_net, list_nets, net_spec
 from compression.artifacts import build_model
 
@@ -275,7 +276,7 @@ def test_counts_between_simd_blocks_are_found_and_noted():
 
 
 def test_allocation_steps_up_by_simd_blocks():
-    from compression.channel_allocation import _step_up
+    from compression.budget.allocation import _step_up
     assert [_step_up(c, 64, -16) for c in (3, 15, 16, 32, 64)] == [4, 16, 32, 48, 64]
     assert _step_up(12, 16, -16) == 13
 
@@ -285,8 +286,8 @@ def test_channel_multiple_values():
     exact; below -1 refused with the valid values."""
     from types import SimpleNamespace
 
-    from learners.channel_base import ChannelLearnerBase
-    from learners.channel_pruning_rmt.learner import CprConfig
+    from learners.channel.base import ChannelLearnerBase
+    from learners.channel.config import CprConfig
     from utils.config import ConfigError
 
     def multiple(value, budget="flops"):

@@ -10,9 +10,9 @@ import torch
 from absl import flags
 from torch import nn
 
-from learners.rl import DdpgAgent, DdpgConfig, Transition, observe_rollout
-from learners.rl.networks import soft_update
-from learners.rl.replay_buffer import ReplayBuffer
+from learners.search import DdpgAgent, DdpgConfig, Transition, observe_rollout
+from learners.search.networks import soft_update
+from learners.search.replay_buffer import ReplayBuffer
 from utils.config import ConfigError, define_flags, from_flag_dict, nested, option
 
 # hyper-parameters of the learning tests: faster than the defaults (fewer roll-outs, CPU time)
@@ -326,7 +326,7 @@ class _RecordingEnv:
 
 
 def test_search_plays_the_baseline_first_and_never_returns_worse():
-    from learners.rl.search import run_search
+    from learners.search.search import run_search
 
     cfg = DdpgConfig(**FAST, batch_size=4)
     env = _RecordingEnv(baseline=[0.3, 0.3, 0.3])
@@ -346,11 +346,11 @@ class _AccuracyEnv(_RecordingEnv):
     def __init__(self, base: dict, other: dict, min_gain: float = 0.0) -> None:
         super().__init__(baseline=[0.3, 0.3, 0.3])
         self.base, self.other = base, other
-        from learners.quant.bits_env import gains_accuracy
+        from learners.quant.search_env import gains_accuracy
         self.beats_baseline = lambda info, baseline: gains_accuracy(info, baseline, min_gain)
 
     def finish(self) -> tuple[float, dict]:
-        from learners.rl.search import accuracy_reward
+        from learners.search.search import accuracy_reward
 
         is_base = self.rollouts[-1] == pytest.approx([0.3, 0.3, 0.3])
         scores = self.base if is_base else self.other
@@ -360,7 +360,7 @@ class _AccuracyEnv(_RecordingEnv):
 def test_a_best_rollout_that_does_not_beat_the_baseline_for_real_is_replaced_by_it():
     """``beats_baseline`` (the bits search's): the uniform strategy is kept unless a searched
     one gains held-out accuracy beyond ``min_gain``; a lower loss alone is not enough."""
-    from learners.rl.search import run_search
+    from learners.search.search import run_search
 
     cfg = DdpgConfig(**FAST, batch_size=4)
     base = {"accuracy": 0.9, "loss": 0.5}

@@ -98,7 +98,7 @@ def test_fakequant_files_export_as_float_and_are_judged_by_decisions(tmp_path):
     """A DoReFa/PACT model (activations rounded by float ops) deploys as a float file whose
     check is the int8 one: a runtime's last-bit conv difference may move an activation on a
     rounding boundary to the next level."""
-    from compression.dorefa_pact import attach_clipped_quantizers, bake_weights
+    from compression.quantization.dorefa_pact import attach_clipped_quantizers, bake_weights
 
     torch.manual_seed(0)
     h = helper()
@@ -205,8 +205,9 @@ def test_deployed_picks_run_inside_the_xnnpack_delegate():
     pytest.importorskip("executorch")
     from torch import nn
 
-    from compression.int8_qat import quiet, torchao_api
-    from compression.thinning import GatherConv2d, gathers_as_matrices
+    from compression.quantization.int8_qat import quiet, torchao_api
+    from compression.surgery.picks import GatherConv2d
+    from compression.surgery.thinning import gathers_as_matrices
 
     conv = GatherConv2d(3, 4, 3, padding=1)
     conv.in_index = torch.tensor([5, 0, 2])
@@ -227,7 +228,8 @@ def test_gathers_as_matrices_keep_outputs_and_state():
     zero columns, whichever is smaller: same outputs, no index_select left in the export."""
     from torch import nn
 
-    from compression.thinning import GatherConv2d, GatherLinear, gathers_as_matrices
+    from compression.surgery.picks import GatherConv2d, GatherLinear
+    from compression.surgery.thinning import gathers_as_matrices
 
     torch.manual_seed(0)
     conv, linear = GatherConv2d(3, 4, 3, padding=1), GatherLinear(2, 3)
@@ -267,7 +269,8 @@ def test_conv1d_gathers_get_a_parameterised_pick_too():
     product outside the runtimes' delegates), with the same outputs."""
     from torch import nn
 
-    from compression.thinning import GatherConv1d, gathers_as_matrices
+    from compression.surgery.picks import GatherConv1d
+    from compression.surgery.thinning import gathers_as_matrices
 
     torch.manual_seed(0)
     conv = GatherConv1d(2, 3, 5, padding=2)

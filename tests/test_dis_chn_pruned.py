@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from compression.artifacts import load_model
-from compression.graph import analyse
-from compression.thinning import GatherLinear, gathers_as_matrices
-from learners.dis_chn_pruned.dcp import DcpObjective, greedy_channels, layer_blocks
-from learners.dis_chn_pruned.heads import StageTaps, build_heads, head_points
-from learners.dis_chn_pruned.learner import DcpConfig
+from compression.graph.layers import analyse
+from compression.surgery.picks import GatherLinear
+from compression.surgery.thinning import gathers_as_matrices
+from compression.selection.dcp import DcpObjective, greedy_channels, layer_blocks
+from compression.selection.dcp_heads import StageTaps, build_heads, head_points
+from learners.channel.config import DcpConfig
 from nets.registry import create_net, list_nets
 from tests.conftest import compress_digits, digits_helper
 from tests.test_compression import INPUT_SIZES
@@ -77,7 +78,7 @@ def test_greedy_selection_finds_the_channels_the_output_depends_on():
 def _greedy_reference(objective, name, nb_keep, batches):
     """The selection as first written: the full net's output and the whole autograd graph
     recomputed at every addition, one channel per pass."""
-    from learners.dis_chn_pruned.dcp import _override_weight
+    from compression.selection.dcp import _override_weight
 
     module = objective.pruned.get_submodule(name)
     weight = module.weight.detach().clone()

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from compression.graph import analyse
-from compression.masks import detach_masks
+from compression.graph.layers import analyse
+from compression.sparsity.masks import detach_masks
 from compression.schedule.names import resolve_names
 from compression.schedule.policy import PolicyError, load_policy
 from compression.schedule.scheduler import CompressionScheduler
-from compression.thinning import thin
+from compression.surgery.thinning import thin
 from nets.registry import build_from_spec, net_spec
 from tests.test_distiller_schedules import resnet20
 

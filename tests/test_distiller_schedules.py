@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 
-from compression.graph import analyse
-from compression.masks import detach_masks, masks_of
-from compression.schedule.agp import agp_sparsity
+from compression.graph.layers import analyse
+from compression.sparsity.masks import detach_masks, masks_of
+from compression.sparsity.agp import agp_sparsity
 from compression.schedule.lr import policy_lr
 from compression.schedule.names import resolve_names
 from compression.schedule.policy import PolicyError, load_policy
@@ -17,7 +17,7 @@ from compression.schedule.quantizers import bits_of
 from compression.schedule.regularizers import threshold
 from compression.schedule.scheduler import CompressionScheduler
 from compression.schedule.zero_structures import zero_keep
-from compression.thinning import thin
+from compression.surgery.thinning import thin
 from nets.registry import build_from_spec, net_spec
 from tests.conftest import compress_digits, digits_helper
 

@@ -80,7 +80,7 @@ def _flag_values(helper_cls, argv):
 
 
 def test_tutorial_trains_saves_and_reloads(example, tmp_path, monkeypatch):
-    from learners.outputs import Outputs
+    from learners.run.outputs import Outputs
     from compression.artifacts import load_model
 
     saved = {}  # the trained model itself, as the runner hands it to save_artifact

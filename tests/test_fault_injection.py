@@ -481,7 +481,7 @@ def test_lasso_baseline_solves_the_same_problem_from_the_mapped_start():
     keeps the same channels as select_exact."""
     import importlib.util
 
-    from compression.ista import ista, normalised_problem, select_exact
+    from compression.selection.ista import ista, normalised_problem, select_exact
 
     spec = importlib.util.spec_from_file_location("lasso_baseline",
                                                   REPO / "benchmarks" / "lasso_baseline.py")

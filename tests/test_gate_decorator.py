@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from compression.channel_flops import ChannelFlops
-from compression.gates import (GatedBatchNorm2d, GlobalGatePruner, attach_gates, gate_l1,
-                               gate_points, gates_of, melt_gates)
-from compression.graph import analyse
-from compression.thinning import thin
+from compression.budget.flops import ChannelFlops
+from compression.selection.gates import (GatedBatchNorm2d, GlobalGatePruner, attach_gates, gate_l1,
+                                         gate_points, gates_of, melt_gates)
+from compression.graph.layers import analyse
+from compression.surgery.thinning import thin
 from learners.launch import run
 from nets import resnet_at_digits
 from nets.registry import build_from_spec, net_spec

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compression import int8_qat
-from compression.int8_qat import (Int8ExportUnavailable, QatModel, convert_int8, output_scale,
-                                  prepare_qat)
+from compression.quantization import int8_qat
+from compression.quantization.int8_qat import (Int8ExportUnavailable, QatModel, convert_int8,
+                                               output_scale, prepare_qat)
 from deployment import pte as pte_runtime
 from deployment.pte import PteModel, export_pte
 from nets.models.resnet_cifar import resnet_cifar

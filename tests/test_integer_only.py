@@ -1,4 +1,4 @@
-"""Integer-only inference (``compression.integer_only``, ``tools/integer_only.py``).
+"""Integer-only inference (``compression.quantization.integer_only``, ``tools/integer_only.py``).
 
 Hand-computed fixed-point checks; parity of the integer program with its fake-quantized float
 reference (one LSB on >= 99 % of the output codes, top-1 within one point) on the digits eval
@@ -22,12 +22,15 @@ import yaml
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from compression.integer_only import (FakeQuantModel, IntegerOverflowError, IntegerYamlError,
-                                      UnsupportedOpError, build_program, compare, export_yaml, load_yaml,
-                                      multiplier_value, quantize_multiplier, requantize)
-from compression.integer_only.yaml_text import FlowList, Literal, dump_text, load_text
-from compression.graph import analyse
-from compression.thinning import GatherConv2d, GatherLinear, thin
+from compression.quantization.integer_only import (FakeQuantModel, IntegerOverflowError,
+                                                   IntegerYamlError, UnsupportedOpError,
+                                                   build_program, compare, export_yaml, load_yaml,
+                                                   multiplier_value, quantize_multiplier,
+                                                   requantize)
+from compression.quantization.integer_only.yaml_text import FlowList, Literal, dump_text, load_text
+from compression.graph.layers import analyse
+from compression.surgery.picks import GatherConv2d, GatherLinear
+from compression.surgery.thinning import thin
 from nets import resnet_at_digits
 from nets.models.lenet import lenet
 from nets.models.resnet_cifar import resnet20

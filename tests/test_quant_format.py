@@ -6,12 +6,15 @@ import math
 import pytest
 import torch
 
-from compression.masks import maskable_layers
-from compression.quant_format import (QuantFormatError, load_quantized_model, pack_bits,
-                                      quantized_size_report, save_quantized_model, unpack_bits)
-from compression.quantizers import (CodebookQuantizer, UniformWeightQuantizer,
-                                    activation_quantizers_of, attach_activation_quantizers,
-                                    attach_weight_quantizers, quantizers_of)
+from compression.sparsity.masks import maskable_layers
+from compression.quantization.packed_format import (QuantFormatError, load_quantized_model,
+                                                    pack_bits, quantized_size_report,
+                                                    save_quantized_model, unpack_bits)
+from compression.quantization.codebook import CodebookQuantizer
+from compression.quantization.quantizers import (UniformWeightQuantizer, attach_weight_quantizers,
+                                                 quantizers_of)
+from compression.quantization.activations import (activation_quantizers_of,
+                                                  attach_activation_quantizers)
 from nets.registry import create_net, net_spec
 from utils.checkpoint import CheckpointError, load_file, save_file
 from utils.model_io import save_model

@@ -10,7 +10,7 @@ import torch
 
 import pocketflow_torch as pf
 from compression.artifacts import load_model
-from learners.quant.bits_env import allocate_bits
+from learners.quant.search_env import allocate_bits
 from learners.quant.config import NuqlConfig, UqlConfig
 from tests.conftest import compress_digits, digits_helper
 from utils.config import ConfigError, from_flag_dict
@@ -121,7 +121,7 @@ def test_non_uniform_flags_are_checked_too():
 
 def test_uniform_tf_artifact_must_be_a_pte_path():
     """The artifact is the ExecuTorch program: a .ckpt path used to fail only after QAT."""
-    from learners.quant.uniform_tf import UqtfConfig
+    from learners.quant.config import UqtfConfig
 
     with pytest.raises(ConfigError, match=r"^--uqtf_save_path_eval: the int8 ExecuTorch program is "
                                           r"written here: give a path ending in \.pte"):
@@ -138,7 +138,7 @@ def test_uniform_tf_ends_in_a_real_int8_program(tmp_path, tiny_pretrained):
     assert int8["bytes"] < 0.35 * int8["fp32_bytes"]                   # int8 weights
     # XNNPACK's integer requantization vs the float reference: flips of one step add up over
     # 20 layers (see tests/test_int8_qat.py for the per-op check). 0.92 measured; it was ~0.3
-    # before the weights' zero points were kept at 0 (compression.int8_qat._qat_config)
+    # before the weights' zero points were kept at 0 (compression.quantization.int8_qat._qat_config)
     assert int8["within_one_step_of_converted"] >= 0.85
     # the int8 program classifies like the QAT model it came from (359 test images)
     assert abs(report["accuracy"]["compressed"] - report["accuracy_qat"]) <= 0.02

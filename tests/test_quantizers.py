@@ -6,12 +6,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compression.quantizers import (ActivationQuantizer, CodebookQuantizer,
-                                    UniformWeightQuantizer, activation_quantizers_of,
-                                    attach_activation_quantizers, attach_weight_quantizers,
-                                    dequantize, detach_activation_quantizers,
-                                    detach_weight_quantizers, nearest_centre, quantize_codes,
-                                    quantizers_of, sqnr_db)
+from compression.quantization.activations import (ActivationQuantizer, activation_quantizers_of,
+                                                  attach_activation_quantizers,
+                                                  detach_activation_quantizers)
+from compression.quantization.codebook import CodebookQuantizer, nearest_centre
+from compression.quantization.quantizers import (UniformWeightQuantizer, attach_weight_quantizers,
+                                                 dequantize, detach_weight_quantizers,
+                                                 quantize_codes, quantizers_of, sqnr_db)
 from nets.registry import create_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # restored after each test

@@ -1,4 +1,4 @@
-"""Coupled residual pruning (compression/residual_groups.py, ``--cpr_prune_residual``): the
+"""Coupled residual pruning (compression/selection/residual_groups.py, ``--cpr_prune_residual``): the
 readers of a residual stream keep the same channels, chosen once over all of them, so whole
 residual channels leave every member, shortcut, BN and reader."""
 from __future__ import annotations
@@ -8,11 +8,12 @@ import copy
 import pytest
 import torch
 
-from compression.channel_selection import SelectionSettings, choose_layers
-from compression.dead_channels import unread_outputs
-from compression.graph import analyse
-from compression.residual_groups import coupled_keep, residual_groups
-from compression.thinning import mask_inputs, thin
+from compression.selection.criteria import SelectionOptions
+from compression.graph.layers import choose_layers
+from compression.surgery.dead_channels import unread_outputs
+from compression.graph.layers import analyse
+from compression.selection.residual_groups import coupled_keep, residual_groups
+from compression.surgery.thinning import mask_inputs, thin
 from nets.registry import create_net
 from tests.conftest import compress_digits
 from tests.zoo_nets import INPUT_SHAPE, ZOO, randomise_bn
@@ -48,7 +49,7 @@ def test_coupled_keep_shrinks_every_member_and_stays_exact(criterion):
     batches = [torch.randn(16, *SHAPE)]
     counts = {layer.name: layer.in_channels // 2 for layer in chosen}
     keep, records = coupled_keep(model, layers, chosen, counts, batches, criterion,
-                                 SelectionSettings(nb_crops=4))
+                                 SelectionOptions(nb_crops_per_smpl=4))
     assert sorted(r["kept"] for r in records) == [8, 16, 32]
     assert len(keep) == 5 + 4 + 3
     masked = copy.deepcopy(model)
@@ -83,7 +84,7 @@ def test_group_criteria_drop_channels_no_reader_uses(criterion):
             weight[:, [cols[k] for k in dead]] = 0.0
     counts = {layer.name: 12 for layer in chosen}
     keep, _ = coupled_keep(model, layers, chosen, counts, [torch.randn(32, *SHAPE)],
-                           criterion, SelectionSettings(nb_crops=4))
+                           criterion, SelectionOptions(nb_crops_per_smpl=4))
     for name, cols in group.columns.items():
         assert keep[name].tolist() == sorted(cols[k] for k in range(16) if k not in dead)
 
@@ -121,7 +122,7 @@ def test_the_search_scores_roll_outs_with_residual_groups(tmp_path, tiny_pretrai
     """optimal (DDPG) with prune_residual: every roll-out is scored on the architecture the
     learner delivers (each stream cut as one group, then thinned), and the chosen strategy
     meets the FLOPs budget with every stream at one width."""
-    import learners.channel_base as base
+    import learners.channel.base as base
 
     scored = []
     original = base.ChannelLearnerBase.select_all
@@ -186,12 +187,12 @@ def test_a_flops_budget_counts_the_groups_at_their_count(tmp_path, tiny_pretrain
     """uniform under a FLOPs budget: the strategy's estimate prices each group's channels at
     the group's count, so the result lands at the budget (not far below it)."""
     model, layers, chosen = _resnet20()
-    from compression.channel_flops import ChannelFlops
+    from compression.budget.flops import ChannelFlops
 
     groups = residual_groups(layers, chosen)
     counts = {layer.name: layer.in_channels // 2 for layer in chosen}
     keep, _ = coupled_keep(model, layers, chosen, counts, [torch.randn(8, *SHAPE)], "l1",
-                           SelectionSettings(nb_crops=2))
+                           SelectionOptions(nb_crops_per_smpl=2))
     keep.update({n: torch.arange(c) for n, c in counts.items() if n not in keep})
     thinned, _ = thin(model, layers, keep, eliminate=False)
     coupled = ChannelFlops(model, layers, SHAPE, groups)

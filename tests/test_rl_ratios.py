@@ -10,11 +10,12 @@ import pytest
 import torch
 from absl.flags import IllegalFlagValueError
 
-from compression.channel_allocation import BudgetError, allocate_channels
-from compression.channel_flops import ChannelFlops
-from compression.channel_latency import (ChannelLatency, _grid, settle_budget, thin_to_counts)
-from compression.channel_selection import choose_layers, counts_for_ratios
-from compression.graph import analyse
+from compression.budget.allocation import BudgetError, allocate_channels
+from compression.budget.flops import ChannelFlops
+from compression.budget.latency import ChannelLatency, _grid, settle_budget, thin_to_counts
+from compression.graph.layers import choose_layers
+from compression.budget.counts import counts_for_ratios
+from compression.graph.layers import analyse
 from learners.launch import run
 from nets import resnet_at_digits
 from nets.registry import create_net
@@ -134,7 +135,7 @@ def test_latency_budget_is_settled_on_measurements(tmp_path, tiny_pretrained, mo
     The lookup table's timings are deterministic too (``flops_timing``): with real ones the
     table's targets, and so the trials, varied from run to run. Counts are multiples of 8, the
     default under a latency budget."""
-    import learners.channel_strategy as strategy_module
+    import compression.budget.strategy as strategy_module
 
     flops_timing(monkeypatch)
 
@@ -191,7 +192,7 @@ def test_a_latency_budget_with_prune_residual_times_the_residual_architecture(
     gathering), so the measured ratio is that of the final model. The deterministic stand-in
     of the previous test prices the FLOPs of what is measured; the table's timings are
     deterministic too (``flops_timing``)."""
-    import learners.channel_strategy as strategy_module
+    import compression.budget.strategy as strategy_module
 
     flops_timing(monkeypatch)
 
@@ -217,8 +218,8 @@ def test_a_latency_budget_with_prune_residual_times_the_residual_architecture(
 
 def test_thin_to_counts_thins_residual_streams_as_groups():
     model, layers, chosen, shape = _resnet20()
-    from compression.residual_groups import residual_groups
-    from learners.channel_strategy import at_group_counts
+    from compression.selection.residual_groups import residual_groups
+    from compression.budget.strategy import at_group_counts
 
     groups = residual_groups(layers, chosen)
     flops = ChannelFlops(model, layers, shape, groups)
@@ -267,7 +268,7 @@ def test_grid_steps_by_the_channel_multiple():
 def flops_timing(monkeypatch, per_module_ms: float = 0.01) -> None:
     """Deterministic 'timings' for the table: 1 ms per MFLOP plus a fixed cost per module (the
     real ones are noise on a loaded machine; the table's arithmetic is what is tested here)."""
-    from compression import channel_latency
+    from compression.budget import latency as channel_latency
 
     def time_forward(module, shape, batch_sizes=(1,), **_):
         return {f"bs{b}": 1e-6 * count_flops(module, shape) + per_module_ms for b in batch_sizes}

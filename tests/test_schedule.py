@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from compression.graph import analyse
-from compression.masks import detach_masks
+from compression.graph.layers import analyse
+from compression.sparsity.masks import detach_masks
 from compression.schedule.lr import policy_lr
 from compression.schedule.policy import load_policy
 from compression.schedule.pruners import agp_sparsity
 from compression.schedule.scheduler import CompressionScheduler
-from compression.thinning import thin
+from compression.surgery.thinning import thin
 from learners.schedule.learner import _bake_masks
 from nets.registry import build_from_spec, net_spec
 from tests.conftest import finish, start_entry
 from tests.conftest import compress_digits, digits_helper
-from compression.quant_format import load_quantized_model
+from compression.quantization.packed_format import load_quantized_model
 from utils.config import ConfigError
 from compression.artifacts import load_model
 

@@ -1,4 +1,4 @@
-"""Sensitivity analysis (compression/sensitivity.py, tools/sensitivity.py): the exact weights each
+"""Sensitivity analysis (compression/sparsity/sensitivity.py, tools/sensitivity.py): the exact weights each
 granularity zeroes, weights restored bit for bit, ratio 0 == the unpruned model, a suggestion
 the channel learner reads, and the command line end to end (outputs and bad inputs)."""
 from __future__ import annotations
@@ -14,14 +14,14 @@ import pytest
 import torch
 from torch import nn
 
-from compression.channel_allocation import count_at
-from compression.channel_selection import choose_layers
-from compression.graph import analyse
-from compression.masks import maskable_layers
-from compression.ratio_list import read_ratio_list
-from compression.sensitivity import (GRANULARITIES, SensitivityResult, analyse_sensitivity,
-                                     make_evaluator, prune_count, suggest_ratios,
-                                     suggestion_layers, write_suggestion, zero_smallest)
+from compression.budget.allocation import count_at
+from compression.graph.layers import choose_layers
+from compression.graph.layers import analyse
+from compression.sparsity.masks import maskable_layers
+from compression.budget.ratio_list import read_ratio_list
+from compression.sparsity.sensitivity import (GRANULARITIES, SensitivityResult, analyse_sensitivity,
+                                              make_evaluator, prune_count, suggest_ratios,
+                                              suggestion_layers, write_suggestion, zero_smallest)
 from nets import resnet_at_digits
 from tests.conftest import REPO
 from utils.checkpoint import save_file

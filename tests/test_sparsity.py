@@ -7,12 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from compression.masks import (KeepZeros, attach_masks, detach_masks, global_nb_zeros, magnitude_mask,
-                               maskable_layers, masks_of, raw_weight, set_masks, sparsity_table)
-from compression.sparse_format import (SparseFormatError, encode_state_dict, load_sparse_model,
-                                       save_sparse_model)
-from compression.sparsity_allocation import (MAX_LAYER_RATIO, agp_fraction, allocate,
-                                             nb_zeros_heurist, nb_zeros_uniform)
+from compression.sparsity.masks import (KeepZeros, attach_masks, detach_masks, global_nb_zeros,
+                                        magnitude_mask, maskable_layers, masks_of, raw_weight,
+                                        set_masks, sparsity_table)
+from compression.sparsity.sparse_format import (SparseFormatError, encode_state_dict,
+                                                load_sparse_model, save_sparse_model)
+from compression.sparsity.allocation import (MAX_LAYER_RATIO, allocate, nb_zeros_heurist,
+                                             nb_zeros_uniform)
+from compression.sparsity.agp import agp_fraction
 from learners.weight_sparse.schedule import update_steps
 from nets.registry import create_net, net_spec
 from utils.checkpoint import CheckpointError, load_file, save_file
@@ -189,7 +191,7 @@ def test_truncated_sparse_file_is_refused(tmp_path, sparse_model):
 
 
 def test_bn_recalibration_re_estimates_running_statistics():
-    from compression.batchnorm import recalibrate_bn
+    from compression.sparsity.batchnorm import recalibrate_bn
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2)).eval()

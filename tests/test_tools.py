@@ -18,11 +18,12 @@ import pytest
 import torch
 from torch import nn
 
-from compression import int8_qat
-from compression.graph import GraphError, analyse
-from compression.quant_spec import act_quant_entry
-from compression.quantizers import attach_activation_quantizers
-from compression.thinning import GatherConv2d, GatherLinear, thin
+from compression.quantization import int8_qat
+from compression.graph.layers import GraphError, analyse
+from compression.quantization.spec import act_quant_entry
+from compression.quantization.activations import attach_activation_quantizers
+from compression.surgery.picks import GatherConv2d, GatherLinear
+from compression.surgery.thinning import thin
 from nets import resnet_at_digits
 from nets.registry import create_net, list_nets
 from tests.conftest import REPO, finish

@@ -9,8 +9,8 @@ import torch
 from absl import flags
 
 from compression.artifacts import load_model
-from compression.masks import maskable_layers
-from compression.sparse_format import load_sparse_model
+from compression.sparsity.masks import maskable_layers
+from compression.sparsity.sparse_format import load_sparse_model
 from learners.launch import run
 from learners.weight_sparse.config import WsConfig
 from nets import resnet_at_digits
@@ -89,7 +89,7 @@ def test_overall_sparsity_is_exact(tmp_path, pretrained, protocol, schedule):
 
 def test_list_protocol_prunes_the_listed_fractions(tmp_path, pretrained):
     """The element-granularity list tools.sensitivity writes (fraction PRUNED per layer)."""
-    from compression.ratio_list import write_ratio_list
+    from compression.budget.ratio_list import write_ratio_list
     from nets.registry import create_net
 
     names = list(maskable_layers(create_net("resnet20", num_classes=10, in_channels=1)))

@@ -13,17 +13,17 @@ import pytest
 import torch
 from torch import nn
 
-from compression import layer_pruners
+from compression.graph import pruners as layer_pruners
 import pocketflow_torch as pf
 from compression.artifacts import build_model, load_model
-from compression.channel_flops import ChannelFlops
-from compression.channel_selection import choose_layers
-from compression.graph import analyse
-from compression.layer_pruners import ChannelwisePruner, register_pruner
-from compression.thinning import gathers_as_matrices, mask_inputs, thin
+from compression.budget.flops import ChannelFlops
+from compression.graph.layers import choose_layers
+from compression.graph.layers import analyse
+from compression.graph.pruners import ChannelwisePruner, register_pruner
+from compression.surgery.thinning import gathers_as_matrices, mask_inputs, thin
 from tests.test_tools import tool
-from compression.dead_channels import unread_outputs
-from compression.unread import WRITERS, wasted_flops
+from compression.surgery.dead_channels import unread_outputs
+from compression.surgery.unread import WRITERS, wasted_flops
 from tests.zoo_nets import INPUT_SHAPE, ZOO, randomise_bn, unread_channels
 from utils.model_io import module_spec
 from utils.model_stats import count_flops, count_params
@@ -31,7 +31,7 @@ from tests.conftest import imported_for_module
 
 # Residual sums whose later member writes channels that only readers BEFORE the sum keep:
 # net -> (the member's last conv, the readers after the sum). The union graph keeps them;
-# dead-channel elimination (compression.dead_channels) removes them from that member alone.
+# dead-channel elimination (compression.surgery.dead_channels) removes them from that member alone.
 LATE_MEMBERS = {"se": ("project.0", ["head.0"]), "conv1d": ("conv_b.0", ["down.0"])}
 
 
@@ -289,7 +289,7 @@ def test_the_search_with_residual_groups_on_every_zoo_net(name, budget, zoo_full
     the budget holds, every group's readers keep the group's count, the thinned model is exact
     in ONNX. Latency is a deterministic stand-in (half fixed, half the FLOPs of what is timed):
     these nets are too small for timings to rank strategies."""
-    import learners.channel_strategy as strategy_module
+    import compression.budget.strategy as strategy_module
     from tests.test_rl_ratios import flops_timing, half_fixed_ratio
 
     flops_timing(monkeypatch)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compression.unread import unread_channels  # noqa: F401  (the tests' probe)
+from compression.surgery.unread import unread_channels  # noqa: F401  (the tests' probe)
 
 
 def cbr(c_in: int, c_out: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:

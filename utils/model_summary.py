@@ -1,7 +1,7 @@
 """Per-layer summary of any ``nn.Module``: shapes, parameters, MACs and sparsity.
 
 One row per convolution (any ``_ConvNd``: grouped, depthwise, transposed, and
-``compression.thinning.GatherConv2d``), linear layer (``GatherLinear`` included) and batch
+``compression.surgery.picks.GatherConv2d``), linear layer (``GatherLinear`` included) and batch
 norm, in ``named_modules`` order, then a ``total`` row. Columns (``COLUMNS``):
 
 - ``name``, ``type``, ``weight_shape`` (``16x3x3x3``), ``output_shape`` (for one input,
