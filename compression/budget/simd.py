@@ -2,9 +2,12 @@
 (oneDNN runs a partial block at the cost of a whole one; ``docs/speed.md``)."""
 from __future__ import annotations
 
+import logging
 from typing import Mapping, Sequence
 
 import torch
+
+log = logging.getLogger("pocketflow")
 
 
 def cpu_channel_block() -> int:
@@ -32,3 +35,11 @@ def block_width_note(kept: Mapping[str, Sequence[int]], block: int) -> str | Non
             f"not a multiple of {block} ({named}{', ...' if len(off) > 4 else ''}): oneDNN runs "
             "them at the cost of the next multiple on this CPU; the channel learners' "
             "channel_multiple=-1 rounds counts to whole SIMD blocks (docs/speed.md)")
+
+
+def note_block_widths(kept: Mapping[str, Sequence[int]], device: torch.device | str) -> None:
+    """Log ``block_width_note`` for a thinned model run on a CPU (a GPU's good widths are
+    another matter)."""
+    note = block_width_note(kept, cpu_channel_block())
+    if note and torch.device(device).type == "cpu":
+        log.info(note)

@@ -19,11 +19,11 @@ from compression.budget.flops import ChannelFlops
 from compression.selection.criteria import refit_layers
 from compression.graph.layers import choose_layers
 from compression.budget.counts import counts_for_ratios
-from compression.budget.simd import cpu_channel_block
+from compression.budget.simd import cpu_channel_block, note_block_widths
 from compression.graph.layers import PrunableLayer, analyse
 from compression.selection.residual_groups import coupled_keep, residual_groups
 from learners.channel.search_env import ChannelEnv
-from compression.surgery.thinning import mask_inputs, thin
+from compression.surgery.thinning import in_channels, kept_channels, mask_inputs, thin
 from learners.run import composition
 from learners.base import Learner, Result
 from compression.budget.strategy import SearchProblem, StrategyHooks, plan_counts
@@ -250,7 +250,7 @@ class ChannelLearnerBase(Learner):
     # -- the flow ----------------------------------------------------------------------------
     def compress(self, full: nn.Module, full_spec: dict) -> Result:
         ctx, sections = self.ctx, {}
-        before = None
+        before, start = None, in_channels(full)
         resumed = ctx.resumed_architecture("finetune")
         if resumed is not None:  # a resumed fine-tuning never saw its before-fine-tune model
             model, spec = resumed
@@ -265,6 +265,8 @@ class ChannelLearnerBase(Learner):
             log.info("accuracy: thinned before fine-tune %.4f", before)
         ctx.fit(model, ctx.helper.lr_schedule(ctx.mgw.size()), tag="finetune", spec=spec,
                 teacher=ctx.teacher())
+        sections["kept_channels"] = kept = kept_channels(start, model)
+        note_block_widths(kept, ctx.device)
         return Result(model, spec, before_finetune=before, sections=sections)
 
 

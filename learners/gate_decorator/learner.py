@@ -24,7 +24,8 @@ from torch import nn
 from compression.selection.gates import (GlobalGatePruner, attach_gates, gate_l1, gate_points,
                                          gates_of, melt_gates)
 from compression.graph.layers import analyse
-from compression.surgery.thinning import thin
+from compression.budget.simd import note_block_widths
+from compression.surgery.thinning import in_channels, kept_channels, thin
 from learners.run import composition
 from learners.base import Learner, Result
 from learners.gate_decorator.config import GateDecoratorConfig
@@ -176,6 +177,7 @@ class GateDecoratorLearner(Learner):
     # -- the flow ----------------------------------------------------------------------------
     def compress(self, full: nn.Module, full_spec: dict) -> Result:
         ctx, sections, extra, before = self.ctx, {}, {}, None
+        start = in_channels(full)
         resumed = ctx.resumed_architecture("finetune")
         if resumed is not None:
             model, spec = resumed
@@ -192,5 +194,7 @@ class GateDecoratorLearner(Learner):
         cfg = self.cfg
         schedule = TriangularLr(cfg.lr_min, cfg.lr_max, ctx.helper.nb_iters_train(ctx.mgw.size()))
         ctx.fit(model, schedule, tag="finetune", spec=spec, teacher=ctx.teacher())
+        sections["kept_channels"] = kept = kept_channels(start, model)
+        note_block_widths(kept, ctx.device)
         return Result(model, spec, before_finetune=before, sections=sections,
                       accuracy_extra=extra)

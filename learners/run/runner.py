@@ -17,8 +17,6 @@ import time
 
 from torch import nn
 
-from compression.budget.simd import block_width_note, cpu_channel_block
-from compression.surgery.thinning import in_channels, kept_channels
 from datasets.errors import DataError
 from learners.run import composition
 from learners.base import Learner, Result
@@ -217,14 +215,12 @@ class Runner:
             report.accuracy.full = learner.ctx.accuracy(self.original())
             if self.chain and self.chain[0].get("accuracy") is None:  # a full model saved bare
                 self.chain[0]["accuracy"] = report.accuracy.full
-        start_channels = in_channels(model)   # what kept_channels compares against
         result = learner.compress(model, copy.deepcopy(spec))
         if result.accuracy is None and result.spec is not None:  # (collective)
             result.accuracy = learner.ctx.accuracy(result.model)
-        return self.finish(learner, result, report, start_channels)
+        return self.finish(learner, result, report)
 
-    def finish(self, learner: Learner, result: Result, report: Report,
-               start_channels: dict) -> dict:
+    def finish(self, learner: Learner, result: Result, report: Report) -> dict:
         """The artifact, both sides' figures, sparse and deployment files, the report."""
         outputs, tags = learner.ctx.outputs, learner.result_tags()
         if learner.from_scratch:          # full-prec: the result IS the full model
@@ -242,12 +238,11 @@ class Runner:
                 "produces": sorted(tags), "chain": self.chain, "accuracy": result.accuracy,
                 **result.meta})
         if self.mgw.is_primary():
-            self._figures(learner, result, report, size, tags, start_channels)
+            self._figures(learner, result, report, size)
         self.mgw.barrier()
         return self.finish_report(learner, report)
 
-    def _figures(self, learner: Learner, result: Result, report: Report, size, tags,
-                 start_channels: dict) -> None:
+    def _figures(self, learner: Learner, result: Result, report: Report, size) -> None:
         outputs, model = learner.ctx.outputs, result.model
         learner.finish(result, report)
         if learner.from_scratch:
@@ -261,12 +256,6 @@ class Runner:
             self.model_report(original, report, "full", os.path.getsize(self.cfg.save_path_eval),
                               eager and eager["full"])
             self.model_report(model, report, "compressed", size, eager and eager["compressed"])
-            if "thinned" in tags and result.spec is not None:
-                kept = kept_channels(start_channels, model)
-                report.add("kept_channels", kept)
-                note = block_width_note(kept, cpu_channel_block())
-                if note and self.device.type == "cpu":   # a GPU's good widths are another matter
-                    log.info(note)
         if result.deploy_kind:
             for name, value in outputs.deploy_sections(model, result.deploy_kind).items():
                 report.add(name, value)

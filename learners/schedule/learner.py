@@ -32,7 +32,8 @@ from compression.schedule.pruners import AgpPruner, LevelPruner
 from compression.schedule.quantizers import apply_quantizer, check_bias_bits, check_not_pruned
 from compression.schedule.scheduler import CompressionScheduler
 from compression.schedule.zero_structures import merge_keep, zero_keep
-from compression.surgery.thinning import thin
+from compression.budget.simd import note_block_widths
+from compression.surgery.thinning import in_channels, kept_channels, thin
 from learners.run import composition
 from learners.base import Learner, Result
 from learners.registry import register_learner
@@ -201,6 +202,7 @@ class ScheduleLearner(Learner):
                                             ctx.helper.global_batch(ctx.mgw.size()),
                                             ctx.helper.cfg.batch_size_norm)
         schedule = policy_lr(policy, base_lr, iters, nb_epochs)
+        start_channels = in_channels(full)
         model = copy.deepcopy(full)
         scheduler = CompressionScheduler(policy, model, ctx.helper.input_shape, iters,
                                          ctx.mgw.broadcast_object if ctx.mgw.size() > 1 else None,
@@ -241,6 +243,9 @@ class ScheduleLearner(Learner):
                                           model, spec, {"learner": self.learner_name}, ctx.base)
             bake_weights(model)
         sparse = "sparse" in self.result_tags()
+        if "thinned" in self.result_tags():
+            sections["kept_channels"] = kept = kept_channels(start_channels, model)
+            note_block_widths(kept, ctx.device)
         if sparse:
             sections["sparsity"] = sparsity_of(model, pruned, targets)
         if quant:
