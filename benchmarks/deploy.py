@@ -9,7 +9,7 @@ compression gains can be told apart.
 Runs (``learners.launch.run``, in ``--outdir``): ``chn-pruned-rmt`` with
 ``--export_format=both``, then ``uniform-tf --enbl_warm_start --warm_start_path=<thinned>
 --enbl_dst --export_format=both``; the original full model is exported the same way
-(``deployment.pipeline``). Latency: ``utils.model_stats.time_runners`` (interleaved rounds, the same
+(``deployment.pipeline``). Latency: ``deployment.runners.time_runners`` (interleaved rounds, the same
 ``--threads`` in torch, onnxruntime and ExecuTorch, the starting file rotated every round),
 batch 1 and 64, all in this process.
 

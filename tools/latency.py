@@ -5,7 +5,7 @@
         [--batch_sizes=1,64] [--threads=2] [--warmup=5] [--repeats=20] [--rounds=3]
         [--device=cpu]
 
-Runtimes by extension (``utils.model_stats.runner_for``): ``.ckpt`` / ``.pt`` / ``.pth``
+Runtimes by extension (``deployment.runners.runner_for``): ``.ckpt`` / ``.pt`` / ``.pth``
 model artifacts run eagerly in torch (eval mode, ``inference_mode``), ``.onnx`` in
 onnxruntime (CPU provider, ``intra_op_num_threads = --threads``), ``.pte`` in ExecuTorch's
 runtime (``deployment.pte.PteModel``; needs ``pip install executorch``). ``--device=cuda``
