@@ -155,9 +155,12 @@ def load_file(path: str, kind: str | None = None, map_location: Any = "cpu") -> 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, pickle with forbidden globals, truncated file...
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        if "weights only load failed" in detail.lower():  # not torch's advice to unpickle it
+            detail = "it holds Python objects beyond tensors and plain data, never unpickled here"
         raise CheckpointError(
             f"cannot load {path}: not a valid pocketflow-torch file ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+            f"{detail})") from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pocketflow-torch file (missing format tag)")
     verify_digest(obj, path)
