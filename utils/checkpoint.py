@@ -4,7 +4,7 @@ Two kinds of file share this module:
 - a *training checkpoint* (``kind="checkpoint"``): model, optimizer, step, RNG states, learner
   state and metadata, enough to resume an interrupted run;
 - a *model artifact* (``kind="model"``): an architecture spec plus a state dict, enough to
-  rebuild the model without any training code (see ``utils.model_io``).
+  rebuild the model without any training code (written and rebuilt by ``compression.artifacts``).
 Every load goes through ``torch.load(..., weights_only=True)``, so a file can never run code,
 and every file carries the SHA-256 of its contents (``payload_digest``: each tensor's dtype,
 shape and bytes, every other value's repr), checked on load: a flipped byte inside a weight
