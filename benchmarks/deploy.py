@@ -34,11 +34,11 @@ import torch
 from absl import app, flags
 from bench_common import learner_values
 
-from deployment.formats import formats_for
-from deployment.pipeline import deploy, eval_batches
+from deployment.formats import FORMATS, formats_for
+from deployment.pipeline import deploy, eval_batches, result_key
 from learners.launch import run
 from nets.resnet_at_digits import Config, ModelHelper
-from compression.artifacts import load_model
+from compression.artifacts import load_model, runtime_for
 from deployment.runners import runner_for, time_runners
 
 flags.DEFINE_string("model", "./models_eval/model.ckpt",
@@ -53,8 +53,14 @@ flags.DEFINE_list("batch_sizes", ["1", "64"], "batch sizes timed")
 flags.DEFINE_integer("seed", 0, "--seed of the runs")
 FLAGS = flags.FLAGS
 
-# the original model's file each runtime's files are also compared with
-SAME_RUNTIME_BASELINES = {".pte": "original pte_fp32", ".onnx": "original onnx_fp32"}
+
+
+def same_runtime_baseline(path: str) -> str | None:
+    """The original model's file each runtime's files are also compared with (the float file
+    of the format run by the same runtime; None for eager torch and the int8 program)."""
+    names = {fmt.runtime: fmt.name for fmt in FORMATS.values()}
+    name = names.get(runtime_for(path))
+    return f"original {result_key(name, 'fp32')}" if name else None
 
 
 def state_dict_bytes(model: torch.nn.Module) -> int:
@@ -105,7 +111,7 @@ def main(argv: list) -> None:
         entry.update(bytes=os.path.getsize(entry["path"]), ms=ms[name],
                      speedup={k: base_ms[k] / v for k, v in ms[name].items()})
         entry["size_ratio"] = base_bytes / entry["bytes"]
-        baseline = SAME_RUNTIME_BASELINES.get(os.path.splitext(entry["path"])[1].lower())
+        baseline = same_runtime_baseline(entry["path"])
         entry["same_runtime_baseline"] = baseline if baseline in ms else None
         entry["speedup_vs_same_runtime"] = ({k: ms[baseline][k] / v for k, v in ms[name].items()}
                                             if baseline in ms else None)

@@ -28,6 +28,7 @@ import torch
 from absl import app, flags
 
 from utils.malloc import tune_malloc
+from compression.artifacts import path_of
 from compression.quantization.int8_qat import convert_int8, output_scale, prepare_qat
 from deployment.pte import PteModel, export_pte, set_runtime_threads
 from nets.registry import create_net
@@ -99,7 +100,7 @@ def main(argv) -> None:
     programs, sizes = {}, {}
     for bs in BATCHES if not FLAGS.dynamic else (max(BATCHES),):
         for kind, net in (("fp32", model), ("int8", int8)):
-            path = os.path.join(out_dir, f"resnet20_{kind}_b{bs}.pte")
+            path = path_of(os.path.join(out_dir, f"resnet20_{kind}_b{bs}"), "pte")
             sizes[kind] = export_pte(net, example, path, quantized=kind == "int8", max_batch=bs,
                                      dynamic=FLAGS.dynamic)
             programs[(kind, bs)] = PteModel(path)

@@ -1,8 +1,9 @@
 """Deployment formats: how a model becomes a file for a runtime, and how that file is run.
 
 ``FORMATS`` maps a name to a :class:`DeployFormat`; ``--export_format`` picks ``onnx``,
-``pte``, ``both``, ``none`` or ``auto`` (ONNX when it is installed). Each format exports two
-kinds of model:
+``pte``, ``both``, ``none``, ``auto`` (ONNX when it is installed) or the name of a format
+added with :func:`register_format` (``export_choices()``). A format's file suffix and runtime
+are its row of ``compression.artifacts.files``. Each format exports these kinds of model:
 
 - ``fp32``: a float ``nn.Module`` (full precision, thinned, sparse, or weights already on a
   quantization grid);
@@ -24,9 +25,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from compression.artifacts import FLOAT_TWIN, ArtifactFile, artifact_file, check_file, register_file
 from utils.checkpoint import CheckpointError
 
-EXPORT_CHOICES = ("auto", "none", "onnx", "pte", "both")
+CHOICES = ("auto", "none", "onnx", "pte", "both")   # the built-in --export_format values
 KINDS = ("fp32", "fakequant", "int8")
 
 
@@ -44,11 +46,20 @@ class DeployFormat:
     # (model, example inputs, path, kind, max_batch: the largest batch a static-memory
     # runtime plans for) -> bytes written
     export: Callable[[nn.Module, torch.Tensor, str, str, int], int]
+    what: str = ""       # how messages name its files ("an ExecuTorch program")
+    # (path, threads or None) -> ``x -> outputs``: runs a file of a registered format
+    # (``deployment.runners.runner_for``); the built-in runtimes have their own
+    load: Callable[[str, int | None], Callable] | None = None
 
     def missing(self, kind: str = "fp32") -> list[str]:
         return [m for m in self.needs[kind] if importlib.util.find_spec(m) is None]
 
     def require(self, kinds=KINDS) -> None:
+        unsupported = [kind for kind in kinds if kind not in self.needs]
+        if unsupported:
+            raise FormatUnavailable(f"export format {self.name!r} ({self.runtime}) does not export "
+                                    f"{', '.join(unsupported)} models; it exports "
+                                    f"{', '.join(self.needs)}")
         missing = sorted({m for kind in kinds for m in self.missing(kind)})
         if missing:
             raise FormatUnavailable(f"export format {self.name!r} ({self.runtime}) needs "
@@ -85,24 +96,59 @@ def _export_pte(model: nn.Module, example: torch.Tensor, path: str, kind: str,
     return export_pte(model, example, path, quantized=kind == "int8", max_batch=max_batch)
 
 
+def _builtin(name: str, needs: dict, install: str, export: Callable) -> DeployFormat:
+    row = artifact_file(name)
+    return DeployFormat(name, row.suffix, row.runtime, needs, install, export, row.what)
+
+
 FORMATS: dict[str, DeployFormat] = {
-    "onnx": DeployFormat("onnx", ".onnx", "onnxruntime",
-                         {"fp32": ("onnx", "onnxruntime"), "fakequant": ("onnx", "onnxruntime"),
-                          "int8": ("onnx", "onnxruntime", "onnxscript", "torchao")},
-                         "pip install -e .[onnx]  (onnx, onnxruntime, onnxscript)", _export_onnx),
-    "pte": DeployFormat("pte", ".pte", "executorch",
-                        {"fp32": ("executorch",), "fakequant": ("executorch",),
-                         "int8": ("executorch", "torchao")},
-                        "pip install -e .[int8]  (executorch==1.5.*, which brings torchao)",
-                        _export_pte),
+    "onnx": _builtin("onnx", {"fp32": ("onnx", "onnxruntime"), "fakequant": ("onnx", "onnxruntime"),
+                              "int8": ("onnx", "onnxruntime", "onnxscript", "torchao")},
+                     "pip install -e .[onnx]  (onnx, onnxruntime, onnxscript)", _export_onnx),
+    "pte": _builtin("pte", {"fp32": ("executorch",), "fakequant": ("executorch",),
+                            "int8": ("executorch", "torchao")},
+                    "pip install -e .[int8]  (executorch==1.5.*, which brings torchao)", _export_pte),
 }
+
+
+def register_format(fmt: DeployFormat) -> DeployFormat:
+    """Add a runtime: ``--export_format=<fmt.name>`` then exports to it (``formats_for``), and
+    its files (``<stem><fmt.suffix>``, and the float twin of an int8 result) join the table of
+    ``compression.artifacts.files``: removed when their run is redone, refused as a model
+    artifact, run by ``deployment.runners.runner_for`` through ``fmt.load``. Registering a name
+    again replaces it; a built-in choice or a suffix of another file is refused."""
+    if fmt.name in CHOICES:
+        raise ValueError(f"export format {fmt.name!r} is built in; choose another name")
+    what = fmt.what or f"a {fmt.runtime} program"
+    rows = [ArtifactFile(fmt.name, fmt.suffix, "deployment", what, fmt.runtime),
+            ArtifactFile(fmt.name + FLOAT_TWIN, FLOAT_TWIN + fmt.suffix, "deployment",
+                         f"{what} (the float twin of an int8 result)", fmt.runtime)]
+    for row in rows:
+        check_file(row)
+    for row in rows:
+        register_file(row)
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def export_choices() -> tuple[str, ...]:
+    """The values ``--export_format`` accepts: the built-in ones, then every registered format."""
+    return (*CHOICES, *(name for name in FORMATS if name not in CHOICES))
+
+
+def loadable_format(path: str) -> DeployFormat | None:
+    """The registered format that runs the file ``path`` (``fmt.load``), None if none does."""
+    lowered = str(path).lower()
+    return next((f for f in FORMATS.values() if f.load is not None and lowered.endswith(f.suffix)),
+                None)
 
 
 def formats_for(choice: str, kinds=("fp32",)) -> list[DeployFormat]:
     """The formats ``--export_format=choice`` selects; an explicit choice must be installed
     (else :class:`FormatUnavailable`), ``auto`` is ONNX when installed, else nothing."""
-    if choice not in EXPORT_CHOICES:
-        raise FormatUnavailable(f"unknown export format {choice!r}; valid: {', '.join(EXPORT_CHOICES)}")
+    choices = export_choices()
+    if choice not in choices:
+        raise FormatUnavailable(f"unknown export format {choice!r}; valid: {', '.join(choices)}")
     if choice == "auto":
         onnx = FORMATS["onnx"]
         return [onnx] if not any(onnx.missing(k) for k in kinds) else []

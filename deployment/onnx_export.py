@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from compression.artifacts import suffix
 from utils.model_stats import compare_runners
 
 
@@ -36,7 +37,7 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str, opset: 
     device = next(model.parameters()).device
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix("onnx"), dir=directory)
     os.close(fd)
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -66,7 +67,7 @@ def export_onnx_program(program, path: str) -> str:
                                 "onnxscript: pip install -e .[onnx]") from exc
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix("onnx"), dir=directory)
     os.close(fd)
     try:
         with warnings.catch_warnings(), _quiet_logs("torch.onnx", "onnxscript", "onnx_ir"):

@@ -35,6 +35,11 @@ def eval_batches(helper, limit: int = 0) -> list:
     return batches
 
 
+def result_key(fmt: str, kind: str) -> str:
+    """The key of one file's figures in ``deploy``'s results: ``"<format>_<kind>"``."""
+    return f"{fmt}_{kind}"
+
+
 def deploy(models: dict[str, tuple[nn.Module, str]], formats: Sequence[DeployFormat],
            batches: list, example: torch.Tensor, nb_threads: int | None = None,
            max_batch: int = 256, strict: bool = False) -> dict:
@@ -49,7 +54,7 @@ def deploy(models: dict[str, tuple[nn.Module, str]], formats: Sequence[DeployFor
                                       strict=strict)
             if not figures["parity_ok"]:
                 log.error("%s", figures["mismatch"])
-            results[f"{fmt.name}_{kind}"] = {**figures, "bytes": os.path.getsize(path),
+            results[result_key(fmt.name, kind)] = {**figures, "bytes": os.path.getsize(path),
                                              "export_s": round(seconds, 2)}
             log.info("%s %s %s: %d bytes | max |%s - torch| = %.2e | accuracy %.4f (torch %.4f)",
                      fmt.name, kind, path, size, figures["runtime"], figures["max_abs_diff"],

@@ -1,7 +1,9 @@
 """Saved models as runners (``x -> outputs``) in their own runtime, and timings side by side.
 
-``runner_for(path)`` picks the runtime by file extension: a model artifact (eager torch), an
-``.onnx`` (onnxruntime), a ``.pte`` (ExecuTorch) or uniform-tf's int8 ``.pt2`` (torch.export).
+``runner_for(path)`` picks the runtime by the file's suffix in ``compression.artifacts.files``:
+a model artifact (eager torch), an ONNX model (onnxruntime), an ExecuTorch program, uniform-tf's
+int8 program (torch.export, run eagerly), or a file of a format added with
+``deployment.formats.register_format`` (its ``load``).
 ``compare_latency`` and ``time_runners`` time runners with the same inputs and threads.
 """
 from __future__ import annotations
@@ -11,11 +13,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from compression.artifacts import model_suffixes, rows, runtime_for
+from deployment.formats import loadable_format
 from utils.model_stats import time_side_by_side
-
-TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
-RUNTIMES = {**{s: "torch" for s in TORCH_SUFFIXES}, ".onnx": "onnxruntime", ".pte": "executorch",
-            ".pt2": "torch.export"}  # .pt2: uniform-tf's int8 PyTorch model, run eagerly
 
 
 class RunnerError(ValueError):
@@ -40,19 +40,21 @@ class Runner:
 
 def runner_for(path: str, nb_threads: int | None = None, device: str = "cpu",
                load: Callable[[str], tuple] | None = None) -> Runner:
-    """A runner by file extension: a model artifact (``.ckpt``/``.pt``/``.pth``: eager torch,
-    eval mode, no grad, on ``device``), an ``.onnx`` (onnxruntime, CPU provider,
-    ``intra_op_num_threads = nb_threads``) or a ``.pte`` (ExecuTorch, its thread pool set to
-    ``nb_threads``). ``load(path) -> (model, file dict)`` loads artifacts (default
-    ``compression.artifacts.load_model``)."""
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in RUNTIMES:
+    """A runner by file suffix (``compression.artifacts.runtime_for``): a model artifact
+    (``.ckpt``/``.pt``/``.pth``: eager torch, eval mode, no grad, on ``device``), an ONNX model
+    (onnxruntime, CPU provider, ``intra_op_num_threads = nb_threads``), an ExecuTorch program
+    (its thread pool set to ``nb_threads``), the int8 program (torch.export) or a registered
+    format's file (``DeployFormat.load(path, nb_threads)``). ``load(path) -> (model, file
+    dict)`` loads artifacts (default ``compression.artifacts.load_model``)."""
+    runtime = runtime_for(path)
+    if runtime is None:
+        suffix = os.path.splitext(path)[1].lower()
+        others = [f"{row.what} ({row.suffix})" for row in rows("deployment")
+                  if row.suffix.startswith(".")]
         raise RunnerError(f"{path}: unknown model file type {suffix or '(no extension)'!r}; expected "
-                          f"a model artifact ({', '.join(TORCH_SUFFIXES)}), an .onnx, a .pte or an "
-                          "int8 .pt2 file")
+                          f"a model artifact ({', '.join(model_suffixes())}), {', '.join(others)}")
     if not os.path.isfile(path):
         raise RunnerError(f"no such file: {path}")
-    runtime = RUNTIMES[suffix]
     device = str(device)
     if device != "cpu" and runtime != "torch":
         raise RunnerError(f"--device={device} runs only model artifacts (eager torch); {path} is run "
@@ -84,6 +86,12 @@ def runner_for(path: str, nb_threads: int | None = None, device: str = "cpu",
 
         session = onnx_session(path, nb_threads)
         return Runner(path, runtime, lambda x: run_session(session, x), session_input_shape(session))
+    if runtime != "executorch":
+        fmt = loadable_format(path)
+        if fmt is None:
+            raise RunnerError(f"{path}: no registered format runs {runtime} files (give its "
+                              "DeployFormat a load function)")
+        return Runner(path, runtime, fmt.load(path, nb_threads), None)
     from deployment.pte import PteModel, set_runtime_threads
 
     if nb_threads:   # before loading: the pool cannot be resized under a loaded program

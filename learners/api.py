@@ -39,8 +39,9 @@ from learners.run.runner import Runner
 from nets.abstract_model_helper import AbstractModelHelper
 from nets.module_helper import ModuleConfig, ModuleHelper
 from utils.config import ConfigError, flag_fields, from_flag_dict
+from compression.artifacts import file_of, save_model
 from compression.artifacts import load_model as _load_model
-from utils.model_io import module_spec, save_model
+from utils.model_io import module_spec
 
 
 @dataclass
@@ -151,7 +152,7 @@ def evaluate(artifact: str, model: "nn.Module | AbstractModelHelper", eval_data=
     unregistered class). ``learner``: the one that wrote it (default: from its file; an
     ExecuTorch ``.pte`` is uniform-tf's int8 program, run by ExecuTorch)."""
     if learner is None:
-        learner = "uniform-tf" if artifact.endswith(".pte") else \
+        learner = "uniform-tf" if getattr(file_of(artifact), "name", None) == "pte" else \
             _load_model_meta(artifact).get("learner", "full-prec")
     own_cls, _ = learner_configs().get(learner, (None, ""))
     if isinstance(model, AbstractModelHelper):

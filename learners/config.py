@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deployment.formats import EXPORT_CHOICES
+from deployment.formats import export_choices
 from training.trainer import AMP_DTYPES
 from utils.config import check, option
 
@@ -68,8 +68,9 @@ class LearnerConfig:
                                   run_only=True)
     export_format: str = option("auto", "deployment files of the result, each checked in its "
                                         "runtime: pte (ExecuTorch/XNNPACK), onnx (onnxruntime), "
-                                        "both, none; auto: onnx when installed",
-                                choices=list(EXPORT_CHOICES), run_only=True)
+                                        "both, none, or a format added with deployment.formats."
+                                        "register_format; auto: onnx when installed",
+                                run_only=True)
     deploy_eval_batches: int = option(0, "eval-set batches the deployment files are checked on "
                                          "(0: the whole eval set)", run_only=True)
     report_latency: bool = option(True, "measure CPU latency of the models in the report",
@@ -85,6 +86,8 @@ class LearnerConfig:
         check(self.tempr_dst > 0, "tempr_dst", f"must be positive, got {self.tempr_dst}")
         check(self.mgw_timeout_s > 0, "mgw_timeout_s", f"must be positive, got {self.mgw_timeout_s}")
         check(self.deploy_eval_batches >= 0, "deploy_eval_batches", "must be >= 0")
+        check(self.export_format in export_choices(), "export_format",
+              f"unknown export format {self.export_format!r}; valid: {', '.join(export_choices())}")
         check(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")
 
 

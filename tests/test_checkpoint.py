@@ -16,7 +16,7 @@ from nets.resnet_at_digits import ModelHelper
 from utils.checkpoint import (VERSION, CheckpointError, atomic_save, load_file, rng_state,
                               save_file, set_rng_state)
 from compression.artifacts import load_model
-from utils.model_io import load_weights_from, save_model
+from compression.artifacts import load_weights_from, save_model
 
 
 def resnet(depth: int, num_classes: int = 10) -> torch.nn.Module:

@@ -108,7 +108,7 @@ def test_weight_sparse_then_quantized_keeps_the_zeros(chain, tmp_path, quantizer
     """A quantizer started from a sparse model keeps every pruned weight exactly 0 (in the
     baked model and in its bit-packed codes), and reports both the sparsity and the bits; the
     chain lists the sparse stage at the size of its sparse file."""
-    from compression.quantization.packed_format import load_quantized_model
+    from compression.artifacts import load_quantized_model
 
     root = chain[0]
     common = [f"--save_path_eval={root}/eval/model.ckpt", "--export_format=onnx"]

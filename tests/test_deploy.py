@@ -20,7 +20,7 @@ from learners.launch import build
 from nets import resnet_at_digits
 from tests.test_learners import flag_values
 from utils.data_loading import make_eval_loader
-from utils.model_io import save_model
+from compression.artifacts import save_model
 from deployment.runners import time_runners
 from utils.model_stats import measure_latencies, time_side_by_side
 from utils.multi_gpu_wrapper import SingleProcess

@@ -15,7 +15,7 @@ from compression.quantization.dorefa_pact import (METHODS, DorefaActivation, Dor
 from compression.quantization.quantizers import sqnr_db
 from nets.registry import build_from_spec, net_spec
 from compression.artifacts import load_model
-from utils.model_io import save_model
+from compression.artifacts import save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # restored after each test
 
@@ -313,7 +313,7 @@ def test_onnx_parity(method, tmp_path):
 def test_bit_packed_file_round_trip_is_exact(tmp_path, method, bits):
     """DoReFa weights are k-bit codes on one grid per tensor (scale 2, offset -1; k = 1:
     +-mean|w|): the packed file reproduces every weight and the outputs bit for bit."""
-    from compression.quantization.packed_format import export_quantized, load_quantized_model
+    from compression.artifacts import export_quantized, load_quantized_model
 
     torch.manual_seed(0)
     spec = net_spec("resnet20", num_classes=10, in_channels=1)

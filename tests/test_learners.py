@@ -18,7 +18,7 @@ from training.trainer import StepState
 from nets import resnet_at_digits
 from nets.registry import net_spec
 from compression.artifacts import load_model
-from utils.model_io import save_model
+from compression.artifacts import save_model
 
 
 def flag_values(tmp_path, *args: str, helper=resnet_at_digits.ModelHelper) -> dict:

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from compression.sparsity.masks import maskable_layers
-from compression.quantization.packed_format import (QuantFormatError, load_quantized_model,
-                                                    pack_bits, quantized_size_report,
-                                                    save_quantized_model, unpack_bits)
+from compression.quantization.packed_format import (QuantFormatError, pack_bits,
+                                                    quantized_size_report, unpack_bits)
+from compression.artifacts import load_quantized_model, save_quantized_model
 from compression.quantization.codebook import CodebookQuantizer
 from compression.quantization.quantizers import (UniformWeightQuantizer, attach_weight_quantizers,
                                                  quantizers_of)
@@ -17,7 +17,7 @@ from compression.quantization.activations import (activation_quantizers_of,
                                                   attach_activation_quantizers)
 from nets.registry import create_net, net_spec
 from utils.checkpoint import CheckpointError, load_file, save_file
-from utils.model_io import save_model
+from compression.artifacts import save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # restored after each test
 

@@ -20,7 +20,7 @@ from learners.schedule.learner import _bake_masks
 from nets.registry import build_from_spec, net_spec
 from tests.conftest import finish, start_entry
 from tests.conftest import compress_digits, digits_helper
-from compression.quantization.packed_format import load_quantized_model
+from compression.artifacts import load_quantized_model
 from utils.config import ConfigError
 from compression.artifacts import load_model
 

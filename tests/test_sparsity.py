@@ -10,15 +10,15 @@ from torch import nn
 from compression.sparsity.masks import (KeepZeros, attach_masks, detach_masks, global_nb_zeros,
                                         magnitude_mask, maskable_layers, masks_of, raw_weight,
                                         set_masks, sparsity_table)
-from compression.sparsity.sparse_format import (SparseFormatError, encode_state_dict,
-                                                load_sparse_model, save_sparse_model)
+from compression.sparsity.sparse_format import SparseFormatError, encode_state_dict
+from compression.artifacts import load_sparse_model, save_sparse_model
 from compression.sparsity.allocation import (MAX_LAYER_RATIO, allocate, nb_zeros_heurist,
                                              nb_zeros_uniform)
 from compression.sparsity.agp import agp_fraction
 from learners.weight_sparse.schedule import update_steps
 from nets.registry import create_net, net_spec
 from utils.checkpoint import CheckpointError, load_file, save_file
-from utils.model_io import save_model
+from compression.artifacts import save_model
 
 SPEC = net_spec("resnet20", num_classes=10, in_channels=1)
 

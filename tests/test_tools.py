@@ -35,7 +35,7 @@ from utils.config import ConfigError
 from utils.data_loading import make_eval_loader
 from tools.model_draw import GraphvizUnavailable, count_nodes_edges, render, to_dot, write_dot
 from compression.artifacts import load_model
-from utils.model_io import save_model
+from compression.artifacts import save_model
 from deployment import pte as pte_runtime
 from deployment.runners import RunnerError, compare_latency, runner_for
 from utils.model_stats import count_flops, count_params

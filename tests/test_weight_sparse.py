@@ -10,7 +10,7 @@ from absl import flags
 
 from compression.artifacts import load_model
 from compression.sparsity.masks import maskable_layers
-from compression.sparsity.sparse_format import load_sparse_model
+from compression.artifacts import load_sparse_model
 from learners.launch import run
 from learners.weight_sparse.config import WsConfig
 from nets import resnet_at_digits

@@ -32,7 +32,8 @@ import sys
 
 from absl import app, flags
 
-from deployment.formats import EXPORT_CHOICES, formats_for
+from compression.artifacts import file_of, model_suffixes
+from deployment.formats import export_choices, formats_for
 from deployment.pipeline import deploy, eval_batches
 from deployment.verify import ATOL, INT8_MAX_DROP, verify_artifact
 from tools.common import ToolError, define_input_flags, helper_from_flags, load_artifact, tool_main
@@ -41,8 +42,9 @@ from deployment.runners import RunnerError, runner_for, time_runners
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "a model artifact (.ckpt, exported as fp32) or uniform-tf's "
                                    "int8 PyTorch model (.pt2, exported as int8)")
-flags.DEFINE_enum("export_format", "both", [c for c in EXPORT_CHOICES if c != "auto"],
-                  "files to write: pte (ExecuTorch/XNNPACK), onnx (onnxruntime), both, none")
+flags.DEFINE_string("export_format", "both", "files to write: pte (ExecuTorch/XNNPACK), onnx "
+                    "(onnxruntime), both, none, or a format added with "
+                    "deployment.formats.register_format")
 flags.DEFINE_string("out", "", "path stem of the files (default: --model without extension)")
 flags.DEFINE_list("check", [], "check these existing files against --model (nothing exported)")
 flags.DEFINE_integer("eval_batches", 0, "eval-set batches of the checks (0: all)")
@@ -61,11 +63,11 @@ flags.mark_flag_as_required("model")
 
 def load_source(path: str, helper):
     """``(model, kind)`` of ``--model`` (``helper``: see ``tools.common.load_artifact``)."""
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix in (".pte", ".onnx"):
+    row = file_of(path)
+    if row is not None and row.role == "deployment" and row.name != "pt2":
         raise ToolError(f"--model={path} is a deployment file; pass the model it was exported "
                         f"from as --model and the file as --check={path}")
-    if suffix == ".pt2":
+    if row is not None and row.name == "pt2":
         if not os.path.isfile(path):
             raise ToolError(f"no such file: {path}")
         from deployment.pte import load_int8_program
@@ -77,7 +79,7 @@ def load_source(path: str, helper):
 
 def latency(files: dict, shape, helper) -> dict:
     reference = FLAGS.reference or FLAGS.model
-    if os.path.splitext(reference)[1].lower() not in (".ckpt", ".pt", ".pth"):
+    if os.path.splitext(reference)[1].lower() not in model_suffixes():
         raise ToolError(f"--reference={reference}: expected a model artifact (.ckpt) run eagerly")
     try:
         batch_sizes = [int(b) for b in FLAGS.batch_sizes]
@@ -102,6 +104,10 @@ def main() -> None:
     helper = helper_from_flags(values)
     if helper is None:
         raise ToolError("--helper is required: files are checked on its eval set")
+    choices = [c for c in export_choices() if c != "auto"]   # after --helper: it may add formats
+    if FLAGS.export_format not in choices:
+        raise ToolError(f"--export_format={FLAGS.export_format}: unknown export format; valid: "
+                        f"{', '.join(choices)}")
     model, kind = load_source(FLAGS.model, helper)
     batches = eval_batches(helper, FLAGS.eval_batches)
     shape = tuple(batches[0][0].shape[1:])

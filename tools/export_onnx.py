@@ -31,6 +31,7 @@ import sys
 import torch
 from absl import app, flags
 
+from compression.artifacts import path_of
 from tools.common import (check_writable, define_input_flags, helper_from_flags, load_artifact,
                           resolve_input_shape, tool_main)
 from utils.data_loading import make_eval_loader
@@ -55,7 +56,7 @@ flags.mark_flag_as_required("model")
 
 def main() -> None:
     values = FLAGS.flag_values_dict()
-    out = FLAGS.out or os.path.splitext(FLAGS.model)[0] + ".onnx"
+    out = FLAGS.out or path_of(os.path.splitext(FLAGS.model)[0], "onnx")
     if os.path.abspath(out) == os.path.abspath(FLAGS.model):
         raise NotExportable(f"--out={out} would overwrite the model artifact")
     check_writable(out)
@@ -100,7 +101,7 @@ def _int8(out: str, model, helper, failures: list) -> dict:
     """The int8 QDQ model beside ``out``, evaluated against the float torch model."""
     if helper is None:
         raise NotExportable("--int8 needs --helper: its held-out split calibrates the ranges")
-    path = os.path.splitext(out)[0] + ".int8.onnx"
+    path = path_of(os.path.splitext(out)[0], "onnx_int8")
     calibration = [inputs for inputs, _ in make_eval_loader(helper.build_dataset_val(),
                                                             helper.cfg.batch_size)]
     quantize_qdq(out, path, calibration[:max(1, FLAGS.calib_batches)])

@@ -4,7 +4,7 @@ Two kinds of file share this module:
 - a *training checkpoint* (``kind="checkpoint"``): model, optimizer, step, RNG states, learner
   state and metadata, enough to resume an interrupted run;
 - a *model artifact* (``kind="model"``): an architecture spec plus a state dict, enough to
-  rebuild the model without any training code (see ``utils.model_io``).
+  rebuild the model without any training code (written and rebuilt by ``compression.artifacts``).
 Every load goes through ``torch.load(..., weights_only=True)``, so a file can never run code,
 and every file carries the SHA-256 of its contents (``payload_digest``: each tensor's dtype,
 shape and bytes, every other value's repr), checked on load: a flipped byte inside a weight
@@ -155,9 +155,12 @@ def load_file(path: str, kind: str | None = None, map_location: Any = "cpu") -> 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, pickle with forbidden globals, truncated file...
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        if "weights only load failed" in detail.lower():  # not torch's advice to unpickle it
+            detail = "it holds Python objects beyond tensors and plain data, never unpickled here"
         raise CheckpointError(
             f"cannot load {path}: not a valid pocketflow-torch file ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+            f"{detail})") from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pocketflow-torch file (missing format tag)")
     verify_digest(obj, path)

@@ -1,22 +1,21 @@
-"""Model artifacts, the part below compression: writing one (architecture spec + weights),
-loading weights into a model, and the registry of architecture transforms.
+"""Model artifacts, the part below compression: the registry of architecture transforms, the
+spec of a plain module, and loading weights into a model.
 
 The spec is the plain dict of ``nets.registry.net_spec``; compression steps that change the
 architecture (e.g. physical thinning) append entries to ``spec["transforms"]``, each applied
 by the function registered for its ``type`` with ``register_spec_transform``. A model that is
 not a registered net (a plain ``nn.Module`` handed to the Python API) has the spec
 ``module_spec(model)``: it rebuilds from an instance of the same class given as ``base``.
-Rebuilding a model from a spec (``build_model``, ``load_model``) needs the nets and every
-transform: ``compression.artifacts``.
+Writing and rebuilding artifacts (``save_model``, ``build_model``, ``load_model``) needs the
+nets and every transform: ``compression.artifacts``.
 """
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 from torch import nn
 
-from utils.checkpoint import CheckpointError, check_state_dict_fits, load_file, save_file
+from utils.checkpoint import CheckpointError, check_state_dict_fits
 
 SpecTransform = Callable[[nn.Module, dict], nn.Module]
 _TRANSFORMS: dict[str, SpecTransform] = {}
@@ -51,24 +50,8 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def save_model(path: str, model: nn.Module, spec: dict, meta: dict | None = None) -> int:
-    """Write the artifact atomically; returns its size in bytes."""
-    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    save_file(path, "model", {"spec": spec, "state_dict": state, "meta": meta or {}})
-    return os.path.getsize(path)
-
-
 def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
     """Strict load that names missing, unexpected and mismatched keys on failure."""
     check_state_dict_fits(model, state_dict, source)
     model.load_state_dict(state_dict)
 
-
-def load_weights_from(model: nn.Module, path: str) -> dict:
-    """Load an artifact's (or checkpoint's) weights into an existing model of the same shape."""
-    obj = load_file(path)
-    state_dict = obj.get("state_dict") if obj["kind"] == "model" else obj.get("model")
-    if state_dict is None:
-        raise CheckpointError(f"{path} holds no model weights")
-    load_weights(model, state_dict, path)
-    return obj

@@ -12,7 +12,8 @@ Modules:
 - ``activations``: ``ActivationQuantizer`` on a module's output; ``spec``: the ``act_quant``
   spec transform that rebuilds them;
 - ``dorefa_pact``: DoReFa and PACT clipped quantizers (Distiller's schedules);
-- ``packed_format``: bit-packed codes of a quantized model (the ``.quant.pt`` file);
+- ``packed_format``: bit packing and the quantizers' codes of a quantized model (the layout of
+  the bit-packed copy, which ``compression.artifacts.packed`` writes and reads);
 - ``int8_qat``: 8-bit QAT with torchao's PT2E flow, converted to a real int8 program;
 - ``integer_only``: integer-only inference programs (fixed-point requantization, YAML).
 """
@@ -28,7 +29,8 @@ _EXPORTS = {
     "act_quant_entry": "spec",
     "DorefaWeightQuantizer": "dorefa_pact", "DorefaActivation": "dorefa_pact",
     "PactActivation": "dorefa_pact",
-    "export_quantized": "packed_format", "load_quantized_model": "packed_format",
+    "pack_bits": "packed_format", "unpack_bits": "packed_format",
+    "encode_quantized": "packed_format", "decode_quantized": "packed_format",
     "prepare_qat": "int8_qat", "convert_int8": "int8_qat",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,6 +1,9 @@
-"""Bit-packed quantized model files (a weights-only ``torch.save`` dict).
+"""Bit packing and the quantizers' encode / decode: the layout of bit-packed model files.
 
-Layout of the file (``kind="quantized_model"``, written by ``utils.checkpoint.save_file``)::
+The files themselves (the bit-packed copy beside a model artifact, row ``quant`` of
+``compression.artifacts.files``) are written and read by ``compression.artifacts.packed``.
+Layout of the file (``kind="quantized_model"``, a weights-only ``utils.checkpoint.save_file``
+dict)::
 
     {"spec": <architecture spec>, "meta": {...},
      "dense": {key: tensor},            # every other state-dict tensor, as is (biases, BN, ...)
@@ -23,7 +26,6 @@ model; activation ranges are re-attached as frozen ``ActivationQuantizer``s.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import nn
@@ -33,9 +35,8 @@ from compression.quantization.activations import (ACT_ATTR, activation_quantizer
 from compression.quantization.quantizers import (BUCKET_TYPES, dequantize, from_buckets, nb_buckets,
                                                  quantizers_of, to_buckets)
 from compression.quantization.codebook import CodebookQuantizer
-from utils.checkpoint import CheckpointError, load_file, save_file
-from compression.artifacts import build_model
-from utils.model_io import load_weights, unwrap
+from utils.checkpoint import CheckpointError
+from utils.model_io import unwrap
 
 KIND = "quantized_model"
 _CHUNK = 1 << 16                       # codes per packing step (a multiple of 8: byte-aligned)
@@ -118,9 +119,9 @@ def _encode(quantizer: nn.Module, weight: torch.Tensor) -> dict:
     return entry
 
 
-def save_quantized_model(path: str, model: nn.Module, spec: dict, meta: dict | None = None) -> int:
-    """Write ``model`` (weight quantizers attached) bit-packed; returns the file size in bytes.
-    Weights whose quantizer is at full precision are stored as plain tensors."""
+def encode_quantized(model: nn.Module) -> dict:
+    """The file's ``dense``, ``quantized`` and ``activations`` parts of ``model`` (weight
+    quantizers attached). Weights whose quantizer is at full precision stay plain tensors."""
     model = unwrap(model)
     dense, quantized = _plain_state(model), {}
     for name, quantizer in quantizers_of(model).items():
@@ -133,9 +134,7 @@ def save_quantized_model(path: str, model: nn.Module, spec: dict, meta: dict | N
                           "hi": q.hi.detach().cpu().float()}
                    for name, q in activation_quantizers_of(model).items()
                    if q.bits is not None and bool(q.initialized)}
-    save_file(path, KIND, {"spec": spec, "meta": meta or {}, "dense": dense,
-                           "quantized": quantized, "activations": activations})
-    return os.path.getsize(path)
+    return {"dense": dense, "quantized": quantized, "activations": activations}
 
 
 def _fail(name: str, problem: str) -> QuantFormatError:
@@ -193,11 +192,9 @@ def decode_entry(name: str, entry: dict) -> torch.Tensor:
     return from_buckets(centres.gather(1, rows), shape)
 
 
-def load_quantized_model(path: str, base: nn.Module | None = None) -> tuple[nn.Module, dict]:
-    """Rebuild the model of a quantized file (plain weights = the dequantized values, frozen
-    activation quantizers re-attached); returns ``(model, file dict)``. ``base``: the module
-    an unregistered net's spec builds on."""
-    obj = load_file(path, kind=KIND)
+def decode_quantized(obj: dict, path: str) -> dict[str, torch.Tensor]:
+    """Validate the ``dense`` and ``quantized`` parts of a loaded file and return the plain
+    state dict (quantized weights dequantized); errors name ``path``."""
     missing = [k for k in ("spec", "dense", "quantized") if not isinstance(obj.get(k), dict)]
     if missing:
         raise QuantFormatError(f"{path}: missing {', '.join(missing)} (not a quantized model file)")
@@ -207,13 +204,13 @@ def load_quantized_model(path: str, base: nn.Module | None = None) -> tuple[nn.M
     state = dict(obj["dense"])
     for name, entry in obj["quantized"].items():
         state[name] = decode_entry(name, entry)
-    try:
-        model = build_model(obj["spec"], base)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: cannot rebuild the architecture: {exc}") from exc
-    load_weights(model, state, path)
-    activations = obj.get("activations") or {}
-    for name, entry in activations.items():
+    return state
+
+
+def attach_frozen_activations(model: nn.Module, activations: dict, path: str) -> None:
+    """Re-attach the file's activation ranges to ``model`` as frozen ``ActivationQuantizer``s
+    (each range validated; errors name ``path``)."""
+    for name, entry in (activations or {}).items():
         entry = entry if isinstance(entry, dict) else {}
         lo, hi, bits = entry.get("lo"), entry.get("hi"), entry.get("bits")
         if not (torch.is_tensor(lo) and torch.is_tensor(hi) and lo.numel() == hi.numel() == 1
@@ -227,7 +224,6 @@ def load_quantized_model(path: str, base: nn.Module | None = None) -> tuple[nn.M
         quantizer.hi.copy_(hi.reshape(()))
         quantizer.initialized.fill_(True)
         quantizer.frozen = True
-    return model, obj
 
 
 def quantized_size_report(model: nn.Module) -> dict:
@@ -252,19 +248,3 @@ def quantized_size_report(model: nn.Module) -> dict:
     return {"layers": layers, "numel": numel, "payload_bytes": payload, "fp32_bytes": 4 * numel,
             "ratio": payload / (4 * numel) if numel else 0.0,
             "bits_per_weight": 8 * payload / numel if numel else 0.0, "other_bytes": other}
-
-
-
-def export_quantized(path: str, model: nn.Module, spec: dict, meta: dict | None = None,
-                     base: nn.Module | None = None) -> dict:
-    """Write ``model`` (weight quantizers attached) bit-packed, load it back and compare every
-    quantized weight bit for bit: ``{"file": {"path", "bytes", "round_trip_exact"},
-    "sizes": quantized_size_report(model)}``."""
-    size = save_quantized_model(path, model, spec, meta)
-    loaded, _ = load_quantized_model(path, base)
-    model = unwrap(model)
-    exact = all(torch.equal(loaded.get_submodule(n).weight,
-                            q(model.get_submodule(n).parametrizations["weight"].original).detach().cpu())
-                for n, q in quantizers_of(model).items())
-    return {"file": {"path": path, "bytes": size, "round_trip_exact": exact},
-            "sizes": quantized_size_report(model)}

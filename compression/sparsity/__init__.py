@@ -14,7 +14,8 @@ Modules:
 - ``regression``: PocketFlow's layer-wise regression of a masked model onto the full one;
 - ``batchnorm``: BN statistics re-estimated after pruning or quantization;
 - ``sensitivity``: prune one layer at a time and measure (the sensitivity tool);
-- ``sparse_format``: COO and CSR encodings of a sparse model's weights.
+- ``sparse_format``: COO and CSR encodings of a sparse model's weights (the layout of the
+  sparse copies, which ``compression.artifacts.sparse`` writes and reads).
 """
 from utils.lazy import lazy_exports
 

@@ -1,6 +1,9 @@
-"""Sparse model files in COO or CSR layout (a weights-only ``torch.save`` dict).
+"""COO and CSR encodings of a state dict: the layout of the sparse model files.
 
-Layout of the file (``kind="sparse_model"``, written by ``utils.checkpoint.save_file``)::
+The files themselves (the sparse copies beside a model artifact, rows ``coo`` and ``csr`` of
+``compression.artifacts.files``) are written and read by ``compression.artifacts.sparse``.
+Layout of the file
+(``kind="sparse_model"``, a weights-only ``utils.checkpoint.save_file`` dict)::
 
     {"spec": <architecture spec>, "meta": {...}, "layout": "coo" | "csr",
      "dense":  {name: tensor},                       # biases, BN, small or dense weights
@@ -17,14 +20,10 @@ and rebuilds the dense state dict exactly (same values, same zeros).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
-from torch import nn
 
-from utils.checkpoint import CheckpointError, load_file, save_file
-from compression.artifacts import build_model
-from utils.model_io import load_weights, unwrap
+from utils.checkpoint import CheckpointError
 
 LAYOUTS = ("coo", "csr")
 
@@ -115,45 +114,3 @@ def decode_state_dict(dense: dict, sparse: dict, layout: str) -> dict:
     for name, entry in sparse.items():
         state[name] = _decode(name, entry, layout)
     return state
-
-
-def save_sparse_model(path: str, model: nn.Module, spec: dict, layout: str,
-                      meta: dict | None = None) -> int:
-    """Write ``model`` (masks already baked in) in ``layout``; returns the file size in bytes."""
-    dense, sparse = encode_state_dict(unwrap(model).state_dict(), layout)
-    save_file(path, "sparse_model", {"spec": spec, "meta": meta or {}, "layout": layout,
-                                     "dense": dense, "sparse": sparse})
-    return os.path.getsize(path)
-
-
-def load_sparse_model(path: str, base: nn.Module | None = None) -> tuple[nn.Module, dict]:
-    """Rebuild the dense model of a sparse file; returns ``(model, file dict)``. ``base``: the
-    module an unregistered net's spec builds on (``compression.artifacts.build_model``)."""
-    obj = load_file(path, kind="sparse_model")
-    missing = [k for k in ("spec", "layout", "dense", "sparse") if k not in obj]
-    if missing:
-        raise SparseFormatError(f"{path}: missing {', '.join(missing)} (not a sparse model file)")
-    state = decode_state_dict(obj["dense"], obj["sparse"], obj["layout"])
-    model = build_model(obj["spec"], base)
-    load_weights(model, state, path)
-    return model, obj
-
-
-def export_sparse_files(model: nn.Module, spec: dict, stem: str, inputs: torch.Tensor,
-                        meta: dict | None = None, base: nn.Module | None = None) -> dict:
-    """``<stem>.coo.pt`` and ``<stem>.csr.pt``, each loaded back and run on ``inputs`` against
-    ``model``: ``{layout: {"path", "bytes", "max_abs_diff"}}``."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        expected = model(inputs).cpu()
-    model.train(was_training)
-    files = {}
-    for layout in LAYOUTS:
-        path = f"{stem}.{layout}.pt"
-        size = save_sparse_model(path, model, spec, layout, meta)
-        loaded, _ = load_sparse_model(path, base)
-        with torch.no_grad():
-            diff = float((loaded.eval()(inputs.cpu()) - expected).abs().max())
-        files[layout] = {"path": path, "bytes": size, "max_abs_diff": diff}
-    return files

@@ -27,8 +27,7 @@ from compression.surgery.thinning import in_channels, kept_channels, mask_inputs
 from learners.run import composition
 from learners.base import Learner, Result
 from compression.budget.strategy import SearchProblem, StrategyHooks, plan_counts
-from compression.artifacts import build_model, load_model
-from utils.model_io import save_model
+from compression.artifacts import build_model, load_model, save_model
 
 log = logging.getLogger("pocketflow")
 

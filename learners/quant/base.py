@@ -18,7 +18,7 @@ from torch import nn
 from compression.sparsity.batchnorm import recalibrate_bn
 from compression.sparsity.regression import layerwise_regression
 from compression.sparsity.masks import maskable_layers
-from compression.quantization.packed_format import export_quantized
+from compression.artifacts import export_quantized
 from compression.quantization.spec import act_quant_entry
 from compression.quantization.activations import attach_activation_quantizers
 from compression.quantization.quantizers import (attach_weight_quantizers, detach_weight_quantizers,
@@ -126,7 +126,7 @@ class QuantLearnerBase(Learner):
 
     def _export(self, model: nn.Module, spec: dict, bits: dict) -> dict:
         """Bit-packed file beside the artifact, loaded back and compared weight by weight."""
-        packed = export_quantized(self.ctx.outputs.stem() + ".quant.pt", model,
+        packed = export_quantized(self.ctx.outputs.derived("quant"), model,
                                   spec, {"learner": self.learner_name}, self.ctx.base)
         log.info("quantized file %s: %d bytes | round trip exact: %s", packed["file"]["path"],
                  packed["file"]["bytes"], packed["file"]["round_trip_exact"])

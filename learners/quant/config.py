@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from compression.artifacts import suffix
 from compression.quantization.quantizers import BUCKET_TYPES, INIT_STYLES, OPT_MODES
 from learners.search.config import DdpgConfig
 from learners.config import OutputOptions
@@ -103,8 +104,8 @@ class UqtfConfig(OutputOptions):
     def __post_init__(self) -> None:
         # the artifact IS the ExecuTorch program: another extension would be written as
         # <stem>.pte and then looked for under the given name, after the whole QAT run
-        check(self.save_path_eval.endswith(".pte"), "save_path_eval",
-              f"the int8 ExecuTorch program is written here: give a path ending in .pte, got "
+        check(self.save_path_eval.endswith(suffix("pte")), "save_path_eval",
+              f"the int8 ExecuTorch program is written here: give a path ending in {suffix('pte')}, got "
               f"{self.save_path_eval!r}")
         check(self.lrn_rate_dcy > 0, "lrn_rate_dcy", "must be positive")
         check(self.nb_calib_batches > 0, "nb_calib_batches", "must be positive")

@@ -20,10 +20,12 @@ import os
 import torch
 from torch import nn
 
+from compression.artifacts import FLOAT_TWIN, path_of
 from compression.quantization.int8_qat import convert_int8, output_scale, prepare_qat
 from compression.sparsity.masks import KeepZeros
 from compression.surgery.thinning import gathers_as_matrices
 from deployment.formats import FORMATS
+from deployment.pipeline import result_key
 from deployment.pte import PteModel, save_int8_program
 from learners.run import composition
 from learners.base import Learner, Result
@@ -59,7 +61,7 @@ class UniformQuantTFLearner(Learner):
 
     @property
     def fp32_path(self) -> str:
-        return os.path.splitext(self.artifact)[0] + "_fp32.pte"
+        return path_of(os.path.splitext(self.artifact)[0] + FLOAT_TWIN, "pte")
 
     def load_result(self, path: str) -> nn.Module:
         """The saved int8 program, run by ExecuTorch (``--exec_mode=eval``)."""
@@ -94,19 +96,20 @@ class UniformQuantTFLearner(Learner):
         """The program's size on disk and its latency in ExecuTorch."""
         int8 = result.sections["int8"]
         report.bytes_on_disk.compressed = int8["bytes"]
-        report.latency_ms.compressed = int8.get("latency_ms", {}).get("pte_int8")
+        report.latency_ms.compressed = int8.get("latency_ms", {}).get(result_key("pte", "int8"))
 
     def _export(self, full: nn.Module, qat, example: torch.Tensor) -> tuple[dict, dict]:
-        """The int8 program (the artifact), the int8 PyTorch model (``.pt2``) and their fp32
+        """The int8 program (the artifact), the int8 PyTorch model (row ``pt2``) and their fp32
         counterparts, in ``.pte`` always and in the other chosen formats, each checked in its
         runtime; agreement of the int8 program with the converted model; int8 vs fp32
         latency in ExecuTorch. Returns the ``int8`` section and the deployment sections."""
         ctx = self.ctx
         int8 = convert_int8(qat)
         stem = ctx.outputs.stem()
-        pt2_bytes = save_int8_program(int8, example.cpu(), stem + ".pt2")
+        pt2 = path_of(stem, "pt2")
+        pt2_bytes = save_int8_program(int8, example.cpu(), pt2)
         formats = [FORMATS["pte"], *[f for f in ctx.outputs.formats() if f.name != "pte"]]
-        models = {"int8": (int8, stem), "fp32": (copy.deepcopy(full).cpu(), stem + "_fp32")}
+        models = {"int8": (int8, stem), "fp32": (copy.deepcopy(full).cpu(), stem + FLOAT_TWIN)}
         results = ctx.outputs.deploy(models, formats, max_batch=self.cfg.max_batch)
         program, fp32 = PteModel(self.artifact), PteModel(self.fp32_path)
         inputs, _ = next(iter(ctx.eval_loader()))
@@ -114,15 +117,16 @@ class UniformQuantTFLearner(Learner):
             reference = int8(inputs.cpu())
         step = output_scale(int8)
         within = float(((program(inputs) - reference).abs() <= step * 1.001).float().mean())
-        size, fp32_size = results["pte_int8"]["bytes"], results["pte_fp32"]["bytes"]
+        int8_key, float_key = result_key("pte", "int8"), result_key("pte", "fp32")
+        size, fp32_size = results[int8_key]["bytes"], results[float_key]["bytes"]
         section = {"pte": self.artifact, "bytes": size, "fp32_pte": self.fp32_path,
-                   "fp32_bytes": fp32_size, "pt2": stem + ".pt2", "pt2_bytes": pt2_bytes,
+                   "fp32_bytes": fp32_size, "pt2": pt2, "pt2_bytes": pt2_bytes,
                    "output_step": step, "within_one_step_of_converted": within}
         if ctx.cfg.report_latency:
             shape = ctx.helper.input_shape
-            latency = {"pte_int8": time_forward(program, shape), "pte_fp32": time_forward(fp32, shape)}
-            latency["speedup"] = {k: latency["pte_fp32"][k] / latency["pte_int8"][k]
-                                  for k in latency["pte_int8"]}
+            latency = {int8_key: time_forward(program, shape), float_key: time_forward(fp32, shape)}
+            latency["speedup"] = {k: latency[float_key][k] / latency[int8_key][k]
+                                  for k in latency[int8_key]}
             section["latency_ms"] = latency
         log.info("int8 program %s: %d bytes (fp32 %d) | %.2f %% of outputs within one step (%.3g) "
                  "of the converted model", self.artifact, size, fp32_size, 100 * within, step)

@@ -8,8 +8,9 @@ report lists them all.
 
 A chain whose stages do not fit is refused before any work: each learner class declares the
 properties its result ``produces`` (``sparse``, ``thinned``, ``quantized``) and the ones it
-``refuses`` to start from, with the reason. Deployment files (``.pte``, ``.onnx``, the int8
-``.pt2``) are never a start: they are programs for a runtime, not trainable models.
+``refuses`` to start from, with the reason. Deployment files (the ``deployment`` rows of
+``compression.artifacts.files``: ExecuTorch and ONNX programs, the int8 program) are never a
+start: they are programs for a runtime, not trainable models.
 """
 from __future__ import annotations
 
@@ -20,14 +21,8 @@ from torch import nn
 
 from learners.registry import learner_class
 from utils.checkpoint import CheckpointError, load_file
-from compression.artifacts import load_model
+from compression.artifacts import file_of, load_model, path_of, rows
 from utils.model_stats import count_flops, count_params
-
-DEPLOYMENT_SUFFIXES = {
-    ".pte": "an ExecuTorch program",
-    ".onnx": "an ONNX model",
-    ".pt2": "an exported int8 program",
-}
 
 
 # Why a learner refuses a start with a property (its ``refuses`` values).
@@ -53,7 +48,7 @@ def stored_bytes(path: str) -> int:
     """The smallest stored form of an artifact: itself, or the sparse (COO / CSR) copy a
     sparse learner wrote beside it."""
     stem = os.path.splitext(path)[0]
-    sizes = [os.path.getsize(p) for p in (path, f"{stem}.coo.pt", f"{stem}.csr.pt")
+    sizes = [os.path.getsize(p) for p in (path, *(path_of(stem, row.name) for row in rows("sparse")))
              if os.path.isfile(p)]
     return min(sizes)
 
@@ -99,9 +94,9 @@ def load_start(path: str, learner_cls: type, helper,
                base: nn.Module | None = None) -> tuple[nn.Module, dict, list[dict]]:
     """Load and check the warm-start artifact: ``(model, file dict, its chain)``; ``base``: the
     module an artifact of an unregistered net builds on."""
-    kind = DEPLOYMENT_SUFFIXES.get(os.path.splitext(path)[1].lower())
-    if kind:
-        raise ChainError(f"--warm_start_path={path} is {kind} (a deployment artifact), not a "
+    row = file_of(path)
+    if row is not None and row.role == "deployment":
+        raise ChainError(f"--warm_start_path={path} is {row.what} (a deployment artifact), not a "
                          "trainable model; start from the model artifact (.ckpt) it was exported "
                          "from. An int8 model cannot be compressed or quantized again.")
     if not os.path.isfile(path):

@@ -1,5 +1,6 @@
 """What a run writes beside its artifact: the artifact itself, files derived from it (sparse
-and bit-packed copies, deployment files, each checked in its runtime) and the report.
+and bit-packed copies, deployment files, each checked in its runtime) and the report. Which
+files derive from an artifact is the table of ``compression.artifacts.files``.
 
 The first output of a run removes the files a previous run derived from the same artifact
 (``remove_stale``), so every file beside the new artifact comes from this run; a run that
@@ -16,16 +17,13 @@ import time
 import torch
 from torch import nn
 
+from compression.artifacts import derived_suffixes, export_sparse_files, path_of, save_model
 from deployment.formats import formats_for
-from deployment.pipeline import deploy, eval_batches
+from deployment.pipeline import deploy, eval_batches, result_key
 from training.trainer import TrainingDivergedError, model_is_finite
-from utils.model_io import save_model
 from utils.multi_gpu_wrapper import MultiGpuWrapper
 
 log = logging.getLogger("pocketflow")
-# Files derived from an artifact ``<stem>.<ext>``: exports and sparse/packed copies.
-DERIVED_SUFFIXES = (".onnx", ".pte", ".pt2", "_fp32.onnx", "_fp32.pte", ".coo.pt", ".csr.pt",
-                    ".quant.pt")
 
 
 class Outputs:
@@ -49,13 +47,18 @@ class Outputs:
 
     def derived_paths(self) -> list[str]:
         stem = os.path.splitext(self.artifact)[0]
-        return [stem + suffix for suffix in DERIVED_SUFFIXES]
+        return [stem + suffix for suffix in derived_suffixes()]
 
     def stem(self) -> str:
         """``<artifact without extension>``, the stem of every derived file; asking for it
         starts this run's outputs (``remove_stale``)."""
         self.remove_stale()
         return os.path.splitext(self.artifact)[0]
+
+    def derived(self, name: str) -> str:
+        """The path of the file ``name`` of ``compression.artifacts.files`` beside the artifact
+        (``"quant"``: the bit-packed copy); asking for it starts this run's outputs."""
+        return path_of(self.stem(), name)
 
     def remove_stale(self) -> None:
         """Remove the files a previous run derived from the artifact, and its report (once)."""
@@ -95,8 +98,6 @@ class Outputs:
     def export_sparse(self, model: nn.Module, spec: dict, inputs: torch.Tensor,
                       meta: dict, base: nn.Module | None = None) -> dict:
         """COO and CSR files of a sparse result, each loaded back and compared on ``inputs``."""
-        from compression.sparsity.sparse_format import export_sparse_files
-
         files = export_sparse_files(model, spec, self.stem(), inputs, meta, base)
         for layout, f in files.items():
             log.info("sparse %s file %s: %d bytes | round-trip max |diff| = %.1e", layout,
@@ -133,7 +134,7 @@ def deploy_sections(results: dict) -> dict:
     if not results:
         return {}
     sections = {"deploy": results}
-    onnx = results.get("onnx_fp32") or results.get("onnx_fakequant")
+    onnx = results.get(result_key("onnx", "fp32")) or results.get(result_key("onnx", "fakequant"))
     if onnx is not None:
         sections["onnx"] = {key: onnx[key] for key in ("path", "max_abs_diff", "max_abs_output",
                                                        "parity_ok", "bytes")}

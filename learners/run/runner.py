@@ -28,8 +28,7 @@ from learners.run.report import Report
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, formatted, settings
 from utils.data_loading import check_one_batch
-from compression.artifacts import load_model
-from utils.model_io import load_weights_from
+from compression.artifacts import load_model, load_weights_from
 from utils.model_stats import count_flops, count_params, measure_latencies, measure_latency
 from utils.multi_gpu_wrapper import MultiGpuWrapper, SingleProcess
 from utils.report import format_report, write_report

@@ -22,7 +22,6 @@ from torch.nn.utils import parametrize
 
 from compression.quantization.dorefa_pact import bake_weights, clipped_quant_entry
 from compression.graph.layers import analyse
-from compression.quantization.packed_format import export_quantized
 from compression.sparsity.masks import (attach_masks, detach_masks, maskable_layers, masks_of,
                                         sparsity_of)
 from compression.schedule.lr import policy_lr
@@ -39,7 +38,7 @@ from learners.base import Learner, Result
 from learners.registry import register_learner
 from learners.schedule.config import ScheduleConfig
 from utils.lrn_rate import scaled_lr
-from compression.artifacts import build_model
+from compression.artifacts import build_model, export_quantized
 
 log = logging.getLogger("pocketflow")
 MASK_SUFFIX = ".parametrizations.weight.0.mask"
@@ -239,7 +238,7 @@ class ScheduleLearner(Learner):
         if quant:
             spec = {**spec, "transforms": [*spec.get("transforms", []), clipped_quant_entry(model)]}
             if ctx.mgw.is_primary():  # k-bit codes of every quantized weight, exact round trip
-                packed = export_quantized(ctx.outputs.stem() + ".quant.pt",
+                packed = export_quantized(ctx.outputs.derived("quant"),
                                           model, spec, {"learner": self.learner_name}, ctx.base)
             bake_weights(model)
         sparse = "sparse" in self.result_tags()
