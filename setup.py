@@ -1,6 +1,17 @@
 """pocketflow-torch: model compression for PyTorch CNNs (PocketFlow, rebuilt)."""
 from setuptools import find_packages, setup
 
+# The tools, beside ``python -m tools.<name>`` (docs/tools.md); each function is the tool's ``cli``.
+CONSOLE_SCRIPTS = [
+    "pocketflow-summary = tools.summary:cli",
+    "pocketflow-draw = tools.draw:cli",
+    "pocketflow-export-onnx = tools.export_onnx:cli",
+    "pocketflow-latency = tools.latency:cli",
+    "pocketflow-deploy = tools.deploy:cli",
+    "pocketflow-sensitivity = tools.sensitivity:cli",
+    "pocketflow-integer-only = tools.integer_only:cli",
+]
+
 setup(
     name="pocketflow-torch",
     version="0.1.0",
@@ -8,9 +19,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
+    # examples/ and benchmarks/ are read from a checkout, not installed as top-level packages
     packages=find_packages(include=["learners*", "nets*", "datasets*", "utils*", "training*",
-                                    "compression*", "deployment*", "tools*", "examples*"]),
+                                    "compression*", "deployment*", "tools*"]),
     py_modules=["pocketflow_torch"],
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
     install_requires=[
         "torch>=2.4,<2.15",
         "absl-py>=1.0",

@@ -12,8 +12,11 @@ Loss (cross-entropy), metrics (accuracy), the optimizer (momentum SGD + weight d
 training loop, checkpoints, multi-process training and the report are the framework's job.
 
 This file holds the three pieces a user writes, in order: the net (section 1), the
-options (section 2) and the helper (section 3). The entry script
-``examples/convnet_at_fmnist_run.py`` is two lines of glue: ``entry("convnet_at_fmnist")``.
+options (section 2) and the helper (section 3). Everything they use comes from one module,
+``pocketflow_torch`` (its docstring lists every extension point), the Fashion-MNIST reader
+included. The entry script ``examples/convnet_at_fmnist_run.py`` is two lines of glue:
+``entry("convnet_at_fmnist")``; for a helper of your own, ``register_helper("my_name",
+MyHelper)`` makes ``entry("my_name")`` and the tools' ``--helper=my_name`` find it.
 
 Data: the four Fashion-MNIST idx files (``.gz`` or not), as downloaded from
 https://github.com/zalandoresearch/fashion-mnist, in one directory:
@@ -35,8 +38,11 @@ Using the saved model elsewhere: the artifact stores the spec ``{"net": "convnet
 "kwargs": {...}}``, not Python code, so the builder must be registered before loading::
 
     import examples.convnet_at_fmnist  # noqa: F401  (registers "convnet_fmnist")
-    from compression.artifacts import load_model
-    model, _ = load_model("./models_eval/model.ckpt")
+    from pocketflow_torch import load_model
+    model = load_model("./models_eval/model.ckpt")
+
+The tools read it the same way (``pocketflow-summary --model=./models_eval/model.ckpt
+--helper=convnet_at_fmnist``: the helper's module is imported first).
 """
 from __future__ import annotations
 
@@ -45,10 +51,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from datasets.fmnist import FashionMnist
-from nets.abstract_model_helper import HelperConfig, ImageClassificationHelper
-from nets.registry import net_spec, register_net
-from utils.config import check, option
+from pocketflow_torch import (FashionMnist, HelperConfig, ImageClassificationHelper, check,
+                              net_spec, option, register_net)
 
 # =================================================================================================
 # 1. The network
@@ -183,16 +187,18 @@ class ModelHelper(ImageClassificationHelper):
         return (1, 28, 28)  # (C, H, W) of one input, without the batch dimension
 
     # -- model: the recipe, not the module. ``build_model()`` (inherited) builds it, and every
-    # artifact stores it, so compressed models reload with ``compression.artifacts.load_model``. -------
+    # artifact stores it, so compressed models reload with ``pocketflow_torch.load_model``. ----
     def net_spec(self) -> dict:
         return net_spec("convnet_fmnist", num_classes=self.num_classes, in_channels=1,
                         width=self.cfg.convnet_width)
 
-    # -- data: datasets yield (normalised float image, int label). ``FashionMnist`` reads the
-    # idx files into memory; with ``augment`` it pads 2 pixels + crops at random + flips.
-    # ``seed`` (the run's --seed) drives the augmentation, identically with any number of
-    # loader workers or processes. Missing or malformed files raise DataError, which the
-    # entry script prints as one message naming the expected layout. ----------------------------
+    # -- data: datasets yield (normalised float image, int label). ``FashionMnist`` (one of the
+    # readers ``pocketflow_torch`` exports, with ``Cifar10`` and ``Ilsvrc12``; for data of your
+    # own, ``InMemoryImageDataset``) reads the idx files into memory; with ``augment`` it pads
+    # 2 pixels + crops at random + flips. ``seed`` (the run's --seed) drives the augmentation,
+    # identically with any number of loader workers or processes. Missing or malformed files
+    # raise ``DataError`` (raise it from your own reader too), which the entry script prints as
+    # one message naming the expected layout. -----------------------------------------------
     def load_train(self, augment: bool):
         return FashionMnist(self.cfg.data_dir_local, "train", augment=augment, seed=self.seed)
 

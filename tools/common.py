@@ -2,9 +2,11 @@
 
 Entry scripts (``tools/<tool>.py``) are the only place flags are parsed; they call
 ``define_input_flags(FLAGS)`` for the usual ``--helper`` / ``--helper_config`` /
-``--input_shape`` trio and run their ``main`` through ``app.run(tool_main(main))``, which
-turns the user's mistakes (``USER_ERRORS``) into one ``error: ...`` line on stderr and exit
-status 2. Everything below takes plain arguments.
+``--input_shape`` trio and run their ``main`` through ``run_tool(__name__, main)``
+(``app.run(tool_main(main))``), which turns the user's mistakes (``USER_ERRORS``) into one
+``error: ...`` line on stderr and exit status 2. Each tool's ``cli()`` is both
+``python -m tools.<tool>`` and its console script (``pocketflow-<tool>``, setup.py).
+Everything below takes plain arguments.
 
 - ``resolve_helper("resnet_at_digits")`` is ``nets.resnet_at_digits.ModelHelper``;
   ``resolve_helper("my_pkg.my_module:MyHelper")`` imports a user's own helper class.
@@ -209,3 +211,19 @@ def tool_main(main: Callable[[], None], errors: tuple = ()) -> Callable[[list], 
             print(f"error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
     return run
+
+
+def run_tool(module_name: str, main: Callable[[], None], errors: tuple = ()) -> None:
+    """``app.run(tool_main(main, errors))`` for the tool module ``module_name``.
+
+    Run as a console script, ``__main__`` is the installer's wrapper: the tool's docstring and
+    flags are made its own, so ``--help`` reads as with ``python -m tools.<tool>``."""
+    from absl import app, flags
+
+    if module_name != "__main__":
+        wrapper = sys.modules["__main__"]
+        if not getattr(wrapper, "__doc__", None):
+            wrapper.__doc__ = sys.modules[module_name].__doc__
+        for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    app.run(tool_main(main, errors))

@@ -30,13 +30,13 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from compression.artifacts import file_of, model_suffixes
 from deployment.formats import export_choices, formats_for
 from deployment.pipeline import deploy, eval_batches
 from deployment.verify import ATOL, INT8_MAX_DROP, verify_artifact
-from tools.common import ToolError, define_input_flags, helper_from_flags, load_artifact, tool_main
+from tools.common import ToolError, define_input_flags, helper_from_flags, load_artifact, run_tool
 from deployment.runners import RunnerError, runner_for, time_runners
 
 FLAGS = flags.FLAGS
@@ -137,5 +137,10 @@ def main() -> None:
         raise SystemExit(1)
 
 
+def cli() -> None:
+    """``pocketflow-deploy``: the same as ``python -m tools.deploy``."""
+    run_tool(__name__, main, errors=(RunnerError,))
+
+
 if __name__ == "__main__":
-    app.run(tool_main(main, errors=(RunnerError,)))
+    cli()

@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import shutil
 
-from absl import app, flags
+from absl import flags
 
 from tools.common import (check_writable, define_input_flags, helper_from_flags, load_artifact,
-                          resolve_input_shape, tool_main)
+                          resolve_input_shape, run_tool)
 from tools.model_draw import INSTALL_HINT, GraphvizUnavailable, count_nodes_edges, render, write_dot
 
 FLAGS = flags.FLAGS
@@ -47,5 +47,10 @@ def main() -> None:
         print(f"wrote {render(out, fmt)}")
 
 
+def cli() -> None:
+    """``pocketflow-draw``: the same as ``python -m tools.draw``."""
+    run_tool(__name__, main, errors=(GraphvizUnavailable,))
+
+
 if __name__ == "__main__":
-    app.run(tool_main(main, errors=(GraphvizUnavailable,)))
+    cli()

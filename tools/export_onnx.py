@@ -29,11 +29,11 @@ import os
 import sys
 
 import torch
-from absl import app, flags
+from absl import flags
 
 from compression.artifacts import path_of
 from tools.common import (check_writable, define_input_flags, helper_from_flags, load_artifact,
-                          resolve_input_shape, tool_main)
+                          resolve_input_shape, run_tool)
 from utils.data_loading import make_eval_loader
 from deployment.onnx_export import NotExportable, check_exportable, compare_outputs, export_onnx, onnx_session
 from deployment.onnx_int8 import quantize_qdq
@@ -117,5 +117,10 @@ def _int8(out: str, model, helper, failures: list) -> dict:
             "accuracy_torch": int8["accuracy_torch"], "drop_points": drop}
 
 
+def cli() -> None:
+    """``pocketflow-export-onnx``: the same as ``python -m tools.export_onnx``."""
+    run_tool(__name__, main, errors=(NotExportable,))
+
+
 if __name__ == "__main__":
-    app.run(tool_main(main, errors=(NotExportable,)))
+    cli()

@@ -32,14 +32,14 @@ import sys
 import time
 
 import torch
-from absl import app, flags
+from absl import flags
 
 from compression.quantization.integer_only import (ROUNDINGS, IntegerOverflowError,
                                                    IntegerYamlError, UnsupportedOpError,
                                                    build_program, compare, export_yaml, load_yaml)
 from compression.quantization.integer_only.yaml_io import LAYOUTS
 from tools.common import (ToolError, check_writable, define_input_flags, load_artifact, make_helper,
-                          resolve_helper, resolve_input_shape, tool_main)
+                          resolve_helper, resolve_input_shape, run_tool)
 from utils.data_loading import make_eval_loader
 
 FLAGS = flags.FLAGS
@@ -135,5 +135,10 @@ def main() -> None:
         raise SystemExit(1)
 
 
+def cli() -> None:
+    """``pocketflow-integer-only``: the same as ``python -m tools.integer_only``."""
+    run_tool(__name__, main, errors=(UnsupportedOpError, IntegerOverflowError, IntegerYamlError))
+
+
 if __name__ == "__main__":
-    app.run(tool_main(main, errors=(UnsupportedOpError, IntegerOverflowError, IntegerYamlError)))
+    cli()

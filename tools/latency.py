@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import flags
 
 from tools.common import (ToolError, define_input_flags, helper_from_flags, load_artifact, parse_shape,
-                          tool_main)
+                          run_tool)
 from deployment.runners import RunnerError, compare_latency, runner_for
 
 FLAGS = flags.FLAGS
@@ -93,5 +93,10 @@ def main() -> None:
                       "b": {**runners["b"].describe(), "ms": result["b"]}}))
 
 
+def cli() -> None:
+    """``pocketflow-latency``: the same as ``python -m tools.latency``."""
+    run_tool(__name__, main, errors=(RunnerError,))
+
+
 if __name__ == "__main__":
-    app.run(tool_main(main, errors=(RunnerError,)))
+    cli()

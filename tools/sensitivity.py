@@ -39,13 +39,13 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
 from compression.sparsity.sensitivity import (GRANULARITIES, analyse_sensitivity, check_granularity,
                                               check_ratios, make_evaluator, select_layers,
                                               suggest_ratios, suggestion_layers, write_suggestion)
 from tools.common import (ToolError, check_writable, load_artifact, make_helper, resolve_helper,
-                          resolve_input_shape, tool_main)
+                          resolve_input_shape, run_tool)
 from utils.checkpoint import atomic_write, atomic_write_text
 
 flags.DEFINE_string("model", None, "model artifact (a learner's --*_save_path_eval)")
@@ -186,5 +186,10 @@ def main() -> None:
     print(json.dumps(run(FLAGS.flag_values_dict())))
 
 
+def cli() -> None:
+    """``pocketflow-sensitivity``: the same as ``python -m tools.sensitivity``."""
+    run_tool(__name__, main, errors=(ValueError, OSError))
+
+
 if __name__ == "__main__":
-    app.run(tool_main(main, errors=(ValueError, OSError)))
+    cli()

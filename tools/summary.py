@@ -9,10 +9,10 @@ FLOPs = 2 x MACs line); ``--csv`` / ``--xlsx`` also write it (same cells; xlsx n
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from tools.common import (check_writable, define_input_flags, helper_from_flags, load_artifact,
-                          resolve_input_shape, tool_main)
+                          resolve_input_shape, run_tool)
 from utils.model_summary import XlsxUnavailable, format_table, summarize, write_csv, write_xlsx
 
 FLAGS = flags.FLAGS
@@ -46,5 +46,10 @@ def main() -> None:
         print(f"wrote {write_xlsx(summary, FLAGS.xlsx)}")
 
 
+def cli() -> None:
+    """``pocketflow-summary``: the same as ``python -m tools.summary``."""
+    run_tool(__name__, main, errors=(XlsxUnavailable,))
+
+
 if __name__ == "__main__":
-    app.run(tool_main(main, errors=(XlsxUnavailable,)))
+    cli()

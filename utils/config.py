@@ -36,7 +36,8 @@ class ConfigError(ValueError):
 
 def option(default: Any, help: str, choices: Iterable[str] | None = None,  # noqa: A002
            run_only: bool = False, flag: str | None = None) -> Any:
-    """A dataclass field that becomes a flag with this help text (and enum choices).
+    """A dataclass field that becomes a flag with this help text (and enum choices: a list is
+    kept as given, so a registry that appends to it later widens the flag's choices).
 
     ``run_only``: the option says how this run goes (paths, logging, devices, exports), not
     what it computes, so it may differ between a run and its ``--resume`` (``settings``).
@@ -44,7 +45,7 @@ def option(default: Any, help: str, choices: Iterable[str] | None = None,  # noq
     """
     meta = {"help": help}
     if choices is not None:
-        meta["choices"] = list(choices)
+        meta["choices"] = choices if isinstance(choices, list) else list(choices)
     if run_only:
         meta["run_only"] = True
     if flag:

@@ -12,8 +12,8 @@ discrimination-aware objective are the other two selection cores.
 
 Modules:
 
-- ``criteria``: the criteria registry, ``select_channels``, ``refit_layers``;
-- ``options``: ``SelectionOptions``, the options every criterion and refit reads;
+- ``criteria``: the criteria registry, ``SelectionOptions`` (the options every criterion and
+  refit reads), ``select_channels``, ``refit_layers``;
 - ``sampling``: per-layer regression rows (input patches and the outputs they must give);
 - ``ista``: LASSO by ISTA and the exact-count penalty search; ``lstsq``: the refits;
   ``group_prox``: the L2,1 proximal selection of chn-pruned-gpu;
@@ -27,7 +27,7 @@ from utils.lazy import lazy_exports
 _EXPORTS = {
     "SELECTIONS": "criteria", "register_selection": "criteria", "select_channels": "criteria",
     "refit_layers": "criteria", "refit_kept": "criteria",
-    "SelectionOptions": "options",
+    "SelectionOptions": "criteria",
     "collect": "sampling", "normal_equations": "sampling", "layer_weight": "sampling",
     "select_exact": "ista", "refit_closed": "lstsq", "refit_adam": "lstsq",
     "reconstruction_error": "lstsq", "group_prox": "group_prox",

@@ -31,14 +31,18 @@ log = logging.getLogger("pocketflow")
 
 Selector = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 SELECTORS: dict[str, Selector] = {}
+# The choices of ``SelectionOptions.selection`` (its flag's enum), kept in step with the registry.
+SELECTION_CHOICES: list[str] = []
 
 
 def register_selection(name: str) -> Callable[[Selector], Selector]:
     """A selection criterion ``(normal_eqs, weight (c_out, c_in, kk), nb_keep, options
     (``SelectionOptions``), generator, seed) -> (kept indices (sorted), weight to start the
-    refit from)``."""
+    refit from)``, then a valid ``SelectionOptions.selection`` (``--cpr_selection=<name>``)."""
     def add(selector: Selector) -> Selector:
         SELECTORS[name] = selector
+        if name not in SELECTION_CHOICES:
+            SELECTION_CHOICES.append(name)
         return selector
     return add
 
@@ -77,7 +81,7 @@ class SelectionOptions:
     config whose flags have these names inherits it (chn-pruned-rmt: ``--cpr_selection``...);
     the others translate their PocketFlow flags in ``selection_options()``."""
 
-    selection: str = option("ista", "channel selection criterion", choices=list(SELECTIONS))
+    selection: str = option("ista", "channel selection criterion", choices=SELECTION_CHOICES)
     nb_crops_per_smpl: int = option(10, "random output positions sampled per sample")
     ista_lrn_rate: float = option(1.0, "ISTA step on the Frobenius-normalised Gram matrix "
                                        "(<= 1 is stable; PocketFlow's 1e-2 barely moves in 100 its)")
@@ -94,6 +98,8 @@ class SelectionOptions:
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:      # a learner config that also inherits other options
             parent()
+        check(self.selection in SELECTORS, "selection",
+              f"unknown criterion {self.selection!r}; valid: {', '.join(SELECTORS)}")
         for name in ("nb_crops_per_smpl", "ista_nb_iters", "lstsq_nb_iters", "prox_nb_iters"):
             check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         check(0 < self.ista_lrn_rate < 2, "ista_lrn_rate",
