@@ -36,7 +36,9 @@ Channel selection: ``register_selection("name")`` (a criterion for ``SelectionOp
 
 Quantization: ``register_weight_quantizer`` (a weight parametrization the packed format and
     ``quantizers_of`` know). Artifacts: ``register_spec_transform("type")`` rebuilds an
-    architecture change recorded in a spec's ``transforms``.
+    architecture change recorded in a spec's ``transforms``. A runtime:
+    ``register_format`` of a ``DeployFormat`` adds an ``--export_format`` choice, its suffix to the
+    artifacts table, and its runner to the parity checks and tools.
 
 The command-line tools are installed as ``pocketflow-summary``, ``pocketflow-deploy``...
 (docs/tools.md). Importing this module needs torch only (no onnx, no executorch).
@@ -53,6 +55,7 @@ from datasets.cifar10 import Cifar10
 from datasets.errors import DataError
 from datasets.fmnist import FashionMnist
 from datasets.ilsvrc12 import Ilsvrc12
+from deployment.formats import DeployFormat, register_format
 from learners.api import Result, compress, evaluate, load_model
 from learners.base import Learner, Result as LearnerResult
 from learners.launch import entry
@@ -80,4 +83,5 @@ __all__ = [
     "register_pruner", "LayerPruner", "ReaderPruner", "ChannelwisePruner", "PassthroughPruner",
     "MixingPruner", "register_op", "register_selection", "SelectionOptions",
     "register_group_criterion", "register_weight_quantizer", "register_spec_transform",
+    "register_format", "DeployFormat",
 ]
