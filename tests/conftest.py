@@ -128,7 +128,7 @@ def imported_for_module(module: str):
 
     registry.list_nets()
     saved = dict(registry._NETS)
-    registering = ("tests.user_nets", "tests.zoo_helpers")
+    registering = ("tests.zoo.user_nets", "tests.zoo.helpers")
     for name in registering:
         sys.modules.pop(name, None)
     try:

@@ -1,4 +1,4 @@
-"""compression.surgery.inference.fold_batchnorm on user-style nets (tests/zoo_nets.py: concatenations,
+"""compression.surgery.inference.fold_batchnorm on user-style nets (tests/zoo/nets.py: concatenations,
 squeeze-and-excitation, grouped convs, a DenseNet block, 1-D convs, a channel split with a
 transposed conv), unpruned and thinned (gathers and scatters): the same eval outputs, fewer
 BatchNorm modules, and every BN that could not be folded left as it was."""
@@ -14,7 +14,7 @@ from compression.surgery.picks import is_gather, is_scatter
 from compression.surgery.inference import fold_batchnorm, following_bn
 from compression.surgery.thinning import mask_inputs, thin
 from tests.test_zoo import LATE_MEMBERS, _pruned
-from tests.zoo_nets import INPUT_SHAPE, ZOO
+from tests.zoo.nets import INPUT_SHAPE, ZOO
 
 NORMS = nn.modules.batchnorm._BatchNorm
 

@@ -30,7 +30,7 @@ def launch(*args: str, timeout: float = 300, env: dict | None = None) -> subproc
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_rank0_decision_reaches_every_rank(backend, tmp_path):
-    proc = launch("tests/mgw_worker.py", "-n=2", "broadcast", f"--mgw_backend={backend}",
+    proc = launch("tests/workers/mgw_worker.py", "-n=2", "broadcast", f"--mgw_backend={backend}",
                   timeout=120, env={"PF_RESULT_DIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.load(open(tmp_path / name)) for name in sorted(os.listdir(tmp_path))]
@@ -47,7 +47,7 @@ def test_rank0_decision_reaches_every_rank(backend, tmp_path):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_dying_rank_stops_the_job(backend, how):
     start = time.monotonic()
-    proc = launch("tests/mgw_worker.py", "-n=2", how, f"--mgw_backend={backend}", timeout=90)
+    proc = launch("tests/workers/mgw_worker.py", "-n=2", how, f"--mgw_backend={backend}", timeout=90)
     elapsed = time.monotonic() - start
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
@@ -66,7 +66,7 @@ def test_horovod_backend_without_horovod_is_refused(tmp_path):
     fake = tmp_path / "horovod"
     fake.mkdir()
     (fake / "__init__.py").write_text("raise ImportError('no horovod here')\n")
-    proc = launch("tests/mgw_worker.py", "-n=2", "broadcast", "--mgw_backend=horovod",
+    proc = launch("tests/workers/mgw_worker.py", "-n=2", "broadcast", "--mgw_backend=horovod",
                   env={"PYTHONPATH": f"{tmp_path}:{ROOT}"}, timeout=30)
     assert proc.returncode == 2
     assert "Horovod is not installed" in proc.stderr
@@ -78,7 +78,7 @@ def test_port_in_use_is_refused():
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        proc = launch("tests/mgw_worker.py", "-n=2", "broadcast", "--mgw_backend=torch",
+        proc = launch("tests/workers/mgw_worker.py", "-n=2", "broadcast", "--mgw_backend=torch",
                       env={"MASTER_PORT": str(port)}, timeout=30)
     assert proc.returncode == 2
     assert f"port {port}" in proc.stderr and "already in use" in proc.stderr

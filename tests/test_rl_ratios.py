@@ -244,7 +244,7 @@ def test_thin_to_counts_keeps_a_share_of_every_part_of_a_concatenation():
     only it reads keeps about that share (with the first channels instead, the last dense
     layer kept 1 of its 6 outputs, and a latency budget timed a smaller model than the one
     delivered)."""
-    from tests.zoo_nets import INPUT_SHAPE, DenseNet
+    from tests.zoo.nets import INPUT_SHAPE, DenseNet
 
     model = DenseNet().eval()
     layers = analyse(model, INPUT_SHAPE)

@@ -1,4 +1,4 @@
-"""Channel pruning on user-style nets defined only in tests/zoo_nets.py: concatenated
+"""Channel pruning on user-style nets defined only in tests/zoo/nets.py: concatenated
 branches, squeeze-and-excitation, grouped convs, a DenseNet block, 1-D convs, channel split
 with a transposed conv. Thinning must be exact, count its FLOPs like torch's flop counter,
 leave no output channel that nothing reads, and export no larger than the unpruned net."""
@@ -24,7 +24,7 @@ from compression.surgery.thinning import gathers_as_matrices, mask_inputs, thin
 from tests.test_tools import tool
 from compression.surgery.dead_channels import unread_outputs
 from compression.surgery.unread import WRITERS, wasted_flops
-from tests.zoo_nets import INPUT_SHAPE, ZOO, randomise_bn, unread_channels
+from tests.zoo.nets import INPUT_SHAPE, ZOO, randomise_bn, unread_channels
 from utils.model_io import module_spec
 from utils.model_stats import count_flops, count_params
 from tests.conftest import imported_for_module
@@ -245,8 +245,8 @@ CHANNEL_LEARNERS = {
 
 @pytest.fixture(scope="module")
 def zoo_helpers():
-    """``tests.zoo_helpers`` imported (the zoo nets registered) for this module only."""
-    with imported_for_module("tests.zoo_helpers") as module:
+    """``tests.zoo.helpers`` imported (the zoo nets registered) for this module only."""
+    with imported_for_module("tests.zoo.helpers") as module:
         yield module
 
 
@@ -325,7 +325,7 @@ def test_every_tool_on_a_pruned_zoo_net(name, zoo_full):
     result = pf.compress(helper_cls(), learner="chn-pruned-rmt", out_dir=str(root / name / "tools"),
                          full_model=artifact, report_latency=False, export_format="none")
     model, out = result.artifact, root / name / "tools"
-    helper = f"--helper=tests.zoo_helpers:{helper_cls.__name__}"
+    helper = f"--helper=tests.zoo.helpers:{helper_cls.__name__}"
     procs = {
         "summary": tool("summary", f"--model={model}", helper, f"--csv={out / 's.csv'}"),
         "draw": tool("draw", f"--model={model}", helper, f"--out={out / 'm.dot'}", "--formats="),
