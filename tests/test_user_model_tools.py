@@ -8,8 +8,7 @@ import json
 import pytest
 
 import pocketflow_torch as pf
-from tests.test_tools import tool
-from tests.conftest import imported_for_module
+from tests.conftest import imported_for_module, tool
 
 HELPER = "--helper=tests.zoo.user_nets:UserHelper"
 
