@@ -1,4 +1,4 @@
-"""Channel pruning on the zoo of user-style nets (tests/zoo_nets.py): FLOPs kept and FLOPs
+"""Channel pruning on the zoo of user-style nets (tests/zoo/nets.py): FLOPs kept and FLOPs
 wasted on output channels nothing reads, per net, after a real learner.
 
 For each net: train it on the digits (8x8, Python API ``full-prec``), compress it with
@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pocketflow_torch as pf  # noqa: E402
 from compression.surgery.unread import unread_channels, wasted_flops  # noqa: E402
-from tests.zoo_nets import INPUT_SHAPE, ZOO  # noqa: E402
+from tests.zoo.nets import INPUT_SHAPE, ZOO  # noqa: E402
 from utils.model_stats import count_flops  # noqa: E402
 
 flags.DEFINE_list("nets", list(ZOO), f"zoo nets ({', '.join(ZOO)})")

@@ -22,8 +22,8 @@ from compression.surgery.unread import unread_channels
 from utils.model_io import module_spec
 from learners.channel.search_env import ChannelEnv
 from nets.registry import create_net, list_nets
-from tests.test_compression import INPUT_SIZES, UserNet
-from tests.conftest import compress_digits
+from tests.conftest import INPUT_SIZES, compress_digits
+from tests.zoo.nets import UserNet
 from compression.artifacts import load_model
 from utils.model_stats import count_flops
 

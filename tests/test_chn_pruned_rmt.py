@@ -12,7 +12,7 @@ import torch
 from learners.channel.config import CprConfig
 from learners.launch import run
 from nets import resnet_at_digits
-from tests.test_learners import flag_values
+from tests.conftest import flag_values
 from utils.config import ConfigError, from_flag_dict
 from compression.artifacts import load_model
 

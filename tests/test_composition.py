@@ -10,7 +10,7 @@ import torch
 from learners.run.composition import ChainError
 from learners.launch import build, run
 from nets import resnet_at_digits
-from tests.test_learners import flag_values
+from tests.conftest import flag_values
 from compression.artifacts import load_model
 from utils.multi_gpu_wrapper import SingleProcess
 

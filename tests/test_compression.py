@@ -19,10 +19,8 @@ from compression.selection.lstsq import reconstruction_error, refit_adam, refit_
 from compression.surgery.thinning import mask_inputs, thin
 from nets.registry import create_net, list_nets, net_spec
 from compression.artifacts import build_model
-
-INPUT_SIZES = {"resnet20": 32, "resnet32": 32, "resnet44": 32, "resnet56": 32, "lenet": 32,
-               "resnet18": 64, "resnet34": 64, "resnet50": 64, "mobilenet_v1": 64,
-               "mobilenet_v2": 64}
+from tests.conftest import INPUT_SIZES
+from tests.zoo.nets import UserNet
 
 
 def lasso_problem(seed: int = 0, n: int = 300, p: int = 12):
@@ -199,27 +197,6 @@ def test_capture_stops_after_the_layer():
     x = torch.randn(2, 3, 32, 32)
     assert capture(model, "layer2.0.conv1", x, "input").shape == (2, 16, 32, 32)
     assert capture(model, "layer2.0.conv1", x, "output").shape == (2, 32, 16, 16)
-
-
-class UserNet(nn.Module):
-    """A user's own net (not registered): concatenation, depthwise conv, residual add, 1x1 head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.left = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
-        self.right = nn.Sequential(nn.Conv2d(8, 10, 1, bias=False), nn.BatchNorm2d(10), nn.ReLU())
-        self.expand = nn.Conv2d(16, 24, 1)
-        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24, bias=False)
-        self.bn = nn.BatchNorm2d(24)
-        self.pw = nn.Conv2d(24, 16, 1)
-        self.head = nn.Linear(16, 5)
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        y = torch.cat([self.left(x), self.right(x)], dim=1)
-        y = y + self.pw(torch.relu(self.bn(self.dw(self.expand(y)))))
-        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
 
 
 def test_thinning_a_users_net_with_concat_and_depthwise():

@@ -8,7 +8,7 @@ import torch
 
 from learners.launch import run
 from nets import resnet_at_digits
-from tests.test_learners import flag_values
+from tests.conftest import flag_values
 from compression.artifacts import load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -18,7 +18,7 @@ from deployment.pipeline import deploy
 from deployment.verify import ArtifactMismatch, verify_artifact
 from learners.launch import build
 from nets import resnet_at_digits
-from tests.test_learners import flag_values
+from tests.conftest import flag_values
 from utils.data_loading import make_eval_loader
 from compression.artifacts import save_model
 from deployment.runners import time_runners

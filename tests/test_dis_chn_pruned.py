@@ -17,8 +17,7 @@ from compression.selection.dcp import DcpObjective, greedy_channels, layer_block
 from compression.selection.dcp_heads import StageTaps, build_heads, head_points
 from learners.channel.config import DcpConfig
 from nets.registry import create_net, list_nets
-from tests.conftest import compress_digits, digits_helper
-from tests.test_compression import INPUT_SIZES
+from tests.conftest import INPUT_SIZES, compress_digits, digits_helper
 from utils.config import ConfigError, from_flag_dict
 
 

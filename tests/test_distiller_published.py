@@ -15,7 +15,7 @@ from compression.schedule.policy import PolicyError, load_policy
 from compression.schedule.scheduler import CompressionScheduler
 from compression.surgery.thinning import thin
 from nets.registry import build_from_spec, net_spec
-from tests.test_distiller_schedules import resnet20
+from tests.conftest import distiller_resnet20
 
 PUBLISHED = Path(__file__).resolve().parent / "data" / "distiller"
 
@@ -30,7 +30,7 @@ def write_text(text: str) -> str:
 
 
 def published_model(depth: int):
-    return resnet20() if depth == 20 else build_from_spec(net_spec("resnet56", num_classes=10,
+    return distiller_resnet20() if depth == 20 else build_from_spec(net_spec("resnet56", num_classes=10,
                                                                    in_channels=1)).eval()
 
 
@@ -68,7 +68,7 @@ def test_published_structured_schedules_run_unchanged(name, depth, fire_until, c
 def test_published_ssl_and_slimming_files_validate():
     """The SSL file repeats a reg_regims key with the same value (accepted); its regularizer
     runs to epoch 179 and thins then; the slimming file's names are BN weights."""
-    model = resnet20()
+    model = distiller_resnet20()
     policy = load_policy(str(PUBLISHED / "ssl_channels-removal_training.yaml"))
     mapped = resolve_names(policy, model)
     assert mapped["module.layer3.1.conv2.weight"] == "layer3.1.conv2.weight"
@@ -81,7 +81,7 @@ def test_published_ssl_and_slimming_files_validate():
 
 def test_published_files_that_cannot_run_say_why():
     with pytest.raises(PolicyError, match="the name is from Distiller's preact_resnet models"):
-        resolve_names(load_policy(str(PUBLISHED / "preact_resnet20_cifar_pact.yaml")), resnet20())
+        resolve_names(load_policy(str(PUBLISHED / "preact_resnet20_cifar_pact.yaml")), distiller_resnet20())
 
 
 @pytest.mark.parametrize("criterion", ["APoZ", "Mean"])

@@ -18,8 +18,7 @@ from compression.schedule.regularizers import threshold
 from compression.schedule.scheduler import CompressionScheduler
 from compression.schedule.zero_structures import zero_keep
 from compression.surgery.thinning import thin
-from nets.registry import build_from_spec, net_spec
-from tests.conftest import compress_digits, digits_helper
+from tests.conftest import compress_digits, digits_helper, distiller_resnet20
 
 # Distiller's examples/agp-pruning/resnet20_filters.schedule_agp.yaml, epochs scaled down
 # (pruning 0..30 -> 0..6, thinning at 30 -> 6, fine pruning 30..50 -> 6..10): every name, class
@@ -86,18 +85,6 @@ policies:
 """
 
 
-def resnet20():
-    model = build_from_spec(net_spec("resnet20", num_classes=10, in_channels=1))
-    torch.manual_seed(0)
-    for module in model.modules():   # non-trivial BN statistics and affine parameters
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
-
-
 def write(tmp_path, text: str, name: str = "distiller.yaml") -> str:
     path = tmp_path / name
     path.write_text(text)
@@ -114,7 +101,7 @@ def scheduler_for(path: str, model, inclusive: bool = False) -> CompressionSched
 
 def test_names_map_module_prefix_and_torchvision_downsample(tmp_path):
     policy = load_policy(write(tmp_path, AGP_FILTERS))
-    mapped = resolve_names(policy, resnet20())
+    mapped = resolve_names(policy, distiller_resnet20())
     assert mapped["module.layer2.0.downsample.0.weight"] == "layer2.0.shortcut.0.weight"
     assert mapped["module.fc.weight"] == "fc.weight"
     assert policy.instances["pruners"]["fine_pruner"].params["weights"][0] == "layer3.1.conv1.weight"
@@ -174,7 +161,7 @@ def test_lr_schedulers_follow_distillers_stepping(tmp_path, cls, keys, distiller
 
 
 def test_structured_agp_filters_on_residual_streams_thin_exactly(tmp_path):
-    model = resnet20()
+    model = distiller_resnet20()
     scheduler = scheduler_for(write(tmp_path, AGP_FILTERS), model)
     for epoch in (0, 2, 4):
         scheduler.fire(epoch)
@@ -232,7 +219,7 @@ policies:
 """
     removed = {}
     for fold in ("false", "true"):
-        model = resnet20()
+        model = distiller_resnet20()
         with torch.no_grad():
             model.layer1[0].conv1.weight[:4] *= 10.0        # large filters ...
             model.layer1[0].bn1.weight[:4] = 1e-3           # ... that their BN silences
@@ -290,7 +277,7 @@ policies:
 
 
 def test_group_type_desired_sparsity_and_leader(tmp_path):
-    model = resnet20()
+    model = distiller_resnet20()
     scheduler = scheduler_for(write(tmp_path, CHANNEL_RANK), model)
     leader = model.layer1[1].conv1.weight.detach().abs().mean(dim=(0, 2, 3))
     scheduler.fire(0)
@@ -308,7 +295,7 @@ def test_filter_rank_prunes_each_conv1_at_its_own_rate(tmp_path):
     text = CHANNEL_RANK.replace(leader, "group_type: Filters\n    desired_sparsity: 0.7")
     text = text.replace("module.layer2.1.conv2.weight, module.layer2.2.conv2.weight",
                         "module.layer2.1.conv1.weight").replace("group_type: Channels", "group_type: Filters")
-    model = resnet20()
+    model = distiller_resnet20()
     scheduler = scheduler_for(write(tmp_path, text), model)
     scheduler.fire(0)
     assert {n: len(k) for n, k in scheduler.keep.items()} == {
@@ -328,7 +315,7 @@ policies:
     epochs: [0]
 """
     with pytest.raises(PolicyError, match="is also masked by pruner a"):
-        scheduler_for(write(tmp_path, text), resnet20())
+        scheduler_for(write(tmp_path, text), distiller_resnet20())
 
 
 # Distiller's examples/quantization/quant_aware_train/preact_resnet_cifar_dorefa.yaml
@@ -373,7 +360,7 @@ policies:
 def test_overrides_naming_another_model_say_which(tmp_path):
     path = write(tmp_path, DOREFA_PREACT)
     with pytest.raises(PolicyError) as err:
-        resolve_names(load_policy(path), resnet20())
+        resolve_names(load_policy(path), distiller_resnet20())
     message = str(err.value)
     assert message.startswith(f"{path}:11:7: quantizers.dorefa_quantizer.overrides.layer1.0.pre_relu: ")
     assert "Distiller's preact_resnet models" in message and "layer1.0.relu1" in message
@@ -385,7 +372,7 @@ def test_overrides_give_modules_their_bits(tmp_path):
     pattern = "'module\\.layer1\\..*relu.*':\n"
     text = text.replace(pattern + "        bits_weights: null\n        bits_activations: null",
                         pattern + "        bits_activations: 4")
-    model = resnet20()
+    model = distiller_resnet20()
     policy = load_policy(write(tmp_path, text))
     mapped = resolve_names(policy, model)
     assert mapped == {"module\\.layer1\\..*relu.*": "layer1\\..*relu.*"}
@@ -449,7 +436,7 @@ policies:
 
 
 def test_bn_slimming_threshold_zeroes_gamma_and_beta_and_thinning_removes_exactly(tmp_path):
-    model = resnet20()
+    model = distiller_resnet20()
     policy = load_policy(write(tmp_path, SLIMMING))
     resolve_names(policy, model)
     params = policy.instances["regularizers"]["Channels_groups_regularizer"].params
@@ -492,7 +479,7 @@ policies:
     ending_epoch: 2
     frequency: 1
 """
-    model = resnet20()
+    model = distiller_resnet20()
     policy = load_policy(write(tmp_path, text))
     resolve_names(policy, model)
     with torch.no_grad():
@@ -553,7 +540,7 @@ policies:
   - pruner: {instance_name: sens}
     epochs: [0]
 """
-    model = resnet20()
+    model = distiller_resnet20()
     weight = model.layer2[0].conv1.weight.detach().clone()
     scheduler = scheduler_for(write(tmp_path, text), model)
     scheduler.fire(0)

@@ -135,9 +135,9 @@ def outputs_with_files(root: Path, source: Path) -> Path:
 
 def run_worker(mode: str, *args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(REPO / "tests" / "fault_worker.py"), mode, *args],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    worker = REPO / "tests" / "workers" / "fault_worker.py"
+    return subprocess.Popen([sys.executable, str(worker), mode, *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 # -- the entry-script runs, started together -------------------------------------------------

@@ -18,7 +18,7 @@ from learners.launch import run
 from nets import resnet_at_digits
 from nets.registry import build_from_spec, net_spec
 from tests.conftest import digits_helper
-from tests.test_learners import flag_values
+from tests.conftest import flag_values
 from utils.config import ConfigError
 from utils.lrn_rate import TriangularLr
 from compression.artifacts import load_model

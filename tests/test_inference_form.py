@@ -1,4 +1,4 @@
-"""compression.surgery.inference.fold_batchnorm on user-style nets (tests/zoo_nets.py: concatenations,
+"""compression.surgery.inference.fold_batchnorm on user-style nets (tests/zoo/nets.py: concatenations,
 squeeze-and-excitation, grouped convs, a DenseNet block, 1-D convs, a channel split with a
 transposed conv), unpruned and thinned (gathers and scatters): the same eval outputs, fewer
 BatchNorm modules, and every BN that could not be folded left as it was."""
@@ -13,8 +13,7 @@ from torch import nn
 from compression.surgery.picks import is_gather, is_scatter
 from compression.surgery.inference import fold_batchnorm, following_bn
 from compression.surgery.thinning import mask_inputs, thin
-from tests.test_zoo import LATE_MEMBERS, _pruned
-from tests.zoo_nets import INPUT_SHAPE, ZOO
+from tests.zoo.nets import INPUT_SHAPE, LATE_MEMBERS, ZOO, pruned
 
 NORMS = nn.modules.batchnorm._BatchNorm
 
@@ -41,7 +40,7 @@ def _check(model: nn.Module) -> nn.Module:
 
 @pytest.mark.parametrize("name", list(ZOO))
 def test_folded_nets_compute_the_same(name):
-    model, _, _ = _pruned(name)
+    model, _, _ = pruned(name)
     folded = _check(model)
     if name == "dense":              # pre-activation: every BN comes before its conv
         assert _norms(folded) == _norms(model)
@@ -51,7 +50,7 @@ def test_folded_nets_compute_the_same(name):
 
 @pytest.mark.parametrize("name", list(ZOO))
 def test_folded_thinned_nets_compute_the_same(name):
-    model, layers, keep = _pruned(name)
+    model, layers, keep = pruned(name)
     masked = copy.deepcopy(model)
     mask_inputs(masked, keep, layers)
     thinned, _ = thin(masked, layers, keep)

@@ -8,26 +8,16 @@ import os
 
 import pytest
 import torch
-from absl import flags
 
 from learners.base import Learner
 from training.distillation import DistillationCallback, distillation_loss
-from learners.launch import define_flags, run
+from learners.launch import run
 from learners.registry import learner_class, list_learners
 from training.trainer import StepState
 from nets import resnet_at_digits
 from nets.registry import net_spec
-from compression.artifacts import load_model
-from compression.artifacts import save_model
-
-
-def flag_values(tmp_path, *args: str, helper=resnet_at_digits.ModelHelper) -> dict:
-    fv = flags.FlagValues()
-    define_flags(fv, helper)
-    fv(["prog", f"--save_path={tmp_path}/ckpt/model.ckpt",
-        f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=", "--report_latency=false",
-        *args])
-    return fv.flag_values_dict()
+from compression.artifacts import load_model, save_model
+from tests.conftest import flag_values
 
 
 # -- registry ------------------------------------------------------------------------------

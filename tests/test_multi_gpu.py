@@ -6,32 +6,17 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
-from utils.multi_gpu_wrapper import horovod_available
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# CI builds Horovod and sets PF_REQUIRE_HOROVOD=1, so there its tests fail instead of skipping
-needs_horovod = pytest.mark.skipif(
-    not horovod_available() and not os.environ.get("PF_REQUIRE_HOROVOD"),
-    reason="Horovod not installed (scripts/install_horovod.sh)")
-BACKENDS = ["torch", pytest.param("horovod", marks=[needs_horovod, pytest.mark.horovod])]
-
-
-def launch(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": ROOT, "PYTHON": sys.executable, **(env or {})}
-    return subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_local.sh"), *args],
-                          cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+from tests.conftest import BACKENDS, REPO, digits_run, run_local
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_rank0_decision_reaches_every_rank(backend, tmp_path):
-    proc = launch("tests/mgw_worker.py", "-n=2", "broadcast", f"--mgw_backend={backend}",
-                  timeout=120, env={"PF_RESULT_DIR": str(tmp_path)})
+    proc = run_local("tests/workers/mgw_worker.py", "-n=2", "broadcast", f"--mgw_backend={backend}",
+                     timeout=120, env={"PF_RESULT_DIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.load(open(tmp_path / name)) for name in sorted(os.listdir(tmp_path))]
     assert [r["rank"] for r in ranks] == [0, 1]
@@ -47,7 +32,7 @@ def test_rank0_decision_reaches_every_rank(backend, tmp_path):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_dying_rank_stops_the_job(backend, how):
     start = time.monotonic()
-    proc = launch("tests/mgw_worker.py", "-n=2", how, f"--mgw_backend={backend}", timeout=90)
+    proc = run_local("tests/workers/mgw_worker.py", "-n=2", how, f"--mgw_backend={backend}", timeout=90)
     elapsed = time.monotonic() - start
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
@@ -57,7 +42,7 @@ def test_a_dying_rank_stops_the_job(backend, how):
 
 
 def test_zero_processes_is_refused():
-    proc = launch("nets/resnet_at_digits_run.py", "-n=0", timeout=30)
+    proc = run_local("nets/resnet_at_digits_run.py", "-n=0", timeout=30)
     assert proc.returncode == 2
     assert "-n must be a positive integer" in proc.stderr
 
@@ -66,8 +51,8 @@ def test_horovod_backend_without_horovod_is_refused(tmp_path):
     fake = tmp_path / "horovod"
     fake.mkdir()
     (fake / "__init__.py").write_text("raise ImportError('no horovod here')\n")
-    proc = launch("tests/mgw_worker.py", "-n=2", "broadcast", "--mgw_backend=horovod",
-                  env={"PYTHONPATH": f"{tmp_path}:{ROOT}"}, timeout=30)
+    proc = run_local("tests/workers/mgw_worker.py", "-n=2", "broadcast", "--mgw_backend=horovod",
+                     env={"PYTHONPATH": f"{tmp_path}:{REPO}"}, timeout=30)
     assert proc.returncode == 2
     assert "Horovod is not installed" in proc.stderr
     assert "--mgw_backend=torch" in proc.stderr
@@ -78,26 +63,16 @@ def test_port_in_use_is_refused():
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        proc = launch("tests/mgw_worker.py", "-n=2", "broadcast", "--mgw_backend=torch",
-                      env={"MASTER_PORT": str(port)}, timeout=30)
+        proc = run_local("tests/workers/mgw_worker.py", "-n=2", "broadcast", "--mgw_backend=torch",
+                         env={"MASTER_PORT": str(port)}, timeout=30)
     assert proc.returncode == 2
     assert f"port {port}" in proc.stderr and "already in use" in proc.stderr
 
 
-def _digits_run(tmp_path, nprocs: int, backend: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
-    proc = launch("nets/resnet_at_digits_run.py", f"-n={nprocs}", f"--mgw_backend={backend}",
-                  f"--save_path={tmp_path}/ckpt/model.ckpt",
-                  f"--save_path_eval={tmp_path}/eval/model.ckpt", f"--log_dir={tmp_path}/tb",
-                  "--report_latency=false", *extra, timeout=900)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    with open(tmp_path / "eval" / "report.json") as handle:
-        return proc, json.load(handle)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_process_training_only_rank0_writes(tmp_path, backend):
-    proc, report = _digits_run(tmp_path, 2, backend, "--nb_epochs_rat=0.1", "--batch_size=32",
-                               "--save_step=20", "--summ_step=10")
+    proc, report = digits_run(tmp_path, 2, backend, "--nb_epochs_rat=0.1", "--batch_size=32",
+                              "--save_step=20", "--summ_step=10")
     assert "parameters identical on all 2 ranks" in proc.stdout
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["model.ckpt"]
     assert len(glob.glob(str(tmp_path / "tb" / "**" / "events.out.tfevents*"), recursive=True)) == 1
@@ -109,8 +84,8 @@ def test_two_process_training_only_rank0_writes(tmp_path, backend):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_processes_match_one_process_accuracy(tmp_path, backend):
-    _, single = _digits_run(tmp_path / "one", 1, backend, "--batch_size=64")
-    _, double = _digits_run(tmp_path / "two", 2, backend, "--batch_size=32")
+    _, single = digits_run(tmp_path / "one", 1, backend, "--batch_size=64")
+    _, double = digits_run(tmp_path / "two", 2, backend, "--batch_size=32")
     print(f"{backend}: 1 process {single['accuracy']['full']:.4f}, "
           f"2 processes {double['accuracy']['full']:.4f}")
     assert abs(single["accuracy"]["full"] - double["accuracy"]["full"]) <= 0.01
@@ -119,15 +94,15 @@ def test_two_processes_match_one_process_accuracy(tmp_path, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_weight_sparse_search_on_rank0_two_processes(tmp_path, backend):
     """The DDPG search runs on rank 0 alone; both ranks fine-tune with the same exact masks."""
-    proc = launch("nets/resnet_at_digits_run.py", "-n=2", f"--mgw_backend={backend}",
-                  "--learner=weight-sparse", f"--save_path={tmp_path}/ckpt/model.ckpt",
-                  f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
-                  "--report_latency=false", "--nb_epochs_rat=0.05", "--batch_size=32",
-                  "--image_size=8", "--summ_step=10", "--ws_prune_ratio=0.8",
-                  "--ws_prune_ratio_prtl=optimal", "--ws_nb_rlouts=2", "--ws_nb_rlouts_min=1",
-                  "--ws_nb_iters_ft=2", "--ws_nb_iters_rg=2", "--ws_nb_iters_feval=1",
-                  f"--ws_save_path={tmp_path}/ws/model.ckpt",
-                  f"--ws_save_path_eval={tmp_path}/ws_eval/model.ckpt", timeout=600)
+    proc = run_local("nets/resnet_at_digits_run.py", "-n=2", f"--mgw_backend={backend}",
+                     "--learner=weight-sparse", f"--save_path={tmp_path}/ckpt/model.ckpt",
+                     f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
+                     "--report_latency=false", "--nb_epochs_rat=0.05", "--batch_size=32",
+                     "--image_size=8", "--summ_step=10", "--ws_prune_ratio=0.8",
+                     "--ws_prune_ratio_prtl=optimal", "--ws_nb_rlouts=2", "--ws_nb_rlouts_min=1",
+                     "--ws_nb_iters_ft=2", "--ws_nb_iters_rg=2", "--ws_nb_iters_feval=1",
+                     f"--ws_save_path={tmp_path}/ws/model.ckpt",
+                     f"--ws_save_path_eval={tmp_path}/ws_eval/model.ckpt", timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "finetune: parameters identical on all 2 ranks" in proc.stdout
     assert len(re.findall(r"roll-out 2/2", proc.stdout)) == 1          # searched once
@@ -143,12 +118,12 @@ def test_weight_sparse_search_on_rank0_two_processes(tmp_path, backend):
 ])
 def test_quantization_learners_on_two_processes(tmp_path, learner, extra):
     prefix = "uql" if learner == "uniform" else "nuql"
-    proc = launch("nets/resnet_at_digits_run.py", "-n=2", "--mgw_backend=torch",
-                  f"--learner={learner}", f"--save_path={tmp_path}/ckpt/model.ckpt",
-                  f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
-                  "--report_latency=false", "--nb_epochs_rat=0.05", "--batch_size=32",
-                  "--image_size=8", "--summ_step=10", f"--{prefix}_save_path={tmp_path}/q/m.ckpt",
-                  f"--{prefix}_save_path_eval={tmp_path}/q_eval/m.ckpt", *extra, timeout=600)
+    proc = run_local("nets/resnet_at_digits_run.py", "-n=2", "--mgw_backend=torch",
+                     f"--learner={learner}", f"--save_path={tmp_path}/ckpt/model.ckpt",
+                     f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
+                     "--report_latency=false", "--nb_epochs_rat=0.05", "--batch_size=32",
+                     "--image_size=8", "--summ_step=10", f"--{prefix}_save_path={tmp_path}/q/m.ckpt",
+                     f"--{prefix}_save_path_eval={tmp_path}/q_eval/m.ckpt", *extra, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "finetune: parameters identical on all 2 ranks" in proc.stdout
     with open(tmp_path / "q_eval" / "report.json") as handle:
@@ -178,15 +153,15 @@ def test_quantization_learners_on_two_processes(tmp_path, learner, extra):
 def test_channel_learners_on_two_processes(tmp_path, learner, extra):
     """Counts (and any search) decided once on rank 0; both ranks fine-tune the same thinned
     model."""
-    proc = launch("nets/resnet_at_digits_run.py", "-n=2", "--mgw_backend=torch",
-                  f"--learner={learner}", f"--save_path={tmp_path}/ckpt/model.ckpt",
-                  f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
-                  "--report_latency=false", "--nb_epochs_rat=0.05", "--batch_size=32",
-                  "--image_size=8", "--summ_step=10",
-                  f"--{PREFIXES[learner]}_save_path={tmp_path}/c/m.ckpt",
-                  f"--{PREFIXES[learner]}_save_path_eval={tmp_path}/c_eval/m.ckpt",
-                  f"--{PREFIXES[learner]}_save_path_ws={tmp_path}/c_ws/m.ckpt", *extra,
-                  timeout=600)
+    proc = run_local("nets/resnet_at_digits_run.py", "-n=2", "--mgw_backend=torch",
+                     f"--learner={learner}", f"--save_path={tmp_path}/ckpt/model.ckpt",
+                     f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
+                     "--report_latency=false", "--nb_epochs_rat=0.05", "--batch_size=32",
+                     "--image_size=8", "--summ_step=10",
+                     f"--{PREFIXES[learner]}_save_path={tmp_path}/c/m.ckpt",
+                     f"--{PREFIXES[learner]}_save_path_eval={tmp_path}/c_eval/m.ckpt",
+                     f"--{PREFIXES[learner]}_save_path_ws={tmp_path}/c_ws/m.ckpt", *extra,
+                     timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "finetune: parameters identical on all 2 ranks" in proc.stdout
     assert len(re.findall(r"roll-out 2/2", proc.stdout)) <= 1          # searched once at most
@@ -209,7 +184,7 @@ def test_chain_on_two_processes(tmp_path):
     same artifact, fine-tunes identically, and rank 0 alone writes and checks the ONNX file."""
     from learners.launch import run
     from nets import resnet_at_digits
-    from tests.test_learners import flag_values
+    from tests.conftest import flag_values
 
     start = flag_values(tmp_path, "--learner=chn-pruned-rmt", "--image_size=8",
                         "--nb_epochs_rat=0.05", "--cpr_nb_smpls=64", "--export_format=none",
@@ -217,14 +192,14 @@ def test_chain_on_two_processes(tmp_path):
                         f"--cpr_save_path_eval={tmp_path}/cpr_eval/m.ckpt",
                         f"--cpr_save_path_ws={tmp_path}/cpr_ws/m.ckpt")
     thinned = run(resnet_at_digits.ModelHelper, start)
-    proc = launch("nets/resnet_at_digits_run.py", "-n=2", "--mgw_backend=torch",
-                  "--learner=non-uniform", "--enbl_warm_start",
-                  f"--warm_start_path={tmp_path}/cpr_eval/m.ckpt", "--nuql_weight_bits=4",
-                  f"--save_path={tmp_path}/ckpt/model.ckpt",
-                  f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
-                  "--report_latency=false", "--nb_epochs_rat=0.05", "--batch_size=32",
-                  "--image_size=8", "--export_format=onnx", f"--nuql_save_path={tmp_path}/q/m.ckpt",
-                  f"--nuql_save_path_eval={tmp_path}/q_eval/m.ckpt", timeout=600)
+    proc = run_local("nets/resnet_at_digits_run.py", "-n=2", "--mgw_backend=torch",
+                     "--learner=non-uniform", "--enbl_warm_start",
+                     f"--warm_start_path={tmp_path}/cpr_eval/m.ckpt", "--nuql_weight_bits=4",
+                     f"--save_path={tmp_path}/ckpt/model.ckpt",
+                     f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
+                     "--report_latency=false", "--nb_epochs_rat=0.05", "--batch_size=32",
+                     "--image_size=8", "--export_format=onnx", f"--nuql_save_path={tmp_path}/q/m.ckpt",
+                     f"--nuql_save_path_eval={tmp_path}/q_eval/m.ckpt", timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "finetune: parameters identical on all 2 ranks" in proc.stdout
     assert len(re.findall(r"onnx fp32 .*q_eval/m\.onnx", proc.stdout)) == 1  # rank 0 only
@@ -237,13 +212,13 @@ def test_chain_on_two_processes(tmp_path):
 
 def test_gate_decorator_on_two_processes(tmp_path):
     """Ticks on rank 0 (gates broadcast), tocks and fine-tuning on both ranks."""
-    proc = launch("nets/resnet_at_digits_run.py", "-n=2", "--mgw_backend=torch",
-                  "--learner=gate-decorator", f"--save_path={tmp_path}/ckpt/model.ckpt",
-                  f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
-                  "--report_latency=false", "--nb_epochs_rat=0.05", "--batch_size=32",
-                  "--image_size=8", "--summ_step=10", "--gd_tick_nb_batches=2", "--gd_t=3",
-                  "--gd_p=0.05", "--gd_tock_epoch=0.1", f"--gd_save_path={tmp_path}/g/m.ckpt",
-                  f"--gd_save_path_eval={tmp_path}/g_eval/m.ckpt", timeout=600)
+    proc = run_local("nets/resnet_at_digits_run.py", "-n=2", "--mgw_backend=torch",
+                     "--learner=gate-decorator", f"--save_path={tmp_path}/ckpt/model.ckpt",
+                     f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
+                     "--report_latency=false", "--nb_epochs_rat=0.05", "--batch_size=32",
+                     "--image_size=8", "--summ_step=10", "--gd_tick_nb_batches=2", "--gd_t=3",
+                     "--gd_p=0.05", "--gd_tock_epoch=0.1", f"--gd_save_path={tmp_path}/g/m.ckpt",
+                     f"--gd_save_path_eval={tmp_path}/g_eval/m.ckpt", timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "tock0: parameters identical on all 2 ranks" in proc.stdout
     assert "finetune: parameters identical on all 2 ranks" in proc.stdout

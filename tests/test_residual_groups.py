@@ -16,7 +16,7 @@ from compression.selection.residual_groups import coupled_keep, residual_groups
 from compression.surgery.thinning import mask_inputs, thin
 from nets.registry import create_net
 from tests.conftest import compress_digits
-from tests.zoo_nets import INPUT_SHAPE, ZOO, randomise_bn
+from tests.zoo.nets import INPUT_SHAPE, ZOO, randomise_bn
 from utils.model_stats import count_flops
 
 SHAPE = (3, 8, 8)

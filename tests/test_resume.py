@@ -11,7 +11,7 @@ import torch
 
 from learners.launch import run
 from nets import resnet_at_digits
-from tests.test_learners import flag_values
+from tests.conftest import flag_values
 from utils.checkpoint import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

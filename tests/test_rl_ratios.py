@@ -19,8 +19,7 @@ from compression.graph.layers import analyse
 from learners.launch import run
 from nets import resnet_at_digits
 from nets.registry import create_net
-from tests.conftest import compress_digits
-from tests.test_learners import flag_values
+from tests.conftest import compress_digits, flag_values, flops_timing, half_fixed_ratio
 from utils.config import ConfigError
 from compression.artifacts import load_model
 from utils.model_stats import count_flops
@@ -67,12 +66,6 @@ def _resnet20():
     shape = (1, 8, 8)
     layers = analyse(model, shape)
     return model, layers, choose_layers(layers, True, False, []), shape
-
-
-def half_fixed_ratio(full, candidate, shape, *args, **kwargs) -> float:
-    """A deterministic stand-in for ``measured_ratio``: half the latency fixed, half
-    proportional to the FLOPs of what is timed."""
-    return 0.5 + 0.5 * count_flops(candidate, shape) / count_flops(full, shape)
 
 
 # -- the learners end to end -------------------------------------------------------------------
@@ -244,7 +237,7 @@ def test_thin_to_counts_keeps_a_share_of_every_part_of_a_concatenation():
     only it reads keeps about that share (with the first channels instead, the last dense
     layer kept 1 of its 6 outputs, and a latency budget timed a smaller model than the one
     delivered)."""
-    from tests.zoo_nets import INPUT_SHAPE, DenseNet
+    from tests.zoo.nets import INPUT_SHAPE, DenseNet
 
     model = DenseNet().eval()
     layers = analyse(model, INPUT_SHAPE)
@@ -263,23 +256,6 @@ def test_grid_steps_by_the_channel_multiple():
     assert _grid(64, True, 1) == [1, 8, 16, 24, 32, 40, 48, 56, 64]   # at most 9 points
     assert _grid(30, True, 1) == [1, 4, 8, 12, 16, 20, 24, 28, 30]
     assert _grid(64, False, 8) == [64]
-
-
-def flops_timing(monkeypatch, per_module_ms: float = 0.01) -> None:
-    """Deterministic 'timings' for the table: 1 ms per MFLOP plus a fixed cost per module (the
-    real ones are noise on a loaded machine; the table's arithmetic is what is tested here)."""
-    from compression.budget import latency as channel_latency
-
-    def time_forward(module, shape, batch_sizes=(1,), **_):
-        return {f"bs{b}": 1e-6 * count_flops(module, shape) + per_module_ms for b in batch_sizes}
-
-    def measure_latency(model, shape, batch_sizes=(1,), **_):
-        convs = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
-        return {f"bs{b}": 1e-6 * count_flops(model, shape) + per_module_ms * convs
-                for b in batch_sizes}
-
-    monkeypatch.setattr(channel_latency, "time_forward", time_forward)
-    monkeypatch.setattr(channel_latency, "measure_latency", measure_latency)
 
 
 def test_latency_table_is_exact_at_the_unpruned_model_and_allocation_meets_it(monkeypatch):

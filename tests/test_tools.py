@@ -26,8 +26,7 @@ from compression.surgery.picks import GatherConv2d, GatherLinear
 from compression.surgery.thinning import thin
 from nets import resnet_at_digits
 from nets.registry import create_net, list_nets
-from tests.conftest import REPO, finish
-from tests.test_compression import INPUT_SIZES
+from tests.conftest import INPUT_SIZES, finish, tool
 from tools.common import (ToolError, check_writable, helper_names, load_artifact, make_helper,
                           parse_shape, resolve_helper, resolve_input_shape)
 from utils.checkpoint import save_file
@@ -89,13 +88,6 @@ def thinned(tiny_pretrained, tmp_path_factory):
     path = root / "thin" / "model.ckpt"
     save_model(str(path), model, spec, saved["meta"])
     return str(path), model.eval()
-
-
-def tool(name: str, *args: str) -> subprocess.Popen:
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", f"tools.{name}", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module", autouse=True)

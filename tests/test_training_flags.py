@@ -17,8 +17,8 @@ from learners.config import LearnerConfig
 from learners.launch import run
 from nets import resnet_at_digits
 from nets.registry import create_net
-from tests.conftest import compress_digits, digits_flag_values, tiny_digits_argv
-from tests.test_multi_gpu import BACKENDS, _digits_run, launch, needs_horovod
+from tests.conftest import (BACKENDS, compress_digits, digits_flag_values, digits_run,
+                            needs_horovod, run_local, tiny_digits_argv)
 from training.distillation import DistillationCallback
 from training.trainer import Callback, Trainer
 from utils.checkpoint import load_file
@@ -252,9 +252,9 @@ def test_flags_on_two_processes(tmp_path, backend):
     flags_on = ["--amp_dtype=bfloat16", "--compile"]
     if backend == "torch":
         flags_on.append("--channels_last")
-    proc, report = _digits_run(tmp_path, 2, backend, "--nb_epochs_rat=0.1", "--batch_size=32",
-                               "--save_step=20", "--summ_step=10", "--export_format=none",
-                               *flags_on)
+    proc, report = digits_run(tmp_path, 2, backend, "--nb_epochs_rat=0.1", "--batch_size=32",
+                              "--save_step=20", "--summ_step=10", "--export_format=none",
+                              *flags_on)
     output = proc.stdout + proc.stderr
     assert "parameters identical on all 2 ranks" in output
     assert "Grad strides do not match" not in output
@@ -265,10 +265,10 @@ def test_flags_on_two_processes(tmp_path, backend):
 @needs_horovod
 @pytest.mark.horovod
 def test_channels_last_with_horovod_is_refused_before_anything_is_written(tmp_path):
-    proc = launch("nets/resnet_at_digits_run.py", "-n=2", "--mgw_backend=horovod",
-                  f"--save_path={tmp_path}/ckpt/model.ckpt",
-                  f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
-                  "--channels_last", timeout=120)
+    proc = run_local("nets/resnet_at_digits_run.py", "-n=2", "--mgw_backend=horovod",
+                     f"--save_path={tmp_path}/ckpt/model.ckpt",
+                     f"--save_path_eval={tmp_path}/eval/model.ckpt", "--log_dir=",
+                     "--channels_last", timeout=120)
     assert proc.returncode != 0
     assert ("error: --channels_last: the horovod backend needs contiguous gradients (its "
             "allreduce refuses channels_last ones); launch with --mgw_backend=torch, or run "

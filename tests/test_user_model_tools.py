@@ -1,5 +1,5 @@
-"""Every tool on a user's net registered only in a test module (``tests/user_nets.py``): the
-artifact loads once the helper's module is imported (``--helper=tests.user_nets:UserHelper``),
+"""Every tool on a user's net registered only in a test module (``tests/zoo/user_nets.py``): the
+artifact loads once the helper's module is imported (``--helper=tests.zoo.user_nets:UserHelper``),
 and without it the error says how to give it."""
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ import json
 import pytest
 
 import pocketflow_torch as pf
-from tests.test_tools import tool
-from tests.conftest import imported_for_module
+from tests.conftest import imported_for_module, tool
 
-HELPER = "--helper=tests.user_nets:UserHelper"
+HELPER = "--helper=tests.zoo.user_nets:UserHelper"
 
 
 @pytest.fixture(scope="module")
 def user_nets():
-    """``tests.user_nets`` imported (its net registered) for this module only: the registry
+    """``tests.zoo.user_nets`` imported (its net registered) for this module only: the registry
     holds the built-in nets alone again afterwards (other tests list them)."""
-    with imported_for_module("tests.user_nets") as module:
+    with imported_for_module("tests.zoo.user_nets") as module:
         yield module
 
 

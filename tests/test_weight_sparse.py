@@ -15,7 +15,7 @@ from learners.launch import run
 from learners.weight_sparse.config import WsConfig
 from nets import resnet_at_digits
 from tests.conftest import compress_digits
-from tests.test_learners import flag_values
+from tests.conftest import flag_values
 from utils.config import ConfigError, from_flag_dict
 
 

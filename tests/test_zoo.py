@@ -1,4 +1,4 @@
-"""Channel pruning on user-style nets defined only in tests/zoo_nets.py: concatenated
+"""Channel pruning on user-style nets defined only in tests/zoo/nets.py: concatenated
 branches, squeeze-and-excitation, grouped convs, a DenseNet block, 1-D convs, channel split
 with a transposed conv. Thinning must be exact, count its FLOPs like torch's flop counter,
 leave no output channel that nothing reads, and export no larger than the unpruned net."""
@@ -17,38 +17,20 @@ from compression.graph import pruners as layer_pruners
 import pocketflow_torch as pf
 from compression.artifacts import build_model, load_model
 from compression.budget.flops import ChannelFlops
-from compression.graph.layers import choose_layers
 from compression.graph.layers import analyse
 from compression.graph.pruners import ChannelwisePruner, register_pruner
 from compression.surgery.thinning import gathers_as_matrices, mask_inputs, thin
-from tests.test_tools import tool
 from compression.surgery.dead_channels import unread_outputs
 from compression.surgery.unread import WRITERS, wasted_flops
-from tests.zoo_nets import INPUT_SHAPE, ZOO, randomise_bn, unread_channels
+from tests.zoo.nets import INPUT_SHAPE, LATE_MEMBERS, ZOO, pruned, unread_channels
 from utils.model_io import module_spec
 from utils.model_stats import count_flops, count_params
-from tests.conftest import imported_for_module
-
-# Residual sums whose later member writes channels that only readers BEFORE the sum keep:
-# net -> (the member's last conv, the readers after the sum). The union graph keeps them;
-# dead-channel elimination (compression.surgery.dead_channels) removes them from that member alone.
-LATE_MEMBERS = {"se": ("project.0", ["head.0"]), "conv1d": ("conv_b.0", ["down.0"])}
-
-
-def _pruned(name: str, ratio: float = 0.5, seed: int = 1):
-    torch.manual_seed(0)
-    model = ZOO[name]().eval()
-    randomise_bn(model)
-    layers = analyse(model, INPUT_SHAPE)
-    gen = torch.Generator().manual_seed(seed)
-    keep = {layer.name: torch.randperm(layer.in_channels, generator=gen)[
-        :max(1, int(layer.in_channels * ratio))] for layer in choose_layers(layers, True, False, [])}
-    return model, layers, keep
+from tests.conftest import flops_timing, half_fixed_ratio, imported_for_module, tool
 
 
 @pytest.mark.parametrize("name", list(ZOO))
 def test_thinning_is_exact_and_counted(name):
-    model, layers, keep = _pruned(name)
+    model, layers, keep = pruned(name)
     masked = copy.deepcopy(model)
     mask_inputs(masked, keep, layers)
     spec = module_spec(model)
@@ -79,7 +61,7 @@ def test_thinning_is_exact_and_counted(name):
 
 @pytest.mark.parametrize("name", list(ZOO))
 def test_no_output_channel_is_left_unread(name):
-    model, layers, keep = _pruned(name)
+    model, layers, keep = pruned(name)
     assert unread_channels(model, INPUT_SHAPE) == {}
     thinned, _ = thin(model, layers, keep)
     assert unread_channels(thinned, INPUT_SHAPE) == {} == unread_outputs(thinned, INPUT_SHAPE)
@@ -137,12 +119,12 @@ def test_graph_patterns_of_the_zoo():
 
 
 def test_concat_and_se_shrink_their_producers():
-    model, layers, _ = _pruned("inception")
+    model, layers, _ = pruned("inception")
     keep = {"mix.0": torch.tensor([0, 1, 2, 10, 11, 23])}    # b1: 0-7, b2: 8-19, b3: 20-23
     thinned, _ = thin(model, layers, keep)
     assert thinned.b1[0].out_channels == 3 and thinned.b2[1][0].out_channels == 2
     assert thinned.b3[1][0].out_channels == 1 and thinned.mix[0].in_channels == 6
-    model, layers, _ = _pruned("se")
+    model, layers, _ = pruned("se")
     keep = {"project.0": torch.arange(0, 32, 4)}
     thinned, _ = thin(model, layers, keep)
     assert thinned.expand[0].out_channels == thinned.dw[0].groups == 8
@@ -154,7 +136,7 @@ def test_exports_are_no_larger_than_the_unpruned(name, tmp_path):
     pytest.importorskip("onnxruntime")
     from deployment.onnx_export import export_onnx, onnx_max_abs_diff
 
-    model, layers, keep = _pruned(name, ratio=0.75)
+    model, layers, keep = pruned(name, ratio=0.75)
     thinned, _ = thin(model, layers, keep)
     sizes = {}
     x = torch.randn(3, *INPUT_SHAPE)
@@ -245,8 +227,8 @@ CHANNEL_LEARNERS = {
 
 @pytest.fixture(scope="module")
 def zoo_helpers():
-    """``tests.zoo_helpers`` imported (the zoo nets registered) for this module only."""
-    with imported_for_module("tests.zoo_helpers") as module:
+    """``tests.zoo.helpers`` imported (the zoo nets registered) for this module only."""
+    with imported_for_module("tests.zoo.helpers") as module:
         yield module
 
 
@@ -290,7 +272,6 @@ def test_the_search_with_residual_groups_on_every_zoo_net(name, budget, zoo_full
     in ONNX. Latency is a deterministic stand-in (half fixed, half the FLOPs of what is timed):
     these nets are too small for timings to rank strategies."""
     import compression.budget.strategy as strategy_module
-    from tests.test_rl_ratios import flops_timing, half_fixed_ratio
 
     flops_timing(monkeypatch)
     monkeypatch.setattr(strategy_module, "measured_ratio", half_fixed_ratio)
@@ -325,7 +306,7 @@ def test_every_tool_on_a_pruned_zoo_net(name, zoo_full):
     result = pf.compress(helper_cls(), learner="chn-pruned-rmt", out_dir=str(root / name / "tools"),
                          full_model=artifact, report_latency=False, export_format="none")
     model, out = result.artifact, root / name / "tools"
-    helper = f"--helper=tests.zoo_helpers:{helper_cls.__name__}"
+    helper = f"--helper=tests.zoo.helpers:{helper_cls.__name__}"
     procs = {
         "summary": tool("summary", f"--model={model}", helper, f"--csv={out / 's.csv'}"),
         "draw": tool("draw", f"--model={model}", helper, f"--out={out / 'm.dot'}", "--formats="),

@@ -1,12 +1,12 @@
-"""The zoo nets (tests/zoo_nets.py) registered as ``zoo_<name>`` with one ModelHelper each
-(``--helper=tests.zoo_helpers:InceptionHelper``...), on the digits at 8x8 like the user
-helper of ``tests/user_nets.py``. Imported only by the tests that need them, which restore
+"""The zoo nets (tests/zoo/nets.py) registered as ``zoo_<name>`` with one ModelHelper each
+(``--helper=tests.zoo.helpers:InceptionHelper``...), on the digits at 8x8 like the user
+helper of ``tests/zoo/user_nets.py``. Imported only by the tests that need them, which restore
 the net registry afterwards (``tests.conftest.imported_for_module``)."""
 from __future__ import annotations
 
 from nets.registry import net_spec, register_net
-from tests.user_nets import UserHelper
-from tests.zoo_nets import ZOO
+from tests.zoo.user_nets import UserHelper
+from tests.zoo.nets import ZOO
 
 
 class ZooHelper(UserHelper):

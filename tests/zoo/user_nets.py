@@ -1,5 +1,5 @@
 """A user's own net and ModelHelper, defined only here (not in nets/): the tools and learners
-must work with them given ``--helper=tests.user_nets:UserHelper``."""
+must work with them given ``--helper=tests.zoo.user_nets:UserHelper``."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,7 +1,7 @@
 """The digits entry script (nets/resnet_at_digits_run.py) with one injected fault, for
 tests/test_fault_injection.py.
 
-    python tests/fault_worker.py <mode> [--flag=value ...]
+    python tests/workers/fault_worker.py <mode> [--flag=value ...]
 
 Modes:
   ``kill-in-save:N``  the N-th ``torch.save`` of the run writes half of its bytes into the temp

@@ -1,12 +1,14 @@
 """User-style nets defined only in the tests (not registered anywhere), and the probe that
 counts output channels nobody reads. Each net exercises a graph pattern the channel graph
 must follow: concatenated branches, squeeze-and-excitation, grouped convs, a DenseNet block,
-1-D convs, channel split / transposed conv."""
+1-D convs, channel split / transposed conv. Also: ``pruned`` (a zoo net with a random keep),
+``LATE_MEMBERS`` (the residual members dead-channel elimination shrinks) and ``UserNet``."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from compression.graph.layers import analyse, choose_layers
 from compression.surgery.unread import unread_channels  # noqa: F401  (the tests' probe)
 
 
@@ -157,6 +159,7 @@ ZOO = {"inception": InceptionNet, "se": SENet, "grouped": GroupedNet, "dense": D
        "conv1d": Conv1dNet, "split": SplitNet}
 INPUT_SHAPE = (1, 8, 8)
 
+
 def randomise_bn(model: nn.Module, seed: int = 7) -> None:
     gen = torch.Generator().manual_seed(seed)
     for module in model.modules():
@@ -166,3 +169,44 @@ def randomise_bn(model: nn.Module, seed: int = 7) -> None:
             module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
             module.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
             module.bias.data.copy_(torch.rand(n, generator=gen) - 0.5)
+
+
+# Residual sums whose later member writes channels that only readers BEFORE the sum keep:
+# net -> (the member's last conv, the readers after the sum). The union graph keeps them;
+# dead-channel elimination (compression.surgery.dead_channels) removes them from that member alone.
+LATE_MEMBERS = {"se": ("project.0", ["head.0"]), "conv1d": ("conv_b.0", ["down.0"])}
+
+
+def pruned(name: str, ratio: float = 0.5, seed: int = 1):
+    """Zoo net ``name`` (eval, random BN statistics), its layers and a random keep of
+    ``ratio`` of every prunable layer's inputs."""
+    torch.manual_seed(0)
+    model = ZOO[name]().eval()
+    randomise_bn(model)
+    layers = analyse(model, INPUT_SHAPE)
+    gen = torch.Generator().manual_seed(seed)
+    keep = {layer.name: torch.randperm(layer.in_channels, generator=gen)[
+        :max(1, int(layer.in_channels * ratio))] for layer in choose_layers(layers, True, False, [])}
+    return model, layers, keep
+
+
+class UserNet(nn.Module):
+    """A user's own net (3x32x32 inputs; not registered, not in ``ZOO``): concatenation,
+    depthwise conv, residual add, 1x1 head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.left = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
+        self.right = nn.Sequential(nn.Conv2d(8, 10, 1, bias=False), nn.BatchNorm2d(10), nn.ReLU())
+        self.expand = nn.Conv2d(16, 24, 1)
+        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24, bias=False)
+        self.bn = nn.BatchNorm2d(24)
+        self.pw = nn.Conv2d(24, 16, 1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.cat([self.left(x), self.right(x)], dim=1)
+        y = y + self.pw(torch.relu(self.bn(self.dw(self.expand(y)))))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
