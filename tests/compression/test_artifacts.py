@@ -27,8 +27,8 @@ from learners.config import LearnerConfig
 from nets.registry import create_net, net_spec
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SPEC = net_spec("resnet20", num_classes=10, in_channels=1)
 TABLE = REPO / "compression" / "artifacts" / "files.py"
 # a suffix spelled out, in code or prose: the copies, the float twins; quoted (code): the

@@ -1,5 +1,5 @@
 """The digits entry script (nets/resnet_at_digits_run.py) with one injected fault, for
-tests/test_fault_injection.py.
+tests/e2e/test_fault_injection.py.
 
     python tests/workers/fault_worker.py <mode> [--flag=value ...]
 

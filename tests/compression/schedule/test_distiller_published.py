@@ -3,7 +3,6 @@ Labs' Distiller examples): they run or validate unchanged on the project's ResNe
 that cannot run say why."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +14,9 @@ from compression.schedule.policy import PolicyError, load_policy
 from compression.schedule.scheduler import CompressionScheduler
 from compression.surgery.thinning import thin
 from nets.registry import build_from_spec, net_spec
-from tests.conftest import distiller_resnet20
+from tests.conftest import REPO, distiller_resnet20
 
-PUBLISHED = Path(__file__).resolve().parent / "data" / "distiller"
+PUBLISHED = REPO / "tests" / "data" / "distiller"
 
 
 def write_text(text: str) -> str:

@@ -17,8 +17,7 @@ from learners.config import LearnerConfig
 from learners.launch import run
 from nets import resnet_at_digits
 from nets.registry import create_net
-from tests.conftest import (BACKENDS, compress_digits, digits_flag_values, digits_run,
-                            needs_horovod, run_local, tiny_digits_argv)
+from tests.conftest import (compress_digits, digits_flag_values, needs_horovod, run_local, tiny_digits_argv)
 from training.distillation import DistillationCallback
 from training.trainer import Callback, Trainer
 from utils.checkpoint import load_file
@@ -241,25 +240,6 @@ def test_compile_run_checkpoints_and_distills(runs, fresh_compile, tiny_pretrain
     assert training.trainer._compile_failure is None, training.trainer._compile_failure
     assert not any("_orig_mod" in key for key in result.model.state_dict())
     assert result.report["accuracy"]["compressed"] > 0.3
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_flags_on_two_processes(tmp_path, backend):
-    """2 processes, gloo: the flags together train and the replicas agree; with torchrun (DDP)
-    its gradient buckets match the channels_last strides (no stride warning); Horovod, which
-    refuses channels_last gradients, runs the other two."""
-    flags_on = ["--amp_dtype=bfloat16", "--compile"]
-    if backend == "torch":
-        flags_on.append("--channels_last")
-    proc, report = digits_run(tmp_path, 2, backend, "--nb_epochs_rat=0.1", "--batch_size=32",
-                              "--save_step=20", "--summ_step=10", "--export_format=none",
-                              *flags_on)
-    output = proc.stdout + proc.stderr
-    assert "parameters identical on all 2 ranks" in output
-    assert "Grad strides do not match" not in output
-    assert "torch.compile failed" not in output
-    assert report["accuracy"]["full"] > 0.5
 
 
 @needs_horovod

@@ -11,10 +11,10 @@ import torch
 
 from learners.launch import run
 from nets import resnet_at_digits
-from tests.conftest import flag_values
+from tests.conftest import REPO, flag_values
 from utils.checkpoint import load_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 ARGS = ("--nb_epochs_rat=0.1", "--save_step=10", "--summ_step=10", "--seed=3")
 
 

@@ -24,8 +24,9 @@ from compression.artifacts import save_model
 from deployment.runners import time_runners
 from utils.model_stats import measure_latencies, time_side_by_side
 from utils.multi_gpu_wrapper import SingleProcess
+from tests.conftest import REPO as REPO_PATH
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(REPO_PATH)
 
 
 def helper(size: int = 8):

@@ -7,13 +7,15 @@ import sys
 
 import pytest
 
+from tests.conftest import REPO
 from utils import malloc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 PROBE = """
 import json, resource, torch
 from torch import nn
 from utils.malloc import tune_malloc
+from tests.conftest import REPO
 result = tune_malloc()
 torch.set_num_threads(1)
 net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),

@@ -137,7 +137,8 @@ def test_uniform_tf_ends_in_a_real_int8_program(tmp_path, tiny_pretrained):
     int8 = report["int8"]
     assert int8["bytes"] < 0.35 * int8["fp32_bytes"]                   # int8 weights
     # XNNPACK's integer requantization vs the float reference: flips of one step add up over
-    # 20 layers (see tests/test_int8_qat.py for the per-op check). 0.92 measured; it was ~0.3
+    # 20 layers (see tests/compression/quantization/test_int8_qat.py for the per-op check).
+    # 0.92 measured; it was ~0.3
     # before the weights' zero points were kept at 0 (compression.quantization.int8_qat._qat_config)
     assert int8["within_one_step_of_converted"] >= 0.85
     # the int8 program classifies like the QAT model it came from (359 test images)

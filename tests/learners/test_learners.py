@@ -110,11 +110,3 @@ def test_full_prec_smoke_writes_artifact_and_report(tmp_path):
     assert report["accuracy"]["full"] > 0.5           # 3 epochs already learn something
     model, _ = load_model(values["save_path_eval"])
     assert sum(p.numel() for p in model.parameters()) == 272186
-
-
-@pytest.mark.slow
-def test_full_prec_digits_reaches_97_percent(tmp_path):
-    report = run(resnet_at_digits.ModelHelper, flag_values(tmp_path))
-    print(f"full-prec digits accuracy: {report['accuracy']['full']:.4f}, "
-          f"wall {report['wall_s']['train']:.0f} s")
-    assert report["accuracy"]["full"] >= 0.97

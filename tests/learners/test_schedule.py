@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,13 +17,12 @@ from compression.schedule.scheduler import CompressionScheduler
 from compression.surgery.thinning import thin
 from learners.schedule.learner import _bake_masks
 from nets.registry import build_from_spec, net_spec
-from tests.conftest import finish, start_entry
+from tests.conftest import REPO, finish, start_entry
 from tests.conftest import compress_digits, digits_helper
 from compression.artifacts import load_quantized_model
 from utils.config import ConfigError
 from compression.artifacts import load_model
 
-REPO = Path(__file__).resolve().parents[1]
 POLICIES = REPO / "examples" / "policies"
 AGP_WEIGHTS = ["layer1.0.conv1.weight", "layer2.1.conv2.weight", "layer3.0.shortcut.0.weight", "fc.weight"]
 

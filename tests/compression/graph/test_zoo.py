@@ -5,7 +5,6 @@ leave no output channel that nothing reads, and export no larger than the unprun
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 
@@ -14,8 +13,7 @@ import torch
 from torch import nn
 
 from compression.graph import pruners as layer_pruners
-import pocketflow_torch as pf
-from compression.artifacts import build_model, load_model
+from compression.artifacts import build_model
 from compression.budget.flops import ChannelFlops
 from compression.graph.layers import analyse
 from compression.graph.pruners import ChannelwisePruner, register_pruner
@@ -25,7 +23,6 @@ from compression.surgery.unread import WRITERS, wasted_flops
 from tests.zoo.nets import INPUT_SHAPE, LATE_MEMBERS, ZOO, pruned, unread_channels
 from utils.model_io import module_spec
 from utils.model_stats import count_flops, count_params
-from tests.conftest import flops_timing, half_fixed_ratio, imported_for_module, tool
 
 
 @pytest.mark.parametrize("name", list(ZOO))
@@ -213,122 +210,3 @@ def test_an_unregistered_torch_layer_is_named_and_kept_whole(caplog):
     assert "rnn: RNN (no pruner registered; registered:" in caplog.text
     thinned, _ = thin(WithLstm(), list(layers.values()), {"fc": torch.tensor([0, 2])})
     assert thinned.conv.out_channels == 6
-
-
-# -- every channel learner and every tool on every zoo net (slow) ---------------------------
-CHANNEL_LEARNERS = {
-    "channel": {"nb_rlouts": 2, "nb_rlouts_min": 1, "preserve_ratio": 0.8},
-    "chn-pruned-gpu": {},
-    "chn-pruned-rmt": {},
-    "dis-chn-pruned": {"nb_iters_block": 20, "nb_iters_layer": 5, "nb_batches": 2},
-    "gate-decorator": {"tock_epoch": 0.2, "t": 3, "preserve_ratio": 0.7},
-}
-
-
-@pytest.fixture(scope="module")
-def zoo_helpers():
-    """``tests.zoo.helpers`` imported (the zoo nets registered) for this module only."""
-    with imported_for_module("tests.zoo.helpers") as module:
-        yield module
-
-
-@pytest.fixture(scope="module")
-def zoo_full(zoo_helpers, tmp_path_factory):
-    """net -> (helper, trained full model artifact, its report)."""
-    root = tmp_path_factory.mktemp("zoo")
-    out = {}
-    for name, helper_cls in zoo_helpers.HELPERS.items():
-        result = pf.compress(helper_cls(), learner="full-prec", out_dir=str(root / name),
-                             report_latency=False)
-        out[name] = (helper_cls, result.artifact, result.report)
-    return root, out
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("learner", list(CHANNEL_LEARNERS))
-@pytest.mark.parametrize("name", list(ZOO))
-def test_every_channel_learner_on_every_zoo_net(name, learner, zoo_full):
-    root, full = zoo_full
-    helper_cls, artifact, full_report = full[name]
-    result = pf.compress(helper_cls(), learner=learner, out_dir=str(root / name / learner),
-                         full_model=artifact, report_latency=False, **CHANNEL_LEARNERS[learner])
-    report = result.report
-    model, _ = load_model(result.artifact)
-    assert report["flops"]["compressed"] == count_flops(model, INPUT_SHAPE)
-    assert report["flops"]["compressed"] < report["flops"]["full"]
-    assert unread_channels(model, INPUT_SHAPE) == {}
-    assert report["dead_channels"]["unread_channels"] == 0
-    assert report["onnx"]["parity_ok"] and report["onnx"]["bytes"] <= full_report["onnx"]["bytes"]
-    assert report["accuracy"]["compressed"] >= 0.1 * report["accuracy"]["full"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("budget", ["flops", "latency"])
-@pytest.mark.parametrize("name", list(ZOO))
-def test_the_search_with_residual_groups_on_every_zoo_net(name, budget, zoo_full, monkeypatch):
-    """chn-pruned-rmt's DDPG search with ``prune_residual`` under a FLOPs or a latency budget
-    on nets with concatenations, SE gates, grouped convs, dense blocks, 1-D convs and splits:
-    the budget holds, every group's readers keep the group's count, the thinned model is exact
-    in ONNX. Latency is a deterministic stand-in (half fixed, half the FLOPs of what is timed):
-    these nets are too small for timings to rank strategies."""
-    import compression.budget.strategy as strategy_module
-
-    flops_timing(monkeypatch)
-    monkeypatch.setattr(strategy_module, "measured_ratio", half_fixed_ratio)
-    root, full = zoo_full
-    helper_cls, artifact, _ = full[name]
-    latency = {"budget_type": "latency", "preserve_ratio": 0.8, "min_preserve_ratio": 0.25,
-               "channel_multiple": 1} if budget == "latency" else {"preserve_ratio": 0.6}
-    result = pf.compress(helper_cls(), learner="chn-pruned-rmt", report_latency=False,
-                         out_dir=str(root / name / f"search_{budget}"), full_model=artifact,
-                         prune_residual=True, prune_ratio_prtl="optimal", nb_rlouts=3,
-                         nb_rlouts_min=2, rl_nb_batches=1, nb_rerank=1, rerank_ft_steps=2,
-                         nb_iters_feval=1, ddpg_batch_size=8, **latency)
-    report = result.report
-    model, _ = load_model(result.artifact)
-    assert report["flops"]["compressed"] == count_flops(model, INPUT_SHAPE)
-    if budget == "flops":
-        assert report["search"]["flops_ratio"] <= 0.6 + 1e-9
-    else:     # the strategy's architecture is an estimate where readers share a concatenation
-        assert report["strategy"]["latency"]["within_tolerance"]
-    kept = report["strategy"]["kept"]
-    for group in report.get("residual_groups", []):
-        assert {kept[reader][0] for reader in group["readers"]} == {group["kept"]}
-    assert unread_channels(model, INPUT_SHAPE) == {}
-    assert report["onnx"]["parity_ok"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(ZOO))
-def test_every_tool_on_a_pruned_zoo_net(name, zoo_full):
-    root, full = zoo_full
-    helper_cls, artifact, _ = full[name]
-    result = pf.compress(helper_cls(), learner="chn-pruned-rmt", out_dir=str(root / name / "tools"),
-                         full_model=artifact, report_latency=False, export_format="none")
-    model, out = result.artifact, root / name / "tools"
-    helper = f"--helper=tests.zoo.helpers:{helper_cls.__name__}"
-    procs = {
-        "summary": tool("summary", f"--model={model}", helper, f"--csv={out / 's.csv'}"),
-        "draw": tool("draw", f"--model={model}", helper, f"--out={out / 'm.dot'}", "--formats="),
-        "export": tool("export_onnx", f"--model={model}", helper, f"--out={out / 'm.onnx'}"),
-        "latency": tool("latency", f"--model_a={artifact}", f"--model_b={model}", helper,
-                        "--batch_sizes=1", "--threads=1", "--warmup=1", "--repeats=2"),
-        "sensitivity": tool("sensitivity", f"--model={model}", helper, "--granularity=channel",
-                            "--ratios=0.5", "--max_batches=1", f"--output_dir={out / 'sens'}"),
-        "deploy": tool("deploy", f"--model={model}", helper, "--export_format=onnx",
-                       "--eval_batches=1", f"--out={out / 'deployed'}"),
-        "integer_only": tool("integer_only", f"--model={model}", helper, "--nb_calib_batches=1",
-                             f"--yaml={out / 'int8.yml'}"),
-    }
-    for tool_name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=600)
-        if tool_name == "integer_only" and proc.returncode == 2:
-            # a documented limit (README): a clear refusal naming the op, nothing written
-            assert stderr.startswith("error: ") and "integer-only" in stderr, stderr[-2000:]
-            assert not (out / "int8.yml").exists()
-            continue
-        assert proc.returncode == 0, (tool_name, stderr[-3000:])
-    summary = (out / "s.csv").read_text().strip().splitlines()
-    assert summary[-1].startswith("total")
-    assert json.loads(json.dumps(result.report))["flops"]["compressed"] == count_flops(
-        load_model(model)[0], INPUT_SHAPE)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -11,9 +10,7 @@ from absl import flags
 from compression.artifacts import load_model
 from compression.sparsity.masks import maskable_layers
 from compression.artifacts import load_sparse_model
-from learners.launch import run
 from learners.weight_sparse.config import WsConfig
-from nets import resnet_at_digits
 from tests.conftest import compress_digits
 from tests.conftest import flag_values
 from utils.config import ConfigError, from_flag_dict
@@ -136,17 +133,3 @@ def test_unknown_protocol_lists_the_valid_ones(tmp_path):
 def test_buffer_larger_than_the_search_is_refused():
     with pytest.raises(ConfigError, match=r"^--ws_nb_rlouts_min: must be in \[1, --ws_nb_rlouts=10\]"):
         from_flag_dict(WsConfig, {"ws_nb_rlouts": 10, "ws_nb_rlouts_min": 20}, prefix="ws")
-
-
-@pytest.mark.slow
-def test_digits_90_percent_sparse_loses_at_most_one_point(tmp_path):
-    """The issue's goal: ResNet-20 on digits at 90 % sparsity, <= 1 point below full precision."""
-    values = flag_values(tmp_path, "--learner=weight-sparse", "--ws_prune_ratio=0.9",
-                         f"--ws_save_path={tmp_path}/ws/model.ckpt",
-                         f"--ws_save_path_eval={tmp_path}/ws_eval/model.ckpt")
-    report = run(resnet_at_digits.ModelHelper, values)
-    print(f"full {report['accuracy']['full']:.4f} -> 90 % sparse "
-          f"{report['accuracy']['compressed']:.4f}")
-    assert report["sparsity"]["zeros"] == round(0.9 * report["sparsity"]["numel"])
-    assert report["accuracy"]["compressed"] >= report["accuracy"]["full"] - 0.01
-    assert math.isclose(report["sparsity"]["sparsity"], 0.9, abs_tol=1e-5)

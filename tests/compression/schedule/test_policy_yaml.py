@@ -10,8 +10,8 @@ from compression.schedule.policy import PolicyError, check_epochs, load_policy
 from compression.schedule.scheduler import CompressionScheduler
 from nets.registry import build_from_spec, net_spec
 from utils.config import ConfigError
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples" / "policies").glob("*.yaml"))
 
 AGP = """version: 1
