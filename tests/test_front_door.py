@@ -30,6 +30,7 @@ from compression.surgery.thinning import mask_inputs, thin
 from learners import launch, registry as learner_registry
 from nets import helpers, registry as net_registry, resnet_at_digits
 from tests.conftest import REPO, finish
+from tests.zoo.nets import Scale, ScaledNet
 from tools import common as tool_common
 from compression.artifacts import save_model
 from utils import model_io
@@ -222,29 +223,6 @@ def test_the_example_imports_only_the_front_door(path):
 
 
 # -- registration points, each through pocketflow_torch -------------------------------------------
-class Scale(nn.Module):
-    """A user's per-channel scale: a layer type no built-in pruner knows."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.channels = channels
-        self.weight = nn.Parameter(torch.rand(channels) + 0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight.view(1, -1, 1, 1)
-
-
-class ScaledNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(3, 8, 3, padding=1)
-        self.scale = Scale(8)
-        self.b = nn.Conv2d(8, 4, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(self.scale(self.a(x))).mean((2, 3))
-
-
 class ErfNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -270,7 +248,7 @@ def _thinned(model: nn.Module, keep: dict) -> nn.Module:
 def test_a_pruner_registered_at_the_front_door_lets_its_layer_shrink(monkeypatch):
     monkeypatch.setattr(pruners, "_PRUNERS", list(pruners._PRUNERS))
     torch.manual_seed(0)
-    model = ScaledNet().eval()
+    model = ScaledNet(in_channels=3).eval()
     keep = {"b": torch.tensor([1, 4, 6])}
     assert "b" not in {layer.name for layer in analyse(model, SHAPE)}   # kept whole
 

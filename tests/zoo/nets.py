@@ -210,3 +210,29 @@ class UserNet(nn.Module):
         y = torch.cat([self.left(x), self.right(x)], dim=1)
         y = y + self.pw(torch.relu(self.bn(self.dw(self.expand(y)))))
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+class Scale(nn.Module):
+    """A user's per-channel scale: a layer type no built-in pruner knows."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.weight = nn.Parameter(torch.rand(channels) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.view(1, -1, 1, 1)
+
+
+class ScaledNet(nn.Module):
+    """conv -> Scale -> conv: the scale's channels follow the first conv's once a pruner
+    for ``Scale`` is registered."""
+
+    def __init__(self, in_channels: int = 1) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.scale = Scale(8)
+        self.b = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.scale(self.a(x))).mean((2, 3))

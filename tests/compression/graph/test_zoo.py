@@ -20,7 +20,7 @@ from compression.graph.pruners import ChannelwisePruner, register_pruner
 from compression.surgery.thinning import gathers_as_matrices, mask_inputs, thin
 from compression.surgery.dead_channels import unread_outputs
 from compression.surgery.unread import WRITERS, wasted_flops
-from tests.zoo.nets import INPUT_SHAPE, LATE_MEMBERS, ZOO, pruned, unread_channels
+from tests.zoo.nets import INPUT_SHAPE, LATE_MEMBERS, ZOO, Scale, ScaledNet, pruned, unread_channels
 from utils.model_io import module_spec
 from utils.model_stats import count_flops, count_params
 
@@ -143,29 +143,6 @@ def test_exports_are_no_larger_than_the_unpruned(name, tmp_path):
         sizes[side] = os.path.getsize(path)
         assert onnx_max_abs_diff(path, net.eval(), x) <= 1e-4
     assert sizes["pruned"] <= sizes["full"]
-
-
-class Scale(nn.Module):
-    """A user's per-channel layer (unknown to the graph until a pruner is registered)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.channels = channels
-        self.weight = nn.Parameter(torch.rand(channels) + 0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight.view(1, -1, 1, 1)
-
-
-class ScaledNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(1, 8, 3, padding=1)
-        self.scale = Scale(8)
-        self.b = nn.Conv2d(8, 4, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(self.scale(self.a(x))).mean((2, 3))
 
 
 def test_a_users_layer_type_is_kept_whole_until_it_has_a_pruner(monkeypatch, caplog):
