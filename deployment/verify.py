@@ -34,6 +34,35 @@ class ArtifactMismatch(CheckpointError):
     """A deployment artifact does not reproduce the model it was made from."""
 
 
+class ParityFailure(RuntimeError):
+    """Deployment files of a finished run do not reproduce its model; every output and the
+    report (``report``, with its ``parity`` section) are already written."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def parity_section(deployed: dict) -> dict:
+    """The report's ``parity``: ``ok`` and each file that failed its check, with its figures."""
+    failed = [{"file": figures.get("path"), "check": key,
+               "max_abs_diff": figures.get("max_abs_diff"),
+               "accuracy": figures.get("accuracy"), "accuracy_torch": figures.get("accuracy_torch"),
+               "reason": figures.get("mismatch")}
+              for key, figures in deployed.items() if figures.get("parity_ok") is False]
+    return {"ok": not failed, "failed": failed}
+
+
+def parity_failure(section: dict, report: dict) -> ParityFailure:
+    """The error a run ends with when files in ``section`` (``parity_section``) failed."""
+    files = "; ".join(f["reason"] or str(f["file"]) for f in section["failed"])
+    return ParityFailure(
+        f"{len(section['failed'])} deployment file(s) do not reproduce the model: {files}. "
+        "Every output and report.json are written (report['parity']); pass "
+        "--allow_parity_failure (allow_parity_failure=True in the Python API) to accept them",
+        report)
+
+
 def reference_of(model: nn.Module) -> Callable:
     """A float32 CPU eval-mode copy of ``model`` as ``x -> logits`` (an int8 program as is)."""
     if isinstance(model, torch.fx.GraphModule):

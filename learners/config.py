@@ -73,6 +73,11 @@ class LearnerConfig:
                                 run_only=True)
     deploy_eval_batches: int = option(0, "eval-set batches the deployment files are checked on "
                                          "(0: the whole eval set)", run_only=True)
+    allow_parity_failure: bool = option(False, "finish with exit status 0 when a deployment "
+                                               "file does not reproduce the model (report."
+                                               "json's parity section says which); by default "
+                                               "the run writes every output, then fails with "
+                                               "exit status 3", run_only=True)
     report_latency: bool = option(True, "measure CPU latency of the models in the report",
                                   run_only=True)
 

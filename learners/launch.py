@@ -21,6 +21,7 @@ from learners.config import LearnerConfig
 from learners.registry import learner_class, learner_configs, list_learners
 from learners.run.runner import Runner
 from training.trainer import TrainingDivergedError
+from deployment.verify import ParityFailure
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, define_flags as define_dataclass_flags, flag_name, from_flag_dict
 from utils.malloc import tune_malloc
@@ -132,6 +133,9 @@ def main(helper_cls: type, values: dict, argv: list | None = None) -> None:
     except USER_ERRORS as exc:
         print(f"error: {as_flags(exc, values.get('learner'))}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except ParityFailure as exc:            # the outputs are written; the result is not good
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
 
 
 def as_flags(exc: Exception, learner: str | None) -> Exception:

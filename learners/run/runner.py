@@ -31,6 +31,7 @@ from utils.data_loading import check_one_batch
 from compression.artifacts import load_model, load_weights_from
 from utils.model_stats import count_flops, count_params, measure_latencies, measure_latency
 from utils.multi_gpu_wrapper import MultiGpuWrapper, SingleProcess
+from deployment.verify import parity_failure, parity_section
 from utils.report import format_report, write_report
 from utils.run_lock import RunLock, on_primary
 
@@ -285,12 +286,16 @@ class Runner:
         report.wall_s = self.wall_s
         if self.mgw.is_primary():
             report.add("files", learner.ctx.outputs.files())
+        if report.sections.get("deploy"):
+            report.add("parity", parity_section(report.sections["deploy"]))
         out = report.to_dict()
         if self.mgw.is_primary():
             write_report(learner.ctx.outputs.report_path, out)
             print(format_report(out), flush=True)
         if self._writer is not None:
             self._writer.close()
+        if not out.get("parity", {"ok": True})["ok"] and not self.cfg.allow_parity_failure:
+            raise parity_failure(out["parity"], out)
         return out
 
     # -- eval mode ---------------------------------------------------------------------------
