@@ -15,6 +15,9 @@ Modules, read in this order:
 
 - ``ops``: the fx trace and its shapes, and the op table: what every functional op and tensor
   method does to channels (dim 1), shared by the graph builder and dead-channel liveness;
+  ``unknown_ops`` (the ops of a trace without a rule);
+- ``channel_maps``: where the channels of a reshaped / transposed / permuted tensor came from
+  (a channel shuffle, a flatten before a linear layer), followed by liveness;
 - ``pruners``: one pruner class per module type (role, how it shrinks, its spec shape);
 - ``channel_graph``: ``ChannelGraph``, the ids (union-find), writers, followers, readers, and
   ``plan(keep)``, what survives a selection;
@@ -25,6 +28,7 @@ from utils.lazy import lazy_exports
 
 _EXPORTS = {
     "GraphError": "ops", "trace": "ops", "shaped_graph": "ops", "op_kind": "ops",
+    "unknown_ops": "ops", "register_op": "ops",
     "register_pruner": "pruners", "pruner_for": "pruners", "ChannelwisePruner": "pruners",
     "ReaderPruner": "pruners", "MixingPruner": "pruners", "PassthroughPruner": "pruners",
     "LayerPruner": "pruners", "registered_types": "pruners",

@@ -45,26 +45,32 @@ class _Tracer(fx.Tracer):
 
 # -- the ops the graph understands -----------------------------------------------------------
 PASSTHROUGH_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
-    F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, torch.relu, torch.sigmoid,
-    torch.tanh, torch.abs, torch.neg, torch.exp, torch.sqrt, torch.clamp, torch.clip,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.max_pool1d, F.max_pool2d, F.max_pool3d,
-    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-    F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-    F.interpolate, F.upsample, F.pad, operator.neg, operator.pos}
+    F.relu, F.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_, F.selu, F.celu,
+    F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.hardtanh_, F.softplus,
+    F.sigmoid, F.tanh, torch.relu, torch.relu_, torch.sigmoid, torch.sigmoid_, torch.tanh,
+    torch.tanh_, torch.abs, torch.neg, torch.exp, torch.sqrt, torch.rsqrt, torch.erf,
+    torch.square, torch.sign, torch.clamp, torch.clamp_, torch.clip, torch.clamp_min,
+    torch.clamp_max, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.max_pool1d,
+    F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d, F.interpolate, F.upsample, F.pad, operator.neg, operator.pos}
 PASSTHROUGH_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "abs", "neg", "exp", "sqrt",
-    "clamp", "clamp_", "clip", "contiguous", "clone", "detach", "float", "half", "bfloat16",
-    "to", "type_as", "pow", "__pow__"}
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "abs", "abs_", "neg", "neg_",
+    "exp", "exp_", "sqrt", "sqrt_", "rsqrt", "erf", "square", "sign", "clamp", "clamp_", "clip",
+    "clip_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "contiguous", "clone",
+    "detach", "float", "half", "bfloat16", "to", "type_as", "pow", "pow_", "__pow__"}
 ELEMENTWISE_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.truediv,
                          operator.iadd, operator.isub, operator.imul, operator.itruediv,
                          torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
                          torch.minimum, torch.where, operator.pow}
 ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_",
-                       "__add__", "__radd__", "__mul__", "__rmul__", "maximum", "minimum"}
+                       "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+                       "__truediv__", "__rtruediv__", "maximum", "minimum"}
 MUL_TARGETS = {operator.mul, operator.imul, torch.mul, "mul", "mul_", "__mul__", "__rmul__"}
 RESHAPE_TARGETS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, "flatten",
-                   "view", "reshape", "squeeze", "unsqueeze", "expand", "expand_as"}
+                   "view", "reshape", "squeeze", "unsqueeze", "expand", "expand_as",
+                   torch.transpose, torch.permute, torch.movedim, torch.swapaxes, "transpose",
+                   "permute", "movedim", "swapaxes", "swapdims"}
 REDUCE_TARGETS = {torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin"}
 SPLIT_TARGETS = {torch.split, torch.chunk, torch.tensor_split, "split", "chunk", "tensor_split"}
 SHAPE_TARGETS = {"size", "dim", "numel", getattr}
@@ -75,7 +81,10 @@ CAT_TARGETS = {torch.cat, "cat"}
 #   shape        returns a size, no tensor
 #   getitem      x[index] (a slice of channels, or an element of a tuple)
 #   cat / split  concatenates / cuts tensors (along dim 1 or another dim)
-#   reshape      view / flatten / squeeze...: dim 0 and 1 kept (checked on the shapes)
+#   reshape      view / flatten / squeeze / transpose / permute: where dims 0 and 1 are kept
+#                (checked on the shapes) the channels pass; otherwise the graph keeps them
+#                whole and liveness follows each element (``compression.graph.channel_maps``:
+#                a channel shuffle, a flatten before a linear layer)
 #   reduce       mean / sum / amax over other dims than 0 and 1
 #   elementwise  channel i of the output from channel i of each full-width operand
 #   mul          elementwise, and a broadcast operand may be a gate (squeeze-and-excitation)
@@ -100,6 +109,42 @@ def op_kind(target) -> str | None:
         return OP_KINDS.get(target)
     except TypeError:            # an unhashable target
         return None
+
+
+def is_inplace(node: fx.Node) -> bool:
+    """An op that writes into its first operand (``x.mul_(a)``, ``F.relu(x, inplace=True)``,
+    ``torch.relu_(x)``): later readers of that operand read what it wrote."""
+    target = node.target
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    return node.op in ("call_method", "call_function") and (
+        (name.endswith("_") and not name.startswith("__")) or node.kwargs.get("inplace") is True)
+
+
+def unknown_ops(graph_module: fx.GraphModule) -> list[str]:
+    """The ops of a trace no channel pass has a rule for: functions and tensor methods
+    missing from ``OP_KINDS``, modules without a registered pruner (sorted names). Where one
+    lies on a path, the passes keep its channels whole and need all of them."""
+    modules = dict(graph_module.named_modules())
+    found = set()
+    for node in graph_module.graph.nodes:
+        if node.meta.get("tensor_meta") is None:
+            continue                                 # arithmetic on sizes, not on tensors
+        if node.op in ("call_function", "call_method") and op_kind(node.target) is None:
+            found.add(op_name(node.target))
+        elif node.op == "call_module" and not isinstance(modules[node.target], nn.Flatten) \
+                and pruner_for(modules[node.target]) is None:
+            found.add(type(modules[node.target]).__name__)
+    return sorted(found)
+
+
+def op_name(target) -> str:
+    """``torch.nn.functional.relu`` -> ``"relu"``-like short names for logs and reports;
+    a method name as it is (``"view"``)."""
+    if isinstance(target, str):
+        return target
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", None) or repr(target)
+    return f"{module.replace('torch.nn.functional', 'F')}.{name}" if module else name
 
 
 def register_op(target, kind: str) -> None:

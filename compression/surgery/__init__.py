@@ -14,9 +14,11 @@ Modules:
   one-hot matrix form for deployment;
 - ``thinning``: ``thin``, ``mask_inputs`` (the same selection as zeros), ``gathers_as_matrices``,
   ``kept_channels``;
-- ``dead_channels``: liveness over the trace; writers compute only the channels read later;
+- ``liveness``: which channels of each tensor a later op reads (the trace, backwards);
+- ``dead_channels``: writers compute only the channels read later; ``report`` measures what
+  is left (liveness where it is exact, else the probe);
 - ``unread``: the same question answered by perturbation, independent of the graph (the
-  report's ``unread_channels``, the tests' probe);
+  report's ``unread_channels`` where liveness is not exact, the tests' probe);
 - ``inference``: ``fold_batchnorm``, the eager serving form.
 """
 from utils.lazy import lazy_exports
@@ -28,6 +30,7 @@ _EXPORTS = {
     "thin": "thinning", "mask_inputs": "thinning", "gathers_as_matrices": "thinning",
     "kept_channels": "thinning", "in_channels": "thinning",
     "eliminate": "dead_channels", "unread_outputs": "dead_channels",
+    "liveness_of": "dead_channels", "Liveness": "liveness",
     "unread_channels": "unread", "wasted_flops": "unread",
     "fold_batchnorm": "inference",
 }

@@ -4,11 +4,8 @@ The channel graph (``compression.graph``) removes a channel when no reader keeps
 whole residual stream at once. What it cannot see is *when* a channel is read: a residual
 stream ``x1 = x0 + f1(x0)``, ``x2 = x1 + f2(x1)`` keeps a channel that only ``f1`` reads, so
 ``f2``'s last layer still computes it, and nobody reads it after ``x2``. This pass finds such
-channels by liveness over the fx trace of a (thinned) model, from the output backwards: a
-channel of a tensor is *live* when an op after it needs it (a conv / linear needs the input
-channels it reads, a per-channel op passes its output's liveness to its input, a sum passes it
-to each member, a concatenation splits it, the output and any op the graph does not know need
-every channel).
+channels by liveness over the fx trace of a (thinned) model (``compression.surgery.liveness``:
+a channel of a tensor is *live* when an op after it needs it).
 
 Every conv / linear layer (a *writer*) with dead output channels then computes only its live
 ones: the writer and the per-channel modules on its private path (BN, depthwise convs,
@@ -17,6 +14,11 @@ activations) shrink, and the last of them becomes a ``Scatter*`` module
 tensor the sum expects, zeros in the dead ones. Exact: the zeros lie only in channels no later
 op reads. ``eliminate(model, input_shape)`` returns the new model and the modules it changed;
 ``unread_outputs`` counts the dead output channels per writer (0 everywhere after the pass).
+
+``report`` says what the pass did and *measures* what is left: by liveness where every op on
+the trace has a rule that was followed exactly, else by the perturbation probe
+(``compression.surgery.unread``) where the model is small enough, else ``None`` with the ops
+named, never a count it did not check.
 """
 from __future__ import annotations
 
@@ -26,182 +28,16 @@ from typing import Sequence
 import torch
 from torch import fx, nn
 
-from compression.surgery.picks import is_gather, is_scatter, set_scatter, set_submodule
-from compression.graph.ops import (channel_index, channel_role, keeps_channels, meta_shape,
-                                   nodes_in, op_kind, prod, shaped_graph)
+from compression.graph.ops import channel_role, op_kind, shaped_graph, unknown_ops
 from compression.graph.pruners import pruner_for
+from compression.surgery.liveness import Liveness
+from compression.surgery.picks import is_scatter, set_scatter, set_submodule
+from compression.surgery.unread import WRITERS, unread_channels
 from utils.model_stats import count_flops
 
-Live = torch.Tensor        # bool, one entry per channel (dim 1) of a node's output
-
-
-class _Liveness:
-    """``live[node]``: which channels of each node's output some later op needs."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        self.gm = gm
-        self.modules = dict(gm.named_modules())
-        self.live: dict[fx.Node, object] = {}
-
-    def width(self, node) -> int | None:
-        shape = meta_shape(node)
-        return int(shape[1]) if shape is not None and len(shape) >= 2 else None
-
-    def need(self, node, positions) -> None:
-        """Mark ``positions`` (a bool tensor, True: all, or ``(index, bool tensor)`` for one
-        element of a tuple-valued node) of ``node``'s output as needed."""
-        if not isinstance(node, fx.Node):
-            return
-        meta = node.meta.get("tensor_meta")
-        if meta is not None and not hasattr(meta, "shape"):             # a tuple of tensors
-            current = self.live.setdefault(node, [torch.zeros(int(m.shape[1]), dtype=torch.bool)
-                                                  if hasattr(m, "shape") and len(m.shape) >= 2
-                                                  else None for m in meta])
-            items = enumerate(current) if positions is True else [positions]
-            for i, part in items:
-                if current[i] is not None:
-                    current[i] |= True if positions is True else part
-            return
-        width = self.width(node)
-        if width is None:
-            self.live[node] = True
-            return
-        current = self.live.setdefault(node, torch.zeros(width, dtype=torch.bool))
-        current |= positions if isinstance(positions, torch.Tensor) else bool(positions)
-
-    def need_all(self, node: fx.Node) -> None:
-        for arg in nodes_in((node.args, node.kwargs)):
-            self.need(arg, True)
-
-    def run(self) -> dict[fx.Node, object]:
-        for node in reversed(list(self.gm.graph.nodes)):
-            live = self.live.get(node)
-            if node.op == "call_method" and node.target.endswith("_") \
-                    and not node.target.startswith("__"):
-                self.need_all(node)         # in place: what it writes is read as its input
-                continue
-            if live is None and node.op != "output":
-                continue                                  # nothing after it uses it
-            getattr(self, f"op_{node.op}")(node, live)
-        return self.live
-
-    # -- transfer functions: what an op needs of its inputs given what is needed of it ----
-    def op_placeholder(self, node, live) -> None:
-        pass
-
-    def op_get_attr(self, node, live) -> None:
-        pass
-
-    def op_output(self, node, live) -> None:
-        self.need_all(node)
-
-    def op_call_module(self, node, live) -> None:
-        module = self.modules[node.target]
-        role = "passthrough" if isinstance(module, nn.Flatten) else channel_role(module, node)
-        if role not in ("passthrough", "channelwise", "reader") or not node.args \
-                or not isinstance(live, torch.Tensor):
-            return self.need_all(node)
-        source = node.args[0]
-        if role == "reader":
-            if not is_gather(module):
-                return self.need(source, True)
-            needed = torch.zeros(self.width(source), dtype=torch.bool)
-            needed[module.in_index.cpu()] = True
-            return self.need(source, needed)
-        if isinstance(module, nn.Flatten) and self.width(source) != len(live):
-            return self.need_all(node)
-        if is_scatter(module):
-            live = live[module.out_index.cpu()]
-        self.need(source, live)
-        for arg in nodes_in((node.args[1:], node.kwargs)):
-            self.need(arg, True)
-
-    def op_call_function(self, node, live) -> None:
-        self.call(node, node.target, live)
-
-    def op_call_method(self, node, live) -> None:
-        self.call(node, node.target, live)
-
-    def call(self, node, target, live) -> None:
-        kind = op_kind(target)
-        if kind == "shape":
-            return None
-        if kind == "getitem":
-            return self.getitem(node, live)
-        if not isinstance(live, torch.Tensor) and kind != "split":
-            return self.need_all(node)
-        if kind in ("reshape", "reduce"):
-            return self.same_channels(node, live, kind == "reduce")
-        if kind in ("elementwise", "mul", "passthrough"):
-            return self.elementwise(node, live)
-        if kind is None:
-            return self.need_all(node)
-        return getattr(self, kind)(node, live)
-
-    def same_channels(self, node, live, reduce: bool) -> None:
-        if not keeps_channels(node, reduce):
-            return self.need_all(node)
-        self.need(node.args[0] if node.args else node.kwargs.get("input"), live)
-        for arg in nodes_in((node.args[1:], node.kwargs)):
-            self.need(arg, True)
-
-    def elementwise(self, node, live) -> None:
-        out_shape = meta_shape(node)
-        for operand in nodes_in((node.args, node.kwargs)):
-            shape = meta_shape(operand)
-            if shape is None or prod(shape) == 1:
-                self.need(operand, True)
-            elif out_shape is not None and len(shape) == len(out_shape) >= 2 \
-                    and shape[1] == out_shape[1]:
-                self.need(operand, live)
-            else:
-                self.need(operand, True)                  # broadcast over channels
-
-    def cat(self, node, live) -> None:
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        shape = meta_shape(node)
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-        dim = dim + len(shape) if dim < 0 else dim
-        if dim != 1:
-            for t in tensors:
-                self.need(t, live)
-            return
-        start = 0
-        for t in tensors:
-            width = self.width(t)
-            self.need(t, live[start:start + width])
-            start += width
-
-    def split(self, node, live) -> None:
-        source = node.args[0]
-        shape = meta_shape(source)
-        parts = live if isinstance(live, list) else None
-        dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
-        if parts is None or shape is None or any(p is None for p in parts):
-            return self.need(source, True)
-        dim = dim + len(shape) if dim < 0 else dim
-        if dim == 1:
-            self.need(source, torch.cat(parts))
-        else:
-            merged = parts[0].clone()
-            for p in parts[1:]:
-                merged |= p
-            self.need(source, merged)
-
-    def getitem(self, node, live) -> None:
-        source, index = node.args
-        meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
-        if meta is not None and not hasattr(meta, "shape") and isinstance(index, int):
-            return self.need(source, (index, live if isinstance(live, torch.Tensor) else True))
-        width = self.width(source)
-        if width is None or not isinstance(live, torch.Tensor):
-            return self.need(source, True)
-        channels = channel_index(index)
-        if channels is None:
-            return self.need(source, True)
-        needed = torch.zeros(width, dtype=torch.bool)
-        needed[torch.arange(width)[channels][live]] = True
-        self.need(source, needed)
+# The perturbation probe runs two forward passes of 4 samples per output channel; above this
+# many FLOPs in all it is not run and an inexact liveness leaves the count unknown (None).
+PROBE_FLOPS = 3e10
 
 
 def _single_calls(gm: fx.GraphModule) -> dict[str, fx.Node]:
@@ -228,9 +64,18 @@ def _live_outputs(module: nn.Module, live) -> torch.Tensor:
 
 
 def unread_outputs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
-    """``writer -> output channels nothing reads afterwards`` (writers with none left out)."""
+    """``writer -> output channels nothing reads afterwards`` (writers with none left out),
+    by liveness (a lower bound where ``liveness_of`` says it is not exact)."""
+    return liveness_of(model, input_shape)[0]
+
+
+def liveness_of(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str, int], list[str]]:
+    """``(unread_outputs, ops)``: the count by liveness, and the ops it could not follow
+    exactly (no rule, or a rule that needed every channel where fewer may be read); the count
+    is exact when ``ops`` is empty."""
     gm = shaped_graph(model, input_shape)
-    live = _Liveness(gm).run()
+    liveness = Liveness(gm)
+    live = liveness.run()
     modules = dict(gm.named_modules())
     out = {}
     for name, node in _writer_nodes(gm).items():
@@ -238,7 +83,7 @@ def unread_outputs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, in
         dead = int((~own).sum()) if node in live else _out_channels(modules[name])
         if dead:
             out[name] = dead
-    return out
+    return out, sorted(liveness.unknown | liveness.inexact)
 
 
 def _out_channels(module: nn.Module) -> int:
@@ -270,11 +115,14 @@ def _private_chain(gm: fx.GraphModule, node: fx.Node, single: dict) -> list[str]
 
 
 @torch.no_grad()
-def eliminate(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, list[str]]:
+def eliminate(model: nn.Module, input_shape: Sequence[int],
+              not_worth: dict | None = None) -> tuple[nn.Module, list[str]]:
     """A copy of ``model`` in which no conv / linear layer computes an output channel that no
-    later op reads, and the names of the modules that changed (see the module docstring)."""
+    later op reads where removing it saves more than its scatter costs (``_pays``), and the
+    names of the modules that changed (see the module docstring); ``not_worth`` (a dict)
+    receives ``writer -> unread channels`` left because their scatter would cost more."""
     gm = shaped_graph(model, input_shape)
-    live = _Liveness(gm).run()
+    live = Liveness(gm).run()
     modules, single = dict(model.named_modules()), _single_calls(gm)
     model, changed = copy.deepcopy(model), []
     for name, node in _writer_nodes(gm).items():
@@ -289,6 +137,10 @@ def eliminate(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, 
             continue
         if not own.any():
             own[0] = True                                 # a layer keeps one channel
+        if not is_scatter(modules[host]) and not _pays(modules, [name, *chain], own):
+            if not_worth is not None:      # the scatter would cost more than the channels
+                not_worth[name] = int((~own).sum())
+            continue
         keep = own.nonzero().flatten()
         pruner = pruner_for(writer)
         set_submodule(model, name, pruner.shrink(model.get_submodule(name), None, keep))
@@ -305,13 +157,53 @@ def eliminate(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, 
     return model, changed
 
 
-def report(before: nn.Module, after: nn.Module, input_shape: Sequence[int]) -> dict:
+def _pays(modules: dict, path: list[str], own: torch.Tensor) -> bool:
+    """Whether computing only the live channels of a writer and the per-channel modules after
+    it (``path``) saves more multiply-adds per position than the new scatter costs in its
+    deployment form (a one-hot 1x1 product: live x width, ``picks.as_matrix_modules``)."""
+    per_channel = 0
+    for name in path:
+        module = modules[name]
+        if isinstance(module, nn.Linear):
+            per_channel += module.in_features
+        elif isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+            per_channel += module.weight[0].numel()
+        else:
+            per_channel += 1                                # a norm / activation: about one
+    dead, live = int((~own).sum()), int(own.sum())
+    return dead * per_channel > live * len(own)
+
+
+def report(before: nn.Module, after: nn.Module, input_shape: Sequence[int],
+           not_worth: dict | None = None) -> dict:
     """What ``eliminate`` did (``after`` is ``before`` when it did not run): output channels
-    removed per writer, FLOPs before and after, and the unread output channels left (counted
-    again on the result: 0 after the pass)."""
+    removed per writer, FLOPs before and after, and the output channels nothing reads that are
+    left, measured (``unread_channels``; ``checked_by``: ``liveness`` where every op was
+    followed exactly, ``perturbation``, or None with the count None where the probe is too
+    costly), the writers whose unread channels cost less than a scatter (``not_worth``), the
+    ops liveness could not follow (``not_followed``) and the ops of the trace without a
+    channel rule (``unknown_ops``)."""
     unread_before = unread_outputs(before, input_shape)
-    unread_after = unread_before if after is before else unread_outputs(after, input_shape)
-    return {"removed": {} if after is before else unread_before,
+    unread, not_followed = liveness_of(after, input_shape)
+    removed = {name: count - unread.get(name, 0) for name, count in unread_before.items()
+               if count > unread.get(name, 0)} if after is not before else {}
+    count, checked_by = sum(unread.values()), "liveness"
+    if not_followed:
+        count, checked_by = measured(after, input_shape)
+    return {"removed": removed,
             "flops_before": count_flops(before, input_shape),
             "flops_after": count_flops(after, input_shape),
-            "unread_channels": sum(unread_after.values())}
+            "unread_channels": count, "checked_by": checked_by,
+            "not_worth": dict(not_worth or {}), "not_followed": not_followed,
+            "unknown_ops": unknown_ops(shaped_graph(after, input_shape))}
+
+
+def measured(model: nn.Module, input_shape: Sequence[int]) -> tuple[int | None, str | None]:
+    """The unread output channels by the perturbation probe, where its cost is below
+    ``PROBE_FLOPS``; ``(None, None)`` where it is not."""
+    channels = sum(module.weight.shape[1 if isinstance(module, (nn.ConvTranspose1d,
+                                                                  nn.ConvTranspose2d)) else 0]
+                   for module in model.modules() if isinstance(module, WRITERS))
+    if 2 * channels * 4 * count_flops(model, input_shape) > PROBE_FLOPS:
+        return None, None
+    return sum(unread_channels(model, input_shape).values()), "perturbation"

@@ -125,12 +125,12 @@ def thin(model: nn.Module, layers: Sequence[PrunableLayer],
     thinned = copy.deepcopy(model)
     for name, change in plan.items():
         set_submodule(thinned, name, _shrunk(thinned.get_submodule(name), change))
-    changed, before = list(plan), thinned
+    changed, before, not_worth = list(plan), thinned, {}
     if eliminate and graph.input_shape is not None:
-        thinned, extra = dead_channels.eliminate(thinned, graph.input_shape)
+        thinned, extra = dead_channels.eliminate(thinned, graph.input_shape, not_worth)
         changed += [name for name in extra if name not in plan]
     if stats is not None and graph.input_shape is not None:
-        stats.update(dead_channels.report(before, thinned, graph.input_shape))
+        stats.update(dead_channels.report(before, thinned, graph.input_shape, not_worth))
     if spec is None:
         return thinned, None
     shapes = {name: _shape_of(thinned.get_submodule(name)) for name in changed}

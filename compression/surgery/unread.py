@@ -74,9 +74,10 @@ def unread_channels(model: nn.Module, input_shape: Sequence[int],
             for channel in positions:
                 changed = False
                 for sign in (1.0, -1.0):
-                    def hook(_m, _a, out, c=channel, s=sign):
-                        out = out.clone()
-                        out[:, c] += s * 100.0 * (1.0 + torch.rand(out[:, c].shape, generator=gen))
+                    def hook(_m, _a, out, c=channel, s=sign, linear=isinstance(module, nn.Linear)):
+                        out = out.clone()           # a linear layer's features: the last dim
+                        picked = out[..., c] if linear else out[:, c]
+                        picked += s * 100.0 * (1.0 + torch.rand(picked.shape, generator=gen))
                         return out
 
                     handle = module.register_forward_hook(hook)
