@@ -9,7 +9,7 @@ from torch import fx, nn
 from compression.graph.channel_graph import ChannelGraph
 from compression.surgery.picks import is_scatter
 from compression.graph.ops import (channel_index, channel_role, keeps_channels, meta_shape,
-                                   nodes_in, op_kind, prod, shaped_graph)
+                                   nodes_in, op_kind, op_name, prod, shaped_graph)
 from compression.graph.pruners import pruner_for, registered_types
 
 
@@ -21,6 +21,8 @@ class _Builder:
         self.layout: dict[fx.Node, object] = {}
         self.gates: set[tuple[fx.Node, fx.Node]] = set()    # (mul node, its broadcast operand)
         self.broadcast: set[fx.Node] = set()                # 1x1-per-channel tensors
+        self.last: dict[fx.Node, list[int]] = {}            # ids of a channels-last tensor's
+        # last dim (the features a linear layer on (N, ..., C) reads and writes)
 
     def ids(self, node) -> list[int] | None:
         value = self.layout.get(node) if isinstance(node, fx.Node) else None
@@ -28,6 +30,7 @@ class _Builder:
 
     def fix_args(self, node: fx.Node) -> None:
         for arg in nodes_in((node.args, node.kwargs)):
+            self.g.fixed_ids.update(self.last.get(arg, ()))
             value = self.layout.get(arg)
             for ids in (value if isinstance(value, tuple) else (value,)):
                 if isinstance(ids, list):
@@ -46,7 +49,8 @@ class _Builder:
     def unknown(self, node: fx.Node, why: str | None = None) -> object:
         self.fix_args(node)
         if why:
-            self.g.unhandled.setdefault(str(node.target), why)
+            name = node.target if node.op == "call_module" else op_name(node.target)
+            self.g.unhandled.setdefault(name, why)
         return self.fresh_for(node)
 
     def run(self) -> ChannelGraph:
@@ -80,6 +84,8 @@ class _Builder:
         ids = self.ids(source)
         if ids is None:
             return self.unknown(node)
+        if isinstance(module, nn.Linear) and len(meta_shape(source)) > 2:
+            return self.last_dim_linear(node, module)
         role = channel_role(module, node)
         name = node.target
         first = name not in self.g.calls
@@ -87,6 +93,8 @@ class _Builder:
         if first:
             self.g.order.append(name)
         if role == "passthrough":
+            if source in self.last:
+                self.last[node] = self.last[source]
             return ids
         if role == "mixing":
             out = self.unknown(node)
@@ -112,6 +120,25 @@ class _Builder:
         else:
             self.g.union(self.g.readers[name], ids)
         return self.scattered(name, module, self.g.writers[name])
+
+    def last_dim_linear(self, node: fx.Node, module: nn.Linear):
+        """A linear layer on (N, ..., C) reads and writes the last dim (channels-last code: the
+        MLP of a ConvNeXt or transformer block): its features are ids of ``self.last``; its
+        input features are fixed unless an earlier layer wrote them. Never gathered (a pick
+        along dim 1 would pick the wrong dim): ``analyse`` prunes it only with its producer."""
+        name = node.target
+        ids = self.last.get(node.args[0]) or self.g.fresh(module.in_features, fixed=True)
+        if name not in self.g.calls:
+            self.g.order.append(name)
+            self.g.readers[name], self.g.columns[name] = ids, list(range(len(ids)))
+            self.g.kinds[name], self.g.private[name] = "linear", []
+            self.g.writers[name] = self.g.fresh(module.out_features)
+            self.g.last_dim.add(name)
+        else:
+            self.g.union(self.g.readers[name], ids)
+        self.g.calls[name] = self.g.calls.get(name, 0) + 1
+        self.last[node] = self.g.writers[name]
+        return self.fresh_for(node)             # dim 1 of a channels-last tensor: not channels
 
     def scattered(self, name: str, module: nn.Module, ids: list[int]) -> list[int]:
         """The ids of a ``Scatter*`` module's wide output: its own channels at ``out_index``,
@@ -158,7 +185,7 @@ class _Builder:
         if kind in ("elementwise", "mul", "passthrough"):
             return self.elementwise(node, kind == "mul")
         if kind is None:
-            return self.unknown(node)
+            return self.unknown(node, "no channel rule (compression.graph.ops.register_op)")
         return getattr(self, kind)(node)
 
     def _dim(self, node: fx.Node, position: int, default: int, rank: int) -> int:
@@ -226,6 +253,7 @@ class _Builder:
         return ids
 
     def elementwise(self, node: fx.Node, is_mul: bool):
+        self.follow_last(node)
         out_shape = meta_shape(node)
         if out_shape is None or len(out_shape) < 2:
             return self.unknown(node)
@@ -247,6 +275,19 @@ class _Builder:
             else:
                 self.g.fixed_ids.update(ids)                # one map broadcast over channels
         return full if full is not None else self.unknown(node)
+
+    def follow_last(self, node: fx.Node) -> None:
+        """Last-dim features through a per-element op: one tensor operand passes them on;
+        with several (a sum, a layer-scale product) they are kept whole."""
+        tensors = [a for a in nodes_in((node.args, node.kwargs))
+                   if meta_shape(a) is not None and prod(meta_shape(a)) > 1]
+        if not any(a in self.last for a in tensors):
+            return
+        if len(tensors) == 1:
+            self.last[node] = self.last[tensors[0]]
+            return
+        for a in tensors:
+            self.g.fixed_ids.update(self.last.get(a, ()))
 
     # -- readers whose result returns as a gate on their own channels ----------------------
     def mark_gate_readers(self, node_of: dict[str, fx.Node]) -> None:

@@ -29,6 +29,7 @@ class ChannelGraph:
         # its wide output, where its own channels lie in it)
         self.input_shape: tuple[int, ...] | None = None
         self.unhandled: dict[str, str] = {}
+        self.last_dim: set[str] = set()                # linear readers of a channels-last tensor
 
     # -- union-find ------------------------------------------------------------------------
     def fresh(self, n: int, fixed: bool = False) -> list[int]:

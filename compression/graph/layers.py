@@ -48,6 +48,7 @@ from compression.graph.builder import build_graph
 import warnings
 
 log = logging.getLogger("pocketflow")
+_LOGGED: set[tuple[str, str]] = set()     # (op or module, why): each is logged once a process
 
 
 @dataclass
@@ -80,9 +81,11 @@ def analyse(model: nn.Module, input_shape: Sequence[int]) -> list[PrunableLayer]
     order, with its mode; all share the model's ``ChannelGraph`` (``layer.graph``)."""
     graph, _ = build_graph(model, input_shape)
     modules = dict(model.named_modules())
-    if graph.unhandled:
+    new = sorted(set(graph.unhandled.items()) - _LOGGED)
+    if new:
+        _LOGGED.update(new)
         log.info("channel graph: kept whole around %s", "; ".join(
-            f"{name}: {why}" for name, why in sorted(graph.unhandled.items())))
+            f"{name}: {why}" for name, why in new))
     voters, fixed = graph.voters(), graph.fixed_roots()
     written = {graph.find(i) for ids in graph.writers.values() for i in ids}
     kept_whole = {graph.find(i) for i in graph.mixed_ids} | (written & fixed)
@@ -102,6 +105,8 @@ def analyse(model: nn.Module, input_shape: Sequence[int]) -> list[PrunableLayer]
                      "channels: a grouped conv, a norm across channels or a split)", name)
             continue
         chain = bool(roots) and all(r not in fixed and voters.get(r) == {name} for r in roots)
+        if name in graph.last_dim and not chain:
+            continue                  # channels-last: only its producer can drop what it skips
         producer, followers = None, []
         if chain:
             wanted = graph.roots(ids)

@@ -80,6 +80,23 @@ def residual_groups(layers: Sequence[PrunableLayer],
     return groups
 
 
+def why_no_groups(layers: Sequence[PrunableLayer], chosen: Sequence[PrunableLayer]) -> str:
+    """Why ``residual_groups`` found none, in words for the log and the report."""
+    graph = graph_of(layers)
+    names, fixed = {layer.name for layer in chosen}, graph.fixed_roots()
+    shared = {root: voters for root, voters in graph.voters().items() if len(voters) > 1}
+    if not shared:
+        return "no channel is read by more than one layer (no residual sum or shared input)"
+    free = {root: voters for root, voters in shared.items() if root not in fixed}
+    if not free:
+        return (f"the {len(shared)} channels read by several layers are kept whole by the graph "
+                "(a norm across channels, a channel shuffle, a split at fixed widths or an op "
+                "without a rule: see the log's 'kept whole around')")
+    if not any(voters <= names for voters in free.values()):
+        return "the layers reading the shared channels are not all chosen (skip rules)"
+    return "each layer reading the shared channels also reads other channels"
+
+
 def group_count(group: ResidualGroup, counts: Mapping[str, int],
                 in_channels: Mapping[str, int]) -> int:
     fraction = sum(counts[r] / in_channels[r] for r in group.readers) / len(group.readers)

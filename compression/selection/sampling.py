@@ -58,6 +58,13 @@ def patches_and_targets(module: nn.Module, layer_input: torch.Tensor, layer_outp
     Targets exclude the layer's bias, so ``patches x weight`` should reproduce them.
     """
     if isinstance(module, nn.Linear):
+        if layer_input.dim() > 2:         # (N, ..., C): nb_crops positions of each sample
+            flat_in = layer_input.reshape(layer_input.shape[0], -1, layer_input.shape[-1])
+            flat_out = layer_output.reshape(layer_output.shape[0], -1, layer_output.shape[-1])
+            pos = torch.randint(flat_in.shape[1], (flat_in.shape[0], nb_crops), generator=gen)
+            pos = pos.to(flat_in.device).unsqueeze(-1)
+            layer_input = flat_in.gather(1, pos.expand(-1, -1, flat_in.shape[-1])).flatten(0, 1)
+            layer_output = flat_out.gather(1, pos.expand(-1, -1, flat_out.shape[-1])).flatten(0, 1)
         patches, targets = layer_input.unsqueeze(-1), layer_output
     else:
         geometry = (module.kernel_size, module.dilation, module.padding, module.stride)

@@ -21,7 +21,7 @@ from compression.graph.layers import choose_layers
 from compression.budget.counts import counts_for_ratios
 from compression.budget.simd import cpu_channel_block, note_block_widths
 from compression.graph.layers import PrunableLayer, analyse
-from compression.selection.residual_groups import coupled_keep, residual_groups
+from compression.selection.residual_groups import coupled_keep, residual_groups, why_no_groups
 from learners.channel.search_env import ChannelEnv
 from compression.surgery.thinning import in_channels, kept_channels, mask_inputs, thin
 from learners.run import composition
@@ -168,8 +168,9 @@ class ChannelLearnerBase(Learner):
                      len(record["readers"]), record["kept"], record["channels"],
                      record["criterion"], ", ".join(record["readers"]))
         if not records:
-            log.warning("prune_residual: no residual group found (no chosen layers share "
-                        "all their input channels)")
+            why = why_no_groups(layers, chosen)
+            log.warning("prune_residual: no residual group found: %s", why)
+        sections.setdefault("graph", {})["residual_groups"] = len(records) if records else why
         sections["residual_groups"] = records
         return keep
 
@@ -244,6 +245,8 @@ class ChannelLearnerBase(Learner):
             model.load_state_dict(payload["state"])
         sections["selection"] = payload["stats"]
         sections["dead_channels"] = payload["dead_channels"]
+        sections.setdefault("graph", {})["unknown_ops"] = payload["dead_channels"].get(
+            "unknown_ops", [])
         return model.to(ctx.device), payload["spec"]
 
     # -- the flow ----------------------------------------------------------------------------

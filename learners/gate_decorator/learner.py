@@ -188,6 +188,7 @@ class GateDecoratorLearner(Learner):
             sections["dead_channels"] = {}
             model, spec = thin(gated, analyse(full, ctx.helper.input_shape), keep, full_spec,
                                stats=sections["dead_channels"])
+            sections["graph"] = {"unknown_ops": sections["dead_channels"].get("unknown_ops", [])}
             model = model.to(ctx.device)
             before = ctx.accuracy(model)
             log.info("accuracy: gated %.4f | thinned before fine-tune %.4f", extra["gated"], before)

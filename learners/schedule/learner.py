@@ -159,6 +159,7 @@ class ScheduleLearner(Learner):
             thinned, spec = thin(model, layers, keep, spec, stats=dead)
             sections["thinning"] = {"epoch": start, **self._parity(model, thinned), **found}
             sections["dead_channels"] = dead
+            sections["graph"] = {"unknown_ops": dead.get("unknown_ops", [])}
             model = thinned.to(self.ctx.device)
             self._before = self.ctx.accuracy(model)
             log.info("thinned at epoch %d: masked vs thinned max |diff| = %.2e | accuracy %.4f",

@@ -1,8 +1,10 @@
 """User-style nets defined only in the tests (not registered anywhere), and the probe that
 counts output channels nobody reads. Each net exercises a graph pattern the channel graph
 must follow: concatenated branches, squeeze-and-excitation, grouped convs, a DenseNet block,
-1-D convs, channel split / transposed conv. Also: ``pruned`` (a zoo net with a random keep),
-``LATE_MEMBERS`` (the residual members dead-channel elimination shrinks) and ``UserNet``."""
+1-D convs, channel split / transposed conv, and the modern ones of ``tests/zoo/modern.py``
+(ConvNeXt, MobileNetV3, ShuffleNetV2, a functional net with an in-place op). Also: ``pruned``
+(a zoo net with a random keep), ``LATE_MEMBERS`` (the residual members dead-channel
+elimination shrinks), ``DEAD_AFTER_PLAN`` and ``UserNet``."""
 from __future__ import annotations
 
 import torch
@@ -10,6 +12,7 @@ from torch import nn
 
 from compression.graph.layers import analyse, choose_layers
 from compression.surgery.unread import unread_channels  # noqa: F401  (the tests' probe)
+from tests.zoo.modern import MODERN
 
 
 def cbr(c_in: int, c_out: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -156,7 +159,7 @@ class SplitNet(nn.Module):
 
 
 ZOO = {"inception": InceptionNet, "se": SENet, "grouped": GroupedNet, "dense": DenseNet,
-       "conv1d": Conv1dNet, "split": SplitNet}
+       "conv1d": Conv1dNet, "split": SplitNet, **MODERN}
 INPUT_SHAPE = (1, 8, 8)
 
 
@@ -174,7 +177,12 @@ def randomise_bn(model: nn.Module, seed: int = 7) -> None:
 # Residual sums whose later member writes channels that only readers BEFORE the sum keep:
 # net -> (the member's last conv, the readers after the sum). The union graph keeps them;
 # dead-channel elimination (compression.surgery.dead_channels) removes them from that member alone.
-LATE_MEMBERS = {"se": ("project.0", ["head.0"]), "conv1d": ("conv_b.0", ["down.0"])}
+LATE_MEMBERS = {"se": ("project.0", ["head.0"]), "conv1d": ("conv_b.0", ["down.0"]),
+                "mobilenetv3": ("project.0", ["head.0"])}
+# Nets whose thinned model computes channels nothing reads for other reasons, which only
+# liveness over the trace finds: a channel shuffle after which a reader keeps a subset
+# (shufflenet), several residual members and an in-place op on one (functional).
+DEAD_AFTER_PLAN = {*LATE_MEMBERS, "shufflenet", "functional"}
 
 
 def pruned(name: str, ratio: float = 0.5, seed: int = 1):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from compression.graph import pruners as layer_pruners
+from compression.graph import layers as layers_module, pruners as layer_pruners
 from compression.artifacts import build_model
 from compression.budget.flops import ChannelFlops
 from compression.graph.layers import analyse
@@ -20,7 +20,8 @@ from compression.graph.pruners import ChannelwisePruner, register_pruner
 from compression.surgery.thinning import gathers_as_matrices, mask_inputs, thin
 from compression.surgery.dead_channels import unread_outputs
 from compression.surgery.unread import WRITERS, wasted_flops
-from tests.zoo.nets import INPUT_SHAPE, LATE_MEMBERS, ZOO, Scale, ScaledNet, pruned, unread_channels
+from tests.zoo.nets import (DEAD_AFTER_PLAN, INPUT_SHAPE, LATE_MEMBERS, ZOO, Scale, ScaledNet,
+                            pruned, unread_channels)
 from utils.model_io import module_spec
 from utils.model_stats import count_flops, count_params
 
@@ -31,7 +32,8 @@ def test_thinning_is_exact_and_counted(name):
     masked = copy.deepcopy(model)
     mask_inputs(masked, keep, layers)
     spec = module_spec(model)
-    thinned, thin_spec = thin(masked, layers, keep, spec)
+    dead = {}
+    thinned, thin_spec = thin(masked, layers, keep, spec, stats=dead)
     plain, _ = thin(masked, layers, keep, eliminate=False)    # the channel graph's plan alone
     x = torch.randn(5, *INPUT_SHAPE)
     with torch.no_grad():
@@ -46,7 +48,8 @@ def test_thinning_is_exact_and_counted(name):
     actual = count_flops(plain, INPUT_SHAPE)
     assert flops.flops_of(keep) == actual
     eliminated = count_flops(thinned, INPUT_SHAPE)
-    assert (eliminated < actual) == (name in LATE_MEMBERS) and eliminated <= actual
+    assert (eliminated < actual) == bool(dead["removed"]) and eliminated <= actual
+    assert dead["flops_before"] == actual and dead["flops_after"] == eliminated
     estimate = flops.flops({n: len(k) for n, k in keep.items()})
     if name in ("inception", "split"):    # a concatenation's split among its producers is
         assert abs(actual - estimate) <= 0.1 * estimate    # known after selection only
@@ -57,18 +60,23 @@ def test_thinning_is_exact_and_counted(name):
 
 
 @pytest.mark.parametrize("name", list(ZOO))
-def test_no_output_channel_is_left_unread(name):
+def test_unread_channels_are_measured_and_left_only_where_removing_costs_more(name):
     model, layers, keep = pruned(name)
     assert unread_channels(model, INPUT_SHAPE) == {}
-    thinned, _ = thin(model, layers, keep)
-    assert unread_channels(thinned, INPUT_SHAPE) == {} == unread_outputs(thinned, INPUT_SHAPE)
+    dead = {}
+    thinned, _ = thin(model, layers, keep, stats=dead)
+    probe = unread_channels(thinned, INPUT_SHAPE)          # perturbation: independent of the graph
+    assert probe == unread_outputs(thinned, INPUT_SHAPE)              # liveness agrees with it
+    assert dead["checked_by"] == "liveness" and dead["unknown_ops"] == []
+    assert dead["unread_channels"] == sum(probe.values())
+    assert probe == dead["not_worth"]      # left only where the scatter costs more (_pays)
     # without the elimination pass, the residual sums' late members compute channels that
     # only readers before the sum keep: counted alike by the probe and by the liveness pass
     plain, _ = thin(model, layers, keep, eliminate=False)
     unread = unread_channels(plain, INPUT_SHAPE)
     assert unread == unread_outputs(plain, INPUT_SHAPE)
     if name not in LATE_MEMBERS:
-        assert unread == {}
+        assert (unread != {}) == (name in DEAD_AFTER_PLAN)
         return
     member, late_readers = LATE_MEMBERS[name]
     graph = layers[0].graph
@@ -147,6 +155,7 @@ def test_exports_are_no_larger_than_the_unpruned(name, tmp_path):
 
 def test_a_users_layer_type_is_kept_whole_until_it_has_a_pruner(monkeypatch, caplog):
     monkeypatch.setattr(layer_pruners, "_PRUNERS", list(layer_pruners._PRUNERS))
+    monkeypatch.setattr(layers_module, "_LOGGED", set())
     torch.manual_seed(0)
     model = ScaledNet().eval()
     layers = {layer.name: layer for layer in analyse(model, INPUT_SHAPE)}
@@ -170,7 +179,8 @@ def test_a_users_layer_type_is_kept_whole_until_it_has_a_pruner(monkeypatch, cap
         assert torch.allclose(thinned(x), masked(x), atol=1e-6)
 
 
-def test_an_unregistered_torch_layer_is_named_and_kept_whole(caplog):
+def test_an_unregistered_torch_layer_is_named_and_kept_whole(monkeypatch, caplog):
+    monkeypatch.setattr(layers_module, "_LOGGED", set())
     class WithLstm(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -184,6 +194,8 @@ def test_an_unregistered_torch_layer_is_named_and_kept_whole(caplog):
 
     with caplog.at_level(logging.INFO, logger="pocketflow"):
         layers = {layer.name: layer for layer in analyse(WithLstm(), INPUT_SHAPE)}
+        analyse(WithLstm(), INPUT_SHAPE)
     assert "rnn: RNN (no pruner registered; registered:" in caplog.text
+    assert caplog.text.count("rnn: RNN") == 1                     # logged once by name
     thinned, _ = thin(WithLstm(), list(layers.values()), {"fc": torch.tensor([0, 2])})
     assert thinned.conv.out_channels == 6
