@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import logging
 import weakref
 from pathlib import Path
 from typing import Union
@@ -22,6 +23,8 @@ from compression.quantization.int8_qat import (INSTALL_HINT, Int8ExportUnavailab
                                                batch_of, convert_int8, is_quantized,
                                                no_batch_size_guards, quiet, torchao_api)
 from utils.checkpoint import CheckpointError, atomic_write
+
+log = logging.getLogger("pocketflow")
 
 
 def runtime():
@@ -41,8 +44,9 @@ def export_pte(model: nn.Module, example_inputs: torch.Tensor, path: Union[str, 
     ``quantized=True``: an int8 model from :func:`convert_int8` (a :class:`QatModel` is
     converted first); ``False``: a float model (exported in eval mode). The program takes
     ``[b, *example_inputs.shape[1:]]`` float inputs, ``b`` in ``[1, max_batch]`` if ``dynamic``
-    else ``b == max_batch``. Returns the file size in bytes."""
-    api = torchao_api()
+    else ``b == max_batch``; where ExecuTorch cannot plan a dynamic batch (the net's forward
+    fixes it, e.g. ``x.view(n, ...)`` of a channel shuffle), a static plan of batch 1 (any
+    batch runs, in chunks), with a warning. Returns the file size in bytes."""
     if isinstance(model, QatModel):
         if not quantized:
             raise ValueError("a QatModel is fake-quantized: export it with quantized=True")
@@ -52,6 +56,25 @@ def export_pte(model: nn.Module, example_inputs: torch.Tensor, path: Union[str, 
                          " quantize/dequantize ops (use convert_int8 for int8)")
     if any(t.device.type != "cpu" for t in model.state_dict().values()):
         model = copy.deepcopy(model).cpu()  # XNNPACK is a CPU backend
+    et = _lowered(model, example_inputs, quantized, max_batch, dynamic)
+    planned = _planned_batch(et)
+    if planned != max_batch and dynamic:
+        # ExecuTorch specialised the batch (a view / reshape of the net fixes it): a static
+        # plan of batch 1 runs any batch (PteModel splits larger ones), at batch 1's speed
+        log.warning("ExecuTorch planned this net for batch %d, not a dynamic batch up to %d "
+                    "(a view or reshape of its forward fixes the batch); the .pte is planned "
+                    "for batch 1 and runs larger batches in chunks", planned, max_batch)
+        et = _lowered(model, example_inputs, quantized, 1, False)
+        planned, max_batch = _planned_batch(et), 1
+    if planned != max_batch:
+        raise RuntimeError(f"ExecuTorch planned batch {planned}, not {max_batch}")
+    return _write_atomic(et.buffer, path)
+
+
+def _lowered(model: nn.Module, example_inputs: torch.Tensor, quantized: bool, max_batch: int,
+             dynamic: bool):
+    """The ExecuTorch program of ``model`` (XNNPACK delegate) for ``[b, ...]`` inputs."""
+    api = torchao_api()
     x = batch_of(example_inputs.detach().cpu(), 2 if dynamic else max_batch)
     dims = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if dynamic else None
     was_training = model.training
@@ -62,15 +85,17 @@ def export_pte(model: nn.Module, example_inputs: torch.Tensor, path: Union[str, 
             program = torch.export.export(model, (x,), dynamic_shapes=dims)
             edge = api.lower(program, partitioner=[api.partitioner()], constant_methods={
                 "max_batch": max_batch, "dynamic_batch": int(dynamic)})
-            et = edge.to_executorch()
+            return edge.to_executorch()
     finally:
         if not quantized:
             model.train(was_training)
+
+
+def _planned_batch(et) -> int:
+    """The batch ExecuTorch's memory plan holds for the program's input."""
     program = et.exported_program()
     spec = next(n for n in program.graph.nodes if n.name == program.graph_signature.user_inputs[0])
-    if spec.meta["spec"].shape[0] != max_batch:
-        raise RuntimeError(f"ExecuTorch planned batch {spec.meta['spec'].shape[0]}, not {max_batch}")
-    return _write_atomic(et.buffer, path)
+    return int(spec.meta["spec"].shape[0])
 
 
 def export_int8_program(model: nn.Module, example_inputs: torch.Tensor,
