@@ -23,6 +23,7 @@ same.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
 import tempfile
@@ -32,6 +33,7 @@ from typing import Any, Callable
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from compression.artifacts.files import runtime_for
 from learners.config import LearnerConfig
 from learners.launch import locked_run, seed_everything, setup_logging
 from learners.registry import learner_class, learner_configs
@@ -42,6 +44,8 @@ from utils.config import ConfigError, flag_fields, from_flag_dict
 from compression.artifacts import file_of, save_model
 from compression.artifacts import load_model as _load_model
 from utils.model_io import module_spec
+
+log = logging.getLogger("pocketflow")
 
 
 @dataclass
@@ -87,6 +91,7 @@ def compress(model: "nn.Module | AbstractModelHelper", train_data=None, eval_dat
     if not is_helper and (train_data is None or eval_data is None):
         raise ConfigError("compress(model, train_data, eval_data, ...) needs both datasets (or a "
                           "ModelHelper instead of the model)")
+    options = _unprefixed(options, learner)
     _check_options(options, learner, own_cls, None if is_helper else ModuleConfig)
     values = {k: v for k, v in options.items() if v is not None}
     full_path = full_model or os.path.join(out_dir, "full", "model.ckpt")
@@ -133,8 +138,35 @@ def _check_options(options: dict, learner: str, own_cls: type | None,
     unknown = sorted(set(options) - valid)
     if unknown:
         hint = "" if helper_cls is not None else " (data and schedule options are the helper's)"
+        guesses = {name: difflib.get_close_matches(name, sorted(valid), n=3, cutoff=0.6)
+                   for name in unknown}
+        if all(guesses.values()):
+            said = "; ".join(f"{name}: did you mean {' or '.join(close)}?"
+                             for name, close in guesses.items())
+            raise ConfigError(f"unknown option(s) for learner {learner!r}{hint}: {said}")
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} for learner {learner!r}{hint}; "
                           f"valid: {', '.join(sorted(valid))}")
+
+
+def _unprefixed(options: dict, learner: str) -> dict:
+    """Options named as their flags (``cpr_prune_ratio``, how docs/learners.md writes them)
+    are taken without the learner's prefix, with a note."""
+    own_cls, prefix = learner_configs().get(learner, (None, ""))
+    if own_cls is None or not prefix:
+        return options
+    own = _option_names(own_cls)
+    out = {}
+    for name, value in options.items():
+        bare = name[len(prefix) + 1:] if name.startswith(prefix + "_") else None
+        if bare in own and name not in own:
+            if bare in options:
+                raise ConfigError(f"both {name} and {bare} are given: the Python API takes the "
+                                  f"learner's options without the --{prefix}_ prefix ({bare})")
+            log.info("option %s: the Python API names it %s (no --%s_ prefix); taken as %s",
+                     name, bare, prefix, bare)
+            name = bare
+        out[name] = value
+    return out
 
 
 def _path(out_dir: str, learner: str, field: dataclasses.Field) -> str:
@@ -176,9 +208,21 @@ def _load_model_meta(path: str) -> dict:
     return load_file(path).get("meta") or {}
 
 
-def load_model(path: str, base: nn.Module | None = None) -> nn.Module:
+def load_model(path: str, base: nn.Module | None = None) -> Callable:
     """The model of an artifact, ready to run (eval mode). ``base``: an instance of the
-    original model's class, needed when that class is not a registered net."""
+    original model's class, needed when that class is not a registered net.
+
+    The programs a run writes load too, as callables ``x -> logits``: an ExecuTorch program
+    (``.pte``, a ``deployment.pte.PteModel``) and the int8 program (``.pt2``, an exported
+    module). Anything else (an ONNX model, a directory, a plain state_dict) is refused with
+    what it is and what to do."""
+    runtime = runtime_for(path) if os.path.isfile(path) else None
+    if runtime == "executorch":
+        from deployment.pte import PteModel
+        return PteModel(path)
+    if runtime == "torch.export":
+        from deployment.pte import load_int8_program
+        return load_int8_program(path)
     model, _ = _load_model(path, base=base)
     return model.eval()
 

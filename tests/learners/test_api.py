@@ -146,8 +146,16 @@ def test_a_chain_quantizes_the_pruned_model(trained, pruned, tmp_path):
 
 def test_bad_options_are_refused_with_the_valid_ones(trained, tmp_path):
     model, train, test, _ = trained
-    with pytest.raises(ConfigError, match=r"unknown option\(s\) prune_ration .*valid: .*prune_ratio"):
+    with pytest.raises(ConfigError, match=r"prune_ration: did you mean prune_ratio or "):
         pf.compress(model, train, test, "chn-pruned-rmt", out_dir=str(tmp_path), prune_ration=0.5)
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) zzz for .*valid: .*prune_ratio"):
+        pf.compress(model, train, test, "chn-pruned-rmt", out_dir=str(tmp_path), zzz=0.5)
+    with pytest.raises(ConfigError, match=r"^--prune_ratio: must be in \[0, 1\)"):   # prefixed
+        pf.compress(model, train, test, "chn-pruned-rmt", out_dir=str(tmp_path),
+                    cpr_prune_ratio=1.5)
+    with pytest.raises(ConfigError, match="both cpr_prune_ratio and prune_ratio are given"):
+        pf.compress(model, train, test, "chn-pruned-rmt", out_dir=str(tmp_path),
+                    cpr_prune_ratio=0.5, prune_ratio=0.5)
     with pytest.raises(ConfigError, match=r"^--prune_ratio: must be in \[0, 1\)"):
         pf.compress(model, train, test, "chn-pruned-rmt", out_dir=str(tmp_path), prune_ratio=1.5)
     with pytest.raises(ValueError, match="unknown learner 'prune'; valid learners: "):
