@@ -10,6 +10,7 @@ labels)`` is given. A fixed share of the training set is held out for searches
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from nets.abstract_model_helper import HelperConfig, ImageClassificationHelper
-from utils.config import option
+from utils.config import ConfigError, option
 from utils.lrn_rate import CosineLr, scaled_lr
 from utils.model_io import module_spec
 
@@ -41,7 +42,7 @@ class ModuleHelper(ImageClassificationHelper):
         self.loss_fn, self.spec = loss_fn, spec
         self._name, self._dataset_name = name or type(model).__name__.lower(), dataset_name
         self.nb_epochs = float(cfg.epochs)
-        self._shape = tuple(train[0][0].shape)
+        self._shape = _single_input_shape(model, train)
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -87,3 +88,25 @@ class ModuleHelper(ImageClassificationHelper):
         global_batch = self.global_batch(nb_workers)
         return CosineLr(scaled_lr(self.cfg.lrn_rate_init, global_batch, self.cfg.batch_size_norm),
                         self.nb_iters_train(nb_workers))
+
+
+def _single_input_shape(model: nn.Module, train: Dataset) -> tuple:
+    """The shape of one training input; a model or data with several inputs is refused by
+    name (every learner, export and tool takes one input tensor)."""
+    item = train[0]
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise ConfigError(f"training items must be (input, label) pairs; item 0 of "
+                          f"{type(train).__name__} is a {type(item).__name__} of "
+                          f"{len(item) if isinstance(item, (tuple, list)) else 1} element(s)")
+    required = [p.name for p in inspect.signature(model.forward).parameters.values()
+                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if isinstance(item[0], (tuple, list, dict)) or len(required) > 1:
+        raise ConfigError(
+            f"{type(model).__name__}.forward takes several inputs ({', '.join(required)}) or the "
+            f"data gives them ((x1, x2, ...), y): models with several inputs are not supported "
+            "(the channel graph, the exports and the tools take one tensor); wrap the model in "
+            "a module whose forward takes one tensor (e.g. the inputs concatenated along a dim)")
+    if not isinstance(item[0], torch.Tensor):
+        raise ConfigError(f"training inputs must be tensors; item 0's input is a "
+                          f"{type(item[0]).__name__}")
+    return tuple(item[0].shape)

@@ -37,11 +37,30 @@ def make_train_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_si
     """Shuffled (seeded per epoch), sharded by rank, incomplete last batch dropped; a dataset
     too small for one batch per process is refused (DataError naming the flag)."""
     check_one_batch(len(dataset), batch_size, world_size)
+    check_items(dataset)
     sampler = ResumableSampler(
         ShardedSampler(len(dataset), rank=rank, world_size=world_size, shuffle=shuffle, seed=seed,
                        drop_last=True), batch_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
                       num_workers=nb_threads, pin_memory=torch.cuda.is_available())
+
+
+def check_items(dataset: Dataset) -> None:
+    """DataError unless the dataset's items are ``(input tensor, label)`` pairs: a model with
+    several inputs (``((x1, x2), y)``) is not supported, and is refused before any training."""
+    if len(dataset) == 0:
+        return
+    item = dataset[0]
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise DataError(f"the dataset's items must be (input, label) pairs; item 0 of "
+                        f"{type(dataset).__name__} is a {type(item).__name__}")
+    if isinstance(item[0], (tuple, list, dict)):
+        raise DataError(f"item 0 of {type(dataset).__name__} holds several inputs ((x1, x2, ...), "
+                        "label): models with several inputs are not supported (the channel graph, "
+                        "the exports and the tools take one tensor); give one input tensor")
+    if not isinstance(item[0], torch.Tensor):
+        raise DataError(f"item 0 of {type(dataset).__name__} has a {type(item[0]).__name__} "
+                        "input, not a tensor")
 
 
 def check_one_batch(nb_samples: int, batch_size: int, world_size: int = 1) -> None:
@@ -56,5 +75,6 @@ def check_one_batch(nb_samples: int, batch_size: int, world_size: int = 1) -> No
 def make_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1,
                      nb_threads: int = 0) -> DataLoader:
     """This rank's share of the eval set; shares are disjoint and cover every sample once."""
+    check_items(dataset)
     subset = torch.utils.data.Subset(dataset, eval_shard_indices(len(dataset), rank, world_size))
     return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=nb_threads)

@@ -163,3 +163,22 @@ def test_bad_options_are_refused_with_the_valid_ones(trained, tmp_path):
     with pytest.raises(ConfigError, match="needs both datasets"):
         pf.compress(model, train, None, "chn-pruned-rmt", out_dir=str(tmp_path))
     assert "chn-pruned-rmt" in pf.list_learners()
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x, y):
+        return self.a(x) + self.b(y)
+
+
+def test_a_model_or_data_with_several_inputs_is_refused_by_name(tmp_path):
+    pairs = TensorDataset(torch.randn(8, 4), torch.randn(8, 4), torch.randint(3, (8,)))
+    items = [((x, y), label) for x, y, label in pairs]
+    with pytest.raises(ConfigError, match=r"TwoInputs.forward takes several inputs \(x, y\)"):
+        pf.compress(TwoInputs(), items, items, "chn-pruned-rmt", out_dir=str(tmp_path))
+    single = TensorDataset(torch.randn(8, 4), torch.randint(3, (8,)))
+    with pytest.raises(ConfigError, match="TwoInputs.forward takes several inputs"):
+        pf.compress(TwoInputs(), single, single, "full-prec", out_dir=str(tmp_path))
