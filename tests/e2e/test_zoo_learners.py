@@ -23,8 +23,8 @@ CHANNEL_LEARNERS = {
 }
 
 # Learners that cannot apply to a net, and the reason they give.
-REFUSED = {("convnext", "gate-decorator"): "no channel of this model can be gated: it needs a "
-                                           "BatchNorm2d"}
+NO_BN = "no channel of this model can be gated: it needs a BatchNorm2d"
+REFUSED = {("convnext", "gate-decorator"): NO_BN, ("functional", "gate-decorator"): NO_BN}
 
 
 @pytest.fixture(scope="module")
