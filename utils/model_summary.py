@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -99,12 +98,14 @@ def is_summarised(module: nn.Module) -> bool:
 
 
 def _macs(module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> int:
+    """Positions x weights: a layer that picks input channels or places its outputs in a
+    wider tensor (``compression.surgery.picks``) computes only what its weight holds."""
     if isinstance(module, _ConvTransposeNd):
-        return inputs.numel() * math.prod(module.weight.shape[1:])
+        return inputs.numel() // inputs.shape[1] * module.weight.numel()
     if isinstance(module, _ConvNd):
-        return output.numel() * math.prod(module.weight.shape[1:])
+        return output.numel() // output.shape[1] * module.weight.numel()
     if isinstance(module, nn.Linear):
-        return output.numel() * module.in_features
+        return output.numel() // output.shape[-1] * module.weight.numel()
     return 0
 
 

@@ -220,6 +220,22 @@ def test_summary_flops_equal_count_flops(name):
     assert len(summary.rows) == len(layers)
 
 
+@pytest.mark.parametrize("name", ["functional", "convnext", "mobilenetv3"])
+def test_summary_flops_of_thinned_zoo_nets_with_picks_equal_count_flops(name):
+    """Thinned models with Gather*/Scatter* layers (a scatter computes fewer channels than
+    the tensor it writes): the summary counts what the weights compute, as flop_counter does."""
+    from compression.surgery.picks import is_gather, is_scatter
+    from compression.surgery.thinning import thin
+    from tests.zoo.nets import INPUT_SHAPE, pruned
+
+    model, layers, keep = pruned(name)
+    thinned, _ = thin(model, layers, keep)
+    if name == "functional":
+        assert any(is_scatter(m) or is_gather(m) for m in thinned.modules())
+    summary = summarize(thinned, INPUT_SHAPE)
+    assert summary.flops == count_flops(thinned, INPUT_SHAPE)
+
+
 def test_resnet20_has_41m_macs():
     summary = summarize(create_net("resnet20", num_classes=10, in_channels=3), (3, 32, 32))
     # 3x3 convs: conv1 16*3*9*32^2 + 6 of 16*16*9*32^2 + 32*16*9*16^2 + 5 of 32*32*9*16^2
