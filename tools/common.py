@@ -18,7 +18,9 @@ Everything below takes plain arguments.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
+import re
 import sys
 import tempfile
 import typing
@@ -134,23 +136,32 @@ def resolve_input_shape(input_shape: str | Sequence[int] | None, helper: Any = N
 
 
 # -- files -------------------------------------------------------------------------------------
-def load_artifact(path: str, helper: Any = None) -> tuple[nn.Module, dict]:
+def load_artifact(path: str, helper: Any = None, base: nn.Module | None = None
+                  ) -> tuple[nn.Module, dict]:
     """``compression.artifacts.load_model`` of a model artifact, in eval mode; ``(model, file dict)``.
 
     Resolve ``--helper`` first (``helper_from_flags``): importing a user's helper module
     registers the nets it defines, and an artifact of a class that is not a registered net
-    (the Python API's) is rebuilt on ``helper.build_model()``. A training checkpoint is
+    (the Python API's) is rebuilt on ``helper.build_model()``, or on ``base`` (``--base``: the
+    class, built with no arguments). A training checkpoint is
     refused although ``load_model`` accepts one: it holds the weights of an unfinished run,
     and the tools report on the model a learner delivered."""
     if not os.path.isfile(path):
         raise ToolError(f"no such file: {path} (expected {ARTIFACT_EXPECTED})")
     try:
-        model, obj = load_model(path, base=helper.build_model() if helper is not None else None)
+        model, obj = load_model(path, base=helper.build_model() if helper is not None else base)
     except CheckpointError as exc:
-        hint = ("; a net of your own is registered when its module is imported: pass "
-                "--helper=pkg.module:YourHelper" if "unknown net" in str(exc) or
-                "not a registered net" in str(exc) else "")
-        raise ToolError(f"{exc}; expected {ARTIFACT_EXPECTED}{hint}") from exc
+        recorded = re.search(r"the module (\S+), not a registered net", str(exc))
+        hint = ""
+        if recorded:
+            module, _, name = recorded.group(1).rpartition(".")
+            hint = (f"; pass --base={module}:{name} (the class, built with no arguments), or "
+                    "--helper=pkg.module:YourHelper whose build_model() makes it (docs/tools.md)")
+        elif "unknown net" in str(exc):
+            hint = ("; a net of your own is registered when its module is imported: pass "
+                    "--helper=pkg.module:YourHelper")
+        raise ToolError(f"{str(exc).split(': pass an instance')[0]}; expected "
+                        f"{ARTIFACT_EXPECTED}{hint}") from exc
     if obj.get("kind") == "checkpoint":
         raise ToolError(f"{path} is a training checkpoint (--save_path, for resuming a run), not "
                         f"{ARTIFACT_EXPECTED}")
@@ -188,6 +199,32 @@ def define_input_flags(flag_values: Any) -> None:
     flags.DEFINE_string("input_shape", "", "one input's shape without batch, e.g. 1,8,8 "
                         "(default: the helper's, else the one the artifact records)",
                         flag_values=flag_values)
+    flags.DEFINE_string("base", "", "pkg.module:ClassName of the model class of an artifact "
+                        "saved by the Python API (not a registered net), built with no "
+                        "arguments", flag_values=flag_values)
+
+
+def base_from_flags(values: dict) -> nn.Module | None:
+    """``--base=pkg.module:Class``: an instance (no arguments) of the class an artifact of the
+    Python API was saved from, to rebuild it on; None when not given."""
+    name = values.get("base") or ""
+    if not name:
+        return None
+    module_name, _, attr = name.partition(":") if ":" in name else name.rpartition(".")
+    try:
+        cls = importlib.import_module(module_name)
+        for part in attr.split("."):
+            cls = getattr(cls, part)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ToolError(f"--base={name}: cannot import it ({exc}); give pkg.module:ClassName of "
+                        "a class importable from here (PYTHONPATH)") from exc
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ToolError(f"--base={name} is not an nn.Module class")
+    try:
+        return cls()
+    except TypeError as exc:
+        raise ToolError(f"--base={name}: {cls.__name__}() needs arguments ({exc}); write a "
+                        "ModelHelper whose build_model() makes it and pass --helper") from exc
 
 
 def helper_from_flags(values: dict) -> Any:

@@ -36,7 +36,8 @@ from compression.artifacts import file_of, model_suffixes
 from deployment.formats import export_choices, formats_for
 from deployment.pipeline import deploy, eval_batches
 from deployment.verify import ATOL, INT8_MAX_DROP, verify_artifact
-from tools.common import ToolError, define_input_flags, helper_from_flags, load_artifact, run_tool
+from tools.common import (ToolError, base_from_flags, define_input_flags, helper_from_flags,
+                          load_artifact, run_tool)
 from deployment.runners import RunnerError, runner_for, time_runners
 
 FLAGS = flags.FLAGS
@@ -73,7 +74,7 @@ def load_source(path: str, helper):
         from deployment.pte import load_int8_program
 
         return load_int8_program(path), "int8"
-    model, _ = load_artifact(path, helper)
+    model, _ = load_artifact(path, helper, base_from_flags(FLAGS.flag_values_dict()))
     return model, "fp32"
 
 
@@ -86,7 +87,8 @@ def latency(files: dict, shape, helper) -> dict:
     except ValueError:
         raise ToolError(f"--batch_sizes: expected integers, got {','.join(FLAGS.batch_sizes)}") from None
     runners = {"eager fp32 reference": runner_for(reference, FLAGS.threads,
-                                                  load=lambda p: load_artifact(p, helper))}
+                                                  load=lambda p: load_artifact(
+                                                      p, helper, base_from_flags(FLAGS.flag_values_dict())))}
     runners.update({name: runner_for(path, FLAGS.threads) for name, path in files.items()})
     ms = time_runners(runners, shape, batch_sizes, FLAGS.threads, repeats=FLAGS.repeats)
     base = ms["eager fp32 reference"]

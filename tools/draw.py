@@ -16,8 +16,8 @@ import shutil
 
 from absl import flags
 
-from tools.common import (check_writable, define_input_flags, helper_from_flags, load_artifact,
-                          resolve_input_shape, run_tool)
+from tools.common import (base_from_flags, check_writable, define_input_flags, helper_from_flags,
+                          load_artifact, resolve_input_shape, run_tool)
 from tools.model_draw import INSTALL_HINT, GraphvizUnavailable, count_nodes_edges, render, write_dot
 
 FLAGS = flags.FLAGS
@@ -34,7 +34,7 @@ def main() -> None:
     out = FLAGS.out or os.path.splitext(FLAGS.model)[0] + ".dot"
     check_writable(out)
     helper = helper_from_flags(values)   # first: its module registers the user's nets
-    model, obj = load_artifact(FLAGS.model, helper)
+    model, obj = load_artifact(FLAGS.model, helper, base_from_flags(values))
     shape = resolve_input_shape(FLAGS.input_shape, helper, obj.get("meta"),
                                 FLAGS.model)
     nb_nodes, nb_edges = count_nodes_edges(write_dot(model, shape, out, name=os.path.basename(FLAGS.model)))

@@ -32,8 +32,8 @@ import torch
 from absl import flags
 
 from compression.artifacts import path_of
-from tools.common import (check_writable, define_input_flags, helper_from_flags, load_artifact,
-                          resolve_input_shape, run_tool)
+from tools.common import (base_from_flags, check_writable, define_input_flags, helper_from_flags,
+                          load_artifact, resolve_input_shape, run_tool)
 from utils.data_loading import make_eval_loader
 from deployment.onnx_export import NotExportable, check_exportable, compare_outputs, export_onnx, onnx_session
 from deployment.onnx_int8 import quantize_qdq
@@ -61,7 +61,7 @@ def main() -> None:
         raise NotExportable(f"--out={out} would overwrite the model artifact")
     check_writable(out)
     helper = helper_from_flags(values)   # first: its module registers the user's nets
-    model, obj = load_artifact(FLAGS.model, helper)
+    model, obj = load_artifact(FLAGS.model, helper, base_from_flags(values))
     check_exportable(obj.get("spec"))
     shape = resolve_input_shape(FLAGS.input_shape, helper, obj.get("meta"), FLAGS.model)
     export_onnx(model, shape, out, opset=FLAGS.opset)

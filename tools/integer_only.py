@@ -38,8 +38,9 @@ from compression.quantization.integer_only import (ROUNDINGS, IntegerOverflowErr
                                                    IntegerYamlError, UnsupportedOpError,
                                                    build_program, compare, export_yaml, load_yaml)
 from compression.quantization.integer_only.yaml_io import LAYOUTS
-from tools.common import (ToolError, check_writable, define_input_flags, load_artifact, make_helper,
-                          resolve_helper, resolve_input_shape, run_tool)
+from tools.common import (ToolError, base_from_flags, check_writable, define_input_flags,
+                          load_artifact, make_helper, resolve_helper, resolve_input_shape,
+                          run_tool)
 from utils.data_loading import make_eval_loader
 
 FLAGS = flags.FLAGS
@@ -99,7 +100,7 @@ def main() -> None:
     check_values(values)
     check_writable(values["yaml"])
     resolve_helper(values["helper"])   # first: importing its module registers the user's nets
-    model, obj = load_artifact(values["model"])
+    model, obj = load_artifact(values["model"], base=base_from_flags(values))
     meta = obj.get("meta") or {}
     helper = build_helper(values, meta)
     resolve_input_shape(None, helper, meta, values["model"])

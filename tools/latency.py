@@ -28,8 +28,8 @@ import json
 
 from absl import flags
 
-from tools.common import (ToolError, define_input_flags, helper_from_flags, load_artifact, parse_shape,
-                          run_tool)
+from tools.common import (ToolError, base_from_flags, define_input_flags, helper_from_flags,
+                          load_artifact, parse_shape, run_tool)
 from deployment.runners import RunnerError, compare_latency, runner_for
 
 FLAGS = flags.FLAGS
@@ -74,7 +74,7 @@ def main() -> None:
         raise ToolError("--threads, --repeats and --rounds must be positive, --warmup >= 0")
     helper = helper_from_flags(values)   # first: its module registers the user's nets
     runners = {key: runner_for(path, FLAGS.threads, FLAGS.device,
-                               load=lambda p: load_artifact(p, helper))
+                               load=lambda p: load_artifact(p, helper, base_from_flags(values)))
                for key, path in (("a", FLAGS.model_a), ("b", FLAGS.model_b))}
     shape = input_shape_of(runners, values)
     result = compare_latency(runners["a"], runners["b"], shape, batch_sizes, FLAGS.threads,

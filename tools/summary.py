@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from tools.common import (check_writable, define_input_flags, helper_from_flags, load_artifact,
-                          resolve_input_shape, run_tool)
+from tools.common import (base_from_flags, check_writable, define_input_flags, helper_from_flags,
+                          load_artifact, resolve_input_shape, run_tool)
 from utils.model_summary import XlsxUnavailable, format_table, summarize, write_csv, write_xlsx
 
 FLAGS = flags.FLAGS
@@ -34,7 +34,7 @@ def main() -> None:
         except ImportError as exc:
             raise XlsxUnavailable("--xlsx needs openpyxl: pip install -e .[tools]") from exc
     helper = helper_from_flags(values)   # first: its module registers the user's nets
-    model, obj = load_artifact(FLAGS.model, helper)
+    model, obj = load_artifact(FLAGS.model, helper, base_from_flags(values))
     shape = resolve_input_shape(FLAGS.input_shape, helper, obj.get("meta"),
                                 FLAGS.model)
     summary = summarize(model, shape)
