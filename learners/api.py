@@ -40,6 +40,7 @@ from learners.registry import learner_class, learner_configs
 from learners.run.runner import Runner
 from nets.abstract_model_helper import AbstractModelHelper
 from nets.module_helper import ModuleConfig, ModuleHelper
+from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, flag_fields, from_flag_dict
 from compression.artifacts import file_of, save_model
 from compression.artifacts import load_model as _load_model
@@ -219,7 +220,11 @@ def load_model(path: str, base: nn.Module | None = None) -> Callable:
     runtime = runtime_for(path) if os.path.isfile(path) else None
     if runtime == "executorch":
         from deployment.pte import PteModel
-        return PteModel(path)
+        try:
+            return PteModel(path)
+        except RuntimeError as exc:       # a damaged or foreign file
+            raise CheckpointError(f"{path} is not an ExecuTorch program this runtime can load "
+                                  f"({exc})") from exc
     if runtime == "torch.export":
         from deployment.pte import load_int8_program
         return load_int8_program(path)

@@ -11,18 +11,23 @@ names the copies beside an artifact (sparse, bit-packed) with the loader that re
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from typing import Any
 
+import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 import compression.quantization.dorefa_pact  # noqa: F401  (registers the transforms of the artifacts'
 import compression.quantization.spec  # noqa: F401   specs)
 import compression.surgery.thinning  # noqa: F401
 from compression.artifacts.files import file_of, model_suffixes
 from nets.registry import build_from_spec
-from utils.checkpoint import CheckpointError, load_file, save_file
+from utils.checkpoint import CheckpointError, check_state_dict_fits, load_file, save_file
 from utils.model_io import apply_transforms, load_weights, unwrap
+
+log = logging.getLogger("pocketflow")
 
 # file kind (``utils.checkpoint``) of the copies beside an artifact -> the function reading it
 COPY_LOADERS = {"sparse_model": "compression.artifacts.load_sparse_model",
@@ -73,8 +78,57 @@ def build_model(spec: dict, base: nn.Module | None = None) -> nn.Module:
     return apply_transforms(model, spec)
 
 
+# A spec is data from a file: no number in it may ask for more than this (channels, classes,
+# layers, an input size...), and no structure may nest deeper, before anything is built.
+MAX_SPEC_INT = 1 << 20
+MAX_SPEC_DEPTH = 32
+
+
+def check_spec(spec: Any, path: str, where: str = "spec", depth: int = 0) -> None:
+    """CheckpointError naming the field of ``spec`` whose number is out of bounds (a shared
+    artifact must not be able to make the loader allocate or loop without bound)."""
+    if depth > MAX_SPEC_DEPTH:
+        raise CheckpointError(f"{path}: {where} nests deeper than {MAX_SPEC_DEPTH} levels")
+    if isinstance(spec, bool):
+        return
+    if isinstance(spec, (int, float)) and abs(spec) > MAX_SPEC_INT:
+        raise CheckpointError(f"{path}: {where} = {spec!r} is out of bounds (at most "
+                              f"{MAX_SPEC_INT} in a spec): the file was edited or is not an "
+                              "artifact of this project")
+    items = spec.items() if isinstance(spec, dict) else enumerate(spec) \
+        if isinstance(spec, (list, tuple)) else ()
+    for key, value in items:
+        check_spec(value, path, f"{where}[{key!r}]", depth + 1)
+
+
+class _NoInPlaceOnMeta(TorchFunctionMode):
+    """In-place ops on meta tensors (weight initialisation: ``normal_``, ``zero_``...) do
+    nothing: shapes are all a meta build is for, and meta ``normal_`` imports half of torch."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.startswith("__") and name != "resize_" and args and \
+                isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def rebuild(path: str, spec: Any, state_dict: dict, base: nn.Module | None = None) -> nn.Module:
-    """The model of ``spec`` with ``state_dict`` loaded (strict), errors naming ``path``."""
+    """The model of ``spec`` with ``state_dict`` loaded (strict), errors naming ``path``.
+
+    Bounded: the spec's numbers are checked first, then the model is built on the ``meta``
+    device (no memory) and every shape compared with the stored tensors; only a spec that
+    matches them is built for real (its memory is then that of the tensors already read)."""
+    check_spec(spec, path)
+    try:
+        with torch.device("meta"), _NoInPlaceOnMeta():
+            shadow = build_model(spec, None if base is None else copy.deepcopy(base).to("meta"))
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the architecture: {exc}") from exc
+    except (NotImplementedError, RuntimeError) as exc:   # a net that cannot be built on meta
+        log.debug("%s: no meta build (%s); building for real", path, exc)
+    else:
+        check_state_dict_fits(shadow, state_dict, path)
     try:
         model = build_model(spec, base)
     except (ValueError, TypeError) as exc:
