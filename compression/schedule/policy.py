@@ -26,6 +26,7 @@ import yaml
 
 from compression.schedule.refusals import refusal
 from compression.schedule.schema import CHECKS, CLASSES, EPOCH_KEYS, POLICY_KINDS, REQUIRED, SECTIONS
+from compression.schedule.yaml_bounds import check_size, compose
 from compression.schedule.yaml_nodes import PolicyError, Where, convert, mapping, plain
 
 __all__ = ["Instance", "Policy", "PolicyEntry", "PolicyError", "Where", "check_epochs", "load_policy"]
@@ -127,6 +128,9 @@ def load_policy(path: str, inclusive_end: bool = False) -> Policy:
     if not os.path.isfile(path):
         raise PolicyError(f"--compress: no such file {path!r}; expected a Distiller-style compression "
                           "schedule YAML (version, pruners/quantizers/..., policies)")
+    too_large = check_size(path)
+    if too_large:
+        raise PolicyError(f"{path}: refused: {too_large}")
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
@@ -141,7 +145,7 @@ def load_policy(path: str, inclusive_end: bool = False) -> Policy:
 
 
 def _parse(path: str, text: str, inclusive_end: bool) -> Policy:
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    root = compose(text)
     if root is None:
         raise PolicyError(f"{path}: the file is empty; expected version, pruners/quantizers/..., policies")
     top = mapping(path, root, "<top>")
