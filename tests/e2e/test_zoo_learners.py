@@ -141,3 +141,20 @@ def test_every_tool_on_a_pruned_zoo_net(name, zoo_full):
     assert summary[-1].startswith("total")
     assert json.loads(json.dumps(result.report))["flops"]["compressed"] == count_flops(
         load_model(model)[0], INPUT_SHAPE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(ZOO))
+def test_uniform_tf_on_every_zoo_net_exports_files_that_pass_parity(name, zoo_full):
+    """int8 QAT, then the ExecuTorch and ONNX int8 files, each checked in its runtime: a file
+    that missed parity would fail the run (ParityFailure); every one passes here."""
+    root, full = zoo_full
+    helper_cls, artifact, _ = full[name]
+    result = pf.compress(helper_cls(), learner="uniform-tf", out_dir=str(root / name / "uqtf"),
+                         full_model=artifact, report_latency=False, export_format="both")
+    report = result.report
+    assert report["parity"] == {"ok": True, "failed": []}
+    int8 = {key: figures for key, figures in report["deploy"].items() if key.endswith("int8")}
+    assert set(int8) == {"pte_int8", "onnx_int8"}
+    for figures in int8.values():
+        assert abs(figures["accuracy"] - figures["accuracy_torch"]) <= 0.01
