@@ -17,7 +17,10 @@ files left by a killed writer are removed by ``remove_stale_temp_files``.
 from __future__ import annotations
 
 import hashlib
+import errno
 import os
+import resource
+import shutil
 import random
 import tempfile
 from typing import Any, BinaryIO, Callable
@@ -48,14 +51,47 @@ def _umask() -> int:
     return mask
 
 
+class WriteError(CheckpointError):
+    """A file could not be written (disk full, file too large, no permission, a read-only
+    file system, a file where a folder should be): the path and the cause, no traceback."""
+
+
+def _likely_cause(path: str, written: int) -> str:
+    """Why a write that lost its errno failed: the process's file size limit, else a full
+    disk, else unknown."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and written >= limit * 0.5:
+        return f"File too large (EFBIG: this process may write files of at most {limit:,} bytes)"
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    if free < 1 << 20:
+        return f"No space left on device (ENOSPC: {free:,} bytes free)"
+    return "the write failed (the writer gave no cause)"
+
+
+def write_error(path: str, exc: BaseException, written: int = 0) -> WriteError:
+    """The one-line error for a failed write of ``path``."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        cause = f"{exc.strerror} ({errno.errorcode.get(exc.errno, exc.errno)})"
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+            cause += ": a file stands where a folder of this path should be"
+    else:   # torch's writer reports a failed write as a RuntimeError of its own, no errno
+        cause = _likely_cause(path, written)
+    return WriteError(f"cannot write {path}: {cause}; nothing was half-written (the previous "
+                      "file, if any, is intact)")
+
+
 def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(handle)`` on a temp file in the same directory, fsync, then rename it over
     ``path``: readers see the old file or the complete new one, never a partial write. The
-    file's mode is ``0o666 & ~umask`` (what ``open(path, "wb")`` would give)."""
+    file's mode is ``0o666 & ~umask`` (what ``open(path, "wb")`` would give). An OS error
+    (disk full, file too large, no permission...) is a :class:`WriteError` naming ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-",
-                               suffix=os.path.basename(path), dir=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-",
+                                   suffix=os.path.basename(path), dir=directory)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
@@ -63,9 +99,13 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) or isinstance(exc, RuntimeError) and (
+                "inline_container" in str(exc) or "file write failed" in str(exc)):
+            raise write_error(path, exc, written) from None
         raise
 
 

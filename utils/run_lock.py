@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Callable, Iterable
 
-from utils.checkpoint import remove_stale_temp_files
+from utils.checkpoint import remove_stale_temp_files, write_error
 
 log = logging.getLogger("pocketflow")
 LOCK_NAME = ".pocketflow.lock"
@@ -69,11 +69,17 @@ class RunLock:
             while parent and not os.path.isdir(parent):
                 missing.append(parent)
                 parent = os.path.dirname(parent)
-            os.makedirs(directory, exist_ok=True)
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as exc:
+                raise write_error(directory, exc) from None
             self._created.extend(missing)            # deepest first
         path = os.path.join(directory, LOCK_NAME)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise write_error(path, exc) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

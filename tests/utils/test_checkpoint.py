@@ -13,7 +13,8 @@ from learners.launch import run
 from training.trainer import TrainingDivergedError
 from nets.registry import create_net, net_spec
 from nets.resnet_at_digits import ModelHelper
-from utils.checkpoint import (VERSION, CheckpointError, atomic_save, load_file, rng_state,
+from utils.checkpoint import (VERSION, CheckpointError, WriteError, atomic_save, load_file,
+                              rng_state,
                               save_file, set_rng_state)
 from compression.artifacts import load_model
 from compression.artifacts import load_weights_from, save_model
@@ -194,7 +195,7 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(WriteError, match=f"^cannot write {path}: No space left on device \\(ENOSPC\\)"):
         save_file(str(path), "checkpoint", {"step": 20, "w": torch.zeros(4)})
     monkeypatch.undo()
     assert path.read_bytes() == before
