@@ -146,6 +146,9 @@ def load_artifact(path: str, helper: Any = None, base: nn.Module | None = None
     class, built with no arguments). A training checkpoint is
     refused although ``load_model`` accepts one: it holds the weights of an unfinished run,
     and the tools report on the model a learner delivered."""
+    if os.path.isdir(path):
+        raise ToolError(f"{path} is a directory, not a model artifact: give the file a learner "
+                        f"wrote there (expected {ARTIFACT_EXPECTED})")
     if not os.path.isfile(path):
         raise ToolError(f"no such file: {path} (expected {ARTIFACT_EXPECTED})")
     try:

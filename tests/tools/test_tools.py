@@ -183,7 +183,8 @@ def test_load_artifact_refuses_other_files(files, tmp_path):
     truncated.write_bytes(open(files["model"], "rb").read()[:5000])
     cases = {str(tmp_path / "missing.ckpt"): "no such file: ", files["train"]: "is a training checkpoint",
              files["text"]: "not a valid pocketflow-torch file",
-             str(truncated): "not a valid pocketflow-torch file"}
+             str(truncated): "not a valid pocketflow-torch file",
+             str(tmp_path): "is a directory, not a model artifact"}
     for path, phrase in cases.items():
         with pytest.raises(ToolError) as err:
             load_artifact(path)
