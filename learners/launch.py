@@ -26,6 +26,7 @@ from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, define_flags as define_dataclass_flags, flag_name, from_flag_dict
 from utils.malloc import tune_malloc
 from utils.multi_gpu_wrapper import DistributedSetupError, MultiGpuWrapper
+from utils.stopping import Stopped, exit_status, signal_name, stop_signals, stopped_phase
 from utils.run_lock import RunLock, RunLockedError, on_primary
 
 log = logging.getLogger("pocketflow")
@@ -129,13 +130,30 @@ def main(helper_cls: type, values: dict, argv: list | None = None) -> None:
     if argv is not None and len(argv) > 1:
         raise SystemExit(f"unexpected positional arguments: {' '.join(argv[1:])}")
     try:
-        run(helper_cls, values)
+        with stop_signals():
+            run(helper_cls, values)
+    except (KeyboardInterrupt, Stopped) as exc:     # the locks are released on the way here
+        where = stopped_phase(exc)
+        print(f"error: stopped by {signal_name(exc)} during {where}; "
+              f"{kept_after_stop(values, where)}", file=sys.stderr, flush=True)
+        raise SystemExit(exit_status(exc)) from None
     except USER_ERRORS as exc:
         print(f"error: {as_flags(exc, values.get('learner'))}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except ParityFailure as exc:            # the outputs are written; the result is not good
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(3) from None
+
+
+def kept_after_stop(values: dict, where: str) -> str:
+    """What a stopped run leaves and how to go on."""
+    if values.get("exec_mode") == "eval":
+        return "nothing was written"
+    kept = {"selection": "the layers selected so far (selection.pt beside the checkpoint, "
+                         "chn-pruned-rmt)",
+            "search": "the roll-outs so far (search.pt beside the checkpoint)"}.get(
+        where, "the last checkpoint written (every save_step steps, and each phase's result)")
+    return f"kept: {kept}; no lock is left: rerun the same command with --resume to continue"
 
 
 def as_flags(exc: Exception, learner: str | None) -> Exception:

@@ -23,6 +23,7 @@ from utils.config import check, option
 from compression.graph.layers import PrunableLayer
 from compression.selection.group_prox import group_prox
 from compression.selection.ista import normalised_problem, select_exact
+from compression.selection.progress import SelectionProgress
 from compression.selection.sampling import collect, gram_and_corr, layer_weight, normal_equations
 from compression.selection.lstsq import reconstruction_error, refit_adam, refit_closed
 
@@ -153,14 +154,19 @@ def refit_kept(full: nn.Module, pruned: nn.Module, name: str, keep: torch.Tensor
 def select_channels(full: nn.Module, pruned: nn.Module, layers: Sequence[PrunableLayer],
                     counts: Mapping[str, int], batches: Sequence[torch.Tensor],
                     cfg: SelectionOptions, seed: int = 0,
-                    on_layer: Callable[[dict], None] | None = None) -> tuple[dict, list[dict]]:
+                    on_layer: Callable[[dict], None] | None = None,
+                    progress: SelectionProgress | None = None) -> tuple[dict, list[dict]]:
     """Prune ``pruned`` (a copy of ``full``) in place, layer by layer, to ``counts[name]``
-    input channels each; returns ``(keep: name -> kept input indices, per-layer stats)``."""
+    input channels each; returns ``(keep: name -> kept input indices, per-layer stats)``.
+    ``progress``: saved after every layer, and resumed from (``compression.selection.progress``)."""
     full.eval()
     pruned.eval()
     gen = torch.Generator().manual_seed(seed)
-    keep_all, stats = {}, []
-    for layer in layers:
+    names = [layer.name for layer in layers]
+    done, keep_all, stats = progress.restore(pruned, names, counts, gen) if progress else (0, {}, [])
+    for index, layer in enumerate(layers):
+        if index < done:
+            continue
         start = time.perf_counter()
         module = pruned.get_submodule(layer.name)
         nb_keep = int(counts[layer.name])
@@ -180,6 +186,8 @@ def select_channels(full: nn.Module, pruned: nn.Module, layers: Sequence[Prunabl
         stats.append(record)
         if on_layer is not None:
             on_layer(record)
+        if progress is not None:
+            progress.record(pruned, names, counts, index + 1, keep_all, stats, gen)
     return keep_all, stats
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from compression.budget.flops import ChannelFlops
 from compression.selection.criteria import refit_layers
+from compression.selection.progress import SelectionProgress
 from compression.graph.layers import choose_layers
 from compression.budget.counts import counts_for_ratios
 from compression.budget.simd import cpu_channel_block, note_block_widths
@@ -27,6 +28,7 @@ from compression.surgery.thinning import in_channels, kept_channels, mask_inputs
 from learners.run import composition
 from learners.base import Learner, Result
 from compression.budget.strategy import SearchProblem, StrategyHooks, plan_counts
+from utils.checkpoint import save_file
 from compression.artifacts import build_model, load_model, save_model
 
 log = logging.getLogger("pocketflow")
@@ -138,6 +140,13 @@ class ChannelLearnerBase(Learner):
         """The selection of the final model (``select`` unless a learner adds steps that a
         search's roll-outs must skip, e.g. fine-tuning between groups of layers)."""
         return self.select(full, pruned, chosen, counts, batches)
+
+    def selection_progress(self) -> SelectionProgress:
+        """The final selection's progress, saved beside the checkpoint (``selection.pt``) after
+        every layer and resumed from with ``--resume``."""
+        path, meta = self.ctx.state_path("selection.pt"), self.ctx.state_meta()
+        return SelectionProgress(lambda state: save_file(path, "selection", {**state, "meta": meta}),
+                                 self.ctx.resume_state(path, "selection"))
 
     def select_rollout(self, full: nn.Module, pruned: nn.Module, chosen: list[PrunableLayer],
                        counts: dict[str, int], batches: list[torch.Tensor]) -> tuple[dict, list]:

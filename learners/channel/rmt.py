@@ -27,6 +27,11 @@ class ChannelPrunedRmtLearner(ChannelLearnerBase):
         return select_channels(full, pruned, chosen, counts, batches, self.cfg, self.ctx.seed,
                                on_layer=log_layer)
 
+    def select_final(self, full, pruned, chosen, counts, batches):
+        """The selection, saved after every layer and resumed with ``--resume``."""
+        return select_channels(full, pruned, chosen, counts, batches, self.cfg, self.ctx.seed,
+                               on_layer=log_layer, progress=self.selection_progress())
+
     # coupled residual pruning: LASSO over all readers of a group (L1 where the selection is)
     @property
     def residual_criterion(self) -> str:

@@ -24,6 +24,7 @@ from utils.checkpoint import load_file
 from utils.data_loading import make_eval_loader, make_train_loader
 from compression.artifacts import build_model
 from utils.model_io import unwrap
+from utils.stopping import phase as in_phase
 from utils.multi_gpu_wrapper import MultiGpuWrapper
 
 log = logging.getLogger("pocketflow")
@@ -196,7 +197,8 @@ class Context:
                           channels_last=self.cfg.channels_last,
                           amp_dtype=AMP_DTYPES[self.cfg.amp_dtype], compile=self.cfg.compile)
         try:
-            trainer.fit()
+            with in_phase(tag):
+                trainer.fit()
         except TrainingDivergedError as exc:
             kept = (f"the last good checkpoint (step {checkpoints.last_saved}) is kept at "
                     f"{self.checkpoint}" if checkpoints.last_saved
@@ -230,7 +232,8 @@ class Context:
     def timed(self, phase: str):
         """Adds the wall time of the block to the report's ``wall_s[phase]``."""
         start = time.perf_counter()
-        yield
+        with in_phase(phase):
+            yield
         self.wall_s[phase] = self.wall_s.get(phase, 0.0) + time.perf_counter() - start
 
     # -- rank 0 --------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from torch import nn
 from compression.artifacts import derived_suffixes, export_sparse_files, path_of, save_model
 from deployment.formats import formats_for
 from deployment.pipeline import deploy, eval_batches, result_key
+from utils.stopping import phase
 from training.trainer import TrainingDivergedError, model_is_finite
 from utils.multi_gpu_wrapper import MultiGpuWrapper
 
@@ -119,7 +120,8 @@ class Outputs:
         start = time.perf_counter()
         example = torch.zeros(2, *self.helper.input_shape)
         batches = eval_batches(self.helper, self.deploy_eval_batches)
-        results = deploy(models, formats, batches, example, max_batch=max_batch)
+        with phase("export"):
+            results = deploy(models, formats, batches, example, max_batch=max_batch)
         self.wall_s["export"] = self.wall_s.get("export", 0.0) + time.perf_counter() - start
         return results
 
