@@ -126,6 +126,9 @@ class Liveness:
             return self.need_all(node)
         source = node.args[0]
         if role == "reader":
+            own = live[module.out_index.cpu()] if is_scatter(module) else live
+            if not bool(own.any()):
+                return                    # nothing reads what it computes: nor what it reads
             if not is_gather(module):
                 return self.need(source, True)
             needed = torch.zeros(self.width(source), dtype=torch.bool)

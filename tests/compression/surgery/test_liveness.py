@@ -101,3 +101,21 @@ def test_removed_channels_are_what_liveness_counted_before(cls):
         assert 0 < count <= before[writer]
     left = sum(before.values()) - sum(dead["removed"].values())
     assert dead["unread_channels"] == left == sum(dead["not_worth"].values())
+
+
+def test_a_branch_nothing_reads_leaves_its_inputs_unread_too():
+    """The mix layer of the Inception block keeps none of branch b1's channels: b1 computes
+    nothing anyone reads, so the stem channels only b1 reads are unread as well."""
+    from tests.zoo.nets import InceptionNet
+
+    torch.manual_seed(0)
+    model = InceptionNet().eval()
+    randomise_bn(model)
+    layers = analyse(model, INPUT_SHAPE)
+    keep = {"b1.0": torch.arange(0, 8), "b2.0.0": torch.arange(8, 16),
+            "b3.1.0": torch.arange(8, 16), "mix.0": torch.arange(8, 24)}
+    keep = {name: index for name, index in keep.items() if name in {layer.name for layer in layers}}
+    plain, _ = thin(model, layers, keep, eliminate=False)
+    probe = unread_channels(plain, INPUT_SHAPE)
+    assert probe.get("b1.0") and probe.get("stem.0")        # the branch, and what only it reads
+    assert dead_channels.liveness_of(plain, INPUT_SHAPE) == (probe, [])
