@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import os
 import sys
 from typing import Any
 
@@ -137,12 +138,21 @@ def main(helper_cls: type, values: dict, argv: list | None = None) -> None:
         print(f"error: stopped by {signal_name(exc)} during {where}; "
               f"{kept_after_stop(values, where)}", file=sys.stderr, flush=True)
         raise SystemExit(exit_status(exc)) from None
-    except USER_ERRORS as exc:
-        print(f"error: {as_flags(exc, values.get('learner'))}", file=sys.stderr, flush=True)
+    except USER_ERRORS as exc:       # every process meets it; the first one says it
+        if launcher_rank() == 0:
+            print(f"error: {as_flags(exc, values.get('learner'))}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except ParityFailure as exc:            # the outputs are written; the result is not good
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(3) from None
+
+
+def launcher_rank() -> int:
+    """This process's rank as the launcher set it (torchrun, horovodrun / MPI), 0 alone."""
+    for name in ("RANK", "HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 def kept_after_stop(values: dict, where: str) -> str:

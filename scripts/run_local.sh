@@ -70,5 +70,5 @@ fi
 
 rdzv=(--standalone)
 [ -n "$port" ] && rdzv=(--rdzv_backend=c10d --rdzv_endpoint="localhost:$port" --nnodes=1)
-exec "$python_bin" -m torch.distributed.run "${rdzv[@]}" --nproc_per_node="$nb_procs" \
+exec "$python_bin" -m learners.torchrun "${rdzv[@]}" --nproc_per_node="$nb_procs" \
   "$script" --enbl_multi_gpu "${args[@]}"

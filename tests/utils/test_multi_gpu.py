@@ -41,6 +41,20 @@ def test_a_dying_rank_stops_the_job(backend, how):
     assert re.search(r"(rank|process)\D{0,12}1\b", output, re.IGNORECASE), output[-3000:]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_refused_run_on_two_processes_says_it_once_and_exits_2(tmp_path, backend):
+    proc = run_local("nets/resnet_at_digits_run.py", "-n=2", f"--mgw_backend={backend}",
+                     "--lrn_rate_init=-1", "--log_dir=", f"--save_path={tmp_path}/m/model.ckpt",
+                     f"--save_path_eval={tmp_path}/e/model.ckpt", timeout=120)
+    output = proc.stdout + proc.stderr
+    assert output.count("error: --lrn_rate_init: must be positive, got -1.0") == 1, output[-3000:]
+    if backend == "torch":            # learners.torchrun: the processes' status, no traceback
+        assert proc.returncode == 2, output[-3000:]
+        assert "Traceback" not in output and "ChildFailedError" not in output
+    else:                             # horovodrun reports a failed process its own way
+        assert proc.returncode != 0
+
+
 def test_zero_processes_is_refused():
     proc = run_local("nets/resnet_at_digits_run.py", "-n=0", timeout=30)
     assert proc.returncode == 2
