@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from compression.artifacts import load_model
+from compression.artifacts import check_complete, load_model
 from compression.graph.layers import GraphError
 from compression.quantization.int8_qat import Int8ExportUnavailable
 from datasets.errors import DataError
@@ -152,6 +152,7 @@ def load_artifact(path: str, helper: Any = None, base: nn.Module | None = None
     if not os.path.isfile(path):
         raise ToolError(f"no such file: {path} (expected {ARTIFACT_EXPECTED})")
     try:
+        check_complete(path)
         model, obj = load_model(path, base=helper.build_model() if helper is not None else base)
     except CheckpointError as exc:
         recorded = re.search(r"the module (\S+), not a registered net", str(exc))

@@ -21,6 +21,7 @@ Modules:
   ``load_weights_from`` and the refusals (``NotAModelArtifact``);
 - ``sparse``: the sparse copies (COO, CSR): ``save_sparse_model``, ``load_sparse_model``,
   ``export_sparse_files``;
+- ``incomplete``: the ``INCOMPLETE`` mark of a result folder a run has not finished writing;
 - ``packed``: the bit-packed copy: ``save_quantized_model``, ``load_quantized_model``,
   ``export_quantized``.
 """
@@ -36,6 +37,8 @@ _EXPORTS = {
     "save_sparse_model": "sparse", "load_sparse_model": "sparse", "export_sparse_files": "sparse",
     "save_quantized_model": "packed", "load_quantized_model": "packed",
     "export_quantized": "packed",
+    "mark_incomplete": "incomplete", "mark_complete": "incomplete",
+    "check_complete": "incomplete", "IncompleteResult": "incomplete",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

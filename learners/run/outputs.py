@@ -2,9 +2,10 @@
 and bit-packed copies, deployment files, each checked in its runtime) and the report. Which
 files derive from an artifact is the table of ``compression.artifacts.files``.
 
-The first output of a run removes the files a previous run derived from the same artifact
-(``remove_stale``), so every file beside the new artifact comes from this run; a run that
-fails before its first output leaves the previous result whole. Primary process only, except
+The first output of a run marks the folder ``INCOMPLETE`` (``compression.artifacts.incomplete``,
+removed once ``report.json`` is written) and removes the files a previous run derived from the
+same artifact (``remove_stale``), so every file beside the new artifact comes from this run; a
+run that fails before its first output leaves the previous result whole. Primary process only, except
 ``save_artifact`` (every process calls it; it ends with a barrier).
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ import time
 import torch
 from torch import nn
 
-from compression.artifacts import derived_suffixes, export_sparse_files, path_of, save_model
+from compression.artifacts import (derived_suffixes, export_sparse_files, mark_incomplete, path_of,
+                                   save_model)
 from deployment.formats import formats_for
 from deployment.pipeline import deploy, eval_batches, result_key
 from utils.stopping import phase
@@ -66,6 +68,7 @@ class Outputs:
         if self._begun:
             return
         self._begun = True
+        mark_incomplete(self.artifact)              # removed once report.json is written
         for path in [*self.derived_paths(), self.report_path]:
             if os.path.abspath(path) != os.path.abspath(self.artifact) and os.path.isfile(path):
                 os.remove(path)

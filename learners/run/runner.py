@@ -28,7 +28,7 @@ from learners.run.report import Report
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, formatted, settings
 from utils.data_loading import check_one_batch
-from compression.artifacts import load_model, load_weights_from
+from compression.artifacts import check_complete, load_model, load_weights_from, mark_complete
 from utils.model_stats import count_flops, count_params, measure_latencies, measure_latency
 from utils.multi_gpu_wrapper import MultiGpuWrapper, SingleProcess
 from deployment.verify import parity_failure, parity_section
@@ -116,6 +116,7 @@ class Runner:
             pretrain.preflight(full_prec)
             pretrain.run(full_prec)
             self.wall_s["pretrain"] = time.perf_counter() - start
+        check_complete(path)
         model, saved = load_model(path, base=self.base)
         self._check_full_model(saved, path)
         return model.to(self.device), saved
@@ -291,6 +292,7 @@ class Runner:
         out = report.to_dict()
         if self.mgw.is_primary():
             write_report(learner.ctx.outputs.report_path, out)
+            mark_complete(learner.ctx.outputs.artifact)
             print(format_report(out), flush=True)
         if self._writer is not None:
             self._writer.close()
@@ -305,6 +307,7 @@ class Runner:
         if not os.path.isfile(path):
             raise CheckpointError(f"no saved model at {path}; train first (--exec_mode=train) or "
                                   "point the save path at a model artifact")
+        check_complete(path)
         model = learner.load_result(path)
         metrics = learner.ctx.evaluate(model.to(self.device))
         if self.mgw.is_primary():
