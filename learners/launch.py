@@ -159,8 +159,10 @@ def kept_after_stop(values: dict, where: str) -> str:
     """What a stopped run leaves and how to go on."""
     if values.get("exec_mode") == "eval":
         return "nothing was written"
-    kept = {"selection": "the layers selected so far (selection.pt beside the checkpoint, "
-                         "chn-pruned-rmt)",
+    if where == "selection" and values.get("learner") != "chn-pruned-rmt":
+        return ("the selection is not saved per layer by this learner (chn-pruned-rmt's is): "
+                "--resume starts it over; no lock is left")
+    kept = {"selection": "the layers selected so far (selection.pt beside the checkpoint)",
             "search": "the roll-outs so far (search.pt beside the checkpoint)"}.get(
         where, "the last checkpoint written (every save_step steps, and each phase's result)")
     return f"kept: {kept}; no lock is left: rerun the same command with --resume to continue"
