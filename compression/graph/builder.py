@@ -8,8 +8,8 @@ from torch import fx, nn
 
 from compression.graph.channel_graph import ChannelGraph
 from compression.surgery.picks import is_scatter
-from compression.graph.ops import (channel_index, channel_role, keeps_channels, meta_shape,
-                                   nodes_in, op_kind, op_name, prod, shaped_graph)
+from compression.graph.ops import (channel_index, channel_param, channel_role, keeps_channels,
+                                   meta_shape, nodes_in, op_kind, op_name, prod, shaped_graph)
 from compression.graph.pruners import pruner_for, registered_types
 
 
@@ -257,11 +257,15 @@ class _Builder:
         out_shape = meta_shape(node)
         if out_shape is None or len(out_shape) < 2:
             return self.unknown(node)
-        full = None
+        full, params = None, []
         for operand in nodes_in((node.args, node.kwargs)):
             shape, ids = meta_shape(operand), self.ids(operand)
             if shape is None or prod(shape) == 1:
                 continue                                    # a scalar or a Python number
+            param = channel_param(self.gm, operand, out_shape)
+            if param is not None:
+                params.append(param)                        # a layer scale: it shrinks along
+                continue
             if ids is None or len(shape) != len(out_shape):
                 return self.unknown(node)                   # broadcast across dim 1 from the right
             if shape[1] == out_shape[1]:
@@ -274,7 +278,14 @@ class _Builder:
                     self.gates.add((node, operand))
             else:
                 self.g.fixed_ids.update(ids)                # one map broadcast over channels
-        return full if full is not None else self.unknown(node)
+        if full is None:
+            return self.unknown(node)
+        for target, dim in params:
+            if target in self.g.params:
+                self.g.union(self.g.params[target][0], full)
+            else:
+                self.g.params[target] = (full, dim)
+        return full
 
     def follow_last(self, node: fx.Node) -> None:
         """Last-dim features through a per-element op: one tensor operand passes them on;

@@ -30,6 +30,8 @@ class ChannelGraph:
         self.input_shape: tuple[int, ...] | None = None
         self.unhandled: dict[str, str] = {}
         self.last_dim: set[str] = set()                # linear readers of a channels-last tensor
+        self.params: dict[str, tuple[list[int], int]] = {}  # a per-channel parameter outside a
+        # module (a layer scale ``x * self.gamma.view(1, -1, 1, 1)``) -> (ids, its channel dim)
 
     # -- union-find ------------------------------------------------------------------------
     def fresh(self, n: int, fixed: bool = False) -> list[int]:
@@ -103,8 +105,9 @@ class ChannelGraph:
              coupled: Collection[int] = ()) -> dict[str, dict]:
         """``module -> change`` for every module that changes when each reader in ``keep``
         keeps those input columns: ``out`` (kept output channels of a writer), ``channels`` (of
-        a follower), ``in`` (kept weight columns of a reader) and ``gather`` (where they lie in
-        the reader's new, narrower input; absent when it reads all of it)."""
+        a follower), ``in`` (kept weight columns of a reader), ``gather`` (where they lie in
+        the reader's new, narrower input; absent when it reads all of it) and, for a
+        parameter outside a module (``params``), ``param`` (kept entries along ``dim``)."""
         alive = self.survivors(keep, keep_shared, coupled)
         plan: dict[str, dict] = {}
 
@@ -141,6 +144,10 @@ class ChannelGraph:
                 change["gather"] = None                     # reads all that is left: plain
             if change:
                 plan.setdefault(name, {}).update(change)
+        for name, (ids, dim) in self.params.items():
+            channels = alive_positions(ids)
+            if len(channels) < len(ids):
+                plan[name] = {"param": torch.tensor(channels, dtype=torch.long), "dim": dim}
         for name, (wide, index) in self.scatters.items():
             now = alive_positions(wide)
             if len(now) == len(wide):

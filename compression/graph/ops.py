@@ -212,6 +212,35 @@ def keeps_channels(node: fx.Node, reduce: bool) -> bool:
     return bool(before) and after is not None and len(after) >= 2 and after[:2] == before[:2]
 
 
+def channel_param(gm: fx.GraphModule, operand: fx.Node, out_shape: tuple) -> tuple[str, int] | None:
+    """``(target, dim)`` when ``operand`` is a parameter outside any module (a layer scale),
+    viewed so that its one non-1 dim ``dim`` meets dim 1 of the output (``gamma.view(1,
+    -1, 1, 1)``, ``gamma[:, None, None]``): per channel, like a BN's weight."""
+    node, shape = operand, meta_shape(operand)
+    if shape is None or len(shape) > len(out_shape):
+        return None
+    at = 1 - (len(out_shape) - len(shape))             # the operand's dim under dim 1
+    if at < 0 or shape[at] != out_shape[1] or prod(shape) != out_shape[1]:
+        return None
+    while node.op != "get_attr":
+        index = node.args[1] if node.target is operator.getitem and len(node.args) > 1 else ()
+        if node.op not in ("call_method", "call_function") or not node.args \
+                or op_kind(node.target) not in ("reshape", "getitem", "passthrough") \
+                or any(isinstance(i, (slice,)) and i != slice(None) for i in (
+                    index if isinstance(index, tuple) else (index,))):
+            return None
+        node = node.args[0]
+        if not isinstance(node, fx.Node):
+            return None
+    param = gm.get_parameter(node.target) if node.target in dict(
+        gm.named_parameters()) else None
+    if param is None:
+        return None
+    dims = [d for d, size in enumerate(param.shape) if size != 1]
+    return (node.target, dims[0]) if len(dims) == 1 and param.shape[dims[0]] == out_shape[1] \
+        else None
+
+
 def shaped_graph(model: nn.Module, input_shape: Sequence[int]) -> fx.GraphModule:
     """The fx trace of ``model`` with ``tensor_meta`` from one zero input (eval mode)."""
     graph_module = trace(model)

@@ -34,6 +34,12 @@ class Liveness:
         self.maps: dict[fx.Node, tuple[fx.Node, torch.Tensor]] = {}
         self.unknown: set[str] = set()
         self.inexact: set[str] = set()
+        self.constants: set[fx.Node] = set()
+        for node in gm.graph.nodes:      # computed from parameters alone (a layer scale's view)
+            inputs = nodes_in((node.args, node.kwargs))
+            if node.op == "get_attr" or node.op in ("call_function", "call_method") and inputs \
+                    and all(i in self.constants for i in inputs):
+                self.constants.add(node)
 
     def width(self, node) -> int | None:
         shape = meta_shape(node)
@@ -42,8 +48,8 @@ class Liveness:
     def need(self, node, positions) -> None:
         """Mark ``positions`` (a bool tensor, True: all, or ``(index, bool tensor)`` for one
         element of a tuple-valued node) of ``node``'s output as needed."""
-        if not isinstance(node, fx.Node):
-            return
+        if not isinstance(node, fx.Node) or node in self.constants:
+            return                       # parameters and what is computed from them alone
         meta = node.meta.get("tensor_meta")
         if meta is not None and not hasattr(meta, "shape"):             # a tuple of tensors
             current = self.live.setdefault(node, [torch.zeros(int(m.shape[1]), dtype=torch.bool)

@@ -88,10 +88,32 @@ def _rebuild(module: nn.Module, shape: dict) -> nn.Module:
 
 @register_spec_transform("thin")
 def apply_thin_spec(model: nn.Module, entry: dict) -> nn.Module:
-    """Rebuild the recorded modules with their thinned shapes (weights loaded afterwards)."""
+    """Rebuild the recorded modules (and parameters outside modules) with their thinned
+    shapes (weights loaded afterwards)."""
     for name, shape in entry["modules"].items():
-        set_submodule(model, name, _rebuild(model.get_submodule(name), shape))
+        if shape.get("class") == "Parameter":
+            owner, _, attr = name.rpartition(".")
+            module = model.get_submodule(owner) if owner else model
+            old = getattr(module, attr)
+            module._parameters[attr] = nn.Parameter(
+                old.new_empty([int(d) for d in shape["shape"]]), requires_grad=old.requires_grad)
+        else:
+            set_submodule(model, name, _rebuild(model.get_submodule(name), shape))
     return model
+
+
+@torch.no_grad()
+def _shrink_param(model: nn.Module, name: str, kept: torch.Tensor, dim: int) -> None:
+    """A per-channel parameter outside a module (a layer scale) keeps ``kept`` along ``dim``."""
+    owner, _, attr = name.rpartition(".")
+    module = model.get_submodule(owner) if owner else model
+    old = getattr(module, attr)
+    module._parameters[attr] = nn.Parameter(old.index_select(dim, kept.to(old.device)).clone(),
+                                            requires_grad=old.requires_grad)
+
+
+def _param_shape(model: nn.Module, name: str) -> dict:
+    return {"class": "Parameter", "shape": list(model.get_parameter(name).shape)}
 
 
 @torch.no_grad()
@@ -124,7 +146,10 @@ def thin(model: nn.Module, layers: Sequence[PrunableLayer],
     plan = graph.plan(keep, keep_shared, coupled)
     thinned = copy.deepcopy(model)
     for name, change in plan.items():
-        set_submodule(thinned, name, _shrunk(thinned.get_submodule(name), change))
+        if "param" in change:
+            _shrink_param(thinned, name, change["param"], change["dim"])
+        else:
+            set_submodule(thinned, name, _shrunk(thinned.get_submodule(name), change))
     changed, before, not_worth = list(plan), thinned, {}
     if eliminate and graph.input_shape is not None:
         thinned, extra = dead_channels.eliminate(thinned, graph.input_shape, not_worth)
@@ -133,7 +158,8 @@ def thin(model: nn.Module, layers: Sequence[PrunableLayer],
         stats.update(dead_channels.report(before, thinned, graph.input_shape, not_worth))
     if spec is None:
         return thinned, None
-    shapes = {name: _shape_of(thinned.get_submodule(name)) for name in changed}
+    shapes = {name: _param_shape(thinned, name) if name in graph.params
+              else _shape_of(thinned.get_submodule(name)) for name in changed}
     new_spec = copy.deepcopy(spec)
     new_spec.setdefault("transforms", []).append({"type": "thin", "modules": shapes})
     return thinned, new_spec
