@@ -129,8 +129,10 @@ def test_every_tool_on_a_pruned_zoo_net(name, zoo_full):
         "integer_only": tool("integer_only", f"--model={model}", helper, "--nb_calib_batches=1",
                              f"--yaml={out / 'int8.yml'}"),
     }
+    outputs = {}
     for tool_name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=600)
+        outputs[tool_name] = stdout
         if tool_name == "integer_only" and proc.returncode == 2:
             # a documented limit (README): a clear refusal naming the op, nothing written
             assert stderr.startswith("error: ") and "integer-only" in stderr, stderr[-2000:]
@@ -139,6 +141,8 @@ def test_every_tool_on_a_pruned_zoo_net(name, zoo_full):
         assert proc.returncode == 0, (tool_name, stderr[-3000:])
     summary = (out / "s.csv").read_text().strip().splitlines()
     assert summary[-1].startswith("total")
+    flops = result.report["flops"]["compressed"]                 # the report = the summary tool
+    assert f"= {flops:,} FLOPs" in outputs["summary"], outputs["summary"][-2000:]
     assert json.loads(json.dumps(result.report))["flops"]["compressed"] == count_flops(
         load_model(model)[0], INPUT_SHAPE)
 
