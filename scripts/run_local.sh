@@ -6,6 +6,8 @@
 # N=1 (default): plain python. N>1: horovodrun -np N -H localhost:N (gloo) when Horovod is
 # installed and --mgw_backend is not "torch"; otherwise torchrun --standalone. Both get
 # --enbl_multi_gpu. Set MASTER_PORT to choose the rendezvous port (default: a free one).
+# `sh scripts/run_local.sh ...` (how PocketFlow's docs call it) re-runs this under bash.
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
 
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; }

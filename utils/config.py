@@ -117,11 +117,17 @@ def define_flags(cls: type, flag_values: Any, prefix: str = "") -> None:
     definers = _definers(absl_flags)
     prefix = prefix or _nested_prefix(cls, "")
     for name, f, tp in flag_fields(cls, prefix):
-        if name in flag_values:
-            continue
         default = with_prefix(f.default if f.default is not dataclasses.MISSING
                               else f.default_factory(), prefix)
         help_text = f.metadata.get("help", f.name)
+        if name in flag_values:
+            if flag_values.find_module_defining_flag(name, "").startswith("absl."):
+                # absl's own flag of that name (``--log_dir`` of absl.logging, default ''): this
+                # config's default and meaning apply to it (absl only reads it when asked to
+                # write log files, which this project never does)
+                flag_values.set_default(name, default)
+                flag_values[name].help = help_text
+            continue
         choices = f.metadata.get("choices")
         if choices is not None:
             absl_flags.DEFINE_enum(name, default, choices, help_text, flag_values=flag_values)

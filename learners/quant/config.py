@@ -86,7 +86,14 @@ class NuqlConfig(QuantConfig):
     init_style: str = option("kmeans", "initial centres by k-means from the quantiles (least "
                                        "squares), at quantiles (PocketFlow's default) or "
                                        "uniformly spaced", choices=INIT_STYLES)
-    opt_mode: str = option("both", "train the weights, the centres or both", choices=OPT_MODES)
+    opt_mode: str = option("both", "train the weights, the centres or both (PocketFlow's "
+                                   "'clusters' is read as 'cluster')",
+                           choices=[*OPT_MODES, "clusters"])
+
+    def __post_init__(self) -> None:
+        if self.opt_mode == "clusters":          # PocketFlow's spelling (its test cases)
+            self.opt_mode = "cluster"
+        super().__post_init__()
 
 
 @dataclass

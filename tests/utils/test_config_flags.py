@@ -222,3 +222,24 @@ def test_flagfile_is_read(entry):
     res = entry["flagfile"]
     assert res.returncode == 2, res.stderr
     assert "--resnet_size: must be one of 20, 32, 44, 56, got 21" in res.stderr
+
+
+def test_pocketflow_spellings_carry_over(tmp_path):
+    """``--log_dir`` keeps its documented default although absl defines a flag of that name;
+    ``sh scripts/run_local.sh`` runs under dash too; ``--nuql_opt_mode=clusters`` is read."""
+    import subprocess
+    import sys
+
+    from learners.quant.config import NuqlConfig
+    from tests.conftest import REPO
+
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, str(REPO / "nets" / "resnet_at_digits_run.py"),
+                           "--helpfull"], capture_output=True, text=True, timeout=120, env=env)
+    text = proc.stdout + proc.stderr
+    assert "--log_dir: TensorBoard log directory" in text
+    assert "(default: './logs')" in text.split("--log_dir:")[1].split("--")[0]
+    proc = subprocess.run(["sh", str(REPO / "scripts" / "run_local.sh"), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert "Illegal option" not in proc.stderr and "run_local.sh <nets/" in proc.stderr
+    assert NuqlConfig(opt_mode="clusters").opt_mode == "cluster"

@@ -14,6 +14,7 @@ from compression.budget.allocation import BudgetError, allocate_channels, amc_mi
 from compression.budget.flops import ChannelFlops
 from compression.graph.layers import choose_layers
 from compression.graph.layers import analyse
+from utils.config import ConfigError
 from compression.budget.ratio_list import RatioListError, read_ratio_list, write_ratio_list
 from compression.artifacts import build_model
 from compression.surgery.dead_channels import unread_outputs
@@ -153,6 +154,10 @@ def test_ratio_list_round_trip_and_plain_form(tmp_path):
     (tmp_path / "plain.list").write_text("# kept\n0.5\n\n0.75  # comment\n1\n")
     assert read_ratio_list(str(tmp_path / "plain.list"), NAMES) == {
         "a.conv": 0.5, "b.conv": 0.75, "c.fc": 1.0}
+    (tmp_path / "pocketflow.list").write_text("0.5,0.75, 1\n")    # PocketFlow's documented form
+    assert read_ratio_list(str(tmp_path / "pocketflow.list"), NAMES) == {
+        "a.conv": 0.5, "b.conv": 0.75, "c.fc": 1.0}
+    assert issubclass(RatioListError, ConfigError)          # a user error: one line, exit 2
 
 
 @pytest.mark.parametrize("text,message", [
@@ -166,6 +171,8 @@ def test_ratio_list_round_trip_and_plain_form(tmp_path):
     ("a.conv 0.5\nb.conv 0.5\n", "no ratio for layers c.fc"),
     ("a.conv 0.5\n0.5\n0.5\n", "mixes"),
     ("a.conv 0.5 extra\n", ":1: expected"),
+    ("0.5,x,0.5\n", ":1: 'x' is not a number"),
+    ("0.5,0.5\n", "2 ratios .last on line 1. for 3 layers"),
 ])
 def test_malformed_ratio_lists_name_the_line(tmp_path, text, message):
     path = tmp_path / "bad.list"
