@@ -257,3 +257,34 @@ def imported_for_module(module: str):
             sys.modules.pop(name, None)
         registry._NETS.clear()
         registry._NETS.update(saved)
+
+
+# -- hostile inputs: a loader in a child process, its time and its own peak memory -------------
+_CHILD_PROBE = """
+import json, sys, time
+from {module} import {function} as load
+from utils.checkpoint import CheckpointError
+from utils.config import ConfigError
+start = time.time()                                   # the loading, not the imports
+try:
+    load(sys.argv[1])
+    outcome = "loaded"
+except (CheckpointError, ConfigError) as exc:
+    outcome = str(exc)
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({{"outcome": outcome, "seconds": time.time() - start,
+                  "peak_mb": int(hwm.split()[1]) / 1024}}))
+"""
+
+
+def load_in_child(loader: str, path) -> dict:
+    """``{"outcome": "loaded" or the refusal's message, "seconds", "peak_mb"}`` of
+    ``loader(path)`` (``"module:function"``) in a fresh process (VmHWM: its own peak)."""
+    import json
+
+    module, function = loader.split(":")
+    proc = subprocess.run([sys.executable, "-c", _CHILD_PROBE.format(module=module, function=function),
+                           str(path)], capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.splitlines()[-1])

@@ -4,31 +4,14 @@ Each case runs in a child process whose own peak memory (VmHWM) and time are mea
 from __future__ import annotations
 
 import copy
-import json
-import subprocess
-import sys
 
 import pytest
 
 from compression.artifacts import save_model
 from nets import resnet_at_digits
-from tests.conftest import REPO
+from tests.conftest import load_in_child
 from utils.checkpoint import load_file, save_file
 
-PROBE = """
-import json, sys, time
-from compression.artifacts import load_model
-from utils.checkpoint import CheckpointError
-start = time.time()                                   # the loading, not the imports
-try:
-    load_model(sys.argv[1])
-    outcome = "loaded"
-except CheckpointError as exc:
-    outcome = str(exc)
-hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({"outcome": outcome, "seconds": time.time() - start,
-                  "peak_mb": int(hwm.split()[1]) / 1024}))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +34,8 @@ def edited(good, tmp_path, change) -> str:
     return str(path)
 
 
-def probe(path: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", PROBE, path], capture_output=True, text=True,
-                          timeout=120, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.splitlines()[-1])
+def probe(path) -> dict:
+    return load_in_child("compression.artifacts:load_model", path)
 
 
 def set_classes(n):

@@ -2,29 +2,12 @@
 is refused at once, at file:line:col, with bounded memory (measured in a child process)."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 import pytest
 
 from compression.schedule.policy import PolicyError, load_policy
-from tests.conftest import REPO
+from tests.conftest import load_in_child
 
-PROBE = """
-import json, sys, time
-from compression.schedule.policy import load_policy
-from utils.config import ConfigError
-start = time.time()
-try:
-    load_policy(sys.argv[1])
-    outcome = "loaded"
-except ConfigError as exc:
-    outcome = str(exc)
-hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({"outcome": outcome, "seconds": time.time() - start,
-                  "peak_mb": int(hwm.split()[1]) / 1024}))
-"""
 
 
 def laughs(where: str) -> str:
@@ -42,10 +25,7 @@ def laughs(where: str) -> str:
 
 
 def probe(path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True,
-                          timeout=120, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.splitlines()[-1])
+    return load_in_child("compression.schedule.policy:load_policy", path)
 
 
 @pytest.mark.parametrize("where", ["top", "weights"])
