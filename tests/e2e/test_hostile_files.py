@@ -13,7 +13,6 @@ from tests.conftest import load_in_child
 from utils.checkpoint import load_file, save_file
 
 
-
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     helper = resnet_at_digits.ModelHelper(resnet_at_digits.Config(image_size=8))

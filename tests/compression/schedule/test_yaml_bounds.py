@@ -9,7 +9,6 @@ from compression.schedule.policy import PolicyError, load_policy
 from tests.conftest import load_in_child
 
 
-
 def laughs(where: str) -> str:
     """Nine levels of nine aliases (9**9 strings once expanded), at the top or in weights."""
     lines = ['a0: &a0 "lol"']
