@@ -27,7 +27,7 @@ from deployment.runners import runner_for
 from utils.model_stats import OutputShapeMismatch, compare_runners
 
 ATOL = 1e-4
-INT8_MAX_DROP = 0.5  # points of accuracy
+INT8_MAX_DROP = 1.0  # points of accuracy (1 point: integer rounding moves a few samples)
 
 
 class ArtifactMismatch(CheckpointError):

@@ -138,13 +138,23 @@ def main(helper_cls: type, values: dict, argv: list | None = None) -> None:
         print(f"error: stopped by {signal_name(exc)} during {where}; "
               f"{kept_after_stop(values, where)}", file=sys.stderr, flush=True)
         raise SystemExit(exit_status(exc)) from None
-    except USER_ERRORS as exc:       # every process meets it; the first one says it
-        if launcher_rank() == 0:
-            print(f"error: {as_flags(exc, values.get('learner'))}", file=sys.stderr, flush=True)
+    except USER_ERRORS as exc:
+        say_error(str(as_flags(exc, values.get("learner"))))
         raise SystemExit(2) from None
     except ParityFailure as exc:            # the outputs are written; the result is not good
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(3) from None
+
+
+def say_error(message: str) -> None:
+    """``error: message`` on stderr; under ``learners.torchrun`` (``PF_ERROR_DIR``) only rank 0
+    prints, the others leave their message for the launcher, which prints those that differ."""
+    directory, rank = os.environ.get("PF_ERROR_DIR"), launcher_rank()
+    if directory and os.path.isdir(directory):
+        with open(os.path.join(directory, f"rank{rank}.txt"), "w", encoding="utf-8") as handle:
+            handle.write(message)
+    if rank == 0 or not directory:
+        print(f"error: {message}", file=sys.stderr, flush=True)
 
 
 def launcher_rank() -> int:

@@ -230,7 +230,7 @@ class ErfNet(nn.Module):
         self.b = nn.Conv2d(8, 4, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(torch.erf(self.a(x))).mean((2, 3))
+        return self.b(torch.lgamma(self.a(x))).mean((2, 3))
 
 
 def _thinned(model: nn.Module, keep: dict) -> nn.Module:
@@ -271,8 +271,8 @@ def test_an_op_registered_at_the_front_door_passes_channels_through(monkeypatch)
     keep = {"b": torch.tensor([0, 5, 7])}
     assert _thinned(model, keep).a.out_channels == 8     # an unknown op: its input stays whole
     with pytest.raises(ValueError, match="unknown op rule 'elementwize'"):
-        pf.register_op(torch.erf, "elementwize")
-    pf.register_op(torch.erf, "passthrough")
+        pf.register_op(torch.lgamma, "elementwize")
+    pf.register_op(torch.lgamma, "passthrough")
     assert _thinned(model, keep).a.out_channels == 3
 
 

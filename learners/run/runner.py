@@ -28,7 +28,8 @@ from learners.run.report import Report
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, formatted, settings
 from utils.data_loading import check_one_batch
-from compression.artifacts import check_complete, load_model, load_weights_from, mark_complete
+from compression.artifacts import (IncompleteResult, check_complete, load_model, load_weights_from,
+                                   mark_complete)
 from utils.model_stats import count_flops, count_params, measure_latencies, measure_latency
 from utils.multi_gpu_wrapper import MultiGpuWrapper, SingleProcess
 from deployment.verify import parity_failure, parity_section
@@ -116,10 +117,23 @@ class Runner:
             pretrain.preflight(full_prec)
             pretrain.run(full_prec)
             self.wall_s["pretrain"] = time.perf_counter() - start
-        check_complete(path)
+        self._check_complete(path)
         model, saved = load_model(path, base=self.base)
         self._check_full_model(saved, path)
         return model.to(self.device), saved
+
+    def _check_complete(self, path: str) -> None:
+        """The primary process checks the folder's INCOMPLETE mark (it removes the mark of a
+        run it just finished); every process raises the same error."""
+        problem = None
+        if self.mgw.is_primary():
+            try:
+                check_complete(path)
+            except IncompleteResult as exc:
+                problem = str(exc)
+        problem = self.mgw.broadcast_object(problem)
+        if problem:
+            raise IncompleteResult(problem)
 
     def _check_full_model(self, saved: dict, path: str) -> None:
         """The full model must be this helper's net and data: another net's model (or one

@@ -221,7 +221,8 @@ class UserNet(nn.Module):
 
 
 class Scale(nn.Module):
-    """A user's per-channel scale: a layer type no built-in pruner knows."""
+    """A user's per-channel scale through an op no rule covers (``log1p`` of its weight): a
+    layer type no built-in pruner knows, kept whole until one is registered."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -229,7 +230,7 @@ class Scale(nn.Module):
         self.weight = nn.Parameter(torch.rand(channels) + 0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight.view(1, -1, 1, 1)
+        return x * self.weight.log1p().view(1, -1, 1, 1)
 
 
 class ScaledNet(nn.Module):

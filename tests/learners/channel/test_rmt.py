@@ -64,13 +64,20 @@ def test_report_and_thinned_artifact(pruned_run):
 
     blocks = list(model.layer1)
     after = read(model.layer2[0].conv1) | read(model.layer2[0].shortcut[0])
+    not_worth = saved["dead_channels"]["not_worth"]     # left where a scatter costs more
     for i, block in enumerate(blocks):
         live = after.union(*(read(later.conv1) for later in blocks[i + 1:]))
+        if f"layer1.{i}.conv2" in not_worth:
+            assert block.conv2.weight.shape[0] == stream
+            assert not_worth[f"layer1.{i}.conv2"] == stream - len(live)
+            continue
         assert block.conv2.weight.shape == (len(live), 8, 3, 3), i
         if len(live) < stream:
             assert set(block.bn2.out_index.tolist()) == live and block.bn2.scatter_width == stream
-    assert blocks[-1].conv2.weight.shape[0] == len(after) < stream
-    assert saved["dead_channels"]["unread_channels"] == 0
+    assert len(after) < stream and "layer1.2.conv2" not in not_worth      # the last member pays
+    assert blocks[-1].conv2.weight.shape[0] == len(after)
+    assert saved["dead_channels"]["unread_channels"] == sum(not_worth.values())
+    assert saved["dead_channels"]["checked_by"] == "liveness"
     assert saved["dead_channels"]["flops_after"] == saved["flops"]["compressed"]
     assert sum(p.numel() for p in model.parameters()) == saved["params"]["compressed"]
 

@@ -81,7 +81,7 @@ def test_chain_keeps_accuracy_and_every_file_matches_its_model(chain):
     for name in ("pte_fp32", "onnx_fp32"):
         assert files[name]["max_abs_diff"] <= 1e-4
         assert files[name]["accuracy"] == files[name]["accuracy_torch"]
-    for name in ("pte_int8", "onnx_int8"):  # int8: within 0.5 point of the int8 PyTorch model
+    for name in ("pte_int8", "onnx_int8"):  # int8: within 1 point of the int8 PyTorch model
         assert abs(files[name]["accuracy"] - files[name]["accuracy_torch"]) <= 0.005
         assert files[name]["top1_agreement"] >= 0.97
         assert files[name]["bytes"] < files[name.replace("int8", "fp32")]["bytes"] / 2.2
