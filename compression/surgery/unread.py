@@ -49,9 +49,10 @@ def unread_channels(model: nn.Module, input_shape: Sequence[int],
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():                 # random weights: a zero column is a value, not wiring
         for param in model.parameters():        # unit gain per layer: no overflow in deep nets
-            fan_in = param[0].numel() if param.dim() > 1 else 4
-            param.copy_(torch.randn(param.shape, generator=gen) / fan_in ** 0.5 + (
-                1.0 if param.dim() == 1 else 0.0))
+            if param.dim() > 1:
+                param.copy_(torch.randn(param.shape, generator=gen) / param[0].numel() ** 0.5)
+            else:                # per-channel scales in [0.5, 1.5]: none hides its channel
+                param.copy_(torch.rand(param.shape, generator=gen) + 0.5)
         for module in model.modules():
             if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
