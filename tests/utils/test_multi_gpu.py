@@ -47,12 +47,12 @@ def test_a_refused_run_on_two_processes_says_it_once_and_exits_2(tmp_path, backe
                      "--lrn_rate_init=-1", "--log_dir=", f"--save_path={tmp_path}/m/model.ckpt",
                      f"--save_path_eval={tmp_path}/e/model.ckpt", timeout=120)
     output = proc.stdout + proc.stderr
-    assert output.count("error: --lrn_rate_init: must be positive, got -1.0") == 1, output[-3000:]
-    if backend == "torch":            # learners.torchrun: the processes' status, no traceback
-        assert proc.returncode == 2, output[-3000:]
+    said = output.count("error: --lrn_rate_init: must be positive, got -1.0")
+    if backend == "torch":            # learners.torchrun: once, the processes' status, no traceback
+        assert said == 1 and proc.returncode == 2, output[-3000:]
         assert "Traceback" not in output and "ChildFailedError" not in output
-    else:                             # horovodrun reports a failed process its own way
-        assert proc.returncode != 0
+    else:                             # horovodrun shows every rank's output, and its own status
+        assert said >= 1 and proc.returncode != 0, output[-3000:]
 
 
 def test_zero_processes_is_refused():
