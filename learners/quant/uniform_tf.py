@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
+import tempfile
 
 import torch
 from torch import nn
@@ -26,11 +28,12 @@ from compression.sparsity.masks import KeepZeros
 from compression.surgery.thinning import gathers_as_matrices
 from deployment.formats import FORMATS
 from deployment.pipeline import result_key
-from deployment.pte import PteModel, save_int8_program
+from deployment.pte import PteModel, export_pte, save_int8_program
 from learners.run import composition
 from learners.base import Learner, Result
 from learners.run.outputs import deploy_sections
 from learners.registry import register_learner
+from utils.config import ConfigError
 from utils.lrn_rate import ScaledLr
 from utils.model_stats import time_forward
 from learners.quant.config import UqtfConfig
@@ -75,6 +78,9 @@ class UniformQuantTFLearner(Learner):
         qat = prepare_qat(gathers_as_matrices(full, ctx.helper.input_shape), example)
         calib = ctx.cached_batches(ctx.helper.build_dataset_train(), cfg.nb_calib_batches)
         qat.calibrate(x for x, _ in calib)
+        problem = ctx.on_primary(lambda: self._lowering_problem(full, qat, example))
+        if problem:                      # found before any training, on every process
+            raise ConfigError(f"uniform-tf: {problem}")
         before = ctx.accuracy(qat)
         schedule = ScaledLr(ctx.helper.lr_schedule(ctx.mgw.size()), cfg.lrn_rate_dcy)
         zeros = KeepZeros(qat)              # a sparse start keeps its zeros (int8 0 is exact)
@@ -91,6 +97,22 @@ class UniformQuantTFLearner(Learner):
             sections.update({**deployed, "int8": int8})
             result.accuracy = ctx.evaluate(_Program(PteModel(self.artifact)), local=True)["accuracy"]
         return result
+
+    def _lowering_problem(self, full: nn.Module, qat, example: torch.Tensor) -> str | None:
+        """Why this net's int8 (and float) program cannot be lowered to ExecuTorch, found on
+        the calibrated model before the QAT training (None: it can)."""
+        with tempfile.TemporaryDirectory(prefix="pf-preflight-") as scratch:
+            for kind, model in (("int8", convert_int8(copy.deepcopy(qat))),
+                                ("fp32", copy.deepcopy(full).cpu())):
+                try:
+                    export_pte(model, example.cpu(), os.path.join(scratch, f"{kind}.pte"),
+                               quantized=kind == "int8", max_batch=self.cfg.max_batch)
+                except Exception as exc:     # the lowering's own errors, of many kinds
+                    return (f"the {kind} program of this net cannot be lowered to ExecuTorch "
+                            f"({_lowering_cause(exc)}); nothing was trained. Use a learner "
+                            "whose result exports as float (uniform, non-uniform), or replace "
+                            "the op")
+        return None
 
     def finish(self, result: Result, report) -> None:
         """The program's size on disk and its latency in ExecuTorch."""
@@ -131,3 +153,16 @@ class UniformQuantTFLearner(Learner):
         log.info("int8 program %s: %d bytes (fp32 %d) | %.2f %% of outputs within one step (%.3g) "
                  "of the converted model", self.artifact, size, fp32_size, 100 * within, step)
         return section, deploy_sections(results)
+
+
+def _lowering_cause(exc: Exception) -> str:
+    """The op a lowering error names (``aten.adaptive_max_pool2d``, an op without an out
+    variant...), else its first line."""
+    text = str(exc)
+    found = re.search(r"Operator torch\._ops\.(\S+?)(?:\.default)? is not in Core ATen", text)
+    if found:
+        return f"{found.group(1)} is not in the core ATen op set ExecuTorch runs"
+    found = re.search(r"Missing out variants: \{([^}]*)\}", text)
+    if found:
+        return f"no ExecuTorch kernel for {found.group(1)}"
+    return f"{type(exc).__name__}: {text.strip().splitlines()[0][:300] if text.strip() else ''}"
