@@ -127,7 +127,9 @@ def entry(helper: str | type) -> None:
 
 
 def main(helper_cls: type, values: dict, argv: list | None = None) -> None:
-    """``app.run`` target: user errors become one message and exit status 2."""
+    """``app.run`` target: one ``error:`` line and an exit status for every way a run ends
+    short: a user error 2, a deployment file that fails parity 3 (after every output is
+    written), SIGTERM 143 and SIGINT 130 (docs/reliability.md)."""
     if argv is not None and len(argv) > 1:
         raise SystemExit(f"unexpected positional arguments: {' '.join(argv[1:])}")
     try:
