@@ -232,9 +232,9 @@ def channel_param(gm: fx.GraphModule, operand: fx.Node, out_shape: tuple) -> tup
         node = node.args[0]
         if not isinstance(node, fx.Node):
             return None
-    param = gm.get_parameter(node.target) if node.target in dict(
-        gm.named_parameters()) else None
-    if param is None:
+    try:
+        param = gm.get_parameter(node.target)
+    except AttributeError:                          # a buffer or a plain tensor attribute
         return None
     dims = [d for d, size in enumerate(param.shape) if size != 1]
     return (node.target, dims[0]) if len(dims) == 1 and param.shape[dims[0]] == out_shape[1] \

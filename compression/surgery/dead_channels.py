@@ -73,7 +73,10 @@ def liveness_of(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str,
     """``(unread_outputs, ops)``: the count by liveness, and the ops it could not follow
     exactly (no rule, or a rule that needed every channel where fewer may be read); the count
     is exact when ``ops`` is empty."""
-    gm = shaped_graph(model, input_shape)
+    return _counts(shaped_graph(model, input_shape))
+
+
+def _counts(gm: fx.GraphModule) -> tuple[dict[str, int], list[str]]:
     liveness = Liveness(gm)
     live = liveness.run()
     modules = dict(gm.named_modules())
@@ -184,7 +187,8 @@ def report(before: nn.Module, after: nn.Module, input_shape: Sequence[int],
     ops liveness could not follow (``not_followed``) and the ops of the trace without a
     channel rule (``unknown_ops``)."""
     unread_before = unread_outputs(before, input_shape)
-    unread, not_followed = liveness_of(after, input_shape)
+    traced = shaped_graph(after, input_shape)                        # traced once, read twice
+    unread, not_followed = _counts(traced)
     removed = {name: count - unread.get(name, 0) for name, count in unread_before.items()
                if count > unread.get(name, 0)} if after is not before else {}
     count, checked_by = sum(unread.values()), "liveness"
@@ -195,7 +199,7 @@ def report(before: nn.Module, after: nn.Module, input_shape: Sequence[int],
             "flops_after": count_flops(after, input_shape),
             "unread_channels": count, "checked_by": checked_by,
             "not_worth": dict(not_worth or {}), "not_followed": not_followed,
-            "unknown_ops": unknown_ops(shaped_graph(after, input_shape))}
+            "unknown_ops": unknown_ops(traced)}
 
 
 def measured(model: nn.Module, input_shape: Sequence[int]) -> tuple[int | None, str | None]:
