@@ -2,7 +2,8 @@
 
 Every conv / linear module costs ``2 * unit * in * out / groups`` FLOPs (``unit``: output
 positions times kernel area, measured once with forward hooks), the same count
-``torch.utils.flop_counter`` gives. A strategy ``{layer: kept input channels}`` changes the
+``torch.utils.flop_counter`` gives; a grouped conv keeps whole groups, so each of its output
+channels still reads ``in / groups`` inputs. A strategy ``{layer: kept input channels}`` changes the
 input width of each pruned layer and, through the channel graph (``compression.graph``), the
 widths of the layers that write, follow and read the channels it removes.
 
@@ -36,7 +37,11 @@ class _Cost:
     in_channels: int
     out_channels: int
     groups: int
-    depthwise: bool
+
+    @property
+    def group_width(self) -> tuple[int, int]:
+        """(inputs, outputs) per group."""
+        return self.in_channels // self.groups, self.out_channels // self.groups
 
 
 class ChannelFlops:
@@ -58,9 +63,9 @@ class ChannelFlops:
         kept = {**kept, **self.group_counts(kept)}
         shapes = {}
         for name, cost in self.costs.items():
-            if name in g.followers:                       # a depthwise conv
+            if name in g.followers:                       # a depthwise or grouped conv
                 channels = g.expected(g.followers[name], fractions)
-                shapes[name] = (channels, channels)
+                shapes[name] = _grouped_shape(cost, channels)
             elif name in g.readers:
                 c_in = kept[name] if name in kept else g.expected(g.read_ids(name), fractions)
                 shapes[name] = (c_in, g.expected(g.writers[name], fractions))
@@ -97,7 +102,7 @@ class ChannelFlops:
         for name, cost in self.costs.items():
             change = plan.get(name, {})
             if "channels" in change:
-                shapes[name] = (len(change["channels"]),) * 2
+                shapes[name] = _grouped_shape(cost, len(change["channels"]))
                 continue
             c_in = len(change["in"]) if "in" in change else cost.in_channels
             shapes[name] = (c_in, len(change["out"]) if "out" in change else cost.out_channels)
@@ -107,8 +112,8 @@ class ChannelFlops:
         total = 0
         for name, (c_in, c_out) in shapes.items():
             cost = self.costs[name]
-            groups = c_in if cost.depthwise else cost.groups
-            total += 2 * cost.unit * c_in * c_out // groups
+            reads = cost.group_width[0] if cost.groups > 1 else c_in   # inputs per output
+            total += 2 * cost.unit * reads * c_out
         return total
 
     def flops(self, kept: Mapping[str, int]) -> int:
@@ -153,7 +158,7 @@ def _measure(model: nn.Module, input_shape: Sequence[int]) -> dict[str, _Cost]:
         def record(module: nn.Module, args, output) -> None:
             if isinstance(module, nn.Linear):
                 unit = output[0].numel() // module.out_features  # positions of a batched input
-                costs[name] = _Cost(unit, module.in_features, module.out_features, 1, False)
+                costs[name] = _Cost(unit, module.in_features, module.out_features, 1)
                 return
             kernel = 1
             for k in module.kernel_size:
@@ -161,13 +166,16 @@ def _measure(model: nn.Module, input_shape: Sequence[int]) -> dict[str, _Cost]:
             unit = output[0, 0].numel() * kernel
             if module.transposed:                # each input position meets the whole kernel
                 unit = args[0][0, 0].numel() * kernel
-            depthwise = module.groups > 1 and module.groups == module.in_channels \
-                == module.out_channels
-            costs[name] = _Cost(unit, module.in_channels, module.out_channels, module.groups,
-                                depthwise)
+            costs[name] = _Cost(unit, module.in_channels, module.out_channels, module.groups)
         return record
 
     handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules()
                if isinstance(module, _COSTED)]
     probe_forward(model, input_shape, handles)
     return costs
+
+
+def _grouped_shape(cost: _Cost, out_channels: int) -> tuple[int, int]:
+    """(in, out) of a depthwise or grouped conv keeping ``out_channels`` (whole groups)."""
+    width_in, width_out = cost.group_width
+    return max(1, round(out_channels / width_out)) * width_in, out_channels

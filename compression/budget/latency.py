@@ -48,7 +48,7 @@ class _Template:
     stride: tuple = ()
     padding: tuple = ()
     dilation: tuple = ()
-    depthwise: bool = False
+    group_width: tuple = ()   # (inputs, outputs) per group of a depthwise / grouped conv
     bias: bool = True
     gather: bool = False      # thinned into a Gather* module that index_selects its inputs
 
@@ -60,8 +60,9 @@ class _Template:
             return cls(c_in, c_out, bias=self.bias), (*self.in_shape[:-1], reads)
         base = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(self.in_shape) - 1]
         cls = gather_class(base) if gather else base
+        groups = c_out // self.group_width[1] if self.group_width else 1
         module = cls(c_in, c_out, self.kernel, self.stride, self.padding, self.dilation,
-                     groups=c_in if self.depthwise else 1, bias=self.bias)
+                     groups=groups, bias=self.bias)
         return module, (reads, *self.in_shape[1:])
 
     def _width(self) -> int:
@@ -83,9 +84,10 @@ def _templates(model: nn.Module, names: set[str], gathered: set[str],
         def record(module: nn.Module, args, output) -> None:
             shape = tuple(args[0].shape[1:])
             if not isinstance(module, nn.Linear):
-                depthwise = module.groups > 1 and module.groups == module.in_channels
+                width = ((module.in_channels // module.groups,
+                          module.out_channels // module.groups) if module.groups > 1 else ())
                 found[name] = _Template("conv", shape, module.kernel_size, module.stride,
-                                        module.padding, module.dilation, depthwise,
+                                        module.padding, module.dilation, width,
                                         module.bias is not None, name in gathered)
             else:
                 found[name] = _Template("linear", shape, bias=module.bias is not None,
@@ -124,8 +126,9 @@ class ChannelLatency:
                 table = np.zeros((len(ins), len(outs)))
                 for i, a in enumerate(ins):
                     for j, b in enumerate(outs):
-                        if template.depthwise and a != b:
-                            b = a
+                        if template.group_width:        # whole groups: out follows in
+                            groups = max(1, a // template.group_width[0])
+                            a, b = (groups * w for w in template.group_width)
                         key = (template, a, b)
                         if key not in measured:
                             module, shape = template.build(a, b)

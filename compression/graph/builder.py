@@ -101,6 +101,8 @@ class _Builder:
             if isinstance(out, list):
                 self.g.mixed_ids.update(out)
             return out
+        if role == "grouped":
+            return self.grouped(name, module, ids, first)
         if role == "channelwise":
             if first:
                 self.g.followers[name] = ids
@@ -120,6 +122,19 @@ class _Builder:
         else:
             self.g.union(self.g.readers[name], ids)
         return self.scattered(name, module, self.g.writers[name])
+
+    def grouped(self, name: str, module: nn.Module, ids: list[int], first: bool) -> list[int]:
+        """A grouped conv: fresh output ids, a follower of them; group g's inputs and outputs
+        are one root (union-find), so they stay or go together (whole groups)."""
+        if first:
+            self.g.followers[name] = self.g.fresh(module.out_channels)
+            self.g.grouped.add(name)
+        out = self.g.followers[name]
+        width_in, width_out = len(ids) // module.groups, module.out_channels // module.groups
+        for k in range(module.groups):
+            block = ids[k * width_in:(k + 1) * width_in] + out[k * width_out:(k + 1) * width_out]
+            self.g.union(block[:1] * (len(block) - 1), block[1:])
+        return out
 
     def last_dim_linear(self, node: fx.Node, module: nn.Linear):
         """A linear layer on (N, ..., C) reads and writes the last dim (channels-last code: the

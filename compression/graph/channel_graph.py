@@ -16,6 +16,8 @@ class ChannelGraph:
         self.input_ids: set[int] = set()
         self.writers: dict[str, list[int]] = {}        # module -> ids of its output channels
         self.followers: dict[str, list[int]] = {}      # channelwise module -> ids it sees
+        # (a grouped conv: the ids it writes, each group's one root with its inputs')
+        self.grouped: set[str] = set()                 # the grouped convs among the followers
         self.readers: dict[str, list[int]] = {}        # module -> ids its input actually has
         self.columns: dict[str, list[int]] = {}        # module -> input position of each column
         self.gathered: set[str] = set()                # readers that are Gather modules

@@ -8,12 +8,14 @@ together are merged (union-find), following the ops of the trace:
 - per-channel modules and functions (BN, depthwise conv, activations, pooling, 1x1 flatten,
   view/reshape that keep dim 1) pass the ids through; channelwise modules with parameters are
   the *followers* of the ids they see;
+- a grouped conv writes new ids and merges each group's input and output ids into one: a
+  group stays or goes whole (a reader of its outputs keeps whole groups, ``blocks``);
 - ``add`` / ``sub`` / ``mul`` / ``div`` of tensors of equal width merge the ids position by
   position (a residual sum couples its members; a squeeze-and-excitation ``x * s`` couples the
   trunk with the gate's last layer);
 - ``cat`` on dim 1 concatenates id lists; ``split`` / ``chunk`` / ``x[:, a:b]`` slice them
   (and fix the channels they split: the code cuts at fixed widths);
-- the network input, the output, layers that mix channels (LayerNorm, grouped convs) and any
+- the network input, the output, layers that mix channels (LayerNorm over C) and any
   op the graph does not understand *fix* the ids they touch: those channels are never removed.
 
 Pruning picks, for each chosen reader, the input channels it keeps (``keep``). A channel id
@@ -64,6 +66,8 @@ class PrunableLayer:
     is_first: bool = False                      # reads the network input
     private: list[str] = field(default_factory=list)    # channelwise modules on its input
     # path that nothing else reads (a pre-activation BN), nearest first
+    blocks: list[list[int]] = field(default_factory=list)  # input columns kept or dropped
+    # together (the channels of one group of a grouped conv); empty: each on its own
     graph: "ChannelGraph | None" = field(default=None, repr=False, compare=False)
 
     @property
@@ -115,11 +119,24 @@ def analyse(model: nn.Module, input_shape: Sequence[int]) -> list[PrunableLayer]
             followers = sorted((f for f, f_ids in graph.followers.items()
                                 if f_ids and set(graph.roots(f_ids)) <= roots),
                                key=lambda f: -position[f])
+            if graph.grouped & set(followers):
+                producer = None           # its filters are not this layer's columns
         layers.append(PrunableLayer(
             name, graph.kinds[name], len(ids), "chain" if chain else "gather", producer,
             followers, is_first=bool(set(graph.readers[name]) & graph.input_ids),
-            private=[] if name in graph.gathered else graph.private[name], graph=graph))
+            private=[] if name in graph.gathered else graph.private[name],
+            blocks=_blocks(graph, ids), graph=graph))
     return layers
+
+
+def _blocks(graph: ChannelGraph, ids: Sequence[int]) -> list[list[int]]:
+    """The columns reading the same root, in order (every column once); empty when no two
+    do (each column stays or goes on its own)."""
+    by_root: dict[int, list[int]] = {}
+    for column, i in enumerate(ids):
+        by_root.setdefault(graph.find(i), []).append(column)
+    blocks = list(by_root.values())
+    return blocks if len(blocks) < len(ids) else []
 
 
 def graph_of(layers: Sequence[PrunableLayer]) -> ChannelGraph:

@@ -11,12 +11,15 @@ small ``LayerPruner`` class per layer type (as in Torch-Pruning):
   channelwise acts on each channel alone with per-channel parameters (BN, depthwise conv,
              PReLU with one slope per channel): shrinks with the channels it sees
   passthrough acts on each channel alone without parameters (activations, pooling, dropout)
+  grouped    a grouped conv (groups > 1, not depthwise): output group g reads input group g
+             only, so a whole group (its inputs and outputs) stays or goes together
   mixing     combines channels without a weight we can cut (LayerNorm, GroupNorm over
-             several channels, grouped convs): its channels are kept whole
+             several channels, grouped transposed convs): its channels are kept whole
   ========== ============================================================================
 
 - how to **shrink** it (``shrink(module, in_index, out_index)``: a copy keeping those input /
-  output channels, or ``shrink_channels(module, index)`` for a channelwise module);
+  output channels, or ``shrink_channels(module, index)`` for a channelwise module and, with
+  the output channels of whole groups, a grouped one);
 - its **shape** for the saved spec (``shape`` / ``resize``), so a thinned model rebuilds.
 
 A user adds a layer type with one class::
@@ -168,25 +171,34 @@ class MixingPruner(LayerPruner):
 # -- built-in layer types --------------------------------------------------------------------
 @register_pruner(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 class ConvPruner(ReaderPruner):
-    """groups=1: a reader; depthwise (groups = in = out): channelwise; other grouped convs keep
-    their channels (a cut must stay equal in every group)."""
+    """groups=1: a reader; depthwise (groups = in = out): channelwise; other grouped convs are
+    pruned by whole groups (``shrink_channels`` with the output channels of the groups kept)."""
 
     def role(self, module: nn.Module) -> str:
         if module.groups == 1:
             return "reader"
         if module.groups == module.in_channels == module.out_channels:
             return "channelwise"
-        return "mixing"
+        return "grouped"
 
     def shrink_channels(self, module: nn.Module, index: torch.Tensor) -> nn.Module:
+        """Keep output channels ``index``, which must be whole groups, and those groups' inputs
+        (a depthwise conv: one channel per group)."""
+        width_in = module.in_channels // module.groups
+        width_out = module.out_channels // module.groups
+        groups = sorted({int(i) // width_out for i in index.tolist()})
+        if len(index) != len(groups) * width_out:
+            raise ValueError(f"a grouped conv keeps whole groups of {width_out} output "
+                             f"channels; {len(index)} channels are not")
         new = _copy(module)
         _set(new, "weight", _take(module.weight, 0, index))
         _set(new, "bias", _take(module.bias, 0, index))
-        new.in_channels = new.out_channels = new.groups = len(index)
+        new.groups = len(groups)
+        new.in_channels, new.out_channels = len(groups) * width_in, len(index)
         return new
 
     def resize(self, module: nn.Module, shape: dict) -> nn.Module:
-        if self.role(module) == "channelwise":
+        if self.role(module) in ("channelwise", "grouped"):
             return self.shrink_channels(module, torch.arange(shape["out_channels"]))
         return super().resize(module, shape)
 

@@ -22,6 +22,7 @@ from utils.config import check, option
 
 from compression.graph.layers import PrunableLayer
 from compression.selection.group_prox import group_prox
+from compression.selection.blocks import whole_blocks
 from compression.selection.ista import normalised_problem, select_exact
 from compression.selection.progress import SelectionProgress
 from compression.selection.sampling import collect, gram_and_corr, layer_weight, normal_equations
@@ -177,6 +178,7 @@ def select_channels(full: nn.Module, pruned: nn.Module, layers: Sequence[Prunabl
                                             torch.arange(weight.shape[1], device=weight.device))
         normal_eqs = normal_equations(patches, targets)
         keep, weight = _pick(normal_eqs, weight, nb_keep, cfg, gen, seed)
+        keep = whole_blocks(keep, layer.blocks, nb_keep)
         set_kept_weight(module, _refit(normal_eqs, weight, keep, cfg), keep)
         keep_all[layer.name] = keep.cpu()
         record = {"layer": layer.name, "in_channels": layer.in_channels, "kept": len(keep),

@@ -88,8 +88,8 @@ def gate_points(model: nn.Module, layers: Sequence[PrunableLayer],
     zeros (a gate before a depthwise conv would still let that conv's BN bias through)."""
     points = {}
     for layer in layers:
-        if any(s in layer.name for s in skip):
-            continue
+        if any(s in layer.name for s in skip) or layer.blocks:
+            continue          # a gate per channel cannot close whole groups of a grouped conv
         if layer.shrinks_producer:        # conv -> BN -> (depthwise ...) -> the one reader
             candidates = layer.followers
         elif layer.mode == "gather":      # shared input -> a BN only this layer reads

@@ -49,11 +49,13 @@ def _single_calls(gm: fx.GraphModule) -> dict[str, fx.Node]:
     return {name: nodes[0] for name, nodes in calls.items() if len(nodes) == 1}
 
 
-def _writer_nodes(gm: fx.GraphModule) -> dict[str, fx.Node]:
-    """Conv / linear modules (readers in the graph's sense) called exactly once."""
+def _writer_nodes(gm: fx.GraphModule, roles=("reader",)) -> dict[str, fx.Node]:
+    """Conv / linear modules called exactly once whose role is one of ``roles`` (readers in
+    the graph's sense; with "grouped" and "channelwise" also grouped and depthwise convs, all
+    the modules the perturbation probe perturbs)."""
     modules = dict(gm.named_modules())
     return {name: node for name, node in _single_calls(gm).items()
-            if channel_role(modules[name], node) == "reader"}
+            if isinstance(modules[name], WRITERS) and channel_role(modules[name], node) in roles}
 
 
 def _live_outputs(module: nn.Module, live) -> torch.Tensor:
@@ -81,7 +83,7 @@ def _counts(gm: fx.GraphModule) -> tuple[dict[str, int], list[str]]:
     live = liveness.run()
     modules = dict(gm.named_modules())
     out = {}
-    for name, node in _writer_nodes(gm).items():
+    for name, node in _writer_nodes(gm, ("reader", "grouped", "channelwise")).items():
         own = _live_outputs(modules[name], live.get(node, torch.zeros(0, dtype=torch.bool)))
         dead = int((~own).sum()) if node in live else _out_channels(modules[name])
         if dead:

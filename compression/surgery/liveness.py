@@ -127,10 +127,13 @@ class Liveness:
             self.unknown.add(type(module).__name__)
         if node in self.maps:
             return self.remap(node, live)
-        if role not in ("passthrough", "channelwise", "reader") or not node.args \
+        if role not in ("passthrough", "channelwise", "reader", "grouped") or not node.args \
                 or not isinstance(live, torch.Tensor):
             return self.need_all(node)
         source = node.args[0]
+        if role == "grouped":             # group g's outputs read group g's inputs only
+            groups = live.reshape(module.groups, -1).any(dim=1)
+            return self.need(source, groups.repeat_interleave(module.in_channels // module.groups))
         if role == "reader":
             own = live[module.out_index.cpu()] if is_scatter(module) else live
             if not bool(own.any()):

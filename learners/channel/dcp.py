@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from compression.selection.blocks import whole_blocks
 from compression.selection.criteria import refit_kept, select_channels
 from learners.channel.base import ChannelLearnerBase
 from compression.selection.dcp import (DcpObjective, ZeroPrunedInputs, frozen, greedy_channels,
@@ -75,8 +76,9 @@ class DisChnPrunedLearner(ChannelLearnerBase):
                 for layer in members:
                     start = time.perf_counter()
                     objective.set_stage(block, layer.name, bn_train=False)
-                    keep[layer.name] = greedy_channels(objective, layer.name, counts[layer.name],
-                                                       data, cfg.channels_per_pass)
+                    keep[layer.name] = whole_blocks(
+                        greedy_channels(objective, layer.name, counts[layer.name], data,
+                                        cfg.channels_per_pass), layer.blocks, counts[layer.name])
                     greedy_s = time.perf_counter() - start
                     zero.apply()
                     if cfg.lstsq_init:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from compression.graph.layers import analyse, choose_layers
+from compression.selection.blocks import whole_blocks
 from compression.surgery.unread import unread_channels  # noqa: F401  (the tests' probe)
 from tests.zoo.modern import MODERN
 
@@ -193,8 +194,11 @@ def pruned(name: str, ratio: float = 0.5, seed: int = 1):
     randomise_bn(model)
     layers = analyse(model, INPUT_SHAPE)
     gen = torch.Generator().manual_seed(seed)
-    keep = {layer.name: torch.randperm(layer.in_channels, generator=gen)[
-        :max(1, int(layer.in_channels * ratio))] for layer in choose_layers(layers, True, False, [])}
+    keep = {}
+    for layer in choose_layers(layers, True, False, []):
+        count = max(1, int(layer.in_channels * ratio))       # whole groups, as selection keeps
+        picked = torch.randperm(layer.in_channels, generator=gen)[:count]
+        keep[layer.name] = whole_blocks(picked, layer.blocks, count)
     return model, layers, keep
 
 

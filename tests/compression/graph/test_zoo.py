@@ -109,8 +109,13 @@ def test_graph_patterns_of_the_zoo():
     assert "se.fc1" not in se and se["project.0"].producer == "expand.0"
     assert se["project.0"].followers == ["dw.1", "dw.0", "expand.1"]
     assert se["se.fc2"].mode == "chain" and se["se.fc2"].producer == "se.fc1"
-    # a grouped conv keeps its width: its reader is not offered, its inputs stay whole
-    assert "expand.0" not in layers["grouped"] and "grouped.0" not in layers["grouped"]
+    # a grouped conv (4 groups of 4) is pruned by whole groups: its reader keeps blocks of 4
+    # columns, and the conv, its BN and the reduce conv before it shrink with them
+    expand = layers["grouped"]["expand.0"]
+    assert expand.mode == "chain" and expand.producer is None
+    assert expand.followers == ["grouped.1", "grouped.0", "reduce.1"]
+    assert expand.blocks == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
+    assert "grouped.0" not in layers["grouped"]
     # DenseNet: every concatenated feature map is read by all later layers
     assert all(layer.mode == "gather" for n, layer in layers["dense"].items() if n != "fc")
     # 1-D: PReLU and the per-channel GroupNorm shrink with their channels
