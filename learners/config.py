@@ -26,6 +26,8 @@ class LearnerConfig:
                                  run_only=True)
     log_dir: str = option("./logs", "TensorBoard log directory ('' disables TensorBoard)",
                           run_only=True)
+    debug: bool = option(False, "log at DEBUG level (PocketFlow's debugging information)",
+                         run_only=True)
     summ_step: int = option(100, "log lr, loss, accuracy and images/s every this many steps",
                             run_only=True)
     save_step: int = option(1000, "save a checkpoint and evaluate every this many steps "

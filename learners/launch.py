@@ -19,6 +19,7 @@ import torch
 from compression.quantization.int8_qat import Int8ExportUnavailable
 from datasets.errors import DataError
 from learners.config import LearnerConfig
+from learners.pocketflow_flags import translate
 from learners.registry import learner_class, learner_configs, list_learners
 from learners.run.runner import Runner
 from training.trainer import TrainingDivergedError
@@ -49,11 +50,11 @@ def define_flags(flag_values: Any, helper_cls: type) -> None:
         define_dataclass_flags(config_cls, flag_values, prefix)
 
 
-def setup_logging(primary: bool) -> None:
+def setup_logging(primary: bool, debug: bool = False) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     log.handlers[:] = [handler]
-    log.setLevel(logging.INFO if primary else logging.WARNING)
+    log.setLevel(logging.DEBUG if debug else logging.INFO if primary else logging.WARNING)
     log.propagate = False
 
 
@@ -83,7 +84,7 @@ def run(helper_cls: type, values: dict) -> dict:
     mgw = MultiGpuWrapper.create(bool(values.get("enbl_multi_gpu")),
                                  values.get("mgw_backend", "auto"),
                                  float(values.get("mgw_timeout_s", 1800.0)))
-    setup_logging(mgw.is_primary())
+    setup_logging(mgw.is_primary(), bool(values.get("debug")))
     try:
         seed_everything(int(values.get("seed", 0)))
         runner, learner = build(helper_cls, values, mgw)
@@ -123,7 +124,13 @@ def entry(helper: str | type) -> None:
     tune_malloc()
     helper_cls = resolve_helper(helper) if isinstance(helper, str) else helper
     define_flags(flags.FLAGS, helper_cls)
-    app.run(lambda argv: main(helper_cls, flags.FLAGS.flag_values_dict(), argv))
+    try:                        # PocketFlow's renamed / retired flags (learners.pocketflow_flags)
+        argv = translate(sys.argv, set(flags.FLAGS), helper_cls,
+                         say=lambda line: launcher_rank() == 0 and print(line, file=sys.stderr))
+    except ConfigError as exc:
+        say_error(str(exc))
+        raise SystemExit(2) from None
+    app.run(lambda argv: main(helper_cls, flags.FLAGS.flag_values_dict(), argv), argv=argv)
 
 
 def main(helper_cls: type, values: dict, argv: list | None = None) -> None:

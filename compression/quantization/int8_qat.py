@@ -149,6 +149,7 @@ class QatModel(nn.Module):
         self.prepared = prepared
         self.input_shape = tuple(input_shape)
         self.observers_frozen = False
+        self.bn_frozen = False   # BN on its running statistics also in training mode
         self._graph_mode = True  # prepare_qat exports in training mode
         self.train(True)
 
@@ -157,11 +158,12 @@ class QatModel(nn.Module):
 
     def train(self, mode: bool = True) -> "QatModel":
         api = torchao_api().pt2e
-        if mode != self._graph_mode:  # the graph rewrite costs ~1 s: only on a change
+        graph_mode = mode and not self.bn_frozen
+        if graph_mode != self._graph_mode:  # the graph rewrite costs ~1 s: only on a change
             with quiet():
-                (api.move_exported_model_to_train if mode else api.move_exported_model_to_eval)(
-                    self.prepared)
-            self._graph_mode = mode
+                (api.move_exported_model_to_train if graph_mode
+                 else api.move_exported_model_to_eval)(self.prepared)
+            self._graph_mode = graph_mode
         self.prepared.apply(api.enable_observer if mode and not self.observers_frozen
                             else api.disable_observer)
         for module in self.modules():  # no recursion through the graph's disallowed train()
@@ -172,6 +174,18 @@ class QatModel(nn.Module):
         """Stop updating quantization ranges (also in train mode), e.g. late in training."""
         self.observers_frozen = True
         self.prepared.apply(torchao_api().pt2e.disable_observer)
+
+    def freeze_bn(self) -> None:
+        """BN uses (and stops updating) its running statistics, also in training mode
+        (TensorFlow's ``freeze_bn_delay``); the exported graph switches dropout with it."""
+        self.bn_frozen = True
+        self.train(self.training)
+
+    def fake_quant(self, enabled: bool) -> None:
+        """Quantize weights and activations in the forward pass, or pass them through as
+        floats while the observers keep tracking ranges (TensorFlow's ``quant_delay``)."""
+        api = torchao_api().pt2e
+        self.prepared.apply(api.enable_fake_quant if enabled else api.disable_fake_quant)
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[torch.Tensor]) -> None:

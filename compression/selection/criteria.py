@@ -70,7 +70,8 @@ def _random(normal_eqs, weight, nb_keep, cfg, gen, seed):
 
 @register_selection("group-prox")
 def _group_prox(normal_eqs, weight, nb_keep, cfg, gen, seed):
-    return group_prox(*normal_eqs, weight, nb_keep, cfg.prox_lrn_rate, cfg.prox_nb_iters)
+    return group_prox(*normal_eqs, weight, nb_keep, cfg.prox_lrn_rate, cfg.prox_nb_iters,
+                      incr=cfg.prox_lrn_rate_incr, decr=cfg.prox_lrn_rate_decr)
 
 
 SELECTIONS = tuple(SELECTORS)
@@ -95,6 +96,9 @@ class SelectionOptions:
     prox_lrn_rate: float = option(1e-2, "group-prox selection: initial proximal step on the "
                                         "layer's normalised problem")
     prox_nb_iters: int = option(1000, "group-prox selection: proximal iterations per layer")
+    prox_lrn_rate_incr: float = option(1.4, "group-prox selection: step x this after a "
+                                            "decrease of the loss")
+    prox_lrn_rate_decr: float = option(0.7, "group-prox selection: step x this otherwise")
 
     def __post_init__(self) -> None:
         parent = getattr(super(), "__post_init__", None)
@@ -106,6 +110,9 @@ class SelectionOptions:
             check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         check(0 < self.ista_lrn_rate < 2, "ista_lrn_rate",
               f"must be in (0, 2) for ISTA to converge, got {self.ista_lrn_rate}")
+        check(self.prox_lrn_rate_incr >= 1 and 0 < self.prox_lrn_rate_decr <= 1,
+              "prox_lrn_rate_incr", "the increase must be >= 1 and the decrease in (0, 1], got "
+              f"{self.prox_lrn_rate_incr} and {self.prox_lrn_rate_decr}")
         for name in ("lstsq_lrn_rate", "prox_lrn_rate"):
             check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
 

@@ -6,7 +6,7 @@ every layer) each iteration takes a gradient step on ``||P W' - Y||^2`` and shri
 channel's weights ``W[:, i]`` by ``max(0, 1 - tau / ||W[:, i]||)``. The threshold ``tau`` ramps
 linearly, over the first ``ramp`` of the iterations, up to the current norm of the channel at the
 target percentile, so that from then on exactly the weakest channels are zero. The step grows
-x1.4 after a decrease of the loss and shrinks x0.7 otherwise (PocketFlow's adaptive rate). The
+x``incr`` (1.4) after a decrease of the loss and shrinks x``decr`` (0.7) otherwise (PocketFlow's adaptive rate). The
 kept channels are the ``nb_keep`` largest norms at the end; ``compression.selection.lstsq`` then refits
 them (masked Adam, or the closed form).
 """
@@ -20,7 +20,8 @@ from compression.selection.lstsq import quadratic_loss
 @torch.no_grad()
 def group_prox(ptp: torch.Tensor, pty: torch.Tensor, weight: torch.Tensor, nb_keep: int,
                lrn_rate_init: float = 1e-2, nb_iters: int = 1000,
-               ramp: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+               ramp: float = 0.5, incr: float = 1.4,
+               decr: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
     """``(kept input channels (sorted), weights after the proximal iterations)`` for a
     (c_out, c_in, kk) ``weight``."""
     c_out, c_in, kk = weight.shape
@@ -40,7 +41,7 @@ def group_prox(ptp: torch.Tensor, pty: torch.Tensor, weight: torch.Tensor, nb_ke
             groups = groups * (1.0 - tau / norms.clamp_min(1e-30)).clamp_min(0.0)[None, :, None]
         candidate = groups.reshape(c_out, -1)
         new_loss = quadratic_loss(a, b, candidate)
-        lrn_rate *= 1.4 if new_loss < loss else 0.7
+        lrn_rate *= incr if new_loss < loss else decr
         w, loss = candidate, new_loss
     norms = w.reshape(c_out, c_in, kk).pow(2).sum(dim=(0, 2))
     keep = norms.topk(nb_keep).indices.sort().values

@@ -23,7 +23,12 @@ class ChannelConfig(ChannelOptions):
     nb_points_per_layer: int = option(10, "output positions sampled per image and layer")
     nb_batches: int = option(30, "training batches sampled for the final selection")
     list_group: int = option(1000, "layers pruned per group; between groups the masked model is "
-                                   "fine-tuned with Adam")
+                                   "trained again (finetune, retrain)")
+    finetune: bool = option(False, "between groups: a short Adam fine-tune (lrn_rate_ft, "
+                                   "nb_iters_ft_ratio) instead of PocketFlow's retraining on "
+                                   "the helper's schedule")
+    retrain: bool = option(False, "between groups: retrain on the helper's schedule even with "
+                                  "finetune")
     lrn_rate_ft: float = option(1e-4, "Adam rate of the between-group fine-tune")
     nb_iters_ft_ratio: float = option(0.2, "between-group fine-tune length, as a fraction of the "
                                            "training iterations")
@@ -69,11 +74,23 @@ class CpgConfig(ChannelOptions):
     nb_smpls: int = option(5000, "training samples used for the layer regressions")
     nb_crops_per_smpl: int = option(10, "random output positions sampled per sample")
     channel_multiple: int = option(1, "round each kept-channel count to a multiple of this")
+    prune_ratio_type: str = option("uniform", "uniform: prune_ratio for every layer; list: "
+                                              "one ratio per layer from prune_ratio_file",
+                                   choices=("uniform", "list"))
+    prune_ratio_file: str = option("", "list: the fraction of input channels REMOVED per layer "
+                                       "(PocketFlow's comma-separated line, one per line, or "
+                                       "'<layer> <ratio>')")
+    lrn_rate_pgd_incr: float = option(1.4, "proximal step x this after a decrease of the loss")
+    lrn_rate_pgd_decr: float = option(0.7, "proximal step x this otherwise")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_ratio(self.prune_ratio, "prune_ratio")
+        check(self.prune_ratio_type != "list" or bool(self.prune_ratio_file), "prune_ratio_file",
+              "prune_ratio_type=list needs a file of per-layer ratios")
         check(self.lrn_rate_pgd_init > 0, "lrn_rate_pgd_init", "must be positive")
+        check(self.lrn_rate_pgd_incr >= 1, "lrn_rate_pgd_incr", "must be >= 1")
+        check(0 < self.lrn_rate_pgd_decr <= 1, "lrn_rate_pgd_decr", "must be in (0, 1]")
         check(self.lrn_rate_adam > 0, "lrn_rate_adam", "must be positive")
         for name in ("nb_iters_pgd", "nb_iters_layer", "nb_smpls", "nb_crops_per_smpl",
                      "channel_multiple"):
@@ -86,7 +103,9 @@ class CpgConfig(ChannelOptions):
                                 lstsq_lrn_rate=self.lrn_rate_adam,
                                 lstsq_nb_iters=self.nb_iters_layer,
                                 prox_lrn_rate=self.lrn_rate_pgd_init,
-                                prox_nb_iters=self.nb_iters_pgd)
+                                prox_nb_iters=self.nb_iters_pgd,
+                                prox_lrn_rate_incr=self.lrn_rate_pgd_incr,
+                                prox_lrn_rate_decr=self.lrn_rate_pgd_decr)
 
 
 @dataclass

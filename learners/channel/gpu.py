@@ -12,6 +12,8 @@ the layer's normal equations, so an iteration costs the same whatever the number
 from __future__ import annotations
 
 
+from compression.budget.ratio_list import read_ratio_list
+from compression.budget.counts import counts_for_ratios
 from compression.selection.criteria import select_channels
 from compression.graph.layers import choose_layers
 from learners.channel.base import ChannelLearnerBase
@@ -31,6 +33,15 @@ class ChannelPrunedGpuLearner(ChannelLearnerBase):
         cfg = self.cfg
         return choose_layers(layers, cfg.skip_ht_layers, cfg.skip_ht_layers,
                              cfg.skip_names)
+
+    def kept_counts(self, full, layers, chosen, sections):
+        """``cpg_prune_ratio`` everywhere, or (``cpg_prune_ratio_type=list``) each layer's
+        ratio from ``cpg_prune_ratio_file``, rounded to ``cpg_channel_multiple``."""
+        cfg = self.cfg
+        if cfg.prune_ratio_type == "uniform":
+            return super().kept_counts(full, layers, chosen, sections)
+        ratios = read_ratio_list(cfg.prune_ratio_file, [layer.name for layer in chosen])
+        return counts_for_ratios(chosen, ratios, self.channel_multiple)
 
     def select(self, full, pruned, chosen, counts, batches):
         return select_channels(full, pruned, chosen, counts, batches, self.cfg.selection_options(),

@@ -7,7 +7,8 @@ image over ``cp_nb_batches`` training batches; the kept input channels are chose
 How many channels each layer keeps comes from ``cp_prune_option`` (``compression.budget.strategy``:
 an AMC-style DDPG search under the FLOPs budget ``cp_preserve_ratio``, uniform, or a ratio
 list). With ``cp_list_group`` smaller than the number of layers, layers are pruned in groups
-and the masked model is fine-tuned with Adam between groups. Unlike PocketFlow, the pruned
+and the masked model trains again between groups (PocketFlow's retraining on the helper's
+schedule, or with ``cp_finetune`` a short Adam fine-tune). Unlike PocketFlow, the pruned
 channels are removed: the saved model is really smaller and faster.
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ import logging
 
 from compression.selection.criteria import select_channels
 from compression.sparsity.masks import attach_masks, detach_masks, masks_of
+from training.callbacks import LrScheduleCallback
+from training.trainer import Trainer
 from learners.channel.config import ChannelConfig
 from learners.channel.base import ChannelLearnerBase
 from learners.channel.base import log_layer
@@ -59,18 +62,28 @@ class ChannelPrunedLearner(ChannelLearnerBase):
         return keep, stats
 
     def _group_finetune(self, pruned, keep) -> None:
-        """Adam on the masked model (pruned input channels held at zero) between groups."""
-        cfg = self.cfg
-        steps = max(1, int(cfg.nb_iters_ft_ratio * self.ctx.helper.nb_iters_train(1)))
+        """Between groups, the masked model (pruned input channels held at zero) trains again
+        in this process: ``cp_finetune`` (without ``cp_retrain``) a short Adam fine-tune,
+        otherwise PocketFlow's retraining, momentum SGD on the helper's schedule."""
+        cfg, helper = self.cfg, self.ctx.helper
         attach_masks(pruned, list(keep))
         for name, mask in masks_of(pruned).items():
             mask.mask.zero_()
             mask.mask[:, keep[name].to(mask.mask.device)] = 1.0
-        batches = self.ctx.cached_batches(self.ctx.helper.build_dataset_train(),
-                                      min(steps, self.ctx.helper.nb_iters_train(1)))
-        log.info("group fine-tune: %d Adam steps at %.1e on %d pruned layers", steps,
-                 cfg.lrn_rate_ft, len(keep))
         pruned.train()
-        self.ctx.short_finetune(pruned, batches, cfg.lrn_rate_ft, steps)
+        if cfg.finetune and not cfg.retrain:
+            steps = max(1, int(cfg.nb_iters_ft_ratio * helper.nb_iters_train(1)))
+            batches = self.ctx.cached_batches(helper.build_dataset_train(),
+                                              min(steps, helper.nb_iters_train(1)))
+            log.info("group fine-tune: %d Adam steps at %.1e on %d pruned layers", steps,
+                     cfg.lrn_rate_ft, len(keep))
+            self.ctx.short_finetune(pruned, batches, cfg.lrn_rate_ft, steps)
+        else:
+            schedule = helper.lr_schedule(1)
+            log.info("group retrain: %d steps on the helper's schedule, %d pruned layers "
+                     "(--cp_finetune for a short Adam fine-tune)", schedule.nb_iters, len(keep))
+            Trainer(pruned, self.ctx.optimizer(pruned), helper.calc_loss,
+                    self.ctx.train_loader(), schedule.nb_iters, self.ctx.device,
+                    [LrScheduleCallback(schedule)], forward=helper.forward_train).fit()
         pruned.eval()
         detach_masks(pruned)

@@ -107,6 +107,12 @@ class UqtfConfig(OutputOptions):
                                        "quantization ranges before QAT")
     max_batch: int = option(256, "uniform-tf: largest batch the program runs at once "
                                  "(bigger batches are split)")
+    weight_bits: int = option(8, "uniform-tf: bits of the weights (8: XNNPACK's int8 kernels)")
+    activation_bits: int = option(8, "uniform-tf: bits of the activations (8)")
+    quant_delay: int = option(0, "uniform-tf: QAT steps with fake quantization off (the "
+                                 "observers still track ranges); then on")
+    freeze_bn_delay: int = option(-1, "uniform-tf: QAT step after which BN runs on its "
+                                      "running statistics (frozen); -1: never (PocketFlow: None)")
 
     def __post_init__(self) -> None:
         # the artifact IS the ExecuTorch program: another extension would be written as
@@ -117,3 +123,10 @@ class UqtfConfig(OutputOptions):
         check(self.lrn_rate_dcy > 0, "lrn_rate_dcy", "must be positive")
         check(self.nb_calib_batches > 0, "nb_calib_batches", "must be positive")
         check(self.max_batch > 0, "max_batch", "must be positive")
+        for name in ("weight_bits", "activation_bits"):
+            check(getattr(self, name) == 8, name,
+                  f"uniform-tf deploys int8 programs (ExecuTorch's XNNPACK kernels take 8-bit "
+                  f"weights and activations), got {getattr(self, name)}; for other widths use "
+                  f"--learner=uniform (--uql_weight_bits, --uql_activation_bits)")
+        check(self.quant_delay >= 0, "quant_delay", "must be >= 0")
+        check(self.freeze_bn_delay >= -1, "freeze_bn_delay", "must be >= 0, or -1 (never)")

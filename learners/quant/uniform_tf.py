@@ -37,6 +37,7 @@ from utils.config import ConfigError
 from utils.lrn_rate import ScaledLr
 from utils.model_stats import time_forward
 from learners.quant.config import UqtfConfig
+from training.trainer import Callback
 
 log = logging.getLogger("pocketflow")
 
@@ -50,6 +51,27 @@ class _Program(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.program(x).to(x.device)
+
+
+class QatDelays(Callback):
+    """TensorFlow QAT's ``quant_delay`` (fake quantization off for the first steps) and
+    ``freeze_bn_delay`` (BN on running statistics from that step on), also on a resumed run."""
+
+    def __init__(self, qat, quant_delay: int, freeze_bn_delay: int) -> None:
+        self.qat, self.quant_delay, self.freeze_bn_delay = qat, quant_delay, freeze_bn_delay
+
+    def on_train_begin(self, trainer) -> None:
+        self.qat.fake_quant(trainer.step >= self.quant_delay)
+
+    def on_minibatch_begin(self, trainer, state) -> None:
+        if state.step == self.quant_delay:
+            self.qat.fake_quant(True)
+        if 0 <= self.freeze_bn_delay <= state.step and not self.qat.bn_frozen:
+            log.info("uniform-tf: BN statistics frozen from step %d", state.step)
+            self.qat.freeze_bn()
+
+    def on_train_end(self, trainer) -> None:
+        self.qat.fake_quant(True)        # what is converted to int8 is the quantized model
 
 
 @register_learner("uniform-tf", config=UqtfConfig, prefix="uqtf")
@@ -84,8 +106,9 @@ class UniformQuantTFLearner(Learner):
         before = ctx.accuracy(qat)
         schedule = ScaledLr(ctx.helper.lr_schedule(ctx.mgw.size()), cfg.lrn_rate_dcy)
         zeros = KeepZeros(qat)              # a sparse start keeps its zeros (int8 0 is exact)
+        delays = QatDelays(qat, cfg.quant_delay, cfg.freeze_bn_delay)
         ctx.fit(qat, schedule, tag="finetune", teacher=ctx.teacher(),
-                callbacks=[zeros] if zeros.masks else ())
+                callbacks=[delays, zeros] if zeros.masks else [delays])
         sections = {"accuracy_qat": ctx.accuracy(qat)}
         if zeros.masks:
             sections["sparsity"] = {"kept_zeros": zeros.sparsity}

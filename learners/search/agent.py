@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from learners.search.config import DdpgConfig
 from learners.search.networks import Actor, Critic, soft_update
@@ -53,8 +54,10 @@ class DdpgAgent:
         with torch.random.fork_rng(devices=[]):  # initial weights without the global RNG
             torch.manual_seed(seed)
             bounds = torch.from_numpy(self.a_min), torch.from_numpy(self.a_max)
-            self.actor = Actor(state_dim, action_dim, cfg.actor_hidden, *bounds)
-            self.critic = Critic(state_dim, action_dim, cfg.actor_hidden, *bounds)
+            self.actor = Actor(state_dim, action_dim, cfg.actor_hidden, *bounds,
+                               depth=cfg.actor_depth)
+            self.critic = Critic(state_dim, action_dim, cfg.critic_hidden, *bounds,
+                                 depth=cfg.critic_depth)
         self.actor.to(self.device)
         self.critic.to(self.device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
@@ -67,6 +70,7 @@ class DdpgAgent:
         self.noise = ExplorationNoise(cfg, self.actor, nb_rlouts, self.generator)
         self.baseline: float | None = None  # EMA of the roll-outs' rewards
         self.nb_rlouts_done = 0
+        self.step_in_rollout = 0
 
     @torch.no_grad()
     def act(self, state: ArrayLike, explore: bool = True) -> np.ndarray:
@@ -79,6 +83,10 @@ class DdpgAgent:
     def observe(self, transition: Transition) -> None:
         """Store a transition; a terminal one ends the roll-out (baseline and noise schedule)."""
         t = transition
+        step, self.step_in_rollout = self.step_in_rollout, (
+            0 if t.terminal else self.step_in_rollout + 1)
+        if step % self.cfg.record_step and not t.terminal:
+            return                        # PocketFlow's ddpg_record_step subsampling
         self.buffer.append(torch.as_tensor(np.asarray(t.state, dtype=np.float32)),
                            torch.as_tensor(np.asarray(t.action, dtype=np.float32)),
                            t.reward, torch.as_tensor(np.asarray(t.next_state, dtype=np.float32)),
@@ -108,20 +116,28 @@ class DdpgAgent:
         return {"critic_loss": float(np.mean(critic_losses)),
                 "actor_loss": float(np.mean(actor_losses)), "noise_std": float(self.noise.std)}
 
+    def _decay(self, net: nn.Module) -> torch.Tensor | float:
+        """``ddpg_loss_w_dcy`` x half the sum of squared weights (PocketFlow's
+        ``calc_loss_dcy``, tf.nn.l2_loss of every trainable variable); 0 when off."""
+        if not self.cfg.loss_w_dcy:
+            return 0.0
+        return self.cfg.loss_w_dcy * 0.5 * sum(p.pow(2).sum() for p in net.parameters())
+
     def _critic_step(self, batch: dict[str, torch.Tensor]) -> float:
         with torch.no_grad():
             next_states = batch["next_states"]
             next_q = self.critic_target(next_states, self.actor_target(next_states))
             rewards = batch["rewards"] - (self.baseline or 0.0)
             target = rewards + self.cfg.gamma * (1.0 - batch["terminals"]) * next_q
-        loss = F.mse_loss(self.critic(batch["states"], batch["actions"]), target)
+        loss = F.mse_loss(self.critic(batch["states"], batch["actions"]), target) \
+            + self._decay(self.critic)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_opt.step()
         return loss.item()
 
     def _actor_step(self, states: torch.Tensor) -> float:
-        loss = -self.critic(states, self.actor(states)).mean()
+        loss = -self.critic(states, self.actor(states)).mean() + self._decay(self.actor)
         params = self.actor_opt.param_groups[0]["params"]
         for param, grad in zip(params, torch.autograd.grad(loss, params)):  # no critic grads
             param.grad = grad

@@ -19,7 +19,16 @@ NOISE_PRTLS = ("tdecy", "adapt")
 class DdpgConfig:
     FLAG_PREFIX: ClassVar[str] = "ddpg"
 
-    actor_hidden: int = option(64, "DDPG: hidden width of the actor and critic networks")
+    actor_hidden: int = option(64, "DDPG: hidden width of the actor (PocketFlow: "
+                                   "ddpg_actor_width)")
+    critic_hidden: int = option(64, "DDPG: hidden width of the critic (PocketFlow: "
+                                    "ddpg_critic_width)")
+    actor_depth: int = option(2, "DDPG: dense blocks (Linear, LayerNorm, ReLU) of the actor")
+    critic_depth: int = option(2, "DDPG: dense blocks of the critic after the action joins")
+    loss_w_dcy: float = option(0.0, "DDPG: L2 weight decay added to the actor's and critic's "
+                                    "losses (coefficient x sum of squared weights / 2)")
+    record_step: int = option(1, "DDPG: keep every n-th transition of a roll-out in the "
+                                 "replay buffer (the terminal one always)")
     tau: float = option(0.01, "DDPG: soft update rate of the target networks")
     gamma: float = option(0.9, "DDPG: reward discount factor")
     lrn_rate: float = option(1e-3, "DDPG: Adam learning rate of the actor and critic")
@@ -44,8 +53,10 @@ class DdpgConfig:
                                          "divided by this after each gradient step")
 
     def __post_init__(self) -> None:
-        check(self.actor_hidden > 0, "actor_hidden",
-              f"must be positive, got {self.actor_hidden}")
+        for name in ("actor_hidden", "critic_hidden", "actor_depth", "critic_depth",
+                     "record_step"):
+            check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        check(self.loss_w_dcy >= 0, "loss_w_dcy", f"must be >= 0, got {self.loss_w_dcy}")
         check(0.0 < self.tau <= 1.0, "tau", f"must be in (0, 1], got {self.tau}")
         check(0.0 <= self.gamma <= 1.0, "gamma",
               f"must be in [0, 1], got {self.gamma}")

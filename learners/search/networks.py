@@ -10,13 +10,19 @@ def dense_block(in_dim: int, width: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, width), nn.LayerNorm(width), nn.ReLU())
 
 
+def dense_stack(in_dim: int, width: int, depth: int) -> list[nn.Module]:
+    """``depth`` dense blocks, the first from ``in_dim``."""
+    return [dense_block(in_dim if i == 0 else width, width) for i in range(depth)]
+
+
 class Actor(nn.Module):
-    """state -> action in [a_min, a_max]: 2 dense blocks, Linear, sigmoid scaled to the bounds."""
+    """state -> action in [a_min, a_max]: ``depth`` dense blocks (2), Linear, sigmoid scaled to
+    the bounds."""
 
     def __init__(self, state_dim: int, action_dim: int, hidden: int,
-                 a_min: torch.Tensor, a_max: torch.Tensor) -> None:
+                 a_min: torch.Tensor, a_max: torch.Tensor, depth: int = 2) -> None:
         super().__init__()
-        self.body = nn.Sequential(dense_block(state_dim, hidden), dense_block(hidden, hidden),
+        self.body = nn.Sequential(*dense_stack(state_dim, hidden, depth),
                                   nn.Linear(hidden, action_dim))
         self.register_buffer("a_min", a_min.detach().clone().float())
         self.register_buffer("a_range", (a_max - a_min).detach().clone().float())
@@ -26,18 +32,19 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """(state, action) -> Q: a dense block on the state, concat the action, 2 dense blocks, Linear.
+    """(state, action) -> Q: a dense block on the state, concat the action, ``depth`` dense
+    blocks (2), Linear.
 
     The action enters rescaled to [0, 1] (PocketFlow's actions were in [0, 1] already), so that
     any action bounds meet the same critic.
     """
 
     def __init__(self, state_dim: int, action_dim: int, hidden: int,
-                 a_min: torch.Tensor, a_max: torch.Tensor) -> None:
+                 a_min: torch.Tensor, a_max: torch.Tensor, depth: int = 2) -> None:
         super().__init__()
         self.state_block = dense_block(state_dim, hidden)
-        self.head = nn.Sequential(dense_block(hidden + action_dim, hidden),
-                                  dense_block(hidden, hidden), nn.Linear(hidden, 1))
+        self.head = nn.Sequential(*dense_stack(hidden + action_dim, hidden, depth),
+                                  nn.Linear(hidden, 1))
         self.register_buffer("a_min", a_min.detach().clone().float())
         self.register_buffer("a_range", (a_max - a_min).detach().clone().float())
 

@@ -309,3 +309,34 @@ def test_symmetric_weights_keep_zero_point_zero_on_an_all_positive_channel(tmp_p
     with torch.no_grad():
         d = steps(PteModel(tmp_path / "m.pte")(x), converted(x), output_scale(converted))
     assert float(d.max()) <= 1
+
+
+def test_quant_delay_and_frozen_bn_as_tensorflow_qat():
+    """``fake_quant(False)`` runs the float net (observers still see ranges); ``freeze_bn``
+    makes training mode use BN's running statistics, which then stay put."""
+    torch.manual_seed(0)
+    net = resnet_cifar(8, num_classes=10, in_channels=1)
+    x = make_inputs(8, seed=1)
+    qat = prepare_qat(net, x)
+    qat.calibrate([x])
+    qat.eval()
+    with torch.no_grad():
+        quantized, float_out = qat(x), net.eval()(x)
+        qat.fake_quant(False)
+        assert (qat(x) - float_out).abs().max() < 1e-4 < (quantized - float_out).abs().max()
+        qat.fake_quant(True)
+        assert torch.equal(qat(x), quantized)
+    qat.train()
+    means = {n: b.clone() for n, b in qat.named_buffers() if "running_mean" in n}
+    assert means
+    with torch.no_grad():
+        qat(x + 1.0)
+    assert any(not torch.equal(b, means[n]) for n, b in qat.named_buffers() if n in means)
+    qat.freeze_bn()
+    qat.freeze_observers()          # ranges fixed too: only BN's mode differs below
+    frozen = {n: b.clone() for n, b in qat.named_buffers() if n in means}
+    with torch.no_grad():
+        train_out = qat(x + 1.0)
+        assert all(torch.equal(b, frozen[n]) for n, b in qat.named_buffers() if n in frozen)
+        qat.eval()
+        assert torch.allclose(train_out, qat(x + 1.0), atol=1e-6)

@@ -107,3 +107,35 @@ def test_learner_prunes_exact_counts_thins_and_exports(tmp_path, tiny_pretrained
     assert saved["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, saved["onnx"]["max_abs_output"])
     assert report["flops"]["compressed"] < 0.6 * report["flops"]["full"]
     assert 0.0 <= report["accuracy"]["compressed"] <= 1.0
+
+
+def test_pgd_step_factors_are_the_flags():
+    """PocketFlow's x1.4 / x0.7 are the defaults; other factors change the iterations."""
+    patches, targets, weight = _problem()
+    eqs = normal_equations(patches, targets)
+    _, default = group_prox(*eqs, weight, 3, nb_iters=60)
+    _, same = group_prox(*eqs, weight, 3, nb_iters=60, incr=1.4, decr=0.7)
+    _, constant = group_prox(*eqs, weight, 3, nb_iters=60, incr=1.0, decr=1.0)
+    assert torch.equal(default, same)
+    assert float((constant - default).abs().max()) > 1e-3
+    assert CpgConfig(lrn_rate_pgd_incr=1.2).selection_options().prox_lrn_rate_incr == 1.2
+    with pytest.raises(ConfigError, match="^--cpg_prox_lrn_rate_incr:|^--cpg_lrn_rate_pgd_incr:"):
+        from_flag_dict(CpgConfig, {"cpg_lrn_rate_pgd_incr": 0.9}, prefix="cpg")
+
+
+def test_ratio_list_file_sets_each_layers_count(tmp_path, tiny_pretrained):
+    """PocketFlow's ``--cpg_prune_ratio_type=list``: one pruning ratio per layer, on one
+    comma-separated line."""
+    ratios = [0.25 if i % 2 else 0.75 for i in range(20)]
+    (tmp_path / "cpg.list").write_text(",".join(map(str, ratios)) + "\n")
+    result = compress_digits(tmp_path, tiny_pretrained, "chn-pruned-gpu", prune_ratio_type="list",
+                             prune_ratio_file=str(tmp_path / "cpg.list"), nb_smpls=64,
+                             nb_crops_per_smpl=2, nb_iters_pgd=5, nb_iters_layer=5)
+    full, _ = load_model(str(tmp_path / "eval" / "model.ckpt"))
+    records = result.report["selection"]
+    assert len(records) == 20
+    for ratio, record in zip(ratios, records):
+        width = full.get_submodule(record["layer"]).weight.shape[1]
+        assert record["kept"] == max(1, int(width * (1.0 - ratio))), record
+    with pytest.raises(ConfigError, match="^--prune_ratio_file:"):
+        CpgConfig(prune_ratio_type="list")

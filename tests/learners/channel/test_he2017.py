@@ -23,7 +23,7 @@ from compression.surgery.unread import unread_channels
 from utils.model_io import module_spec
 from learners.channel.search_env import ChannelEnv
 from nets.registry import create_net, list_nets
-from tests.conftest import INPUT_SIZES, compress_digits
+from tests.conftest import INPUT_SIZES, compress_digits, digits_helper
 from tests.zoo.nets import UserNet
 from compression.artifacts import load_model
 from utils.model_stats import count_flops
@@ -255,7 +255,7 @@ def test_list_protocol_keeps_the_listed_fractions_with_quadruple(tmp_path, tiny_
     (tmp_path / "ratios.list").write_text("\n".join(map(str, fractions)) + "\n")
     saved = _check_thinned(channel(tmp_path, tiny_pretrained, prune_option="list",
                                    prune_list_file=f"{tmp_path}/ratios.list", quadruple=True,
-                                   lasso=False, list_group=7))
+                                   lasso=False, list_group=7, finetune=True))
     for layer, fraction in zip(chosen, fractions):
         count, width = saved["strategy"]["kept"][layer.name]
         assert count == count_at(fraction, width, 4) and count % 4 == 0
@@ -348,3 +348,15 @@ def test_in_place_sums_keep_every_channel_they_write():
     assert thinned.stem.out_channels == 7 and thinned.b.out_channels == 4
     assert thinned.b.out_index.tolist() == [1, 3, 4, 6]          # head's [1, 3, 4, 7] of 8 - {6}
     assert unread_channels(thinned, (3, 8, 8)) == {} == unread_outputs(thinned, (3, 8, 8))
+
+
+def test_groups_retrain_on_the_helpers_schedule_by_default(tmp_path, tiny_pretrained, caplog):
+    """PocketFlow's ``cp_finetune=False`` (its default): between groups of layers the masked
+    model retrains on the helper's schedule; ``cp_finetune`` makes that a short Adam run."""
+    import logging
+    with caplog.at_level(logging.INFO, logger="pocketflow"):
+        result = channel(tmp_path, tiny_pretrained, prune_option="uniform", preserve_ratio=0.6,
+                         lasso=False, list_group=10, helper=digits_helper(nb_epochs_rat=0.02))
+    retrains = [r.message for r in caplog.records if r.message.startswith("group retrain")]
+    assert len(retrains) == 1 and "(--cp_finetune for a short Adam fine-tune)" in retrains[0]
+    _check_thinned(result)

@@ -375,3 +375,34 @@ def test_a_best_rollout_that_does_not_beat_the_baseline_for_real_is_replaced_by_
     result = run_search(_AccuracyEnv(base, gain, min_gain=0.1), cfg, nb_rlouts=4, nb_rlouts_min=2,
                         seed=0)
     assert result.kept_baseline and result.best["accuracy"] == 0.9
+
+
+def test_pocketflow_network_options_shape_the_agent():
+    """ddpg_actor_depth / ddpg_critic_depth dense blocks, ddpg_critic_width (hidden) units."""
+    cfg = DdpgConfig(actor_hidden=16, critic_hidden=24, actor_depth=3, critic_depth=1)
+    agent = DdpgAgent(4, 2, 0.0, 1.0, cfg, buffer_size=8, nb_rlouts=4, seed=0)
+    linears = lambda net: [m for m in net.modules() if isinstance(m, nn.Linear)]  # noqa: E731
+    assert [m.out_features for m in linears(agent.actor)] == [16, 16, 16, 2]
+    assert [(m.in_features, m.out_features) for m in linears(agent.critic)] == [
+        (4, 24), (26, 24), (24, 1)]
+
+
+def test_loss_decay_adds_half_the_squared_weights():
+    cfg = DdpgConfig(loss_w_dcy=0.1)
+    agent = DdpgAgent(3, 1, 0.0, 1.0, cfg, buffer_size=4, nb_rlouts=4, seed=0)
+    squares = sum(float(p.pow(2).sum()) for p in agent.actor.parameters())
+    assert float(agent._decay(agent.actor)) == pytest.approx(0.05 * squares, rel=1e-5)
+    assert DdpgAgent(3, 1, 0.0, 1.0, DdpgConfig(), buffer_size=4, nb_rlouts=4)._decay(
+        agent.actor) == 0.0
+
+
+def test_record_step_keeps_every_nth_transition_and_the_terminal_one():
+    agent = DdpgAgent(2, 1, 0.0, 1.0, DdpgConfig(record_step=3), buffer_size=100, nb_rlouts=4)
+    for rollout in range(2):
+        for step in range(7):                    # steps 0, 3, 6 kept; 6 is also terminal
+            agent.observe(Transition([step, rollout], [0.5], 1.0, [step + 1, rollout], step == 6))
+    assert len(agent.buffer) == 6
+    agent = DdpgAgent(2, 1, 0.0, 1.0, DdpgConfig(record_step=4), buffer_size=100, nb_rlouts=4)
+    for step in range(6):                        # 0, 4 and the terminal 5
+        agent.observe(Transition([step, 0], [0.5], 1.0, [step + 1, 0], step == 5))
+    assert len(agent.buffer) == 3
