@@ -98,8 +98,7 @@ class _Builder:
             return ids
         if role == "mixing":
             out = self.unknown(node)
-            if isinstance(out, list):
-                self.g.mixed_ids.update(out)
+            self.g.mixed_ids.update(out if isinstance(out, list) else ())
             return out
         if role == "grouped":
             return self.grouped(name, module, ids, first)
@@ -124,13 +123,12 @@ class _Builder:
         return self.scattered(name, module, self.g.writers[name])
 
     def grouped(self, name: str, module: nn.Module, ids: list[int], first: bool) -> list[int]:
-        """A grouped conv: fresh output ids, a follower of them; group g's inputs and outputs
-        are one root (union-find), so they stay or go together (whole groups)."""
+        """A grouped conv follows fresh output ids; group g's inputs and outputs are one root."""
         if first:
             self.g.followers[name] = self.g.fresh(module.out_channels)
             self.g.grouped.add(name)
-        out = self.g.followers[name]
-        width_in, width_out = len(ids) // module.groups, module.out_channels // module.groups
+        out, width_in = self.g.followers[name], len(ids) // module.groups
+        width_out = module.out_channels // module.groups
         for k in range(module.groups):
             block = ids[k * width_in:(k + 1) * width_in] + out[k * width_out:(k + 1) * width_out]
             self.g.union(block[:1] * (len(block) - 1), block[1:])
@@ -186,8 +184,7 @@ class _Builder:
     def op_call_function(self, node: fx.Node):
         return self.call(node, node.target)
 
-    def op_call_method(self, node: fx.Node):
-        return self.call(node, node.target)
+    op_call_method = op_call_function
 
     def call(self, node: fx.Node, target):
         kind = op_kind(target)

@@ -6,7 +6,8 @@ every layer) each iteration takes a gradient step on ``||P W' - Y||^2`` and shri
 channel's weights ``W[:, i]`` by ``max(0, 1 - tau / ||W[:, i]||)``. The threshold ``tau`` ramps
 linearly, over the first ``ramp`` of the iterations, up to the current norm of the channel at the
 target percentile, so that from then on exactly the weakest channels are zero. The step grows
-x``incr`` (1.4) after a decrease of the loss and shrinks x``decr`` (0.7) otherwise (PocketFlow's adaptive rate). The
+x``incr`` (1.4) after a decrease of the loss and shrinks x``decr`` (0.7) otherwise
+(PocketFlow's adaptive rate). The
 kept channels are the ``nb_keep`` largest norms at the end; ``compression.selection.lstsq`` then refits
 them (masked Adam, or the closed form).
 """
