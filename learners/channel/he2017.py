@@ -17,8 +17,6 @@ import logging
 
 from compression.selection.criteria import select_channels
 from compression.sparsity.masks import attach_masks, detach_masks, masks_of
-from training.callbacks import LrScheduleCallback
-from training.trainer import Trainer
 from learners.channel.config import ChannelConfig
 from learners.channel.base import ChannelLearnerBase
 from learners.channel.base import log_layer
@@ -79,11 +77,9 @@ class ChannelPrunedLearner(ChannelLearnerBase):
                      cfg.lrn_rate_ft, len(keep))
             self.ctx.short_finetune(pruned, batches, cfg.lrn_rate_ft, steps)
         else:
-            schedule = helper.lr_schedule(1)
             log.info("group retrain: %d steps on the helper's schedule, %d pruned layers "
-                     "(--cp_finetune for a short Adam fine-tune)", schedule.nb_iters, len(keep))
-            Trainer(pruned, self.ctx.optimizer(pruned), helper.calc_loss,
-                    self.ctx.train_loader(), schedule.nb_iters, self.ctx.device,
-                    [LrScheduleCallback(schedule)], forward=helper.forward_train).fit()
+                     "(--cp_finetune for a short Adam fine-tune)", helper.nb_iters_train(1),
+                     len(keep))
+            self.ctx.local_retrain(pruned)
         pruned.eval()
         detach_masks(pruned)

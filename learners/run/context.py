@@ -228,6 +228,14 @@ class Context:
         Trainer(model, optimizer, self.helper.calc_loss, batches, nb_iters, self.device,
                 forward=self.helper.forward_train).fit()
 
+    def local_retrain(self, model: nn.Module) -> None:
+        """Momentum SGD on the helper's schedule over this process's share of the training
+        set, no checkpoints or logs (a retraining inside a selection on the primary process)."""
+        schedule = self.helper.lr_schedule(1)
+        Trainer(model, self.optimizer(model), self.helper.calc_loss, self.train_loader(),
+                schedule.nb_iters, self.device, [LrScheduleCallback(schedule)],
+                forward=self.helper.forward_train).fit()
+
     @contextlib.contextmanager
     def timed(self, phase: str):
         """Adds the wall time of the block to the report's ``wall_s[phase]``."""
