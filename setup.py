@@ -43,7 +43,7 @@ setup(
         "tools": ["matplotlib>=3.7", "openpyxl>=3.1"],
         "dev": ["pytest>=7.0", "ruff>=0.5", "onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.5",
                 "executorch>=1.5,<1.6",
-                "matplotlib>=3.7", "openpyxl>=3.1"],
+                "matplotlib>=3.7", "openpyxl>=3.1", "tfrecord>=1.14"],
         "horovod": ["horovod==0.28.1"],
     },
 )

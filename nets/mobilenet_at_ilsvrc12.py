@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from nets.abstract_model_helper import HelperConfig
 from nets.registry import net_spec
-from nets.resnet_at_ilsvrc12 import ImagenetHelper
+from nets.resnet_at_ilsvrc12 import DATA_HELP, ImagenetHelper
 from utils.config import check, option
 from utils.lrn_rate import CosineLr, scaled_lr
 
@@ -14,7 +14,7 @@ from utils.lrn_rate import CosineLr, scaled_lr
 class Config(HelperConfig):
     mobilenet_version: int = option(1, "MobileNet version: 1 or 2")
     mobilenet_depth_mult: float = option(1.0, "width (depth) multiplier")
-    data_dir_local: str = option("./data/ilsvrc12", "ILSVRC-12 folder with train/ and val/")
+    data_dir_local: str = option("./data/ilsvrc12", DATA_HELP)
     batch_size: int = option(96, "training mini-batch size per process")
     batch_size_norm: int = option(96, "global batch size that lrn_rate_init refers to")
     lrn_rate_init: float = option(0.045, "initial learning rate for a global batch of batch_size_norm")

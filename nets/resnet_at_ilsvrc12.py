@@ -1,20 +1,22 @@
-"""ResNet-18/34/50 on ILSVRC-12 (ImageNet) stored as an image folder."""
+"""ResNet-18/34/50 on ILSVRC-12 (ImageNet): image folders or PocketFlow's TFRecord files."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from datasets.ilsvrc12 import Ilsvrc12
+from datasets.ilsvrc12 import open_ilsvrc12
 from nets.abstract_model_helper import HelperConfig, ImageClassificationHelper
 from nets.registry import net_spec
 from utils.config import check, option
 
 RESNET_SIZES = (18, 34, 50)
+DATA_HELP = ("ILSVRC-12 directory: image folders train/<class>/*.JPEG and val/<class>/..., or "
+             "PocketFlow's TFRecord files train-*-of-01024 and validation-*-of-00128")
 
 
 @dataclass
 class Config(HelperConfig):
     resnet_size: int = option(18, "ResNet depth: 18, 34 or 50")
-    data_dir_local: str = option("./data/ilsvrc12", "ILSVRC-12 folder with train/ and val/")
+    data_dir_local: str = option("./data/ilsvrc12", DATA_HELP)
     batch_size: int = option(256, "training mini-batch size per process")
     batch_size_norm: int = option(256, "global batch size that lrn_rate_init refers to")
     loss_w_dcy: float = option(1e-4, "weight decay (L2) coefficient")
@@ -27,7 +29,8 @@ class Config(HelperConfig):
 
 
 class ImagenetHelper(ImageClassificationHelper):
-    """Shared by the ILSVRC-12 helpers: image-folder data, 1000 classes, 50,000 held out."""
+    """Shared by the ILSVRC-12 helpers: image folders or TFRecord files (`open_ilsvrc12`),
+    1000 classes, 50,000 held out."""
 
     nb_smpls_val = 50000
 
@@ -44,10 +47,11 @@ class ImagenetHelper(ImageClassificationHelper):
         return (3, self.cfg.image_size, self.cfg.image_size)
 
     def load_train(self, augment: bool):
-        return Ilsvrc12(self.cfg.data_dir_local, "train", self.cfg.image_size, augment, self.seed)
+        return open_ilsvrc12(self.cfg.data_dir_local, "train", self.cfg.image_size, augment,
+                             self.seed)
 
     def load_eval(self):
-        return Ilsvrc12(self.cfg.data_dir_local, "val", self.cfg.image_size, False, self.seed)
+        return open_ilsvrc12(self.cfg.data_dir_local, "val", self.cfg.image_size, False, self.seed)
 
 
 class ModelHelper(ImagenetHelper):
