@@ -51,6 +51,25 @@ def layer_weight(module: nn.Module) -> torch.Tensor:
     return weight.reshape(weight.shape[0], weight.shape[1], -1)
 
 
+def padded_input(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` padded as ``conv`` pads it before its kernel runs: integer or ``'same'`` /
+    ``'valid'`` padding (``'same'`` puts the odd pixel of an even kernel last, as torch does)
+    in the conv's ``padding_mode``."""
+    spatial = len(conv.kernel_size)
+    if conv.padding == "valid":
+        pads = [(0, 0)] * spatial
+    elif conv.padding == "same":
+        totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        pads = [(t // 2, t - t // 2) for t in totals]
+    else:
+        pads = [(p, p) for p in conv.padding]
+    flat = [v for pair in reversed(pads) for v in pair]          # F.pad: last dim first
+    if not any(flat):
+        return x
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    return F.pad(x, flat, mode=mode)
+
+
 def patches_and_targets(module: nn.Module, layer_input: torch.Tensor, layer_output: torch.Tensor,
                         nb_crops: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows ``(patches (M, c_in, k*k), targets (M, c_out))`` for ``M = N * nb_crops``.
@@ -67,10 +86,11 @@ def patches_and_targets(module: nn.Module, layer_input: torch.Tensor, layer_outp
             layer_output = flat_out.gather(1, pos.expand(-1, -1, flat_out.shape[-1])).flatten(0, 1)
         patches, targets = layer_input.unsqueeze(-1), layer_output
     else:
-        geometry = (module.kernel_size, module.dilation, module.padding, module.stride)
+        layer_input = padded_input(module, layer_input)
+        geometry = (module.kernel_size, module.dilation, 0, module.stride)
         if module.weight.dim() == 3:      # a 1-D conv: a 2-D conv over a map of height 1
             layer_input, layer_output = layer_input.unsqueeze(2), layer_output.unsqueeze(2)
-            geometry = tuple((pad, *value) for pad, value in zip((1, 1, 0, 1), geometry))
+            geometry = ((1, *module.kernel_size), (1, *module.dilation), 0, (1, *module.stride))
         cols = F.unfold(layer_input, *geometry)                         # (N, c_in*k*k, L)
         nb_pos = cols.shape[-1]
         pos = torch.randint(nb_pos, (cols.shape[0], nb_crops), generator=gen).to(cols.device)

@@ -275,3 +275,23 @@ def test_channel_multiple_values():
     assert [multiple(-1), multiple(0), multiple(0, "latency"), multiple(8)] == [-block, 1, 8, 8]
     with pytest.raises(ConfigError, match="must be -1 .* got -2"):
         CprConfig(channel_multiple=-2)
+
+
+@pytest.mark.parametrize("conv, size", [
+    (nn.Conv2d(3, 5, 5, padding="same"), (9, 9)),
+    (nn.Conv2d(3, 5, 4, padding="same", dilation=2), (9, 9)),       # asymmetric: odd pixel last
+    (nn.Conv2d(3, 5, 3, padding="valid", stride=2), (9, 9)),
+    (nn.Conv2d(3, 5, 3, padding=1, padding_mode="reflect"), (9, 9)),
+    (nn.Conv2d(3, 5, 3, padding=2, padding_mode="circular"), (9, 9)),
+    (nn.Conv1d(3, 5, 4, padding="same"), (11,)),
+])
+def test_patches_reproduce_convs_with_string_padding_and_padding_modes(conv, size):
+    """A user's ``padding='same'`` (PocketFlow's tf.layers default in ports) or a reflect /
+    circular padding: the sampled patches times the kernel give the conv's outputs exactly."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        patches, targets = patches_and_targets(conv, x, conv(x), 7, torch.Generator().manual_seed(0))
+    assert patches.shape == (14, 3, conv.weight[0, 0].numel()) and targets.shape == (14, 5)
+    rebuilt = torch.einsum("mck,ock->mo", patches, conv.weight.detach().reshape(5, 3, -1))
+    assert (rebuilt - targets).abs().max().item() < 1e-5
