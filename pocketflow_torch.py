@@ -17,7 +17,9 @@ Your network and data (README "Write your own ModelHelper"):
     ``entry(name)`` and the tools' ``--helper=name``; ``entry(helper)`` is a whole entry script
     (flags, any learner). Data: the readers ``FashionMnist``, ``Cifar10``, ``Ilsvrc12``;
     ``InMemoryImageDataset`` for your own tensors (seeded augmentation); raise ``DataError`` for
-    missing or malformed files (one message, exit status 2).
+    missing or malformed files (one message, exit status 2). A PocketFlow helper keeps its
+    interface as a ``PocketFlowModelHelper`` (docs/migrating.md; ``nets.pocketflow_compat``
+    has PocketFlow's ``mgw`` and learning-rate utilities).
 
 Options (a config dataclass's fields become flags):
     ``option(default, help, choices=...)``, ``nested(OtherConfig)``, and
@@ -62,6 +64,7 @@ from learners.launch import entry
 from learners.registry import list_learners, register_learner
 from nets.abstract_model_helper import AbstractModelHelper, HelperConfig, ImageClassificationHelper
 from nets.helpers import register_helper
+from nets.pocketflow_helper import PocketFlowModelHelper
 from nets.registry import net_spec, register_net
 from utils.config import check, nested, option
 from utils.malloc import tune_malloc
@@ -74,7 +77,7 @@ __all__ = [
     # your network, helper and data
     "register_net", "net_spec", "register_helper", "AbstractModelHelper",
     "ImageClassificationHelper", "HelperConfig", "FashionMnist", "Cifar10", "Ilsvrc12",
-    "InMemoryImageDataset", "DataError",
+    "InMemoryImageDataset", "DataError", "PocketFlowModelHelper",
     # options
     "option", "nested", "check",
     # learners

@@ -40,6 +40,7 @@ from learners.registry import learner_class, learner_configs
 from learners.run.runner import Runner
 from nets.abstract_model_helper import AbstractModelHelper
 from nets.module_helper import ModuleConfig, ModuleHelper
+from nets.pocketflow_helper import framework_helper
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, flag_fields, from_flag_dict
 from compression.artifacts import file_of, save_model
@@ -84,6 +85,7 @@ def compress(model: "nn.Module | AbstractModelHelper", train_data=None, eval_dat
     ``full_model`` (default ``<out_dir>/full/model.ckpt``, trained first with ``full-prec``
     when missing)."""
     learner_class(learner)  # an unknown name lists the valid ones
+    model = framework_helper(model)     # a PocketFlow helper's port: its adapter
     own_cls, _ = learner_configs().get(learner, (None, ""))
     out_dir = out_dir or tempfile.mkdtemp(prefix=f"pocketflow_{learner}_")
     is_helper = isinstance(model, AbstractModelHelper)
@@ -188,6 +190,7 @@ def evaluate(artifact: str, model: "nn.Module | AbstractModelHelper", eval_data=
         learner = "uniform-tf" if getattr(file_of(artifact), "name", None) == "pte" else \
             _load_model_meta(artifact).get("learner", "full-prec")
     own_cls, _ = learner_configs().get(learner, (None, ""))
+    model = framework_helper(model)
     if isinstance(model, AbstractModelHelper):
         helper, base = model, None
     else:

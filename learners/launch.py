@@ -120,9 +120,10 @@ def entry(helper: str | type) -> None:
     from absl import app, flags
 
     from nets.helpers import resolve_helper
+    from nets.pocketflow_helper import framework_helper
 
     tune_malloc()
-    helper_cls = resolve_helper(helper) if isinstance(helper, str) else helper
+    helper_cls = resolve_helper(helper) if isinstance(helper, str) else framework_helper(helper)
     define_flags(flags.FLAGS, helper_cls)
     try:                        # PocketFlow's renamed / retired flags (learners.pocketflow_flags)
         argv = translate(sys.argv, set(flags.FLAGS), helper_cls,

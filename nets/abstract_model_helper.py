@@ -91,6 +91,12 @@ class AbstractModelHelper(ABC):
     def forward_eval(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         return model(inputs)
 
+    def evaluation_begin(self) -> None:
+        """Called before each evaluation pass over the eval set (e.g. to open a dump)."""
+
+    def evaluation_end(self) -> None:
+        """Called after each evaluation pass, before the metrics are summed over processes."""
+
     # -- data ------------------------------------------------------------------------------
     @abstractmethod
     def build_dataset_train(self, enbl_trn_val_split: bool = False) -> torch.utils.data.Dataset:
@@ -106,9 +112,20 @@ class AbstractModelHelper(ABC):
 
     @property
     def nb_smpls_train(self) -> int:
+        """Training samples (PocketFlow's ``--nb_smpls_train``, counted here)."""
         if self._nb_smpls_train is None:
             self._nb_smpls_train = len(self.build_dataset_train())
         return self._nb_smpls_train
+
+    @property
+    def nb_smpls_eval(self) -> int:
+        """Evaluation samples (PocketFlow's ``--nb_smpls_eval``)."""
+        return len(self.build_dataset_eval())
+
+    @property
+    def nb_classes(self) -> int:
+        """PocketFlow's name of ``num_classes``."""
+        return self.num_classes
 
     # -- loss and schedule -----------------------------------------------------------------
     def calc_loss(self, labels: torch.Tensor, outputs: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -17,6 +17,8 @@ import importlib
 from importlib import metadata
 from typing import Callable
 
+from nets.pocketflow_helper import framework_helper
+
 # name -> "pkg.module:ClassName" (imported on first use) or the helper class itself
 HELPERS: dict[str, str | type] = {
     "resnet_at_digits": "nets.resnet_at_digits:ModelHelper",
@@ -75,7 +77,7 @@ def resolve_helper(name: str) -> type:
     """The helper class of ``name`` (see the module's docstring)."""
     target = HELPERS.get(name) or _entry_point(name) or name
     if isinstance(target, type):
-        return target
+        return framework_helper(target)
     if ":" not in target:
         raise UnknownHelper(f"unknown helper {name!r}; valid helpers: {', '.join(helper_names())} "
                             "(or pkg.module:ClassName for your own)")
@@ -89,4 +91,4 @@ def resolve_helper(name: str) -> type:
         cls = getattr(cls, part, None)
     if not isinstance(cls, type):
         raise UnknownHelper(f"--helper={name}: {module_name} has no class {class_name!r}")
-    return cls
+    return framework_helper(cls)     # a PocketFlow helper's port: its adapter

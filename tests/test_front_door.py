@@ -49,6 +49,7 @@ HOME = {
     "HelperConfig": "nets.abstract_model_helper",
     "FashionMnist": "datasets.fmnist", "Cifar10": "datasets.cifar10",
     "Ilsvrc12": "datasets.ilsvrc12", "InMemoryImageDataset": "datasets.base",
+    "PocketFlowModelHelper": "nets.pocketflow_helper",
     "DataError": "datasets.errors",
     "option": "utils.config", "nested": "utils.config", "check": "utils.config",
     "register_learner": "learners.registry", "Learner": "learners.base",

@@ -117,6 +117,7 @@ class Context:
         was_training = model.training
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, correct, n
+        self.helper.evaluation_begin()
         for inputs, labels in loader or self.eval_loader():
             inputs, labels = inputs.to(self.device), labels.to(self.device)
             outputs = self.helper.forward_eval(model, inputs)
@@ -124,6 +125,7 @@ class Context:
             n = labels.numel()
             sums += torch.stack([loss.double() * n, metrics["accuracy"].double() * n,
                                  torch.tensor(float(n), dtype=torch.float64, device=self.device)])
+        self.helper.evaluation_end()
         model.train(was_training)
         if not local:
             sums = self.mgw.allreduce(sums)

@@ -14,7 +14,6 @@ import copy
 import logging
 import os
 import time
-
 from torch import nn
 
 from datasets.errors import DataError
@@ -47,7 +46,8 @@ class Runner:
         self.mgw = mgw or SingleProcess()
         self.device = self.mgw.device(cfg.device)
         self.run_meta = run_meta or {}
-        self.base = base                  # the module a spec of an unregistered net builds on
+        # the module a spec of an unregistered net builds on: the helper's own by default
+        self.base = base if base is not None or helper.net_spec().get("net") else helper.build_model()
         self.wall_s: dict[str, float] = {}
         self.lock: RunLock | None = None
         self.chain: list[dict] = []       # stages before the learner's (set by ``start``)
