@@ -93,3 +93,19 @@ def test_entry_script_refuses_with_one_line_and_notes_renames(tmp_path):
     helped = subprocess.run([sys.executable, script, "--ddpg_critic_width=32", "--helpshort"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert helped.returncode in (0, 1) and "is --ddpg_critic_hidden=32 here" in helped.stderr
+
+
+def test_tensorboard_events_land_in_logs_by_default(tmp_path):
+    """PocketFlow's ``--log_dir`` default ``./logs``: a run with no ``--log_dir`` writes its
+    TensorBoard events there (absl's own ``--log_dir`` flag does not swallow it)."""
+    import glob
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    script = str(ROOT / "nets" / "resnet_at_digits_run.py")
+    run = subprocess.run([sys.executable, script, "--nb_epochs_rat=0.005", "--resnet_size=20",
+                          "--image_size=8", "--batch_size=32", "--summ_step=2",
+                          "--report_latency=false", "--export_format=none"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    events = glob.glob(str(tmp_path / "logs" / "**" / "events.out.tfevents*"), recursive=True)
+    assert events and all(os.path.getsize(path) > 0 for path in events)
