@@ -41,6 +41,7 @@ from learners.run.runner import Runner
 from nets.abstract_model_helper import AbstractModelHelper
 from nets.module_helper import ModuleConfig, ModuleHelper
 from nets.pocketflow_helper import framework_helper
+from utils import cpu_share
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, flag_fields, from_flag_dict
 from compression.artifacts import file_of, save_model
@@ -123,6 +124,7 @@ def compress(model: "nn.Module | AbstractModelHelper", train_data=None, eval_dat
     if not logging.getLogger("pocketflow").handlers:
         setup_logging(True)
     seed_everything(cfg.seed)
+    cpu_share.configure(cfg.cpu_threads)
     runner = Runner(helper, cfg, base=base)
     chosen = runner.learner(learner, own_cfg)
     report = locked_run(runner, chosen)

@@ -82,9 +82,14 @@ class LearnerConfig:
                                                "exit status 3", run_only=True)
     report_latency: bool = option(True, "measure CPU latency of the models in the report",
                                   run_only=True)
+    cpu_threads: int = option(0, "intra-op CPU threads: 0 follows the cores other processes "
+                                 "leave free, re-read every few seconds (at most "
+                                 "OMP_NUM_THREADS when set); N > 0 fixes N (runs repeat bit for "
+                                 "bit whatever else the machine does)", run_only=True)
 
     def __post_init__(self) -> None:
         check(self.summ_step > 0, "summ_step", f"must be positive, got {self.summ_step}")
+        check(self.cpu_threads >= 0, "cpu_threads", f"must be >= 0, got {self.cpu_threads}")
         check(self.save_step > 0, "save_step", f"must be positive, got {self.save_step}")
         check(self.nan_check_step >= 0, "nan_check_step", f"must be >= 0, got {self.nan_check_step}")
         check(self.amp_dtype in AMP_DTYPES, "amp_dtype",

@@ -26,6 +26,7 @@ from training.trainer import TrainingDivergedError
 from deployment.verify import ParityFailure
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, define_flags as define_dataclass_flags, flag_name, from_flag_dict
+from utils import cpu_share
 from utils.malloc import tune_malloc
 from utils.multi_gpu_wrapper import DistributedSetupError, MultiGpuWrapper
 from utils.stopping import Stopped, exit_status, signal_name, stop_signals, stopped_phase
@@ -88,6 +89,7 @@ def run(helper_cls: type, values: dict) -> dict:
     try:
         seed_everything(int(values.get("seed", 0)))
         runner, learner = build(helper_cls, values, mgw)
+        cpu_share.configure(runner.cfg.cpu_threads)
         if runner.cfg.exec_mode == "eval":
             return runner.evaluate(learner)
         return locked_run(runner, learner)

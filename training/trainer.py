@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from training.fast_step import AMP_DTYPES, as_float32, compile_error_reason, compile_guard, set_memory_format
+from utils import cpu_share
 from utils.checkpoint import rng_state, set_rng_state
 
 __all__ = ["AMP_DTYPES", "Callback", "StepState", "Trainer", "TrainingDivergedError", "model_is_finite",
@@ -250,6 +251,7 @@ class Trainer:
         _compile_failure = reason
 
     def _train_step(self, state: StepState) -> None:
+        cpu_share.poll()                      # intra-op threads follow the free cores
         self._call("on_minibatch_begin", state)
         state.outputs = self._forward(state.inputs)
         state.loss, state.metrics = self.loss_fn(state.labels, state.outputs)

@@ -20,6 +20,7 @@ from learners.config import LearnerConfig
 from training.distillation import DistillationCallback
 from learners.run.resume import check_resumable, stamp
 from training.trainer import AMP_DTYPES, Callback, Trainer, TrainingDivergedError, set_memory_format
+from utils import cpu_share
 from utils.checkpoint import load_file
 from utils.data_loading import make_eval_loader, make_train_loader
 from compression.artifacts import build_model
@@ -119,6 +120,7 @@ class Context:
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, correct, n
         self.helper.evaluation_begin()
         for inputs, labels in loader or self.eval_loader():
+            cpu_share.poll()
             inputs, labels = inputs.to(self.device), labels.to(self.device)
             outputs = self.helper.forward_eval(model, inputs)
             loss, metrics = self.helper.calc_loss(labels, outputs)
