@@ -3,8 +3,8 @@ constants from here (``from tests.conftest import flag_values``), never from ano
 module; helper nets live in ``tests/zoo/``, subprocess programs in ``tests/workers/``.
 
 Sections: paths; digits runs (flag values, the shared tiny pre-trained model, the Python API);
-entry scripts and tools as subprocesses; multi-process launches (scripts/run_local.sh); nets
-and latency stand-ins shared by several modules; the net registry.
+entry scripts and tools as subprocesses; multi-process launches (scripts/run_local.sh); data in
+native formats; nets and latency stand-ins shared by several modules; the net registry.
 """
 from __future__ import annotations
 
@@ -183,6 +183,33 @@ def digits_run(tmp_path, nprocs: int, backend: str, *extra: str) -> tuple[subpro
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     with open(tmp_path / "eval" / "report.json") as handle:
         return proc, json.load(handle)
+
+
+# -- data written in native formats --------------------------------------------------------------
+def synthetic_fmnist(n: int, seed: int):
+    """``n`` Fashion-MNIST-shaped uint8 images (28x28) and labels. Class k: 1-pixel stripes,
+    horizontal with period k+2 (k < 5) or vertical with period k-3 (k >= 5), at a random
+    phase, over uniform noise.
+
+    Not a class-dependent *position* (say a bar at row 2k+4): the training augmentation shifts
+    images by up to 2 pixels and the net ends in a global average pool, so position is neither
+    preserved nor easy to see. Stripe direction and period survive shifts and flips.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    images = rng.integers(0, 60, (n, 28, 28))
+    grid = np.arange(28)
+    for img, k in zip(images, labels):
+        period = k + 2 if k < 5 else k - 3
+        on = (grid + rng.integers(period)) % period == 0
+        if k < 5:
+            img[on, :] = rng.integers(200, 256, (on.sum(), 28))
+        else:
+            img[:, on] = rng.integers(200, 256, (28, on.sum()))
+    return images.astype(np.uint8), labels.astype(np.uint8)
 
 
 # -- nets and stand-ins shared by several modules ----------------------------------------------

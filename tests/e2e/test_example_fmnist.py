@@ -15,6 +15,7 @@ from absl import flags
 from datasets.fmnist import IMAGE_MAGIC, LABEL_MAGIC
 from learners import launch
 from nets import registry
+from tests.conftest import synthetic_fmnist
 
 MODULE = "examples.convnet_at_fmnist"
 
@@ -27,33 +28,10 @@ def _write_idx(path, magic, array):
         fh.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
-def _synthetic(n, seed):
-    """Class k: 1-pixel stripes, horizontal with period k+2 (k < 5) or vertical with period
-    k-3 (k >= 5), at a random phase, over uniform noise.
-
-    Not a class-dependent *position* (say a bar at row 2k+4): the training augmentation shifts
-    images by up to 2 pixels and the net ends in a global average pool, so position is neither
-    preserved nor easy to see. Stripe direction and period survive shifts and flips.
-    """
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 10
-    rng.shuffle(labels)
-    images = rng.integers(0, 60, (n, 28, 28))
-    grid = np.arange(28)
-    for img, k in zip(images, labels):
-        period = k + 2 if k < 5 else k - 3
-        on = (grid + rng.integers(period)) % period == 0
-        if k < 5:
-            img[on, :] = rng.integers(200, 256, (on.sum(), 28))
-        else:
-            img[:, on] = rng.integers(200, 256, (28, on.sum()))
-    return images.astype(np.uint8), labels.astype(np.uint8)
-
-
 def _write_fmnist(root, n_train=64, n_test=32):
     os.makedirs(root)
     for split, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
-        images, labels = _synthetic(n, seed)
+        images, labels = synthetic_fmnist(n, seed)
         _write_idx(os.path.join(root, f"{split}-images-idx3-ubyte"), IMAGE_MAGIC, images)
         _write_idx(os.path.join(root, f"{split}-labels-idx1-ubyte"), LABEL_MAGIC, labels)
 

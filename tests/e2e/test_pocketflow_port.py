@@ -11,39 +11,20 @@ import gzip
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
-from tests.conftest import run_local
+from tests.conftest import run_local, synthetic_fmnist
 
 ENTRY = "examples/pocketflow_fmnist/convnet_at_fmnist_run.py"
 N_TRAIN, N_VAL, N_TEST = 400, 100, 200
-
-
-def _synthetic(n: int, seed: int):
-    """Class k: 1-pixel stripes, horizontal with period k+2 (k < 5) or vertical with period
-    k-3, at a random phase over noise (shift- and flip-invariant, like the tutorial's test)."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 10
-    rng.shuffle(labels)
-    images = rng.integers(0, 60, (n, 28, 28))
-    grid = np.arange(28)
-    for img, k in zip(images, labels):
-        period = k + 2 if k < 5 else k - 3
-        on = (grid + rng.integers(period)) % period == 0
-        if k < 5:
-            img[on, :] = rng.integers(200, 256, (on.sum(), 28))
-        else:
-            img[:, on] = rng.integers(200, 256, (28, on.sum()))
-    return images.astype(np.uint8), labels.astype(np.uint8)
 
 
 def _write_fmnist_gz(root):
     """PocketFlow's files: the four idx files, gzipped."""
     root.mkdir(parents=True)
     for split, n, seed in (("train", N_TRAIN, 1), ("t10k", N_TEST, 2)):
-        images, labels = _synthetic(n, seed)
+        images, labels = synthetic_fmnist(n, seed)
         for kind, magic, array in (("images", 2051, images), ("labels", 2049, labels)):
             header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
             with gzip.open(root / f"{split}-{kind}-idx{array.ndim}-ubyte.gz", "wb") as fh:
