@@ -14,7 +14,7 @@ active epochs. Pruner and extension events fire when their epoch begins (Distill
 ``on_epoch_begin``), in the order the file lists them.
 
 A policy may carry Distiller's ``args`` (``pruner: {instance_name: p, args: {...}}``); the
-accepted ones are ``POLICY_ARGS``.
+accepted ones are ``POLICY_ARGS`` (``compression.schedule.policy_args``).
 """
 from __future__ import annotations
 
@@ -24,12 +24,14 @@ from typing import Any
 
 import yaml
 
+from compression.schedule.policy_args import POLICY_ARGS, check_class_args, parse_args
 from compression.schedule.refusals import refusal
 from compression.schedule.schema import CHECKS, CLASSES, EPOCH_KEYS, POLICY_KINDS, REQUIRED, SECTIONS
 from compression.schedule.yaml_bounds import check_size, compose
 from compression.schedule.yaml_nodes import PolicyError, Where, convert, mapping, plain
 
-__all__ = ["Instance", "Policy", "PolicyEntry", "PolicyError", "Where", "check_epochs", "load_policy"]
+__all__ = ["POLICY_ARGS", "Instance", "Policy", "PolicyEntry", "PolicyError", "Where", "check_epochs",
+           "load_policy"]
 
 
 @dataclass
@@ -102,20 +104,6 @@ class Policy:
                 "instances": {s: {n: i.cls for n, i in d.items()} for s, d in self.instances.items() if d},
                 "policies": [{"kind": p.kind, "instance": p.instance.name, "epochs": p.active_epochs()}
                              for p in self.policies]}
-
-
-# Distiller's policy ``args``: kind -> key -> the values that keep its meaning here (None: any)
-POLICY_ARGS: dict[str, dict[str, tuple | None]] = {
-    "pruner": {"keep_mask": None, "mask_on_forward_only": None, "mask_gradients": None,
-               "use_double_copies": (False,), "mini_batch_pruning_frequency": (0,),
-               "discard_masks_at_minibatch_end": (False,), "skip_first_minibatch": (False,),
-               "fold_batchnorm": None},
-    "regularizer": {"keep_mask": None},
-}
-ARGS_WHY = {"use_double_copies": "masks are weight parametrizations: masked weights get no update",
-            "mini_batch_pruning_frequency": "pruners fire when their epoch begins",
-            "discard_masks_at_minibatch_end": "masks persist until the weights are baked",
-            "skip_first_minibatch": "pruners fire at the first mini-batch of their epoch"}
 
 
 # -- the file --------------------------------------------------------------------------------
@@ -212,21 +200,6 @@ def _instance(file: str, section: str, name: str, knode: yaml.Node, vnode: yaml.
     return Instance(name, section, cls, params, where, key_where)
 
 
-def _args(file: str, kind: str, knode: yaml.Node, vnode: yaml.Node, path: str) -> dict:
-    valid = POLICY_ARGS.get(kind, {})
-    args = {}
-    for key, (k, v) in mapping(file, vnode, f"{path}.args").items():
-        value = plain(v)
-        if key not in valid:
-            raise Where.of(file, k, f"{path}.args").error(
-                f"unknown argument {key!r} of a {kind} policy; valid: {', '.join(valid) or 'none'}")
-        if valid[key] is not None and value not in valid[key]:
-            raise Where.of(file, v, f"{path}.args.{key}").error(
-                f"only {valid[key][0]!r} is supported, got {value!r} ({ARGS_WHY[key]})")
-        args[key] = value
-    return args
-
-
 def _entry(file: str, index: int, node: yaml.Node, instances: dict, inclusive: bool) -> PolicyEntry:
     path = f"policies[{index}]"
     items = mapping(file, node, path)
@@ -242,11 +215,12 @@ def _entry(file: str, index: int, node: yaml.Node, instances: dict, inclusive: b
     inner = mapping(file, items[kind][1], f"{path}.{kind}")
     epoch_nodes = {k: v for k, v in items.items() if k in EPOCH_KEYS}
     args: dict = {}
+    arg_wheres: dict = {}
     for key, (knode, vnode) in inner.items():
         if key == "instance_name":
             continue
         if key == "args":
-            args = _args(file, kind, knode, vnode, f"{path}.{kind}")
+            args, arg_wheres = parse_args(file, kind, vnode, f"{path}.{kind}")
             continue
         if key not in EPOCH_KEYS:
             raise Where.of(file, knode, f"{path}.{kind}").error(
@@ -263,6 +237,8 @@ def _entry(file: str, index: int, node: yaml.Node, instances: dict, inclusive: b
         defined = ", ".join(instances[section]) or "none"
         raise Where.of(file, name_node, f"{path}.{kind}.instance_name").error(
             f"{section} has no instance {name!r}; defined: {defined}")
+    if kind == "pruner":
+        check_class_args(instances[section][name].cls, args, arg_wheres)
     where = Where.of(file, node, path)
 
     def number(key: str, default: Any = None) -> Any:

@@ -6,7 +6,8 @@ A pruner acts at the beginning of its active epochs on weight masks (``compressi
   exact zero count round(s_t * numel); masked weights stay zero (monotone: already pruned
   weights are the smallest).
 - the ranked structure pruners (``compression.schedule.structured``);
-- the one-shot fine-grained pruners (``LevelPruner``).
+- the one-shot fine-grained pruners (``LevelPruner``);
+- ``SplicingPruner`` (dynamic network surgery: ``compression.schedule.splicing``).
 Regularizers are ``compression.schedule.regularizers``.
 """
 from __future__ import annotations
@@ -22,9 +23,10 @@ from compression.surgery.inference import following_bn
 from compression.schedule.bn_fold import folded_weight
 from compression.schedule.policy import Instance, PolicyEntry
 from compression.schedule.schema import RANKINGS
+from compression.schedule.splicing import SplicingPruner
 from compression.schedule.structured import RankedPruner
 
-__all__ = ["PRUNERS", "AgpPruner", "LevelPruner", "agp_sparsity", "layer_of"]
+__all__ = ["PRUNERS", "AgpPruner", "LevelPruner", "SplicingPruner", "agp_sparsity", "layer_of"]
 
 
 class AgpPruner:
@@ -87,4 +89,5 @@ class LevelPruner:
 
 
 PRUNERS = {"AutomatedGradualPruner": AgpPruner, **{cls: LevelPruner for cls in LevelPruner.KEYS},
+           "SplicingPruner": SplicingPruner,
            **{name: RankedPruner for base in RANKINGS for name in (base, f"{base}_AGP")}}

@@ -27,8 +27,6 @@ REFUSED: dict[str, dict[str, str]] = {
                                             "L1RankedStructureParameterPruner_AGP with group_type",
         "BaiduRNNPruner": "it prunes recurrent layers (gate weights of LSTMs), which this project's "
                           "CNN helpers do not have; use AutomatedGradualPruner",
-        "SplicingPruner": "dynamic network surgery (masks that regrow) is not implemented; use "
-                          "AutomatedGradualPruner or --learner=weight-sparse",
         "AutomatedGradualRowPruner": "use L1RankedStructureParameterPruner_AGP with group_type: Rows",
         "L1RankedStructureParameterPruner_AGP_Blocks": "block pruning is not implemented",
     },

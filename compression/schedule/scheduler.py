@@ -3,9 +3,13 @@
 Epochs are global: ``offset`` (the first epoch of the current training segment) plus
 ``step // iters_per_epoch``. At the first step of an epoch the pruners active in it fire
 (Distiller's ``on_epoch_begin``), in the file's order; each (policy, epoch) event fires once,
-also across a resume (the fired events are the callback's state). Regularizers and PACT's
-alpha decay add to the loss in ``before_backward_pass`` during their active epochs, and a
-regularizer's threshold (Distiller's ``threshold_criteria``) zeroes weights after each
+also across a resume (the fired events are the callback's state). Within an active epoch a
+pruner with ``mini_batch_pruning_frequency: N`` recomputes its mask at every mini-batch
+``b > 0`` whose global index ``epoch * iters_per_epoch + b`` is a multiple of N, and one with
+``skip_first_minibatch`` sets its first mask at global mini-batch 1 instead of 0 (Distiller's
+``PruningPolicy.on_epoch_begin`` / ``on_minibatch_begin``, distiller/policy.py:194-232).
+Regularizers and PACT's alpha decay add to the loss in ``before_backward_pass`` during their
+active epochs, and a regularizer's threshold (Distiller's ``threshold_criteria``) zeroes weights after each
 optimizer step. Thinning and quantizer attachment change the model and happen between
 segments (``learners.schedule``).
 """
@@ -21,6 +25,7 @@ from compression.graph.layers import analyse
 from compression.sparsity.masks import attach_masks, maskable_layers, masks_of
 from compression.schedule.policy import Policy
 from compression.schedule.pruners import PRUNERS
+from compression.schedule.splicing import SplicingPruner, use_splice_masks
 from compression.schedule.regularizers import REGULARIZERS, threshold
 from compression.schedule.schema import RANKINGS
 from compression.schedule.structured import RankedPruner
@@ -40,6 +45,7 @@ class CompressionScheduler(Callback):
         self.iters_per_epoch = iters_per_epoch
         self.broadcast = broadcast
         self.fired: set[str] = set()
+        self.stats: dict[str, tuple[float, float]] = {}   # SplicingPruner: layer -> (mean, std)
         self._build(model)
         self.regularizers = [p for p in policy.policies if p.kind == "regularizer"]
         self.pact_decay = [p for p in policy.policies if p.kind == "quantizer"
@@ -62,6 +68,8 @@ class CompressionScheduler(Callback):
             if not done:
                 pruner = PRUNERS[p.instance.cls](p.instance, p, layers, names)
                 pruner.batches = self.batches
+                if isinstance(pruner, SplicingPruner):
+                    pruner.stats = self.stats   # Distiller caches them on the parameter
                 self.pruners.append((i, p, pruner))
         owner: dict[str, str] = {}
         for _, entry, pruner in self.pruners:
@@ -80,10 +88,16 @@ class CompressionScheduler(Callback):
     def set_segment(self, model: nn.Module, start_epoch: int, attach: bool = True) -> None:
         """Train ``model`` from ``start_epoch``; masks are attached to every layer a pruner
         with events still to run from ``start_epoch`` on needs (AGP masks persist once
-        attached). ``attach=False``: the model has its masks already (a resumed checkpoint)."""
+        attached). ``attach=False``: the model has its masks already (a resumed checkpoint).
+        The masks of splicing pruners with ``mask_on_forward_only`` pass the gradient through."""
         self.model, self.offset = unwrap(model), start_epoch
-        if not attach:
-            return
+        if attach:
+            self._attach(start_epoch)
+        have = set(masks_of(self.model))
+        use_splice_masks(self.model, [n for _, _, p in self.pruners if getattr(p, "straight", False)
+                                      for n in p.mask_layers() if n in have])
+
+    def _attach(self, start_epoch: int) -> None:
         have = set(masks_of(self.model))
         needed = []
         for index, entry, pruner in self.pruners:
@@ -104,6 +118,10 @@ class CompressionScheduler(Callback):
             if key in self.fired or epoch not in entry.active_epochs():
                 continue
             if before is not None and index >= before:
+                continue
+            if entry.args.get("skip_first_minibatch") and not any(
+                    k.split(":")[0] == str(index) for k in self.fired):
+                self.fired.add(key)   # the first event waits for mini-batch 1 (policy.py:197-208)
                 continue
             pruner.apply(self.model, epoch, self.keep)
             self.fired.add(key)
@@ -145,7 +163,24 @@ class CompressionScheduler(Callback):
 
     # -- hooks -----------------------------------------------------------------------------
     def on_minibatch_begin(self, trainer: Trainer, state: StepState) -> None:
-        self.fire(self.epoch_of(state.step))
+        epoch = self.epoch_of(state.step)
+        self.fire(epoch)
+        self.minibatch(epoch, state.step % self.iters_per_epoch)
+
+    @torch.no_grad()
+    def minibatch(self, epoch: int, batch: int) -> None:
+        """Mini-batch ``batch`` of ``epoch`` begins: the mini-batch mask updates due now, then
+        the raw masked weights of the splicing pruners without double copies set to 0."""
+        index_in_run = epoch * self.iters_per_epoch + batch   # Distiller's global_mini_batch_id
+        for _, entry, pruner in self.pruners:
+            if epoch not in entry.active_epochs():
+                continue
+            every = entry.args.get("mini_batch_pruning_frequency") or 0
+            if (batch > 0 and every and index_in_run % every == 0) or (
+                    entry.args.get("skip_first_minibatch") and index_in_run == 1):
+                pruner.apply(self.model, epoch, self.keep)
+            if getattr(pruner, "zero_raw", False):
+                pruner.zero_masked(self.model)
 
     def before_backward_pass(self, trainer: Trainer, state: StepState) -> None:
         epoch = self.epoch_of(state.step)
@@ -175,8 +210,11 @@ class CompressionScheduler(Callback):
         return entry.span() if entry.inclusive else entry.active_epochs()
 
     def state_dict(self) -> dict:
-        return {"fired": sorted(self.fired), "keep": {n: k.tolist() for n, k in self.keep.items()}}
+        return {"fired": sorted(self.fired), "keep": {n: k.tolist() for n, k in self.keep.items()},
+                "stats": {n: list(v) for n, v in self.stats.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.fired = set(state.get("fired", []))
         self.keep = {n: torch.tensor(k, dtype=torch.long) for n, k in state.get("keep", {}).items()}
+        self.stats.clear()   # in place: the splicing pruners share this dict
+        self.stats.update({n: (float(v[0]), float(v[1])) for n, v in state.get("stats", {}).items()})

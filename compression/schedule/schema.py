@@ -121,6 +121,11 @@ CLASSES: dict[str, dict[str, dict[str, Field]]] = {
         "SparsityLevelParameterPruner": {"levels": _LEVELS},
         "SensitivityPruner": {"sensitivities": _LEVELS},
         "MagnitudeParameterPruner": {"thresholds": _LEVELS},
+        # Distiller's SplicingPruner.__init__ (distiller/pruning/splicing_pruner.py:35)
+        "SplicingPruner": {"sensitivities": _LEVELS,
+                           "low_thresh_mult": Field("number", REQUIRED, _non_negative),
+                           "hi_thresh_mult": Field("number", REQUIRED, _non_negative),
+                           "sensitivity_multiplier": Field("number", 0.0, _non_negative)},
     },
     "regularizers": {
         "L1Regularizer": {"reg_regims": Field("l1_regims"),

@@ -27,7 +27,7 @@ from compression.sparsity.masks import (attach_masks, detach_masks, maskable_lay
 from compression.schedule.lr import policy_lr
 from compression.schedule.names import resolve_names
 from compression.schedule.policy import Policy, check_epochs, load_policy
-from compression.schedule.pruners import AgpPruner, LevelPruner
+from compression.schedule.pruners import PRUNERS, LevelPruner
 from compression.schedule.quantizers import apply_quantizer, check_bias_bits, check_not_pruned
 from compression.schedule.scheduler import CompressionScheduler
 from compression.schedule.zero_structures import merge_keep, zero_keep
@@ -45,7 +45,7 @@ MASK_SUFFIX = ".parametrizations.weight.0.mask"
 
 
 ACTIVATION_BATCHES = 8   # training batches the activation-ranked pruners observe per event
-FINE_GRAINED = ("AutomatedGradualPruner", *LevelPruner.KEYS)
+FINE_GRAINED = ("AutomatedGradualPruner", *LevelPruner.KEYS, "SplicingPruner")
 
 
 def segment_starts(policy: Policy, nb_epochs: int) -> list[int]:
@@ -191,8 +191,7 @@ class ScheduleLearner(Learner):
         fine = set()
         for entry in policy.of_kind("pruner"):
             if entry.instance.cls in FINE_GRAINED:
-                pruner = (AgpPruner if entry.instance.cls == "AutomatedGradualPruner" else LevelPruner)(
-                    entry.instance, entry, [], list(maskable_layers(full)))
+                pruner = PRUNERS[entry.instance.cls](entry.instance, entry, [], list(maskable_layers(full)))
                 fine |= set(pruner.mask_layers())
         for entry in policy.of_kind("quantizer"):
             check_bias_bits(entry.instance)

@@ -523,9 +523,16 @@ policies:
 """
     assert load_policy(write(tmp_path, base.replace("ARGS", "keep_mask: true"))).policies[0].args == \
         {"keep_mask": True}
-    with pytest.raises(PolicyError, match=r"args.mini_batch_pruning_frequency: only 0 is supported, "
-                                          r"got 5 \(pruners fire when their epoch begins\)"):
-        load_policy(write(tmp_path, base.replace("ARGS", "mini_batch_pruning_frequency: 5")))
+    # AGP recomputes its mask every 5 mini-batches, as Distiller's files ask; a ranked pruner
+    # fires when its epoch begins, so the same argument is refused for it
+    assert load_policy(write(tmp_path, base.replace("ARGS", "mini_batch_pruning_frequency: 5"))) \
+        .policies[0].args == {"mini_batch_pruning_frequency": 5}
+    ranked = base.replace("AutomatedGradualPruner,", "L1RankedStructureParameterPruner_AGP, "
+                          "group_type: Filters,").replace("module.fc.weight", "module.layer1.0.conv1.weight")
+    with pytest.raises(PolicyError, match=r"args.mini_batch_pruning_frequency: 5 is not supported "
+                                          r"with L1RankedStructureParameterPruner_AGP \(only "
+                                          r"AutomatedGradualPruner and SplicingPruner"):
+        load_policy(write(tmp_path, ranked.replace("ARGS", "mini_batch_pruning_frequency: 5")))
     with pytest.raises(PolicyError, match="unknown argument 'colour'"):
         load_policy(write(tmp_path, base.replace("ARGS", "colour: red")))
 
