@@ -176,7 +176,7 @@ class _Builder:
                     found.append(node.target)
                 elif role != "passthrough":
                     break
-            elif op_kind(node.target) != "passthrough":
+            elif op_kind(node.target, node) != "passthrough":
                 break
             node = node.args[0]
         return found
@@ -187,7 +187,7 @@ class _Builder:
     op_call_method = op_call_function
 
     def call(self, node: fx.Node, target):
-        kind = op_kind(target)
+        kind = op_kind(target, node)
         if kind == "shape":
             return None
         if kind == "getitem":

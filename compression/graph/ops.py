@@ -73,6 +73,10 @@ RESHAPE_TARGETS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze,
                    "permute", "movedim", "swapaxes", "swapdims"}
 REDUCE_TARGETS = {torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin"}
 SPLIT_TARGETS = {torch.split, torch.chunk, torch.tensor_split, "split", "chunk", "tensor_split"}
+PAD_MODULES = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+               nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
+               nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad1d,
+               nn.CircularPad2d, nn.CircularPad3d)
 SHAPE_TARGETS = {"size", "dim", "numel", getattr}
 CAT_TARGETS = {torch.cat, "cat"}
 
@@ -102,13 +106,26 @@ OP_RULES = ("shape", "getitem", "cat", "split", "reshape", "reduce", "elementwis
             "passthrough")
 
 
-def op_kind(target) -> str | None:
+def op_kind(target, node: fx.Node | None = None) -> str | None:
     """The rule of a call_function / call_method target (``OP_KINDS``), or None: an op the
-    channel passes do not know."""
+    channel passes do not know. With its ``node``: an ``F.pad`` that pads dim 1 (or 0) is not
+    a passthrough (it adds channels), so it is unknown too."""
     try:
-        return OP_KINDS.get(target)
+        kind = OP_KINDS.get(target)
     except TypeError:            # an unhashable target
         return None
+    if node is not None and target is F.pad and len(node.args) > 1 \
+            and pads_channels(node.args[1], meta_shape(node.args[0])):
+        return None
+    return kind
+
+
+def pads_channels(pad, shape: tuple | None) -> bool:
+    """Whether a pad list (``F.pad``'s, last dim first) pads dim 1 or 0 of a ``shape`` input."""
+    if shape is None or not isinstance(pad, (tuple, list)):
+        return True                  # cannot tell: do not follow it as a passthrough
+    pairs = [tuple(pad[i:i + 2]) for i in range(0, len(pad), 2)]
+    return any(pair != (0, 0) for pair in pairs[max(0, len(shape) - 2):])
 
 
 def is_inplace(node: fx.Node) -> bool:
@@ -129,7 +146,7 @@ def unknown_ops(graph_module: fx.GraphModule) -> list[str]:
     for node in graph_module.graph.nodes:
         if node.meta.get("tensor_meta") is None:
             continue                                 # arithmetic on sizes, not on tensors
-        if node.op in ("call_function", "call_method") and op_kind(node.target) is None:
+        if node.op in ("call_function", "call_method") and op_kind(node.target, node) is None:
             found.add(op_name(node.target))
         elif node.op == "call_module" and not isinstance(modules[node.target], nn.Flatten) \
                 and pruner_for(modules[node.target]) is None:
@@ -182,6 +199,9 @@ def channel_role(module: nn.Module, node: fx.Node) -> str | None:
     role = pruner.role(module)
     if role == "reader" and isinstance(module, nn.Linear) and len(meta_shape(node.args[0])) != 2:
         return "mixing"
+    if role == "passthrough" and isinstance(module, PAD_MODULES) and node.args \
+            and pads_channels(module.padding, meta_shape(node.args[0])):
+        return "mixing"              # a pad module over dim 1: other channels out than in
     return role
 
 

@@ -89,7 +89,7 @@ class Liveness:
         """Forward: the channel map of every reshape / transpose / permute that moves channels
         off dim 1 (and of single-input per-channel ops on such a tensor)."""
         for node in self.gm.graph.nodes:
-            kind = op_kind(node.target) if node.op in ("call_function", "call_method") else None
+            kind = op_kind(node.target, node) if node.op in ("call_function", "call_method") else None
             if kind not in ("reshape", "passthrough") or not node.args:
                 continue
             source = node.args[0]
@@ -158,7 +158,7 @@ class Liveness:
         self.call(node, node.target, live)
 
     def call(self, node, target, live) -> None:
-        kind = op_kind(target)
+        kind = op_kind(target, node)
         if kind is None:
             if node.meta.get("tensor_meta") is not None:
                 self.unknown.add(op_name(target))
