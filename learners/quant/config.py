@@ -20,7 +20,8 @@ BUCKETS = [b for b in BUCKET_TYPES if b != "layer"]
 class QuantConfig(OutputOptions):
     weight_bits: int = option(4, "bits per weight (without the RL agent)")
     activation_bits: int = option(32, "bits of the quantized layers' outputs (32: full precision)")
-    use_buckets: bool = option(True, "one range/codebook per bucket (else one per layer)")
+    use_buckets: bool = option(False, "one range/codebook per bucket (else one per layer, "
+                                      "PocketFlow's default)")
     bucket_type: str = option("channel", "buckets are output channels or chunks of bucket_size "
                                          "weights", choices=BUCKETS)
     bucket_size: int = option(256, "weights per bucket (split)")
@@ -75,7 +76,8 @@ class QuantConfig(OutputOptions):
 
 @dataclass
 class UqlConfig(QuantConfig):
-    """``uniform``: the shared options and their defaults (per-channel buckets)."""
+    """``uniform``: the shared options and their defaults (one range per layer, PocketFlow's;
+    per-channel buckets measured no better at 4 bits: docs/migrating.md)."""
 
 
 @dataclass
@@ -86,8 +88,9 @@ class NuqlConfig(QuantConfig):
     init_style: str = option("kmeans", "initial centres by k-means from the quantiles (least "
                                        "squares), at quantiles (PocketFlow's default) or "
                                        "uniformly spaced", choices=INIT_STYLES)
-    opt_mode: str = option("both", "train the weights, the centres or both (PocketFlow's "
-                                   "'clusters' is read as 'cluster')",
+    opt_mode: str = option("weights", "train the weights (centres fixed, PocketFlow's "
+                                      "default), the centres or both (PocketFlow's 'clusters' "
+                                      "is read as 'cluster')",
                            choices=[*OPT_MODES, "clusters"])
 
     def __post_init__(self) -> None:

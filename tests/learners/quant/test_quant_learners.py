@@ -119,6 +119,14 @@ def test_non_uniform_flags_are_checked_too():
         from_flag_dict(NuqlConfig, {"nuql_w_bit_min": 6, "nuql_w_bit_max": 4}, prefix="nuql")
 
 
+def test_bucket_and_centre_defaults_are_pocketflows():
+    """Per-channel ranges and trained centres measured no better than PocketFlow's defaults at
+    4 bits (benchmarks/pocketflow_defaults.py, docs/migrating.md): its defaults are kept."""
+    assert UqlConfig().use_buckets is False and UqlConfig().buckets == "layer"
+    assert UqlConfig(use_buckets=True).buckets == "channel"
+    assert NuqlConfig().opt_mode == "weights" and NuqlConfig().buckets == "layer"
+
+
 def test_uniform_tf_artifact_must_be_a_pte_path():
     """The artifact is the ExecuTorch program: a .ckpt path used to fail only after QAT."""
     from learners.quant.config import UqtfConfig
