@@ -21,8 +21,7 @@ class _Builder:
         self.layout: dict[fx.Node, object] = {}
         self.gates: set[tuple[fx.Node, fx.Node]] = set()    # (mul node, its broadcast operand)
         self.broadcast: set[fx.Node] = set()                # 1x1-per-channel tensors
-        self.last: dict[fx.Node, list[int]] = {}            # ids of a channels-last tensor's
-        # last dim (the features a linear layer on (N, ..., C) reads and writes)
+        self.last: dict[fx.Node, list[int]] = {}   # ids of the last dim of an (N, ..., C) tensor
 
     def ids(self, node) -> list[int] | None:
         value = self.layout.get(node) if isinstance(node, fx.Node) else None
@@ -52,6 +51,7 @@ class _Builder:
             name = node.target if node.op == "call_module" else op_name(node.target)
             self.g.unhandled.setdefault(name, why)
         return self.fresh_for(node)
+    constant = unknown          # zeros, ones...: fresh channels that read nothing
 
     def run(self) -> ChannelGraph:
         for node in self.gm.graph.nodes:

@@ -78,11 +78,15 @@ PAD_MODULES = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.Co
                nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad1d,
                nn.CircularPad2d, nn.CircularPad3d)
 SHAPE_TARGETS = {"size", "dim", "numel", getattr}
+CONSTANT_TARGETS = {torch.zeros, torch.ones, torch.full, torch.empty, torch.zeros_like,
+                    torch.ones_like, torch.full_like, torch.empty_like, torch.arange, torch.eye,
+                    "new_zeros", "new_ones", "new_full", "new_empty", "zero_"}
 CAT_TARGETS = {torch.cat, "cat"}
 
 # The one rule per functional op and tensor method, read by every channel pass (the graph
 # builder, dead-channel liveness): what the op does to channels (dim 1).
 #   shape        returns a size, no tensor
+#   constant     creates a tensor from sizes alone (zeros, ones, full...): it reads no channel
 #   getitem      x[index] (a slice of channels, or an element of a tuple)
 #   cat / split  concatenates / cuts tensors (along dim 1 or another dim)
 #   reshape      view / flatten / squeeze / transpose / permute: where dims 0 and 1 are kept
@@ -100,10 +104,11 @@ for _kind, _targets in (("passthrough", PASSTHROUGH_FUNCTIONS | PASSTHROUGH_METH
                         ("mul", MUL_TARGETS), ("reduce", REDUCE_TARGETS),
                         ("reshape", RESHAPE_TARGETS), ("split", SPLIT_TARGETS),
                         ("cat", CAT_TARGETS), ("getitem", {operator.getitem}),
-                        ("shape", SHAPE_TARGETS)):       # later rows take precedence
+                        ("shape", SHAPE_TARGETS),         # later rows take precedence
+                        ("constant", CONSTANT_TARGETS)):
     OP_KINDS.update(dict.fromkeys(_targets, _kind))
-OP_RULES = ("shape", "getitem", "cat", "split", "reshape", "reduce", "elementwise", "mul",
-            "passthrough")
+OP_RULES = ("shape", "constant", "getitem", "cat", "split", "reshape", "reduce", "elementwise",
+            "mul", "passthrough")
 
 
 def op_kind(target, node: fx.Node | None = None) -> str | None:

@@ -163,7 +163,7 @@ class Liveness:
             if node.meta.get("tensor_meta") is not None:
                 self.unknown.add(op_name(target))
             return self.need_all(node)
-        if kind == "shape":
+        if kind in ("shape", "constant"):
             return None
         if kind == "getitem":
             return self.getitem(node, live)
