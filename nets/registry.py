@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List
 
 import torch.nn as nn
 
-__all__ = ["register_net", "create_net", "list_nets", "net_spec", "build_from_spec"]
+__all__ = ["register_net", "create_net", "net_builder", "list_nets", "net_spec", "build_from_spec"]
 
 Builder = Callable[..., nn.Module]
 
@@ -45,12 +45,17 @@ def list_nets() -> List[str]:
     return sorted(_NETS)
 
 
-def create_net(name: str, **kwargs: Any) -> nn.Module:
-    """Build the net registered as ``name`` with the builder's keyword arguments."""
+def net_builder(name: str) -> Builder:
+    """The builder registered as ``name`` (ValueError listing the valid names)."""
     _ensure_builtin_nets()
     if name not in _NETS:
         raise ValueError(f"unknown net {name!r}; valid nets: {', '.join(sorted(_NETS))}")
-    return _NETS[name](**kwargs)
+    return _NETS[name]
+
+
+def create_net(name: str, **kwargs: Any) -> nn.Module:
+    """Build the net registered as ``name`` with the builder's keyword arguments."""
+    return net_builder(name)(**kwargs)
 
 
 def _check_plain(value: Any, where: str) -> None:

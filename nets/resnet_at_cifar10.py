@@ -1,11 +1,11 @@
-"""ResNet-20/32/44/56 on CIFAR-10 (PocketFlow's resnet_at_cifar10)."""
+"""ResNet-20/32/44/56 on CIFAR-10 (PocketFlow's resnet_at_cifar10); ``--net``: any registered net."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from datasets.cifar10 import Cifar10
 from nets.abstract_model_helper import HelperConfig, ImageClassificationHelper
-from nets.registry import net_spec
+from nets.registry import list_nets, net_spec
 from utils.config import check, option
 
 RESNET_SIZES = (20, 32, 44, 56)
@@ -27,9 +27,14 @@ class CifarDataConfig(HelperConfig):
 @dataclass
 class Config(CifarDataConfig):
     resnet_size: int = option(20, "ResNet depth: 20, 32, 44 or 56")
+    net: str = option("", "any registered net instead of the ResNet of --resnet_size (e.g. "
+                          "preact_resnet20_cifar, vgg16_cifar; 3 input channels, 10 classes); "
+                          "'' = the ResNet")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check(not self.net or self.net in list_nets(), "net",
+              f"unknown net {self.net!r}; valid nets: {', '.join(list_nets())}")
         check(self.resnet_size in RESNET_SIZES, "resnet_size",
               f"must be one of {', '.join(map(str, RESNET_SIZES))}, got {self.resnet_size}")
 
@@ -44,7 +49,7 @@ class ModelHelper(ImageClassificationHelper):
 
     @property
     def model_name(self) -> str:
-        return f"resnet_{self.cfg.resnet_size}"
+        return self.cfg.net or f"resnet_{self.cfg.resnet_size}"
 
     @property
     def dataset_name(self) -> str:
@@ -59,7 +64,8 @@ class ModelHelper(ImageClassificationHelper):
         return (3, 32, 32)
 
     def net_spec(self) -> dict:
-        return net_spec(f"resnet{self.cfg.resnet_size}", num_classes=10, in_channels=3)
+        return net_spec(self.cfg.net or f"resnet{self.cfg.resnet_size}", num_classes=10,
+                        in_channels=3)
 
     def load_train(self, augment: bool):
         return Cifar10(self.cfg.data_dir_local, "train", augment=augment, seed=self.seed,

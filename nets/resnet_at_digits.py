@@ -1,11 +1,12 @@
 """ResNet on scikit-learn's embedded digits: the default, download-free (net, dataset) pair."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 from datasets.digits import load_digits_splits
 from nets.abstract_model_helper import HelperConfig, ImageClassificationHelper
-from nets.registry import net_spec
+from nets.registry import list_nets, net_builder, net_spec
 from utils.config import check, option
 from utils.lrn_rate import CosineLr, scaled_lr
 
@@ -15,6 +16,9 @@ RESNET_SIZES = (20, 32, 44, 56)
 @dataclass
 class Config(HelperConfig):
     resnet_size: int = option(20, "ResNet depth: 20, 32, 44 or 56")
+    net: str = option("", "any registered net instead of the ResNet of --resnet_size (e.g. "
+                          "preact_resnet20_cifar, vgg16_cifar; 1 input channel, 10 classes, "
+                          "--image_size as its input_size where it takes one); '' = the ResNet")
     image_size: int = option(16, "the 8x8 digits are upsampled once to this size")
     batch_size: int = option(64, "training mini-batch size per process")
     batch_size_eval: int = option(500, "evaluation mini-batch size")
@@ -24,6 +28,8 @@ class Config(HelperConfig):
         super().__post_init__()
         check(self.resnet_size in RESNET_SIZES, "resnet_size",
               f"must be one of {', '.join(map(str, RESNET_SIZES))}, got {self.resnet_size}")
+        check(not self.net or self.net in list_nets(), "net",
+              f"unknown net {self.net!r}; valid nets: {', '.join(list_nets())}")
         check(self.image_size >= 8, "image_size", f"must be >= 8, got {self.image_size}")
 
 
@@ -35,7 +41,7 @@ class ModelHelper(ImageClassificationHelper):
 
     @property
     def model_name(self) -> str:
-        return f"resnet_{self.cfg.resnet_size}"
+        return self.cfg.net or f"resnet_{self.cfg.resnet_size}"
 
     @property
     def dataset_name(self) -> str:
@@ -50,7 +56,11 @@ class ModelHelper(ImageClassificationHelper):
         return (1, self.cfg.image_size, self.cfg.image_size)
 
     def net_spec(self) -> dict:
-        return net_spec(f"resnet{self.cfg.resnet_size}", num_classes=10, in_channels=1)
+        if not self.cfg.net:
+            return net_spec(f"resnet{self.cfg.resnet_size}", num_classes=10, in_channels=1)
+        takes = inspect.signature(net_builder(self.cfg.net)).parameters
+        sized = {"input_size": self.cfg.image_size} if "input_size" in takes else {}
+        return net_spec(self.cfg.net, num_classes=10, in_channels=1, **sized)
 
     def splits(self) -> dict:
         if getattr(self, "_splits", None) is None:

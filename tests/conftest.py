@@ -214,9 +214,12 @@ def synthetic_fmnist(n: int, seed: int):
 
 # -- nets and stand-ins shared by several modules ----------------------------------------------
 # Smallest convenient square input side of each registered net (3 input channels).
+# Every built-in family once: Distiller's CIFAR nets by one member each (all depths and
+# variants: tests/nets/test_distiller_cifar.py); tests over "every net" iterate these.
 INPUT_SIZES = {"resnet20": 32, "resnet32": 32, "resnet44": 32, "resnet56": 32, "lenet": 32,
                "resnet18": 64, "resnet34": 64, "resnet50": 64, "mobilenet_v1": 64,
-               "mobilenet_v2": 64}
+               "mobilenet_v2": 64, "resnet20_cifar": 32, "preact_resnet20_cifar": 32,
+               "preact_resnet20_cifar_conv_ds": 32, "vgg11_bn_cifar": 32, "simplenet_cifar": 32}
 
 
 def distiller_resnet20():

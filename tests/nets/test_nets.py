@@ -35,7 +35,32 @@ PARAM_COUNTS = {
     "resnet32": 466_906,
     "resnet44": 661_338,
     "resnet56": 855_770,
+    "preact_resnet110_cifar": 1_727_962,
+    "preact_resnet110_cifar_conv_ds": 1_730_522,
+    "preact_resnet20_cifar": 269_722,
+    "preact_resnet20_cifar_conv_ds": 272_282,
+    "preact_resnet32_cifar": 464_154,
+    "preact_resnet32_cifar_conv_ds": 466_714,
+    "preact_resnet44_cifar": 658_586,
+    "preact_resnet44_cifar_conv_ds": 661_146,
+    "preact_resnet56_cifar": 853_018,
+    "preact_resnet56_cifar_conv_ds": 855_578,
+    "resnet20_cifar": 272_474,  # Distiller's CIFAR nets (nets/models/distiller_cifar.py)
+    "resnet32_cifar": 466_906,
+    "resnet44_cifar": 661_338,
+    "resnet56_cifar": 855_770,
+    "simplenet_cifar": 62_006,
+    "vgg11_bn_cifar": 9_231_114,
+    "vgg11_cifar": 9_225_610,
+    "vgg13_bn_cifar": 9_416_010,
+    "vgg13_cifar": 9_410_122,
+    "vgg16_bn_cifar": 14_728_266,
+    "vgg16_cifar": 14_719_818,
+    "vgg19_bn_cifar": 20_040_522,
+    "vgg19_cifar": 20_029_514,
 }
+# Distiller's CIFAR nets take 32x32 inputs (its VGGs: a multiple of 32)
+INPUT_SIZES.update({name: 32 for name in PARAM_COUNTS if "_cifar" in name})
 
 NUM_CLASSES = 7
 
