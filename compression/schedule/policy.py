@@ -153,6 +153,13 @@ def _parse(path: str, text: str, inclusive_end: bool) -> Policy:
         if section in top and top[section][1].tag != "tag:yaml.org,2002:null":
             for name, (knode, vnode) in mapping(path, top[section][1], section).items():
                 instances[section][name] = _instance(path, section, name, knode, vnode)
+    quantizers = list(instances.get("quantizers", {}).values())
+    if "policies" not in top and quantizers and all(i.cls == "PostTrainLinearQuantizer" for i in quantizers) \
+            and not any(instances[s] for s in SECTIONS if s != "quantizers"):
+        # Distiller's post-training files (--qe-config-file) have no policies: applied at epoch 0
+        entries = [PolicyEntry("quantizer", i, 0, 1, 1, None, i.where, i.where, inclusive_end)
+                   for i in quantizers]
+        return Policy(path, version, instances, entries)
     if "policies" not in top:
         raise PolicyError(f"{path}: no 'policies' section; nothing would be applied")
     pnode = top["policies"][1]

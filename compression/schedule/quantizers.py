@@ -17,8 +17,11 @@ from torch import nn
 from compression.quantization.dorefa_pact import RELUS, attach_clipped_quantizers, optional_bits
 from compression.sparsity.masks import maskable_layers
 from compression.schedule.policy import Instance
+from compression.schedule.range_linear import apply_range_linear, is_range_linear, range_bits
 
-QUANTIZER_METHODS = {"DorefaQuantizer": "dorefa", "PACTQuantizer": "pact"}
+QUANTIZER_METHODS = {"DorefaQuantizer": "dorefa", "PACTQuantizer": "pact",
+                     "QuantAwareTrainRangeLinearQuantizer": "range_linear_qat",
+                     "PostTrainLinearQuantizer": "range_linear_ptq"}
 
 
 def _override(instance: Instance, name: str) -> dict:
@@ -31,6 +34,9 @@ def _override(instance: Instance, name: str) -> dict:
 def bits_of(model: nn.Module, instance: Instance) -> tuple[dict[str, int], dict[str, int]]:
     """(conv/linear layer -> weight bits, ReLU module -> activation bits) of the quantized ones."""
     p = instance.params
+    if is_range_linear(instance.cls):
+        weights, acts, _ = range_bits(model, instance)
+        return weights, acts
     listed = {w[: -len(".weight")] for w in p["weights"]} if p.get("weights") else None
     weights, acts = {}, {}
     for name in maskable_layers(model):
@@ -62,14 +68,19 @@ def check_not_pruned(model: nn.Module, instance: Instance, pruned: set[str], by:
 
 def check_bias_bits(instance: Instance) -> None:
     p = instance.params
+    if is_range_linear(instance.cls):   # Distiller's bits_bias: biases on their own grid
+        return
     if p.get("bits_bias") is not None and optional_bits(p["bits_bias"]) != optional_bits(p["bits_weights"]):
         raise instance.at("bits_bias").error(
             f"biases are quantized with the weights' bits ({p['bits_weights']}); got bits_bias "
             f"{p['bits_bias']} (use null, or the same bits)")
 
 
-def apply_quantizer(model: nn.Module, instance: Instance) -> dict:
-    """Attach the instance's weight and activation quantizers to ``model`` (in place)."""
+def apply_quantizer(model: nn.Module, instance: Instance, batches=None) -> dict:
+    """Attach the instance's weight and activation quantizers to ``model`` (in place);
+    ``batches``: inputs a post-training quantizer may collect ranges on."""
+    if is_range_linear(instance.cls):
+        return apply_range_linear(model, instance, batches)
     p = instance.params
     check_bias_bits(instance)
     method = QUANTIZER_METHODS[instance.cls]

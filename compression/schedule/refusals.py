@@ -35,11 +35,6 @@ REFUSED: dict[str, dict[str, str]] = {
         "DropFilter": "use L1Regularizer or GroupLassoRegularizer",
     },
     "quantizers": {
-        "QuantAwareTrainRangeLinearQuantizer": "range-based linear quantization-aware training is "
-                                               "--learner=uniform (int8 QAT, exported as an int8 "
-                                               "model) or --learner=uniform-tf",
-        "PostTrainLinearQuantizer": "post-training linear quantization is --learner=uniform-tf "
-                                    "(calibrated int8, exported to .pte/ONNX)",
         "WRPNQuantizer": "use DorefaQuantizer (the same weight quantizer) with bits_weights",
         "FP16Quantizer": "half precision is a deployment choice here: export the fp32 model",
         "NCFQuantAwareTrainQuantizer": "use DorefaQuantizer or --learner=uniform",

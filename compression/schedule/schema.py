@@ -158,6 +158,10 @@ CLASSES: dict[str, dict[str, dict[str, Field]]] = {
     },
 }
 
+from compression.schedule.range_linear_fields import FIELDS as _RANGE_LINEAR  # noqa: E402
+
+CLASSES["quantizers"].update({cls: {key: Field(*item) for key, item in keys.items()}
+                             for cls, keys in _RANGE_LINEAR.items()})
 SECTIONS = tuple(CLASSES)
 # a policy entry's kind -> the section its instance_name refers to
 POLICY_KINDS = {"pruner": "pruners", "regularizer": "regularizers", "quantizer": "quantizers",

@@ -29,6 +29,8 @@ from compression.schedule.names import resolve_names
 from compression.schedule.policy import Policy, check_epochs, load_policy
 from compression.schedule.pruners import PRUNERS, LevelPruner
 from compression.schedule.quantizers import apply_quantizer, check_bias_bits, check_not_pruned
+from compression.schedule.range_linear import PTQ, int8_problem, is_range_linear
+from compression.quantization.range_linear import bake_range_weights, range_linear_entry
 from compression.schedule.scheduler import CompressionScheduler
 from compression.schedule.zero_structures import merge_keep, zero_keep
 from compression.budget.simd import note_block_widths
@@ -44,7 +46,46 @@ log = logging.getLogger("pocketflow")
 MASK_SUFFIX = ".parametrizations.weight.0.mask"
 
 
+def range_linear_int8(ctx, model: nn.Module, infos: list[dict]) -> dict:
+    """The report's ``int8``: ``<stem>_int8.pte`` lowered from the range-linear fake-quantized
+    model with its learned ranges, checked against it and the converted int8 model; or why none."""
+    problem = int8_problem(infos)
+    if problem:
+        log.info("range-linear quantization: no int8 program (%s); the result stays fake-quantized",
+                 problem)
+        return {"written": False, "reason": problem}
+    try:
+        from compression.quantization.range_linear_int8 import lower_int8
+        from deployment.pipeline import eval_batches
+        from deployment.pte import export_pte
+        from deployment.verify import verify_artifact
+        batches = [x for x, _ in itertools.islice(ctx.train_loader(), CALIB_BATCHES)]
+        example = torch.zeros(2, *ctx.helper.input_shape)
+        was_training = model.training
+        model.eval()
+        int8, figures = lower_int8(model, example, batches)
+        path = ctx.outputs.stem() + "_int8.pte"
+        size = export_pte(int8, example, path, quantized=True)
+        checks = eval_batches(ctx.helper, 4)
+        vs_fake = verify_artifact(path, model, checks, kind="int8", strict=False)
+        vs_int8 = verify_artifact(path, int8, checks, kind="int8", strict=False)
+        model.train(was_training)
+    except ImportError as exc:
+        return {"written": False, "reason": f"int8 export unavailable: {exc}"}
+    keep = ("max_abs_diff", "max_abs_output", "top1_agreement", "accuracy", "accuracy_torch",
+            "parity_ok", "mismatch", "nb_samples")
+    section = {"written": True, "pte": path, "bytes": size, **figures,
+               "parity_vs_fakequant": {k: vs_fake[k] for k in keep if k in vs_fake},
+               "parity_vs_converted": {k: vs_int8[k] for k in keep if k in vs_int8}}
+    section["parity_ok"] = bool(vs_fake["parity_ok"] and vs_int8["parity_ok"])
+    (log.info if section["parity_ok"] else log.error)(
+        "int8 program %s: %d bytes | accuracy %.4f vs fake-quantized %.4f | top-1 agreement %.3f",
+        path, size, vs_fake["accuracy"], vs_fake["accuracy_torch"], vs_fake["top1_agreement"])
+    return section
+
+
 ACTIVATION_BATCHES = 8   # training batches the activation-ranked pruners observe per event
+CALIB_BATCHES = 4   # training batches calibrating the int8 points Distiller keeps in float
 FINE_GRAINED = ("AutomatedGradualPruner", *LevelPruner.KEYS, "SplicingPruner")
 
 
@@ -126,7 +167,8 @@ class ScheduleLearner(Learner):
         for entry in self.policy.of_kind("quantizer"):
             if entry.first_epoch == start or (resumed and entry.first_epoch <= start):
                 check_not_pruned(model, entry.instance, set(masks_of(model)), "a pruner still")
-                info.append(apply_quantizer(model, entry.instance))
+                batches = itertools.islice((x for x, _ in self.ctx.train_loader()), ACTIVATION_BATCHES)
+                info.append(apply_quantizer(model, entry.instance, batches))
 
     def _boundary(self, model: nn.Module, spec: dict, scheduler: CompressionScheduler, start: int,
                   sections: dict, quant: list) -> tuple[nn.Module, dict]:
@@ -194,6 +236,9 @@ class ScheduleLearner(Learner):
                 pruner = PRUNERS[entry.instance.cls](entry.instance, entry, [], list(maskable_layers(full)))
                 fine |= set(pruner.mask_layers())
         for entry in policy.of_kind("quantizer"):
+            if is_range_linear(entry.instance.cls):
+                check_not_pruned(full, entry.instance, fine, "a fine-grained pruner")
+                continue
             check_bias_bits(entry.instance)
             check_not_pruned(full, entry.instance, fine, "a fine-grained pruner")
         iters = cfg.epoch_iters or len(ctx.train_loader())
@@ -228,6 +273,9 @@ class ScheduleLearner(Learner):
                 model, spec = self._boundary(model, spec, scheduler, start, sections, quant)
             log.info("schedule segment %s: epochs %d..%d, %d steps", tag, start, end - 1,
                      (end - start) * iters)
+            if self._post_train_only():
+                log.info("schedule: PostTrainLinearQuantizer only: no training")
+                break
             ctx.fit(model, schedule.segment(start, end), tag=tag, spec=spec, callbacks=[scheduler],
                     teacher=teacher)
         accuracy = ctx.accuracy(model)
@@ -235,7 +283,13 @@ class ScheduleLearner(Learner):
         pruned = sorted(set(masks_of(model)))
         detach_masks(model)
         packed = None
-        if quant:
+        ranged = [q for q in quant if q["method"].startswith("range_linear")]
+        if ranged:
+            if ctx.mgw.is_primary():
+                sections["int8"] = range_linear_int8(ctx, model, ranged)
+            spec = {**spec, "transforms": [*spec.get("transforms", []), range_linear_entry(model)]}
+            bake_range_weights(model)
+        elif quant:
             spec = {**spec, "transforms": [*spec.get("transforms", []), clipped_quant_entry(model)]}
             if ctx.mgw.is_primary():  # k-bit codes of every quantized weight, exact round trip
                 packed = export_quantized(ctx.outputs.derived("quant"),
@@ -255,6 +309,11 @@ class ScheduleLearner(Learner):
             sections["quantized_file"] = packed
         return Result(model, spec, before_finetune=self._before, accuracy=accuracy,
                       sections=sections, deploy_kind="fakequant" if quant else "fp32")
+
+    def _post_train_only(self) -> bool:
+        """Only post-training quantizers (and LR schedules): nothing to train."""
+        kinds = {p.kind for p in self.policy.policies} - {"lr_scheduler"}
+        return kinds == {"quantizer"} and all(p.instance.cls == PTQ for p in self.policy.of_kind("quantizer"))
 
     def finish(self, result: Result, report) -> None:
         """Sparse copies of a pruned result; the bit-packed file of a quantized one is its

@@ -497,8 +497,6 @@ policies:
 @pytest.mark.parametrize("section,cls,alternative", [
     ("pruners", "BernoulliFilterPruner_AGP", "RandomRankedFilterPruner_AGP"),
     ("pruners", "FMReconstructionChannelPruner", "--learner=chn-pruned-gpu"),
-    ("quantizers", "PostTrainLinearQuantizer", "--learner=uniform-tf"),
-    ("quantizers", "QuantAwareTrainRangeLinearQuantizer", "--learner=uniform"),
     ("lr_schedulers", "ReduceLROnPlateau", "MultiStepLR"),
 ])
 def test_unsupported_distiller_classes_are_refused_with_an_alternative(tmp_path, section, cls, alternative):
