@@ -78,6 +78,8 @@ LEGACY: dict[str, Renamed | NoEffect | Refused] = {
     "nb_smpls_eval": NoEffect(_COUNTED),
     # distillation (learners/distillation_helper.py)
     "save_path_dst": Renamed("dst_model_path", "the teacher's checkpoint"),
+    # PocketFlow's docs (test_cases.md) write --cp_learner for --learner; its code never read it
+    "cp_learner": Renamed("learner", "a slip in PocketFlow's test_cases.md"),
     # quantization learners
     "uql_quant_epochs": Renamed("nb_epochs_rat", _EPOCHS, _epochs_as_ratio),
     "nuql_quant_epochs": Renamed("nb_epochs_rat", _EPOCHS, _epochs_as_ratio),
