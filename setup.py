@@ -45,5 +45,6 @@ setup(
                 "executorch>=1.5,<1.6",
                 "matplotlib>=3.7", "openpyxl>=3.1", "tfrecord>=1.14"],
         "horovod": ["horovod==0.28.1"],
+        "bench": ["torch-pruning"],
     },
 )
