@@ -33,7 +33,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compression.sparsity.masks import maskable_layers, parametrize_weights
-from compression.quantization.quantizers import BitsModule, optional_bits, register_weight_quantizer
+from compression.quantization.quantizers import (BitsModule, optional_bits, parametrizations_of,
+                                                 register_weight_quantizer)
 from utils.model_io import register_spec_transform
 
 METHODS = ("dorefa", "pact")
@@ -257,14 +258,7 @@ def clipped_quantizers_of(model: nn.Module) -> dict[str, nn.Module]:
 
 def dorefa_weight_quantizers_of(model: nn.Module) -> dict[str, DorefaWeightQuantizer]:
     """``"layer.weight"`` / ``"layer.bias"`` -> its DorefaWeightQuantizer."""
-    found = {}
-    for name, module in model.named_modules():
-        for tensor in ("weight", "bias"):
-            if parametrize.is_parametrized(module, tensor):
-                for p in module.parametrizations[tensor]:
-                    if isinstance(p, DorefaWeightQuantizer):
-                        found[f"{name}.{tensor}" if name else tensor] = p
-    return found
+    return parametrizations_of(model, DorefaWeightQuantizer)
 
 
 def pact_alpha_l2(model: nn.Module) -> torch.Tensor:

@@ -228,6 +228,18 @@ def attach_weight_quantizers(model: nn.Module, names: list[str] | None,
     return quantizers_of(model)
 
 
+def parametrizations_of(model: nn.Module, kind: type) -> dict[str, nn.Module]:
+    """``"layer.weight"`` / ``"layer.bias"`` -> its parametrization of class ``kind``."""
+    found = {}
+    for name, module in model.named_modules():
+        for tensor in ("weight", "bias"):
+            if parametrize.is_parametrized(module, tensor):
+                for p in module.parametrizations[tensor]:
+                    if isinstance(p, kind):
+                        found[f"{name}.{tensor}" if name else tensor] = p
+    return found
+
+
 def quantizers_of(model: nn.Module) -> dict[str, nn.Module]:
     """Layer name -> its weight quantizer (uniform or codebook), for every quantized layer."""
     found = {}

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compression.quantization.dorefa_pact import RELUS, _replace_relus
+from compression.quantization.quantizers import parametrizations_of
 from compression.sparsity.masks import maskable_layers, parametrize_weights
 from utils.model_io import register_spec_transform
 
@@ -224,14 +225,7 @@ def range_quantizers_of(model: nn.Module) -> dict[str, FakeLinearQuant]:
 
 def weight_quantizers_of(model: nn.Module) -> dict[str, RangeLinearWeight]:
     """``"layer.weight"`` / ``"layer.bias"`` -> its RangeLinearWeight."""
-    found = {}
-    for name, module in model.named_modules():
-        for tensor in ("weight", "bias"):
-            if parametrize.is_parametrized(module, tensor):
-                for p in module.parametrizations[tensor]:
-                    if isinstance(p, RangeLinearWeight):
-                        found[f"{name}.{tensor}"] = p
-    return found
+    return parametrizations_of(model, RangeLinearWeight)
 
 
 def bake_range_weights(model: nn.Module) -> nn.Module:
