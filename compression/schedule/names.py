@@ -2,7 +2,9 @@
 torchvision-style module names mapped, every other name checked with close names listed.
 
 A name is used as written when the model has it. Otherwise the ``module.`` prefixes that
-``nn.DataParallel`` adds (Distiller's checkpoints and schedules carry them) are dropped, then
+``nn.DataParallel`` adds (Distiller's checkpoints and schedules carry them) are dropped, and
+the inner ``module`` components of a wrapped submodule (``features.module.0`` of Distiller's
+VGGs, where only ``features`` is wrapped), then
 path components are renamed by the aliases (``DEFAULT_ALIASES``: torchvision's ``downsample``
 is this project's ``shortcut``; a ModelHelper adds its own with a ``distiller_aliases`` dict).
 Quantizer ``overrides`` are module-name regular expressions (Distiller matches them whole, the
@@ -20,24 +22,31 @@ from torch import nn
 
 from compression.sparsity.masks import maskable_layers
 from compression.schedule.policy import Instance, Policy, Where
-from compression.schedule.refusals import arch_hint
+from compression.schedule.refusals import ARCH_NETS, arch_hint
 
 DEFAULT_ALIASES = {"downsample": "shortcut"}
 WILDCARD = "*"   # the levels / sensitivities / thresholds default entry
 PREFIX = "module."
+INNER = "module"   # the component nn.DataParallel adds around a wrapped submodule
 # instance keys holding names: key -> (container kind, what the names must be)
 NAME_KEYS = {"weights": "list", "reg_regims": "dict", "levels": "dict", "sensitivities": "dict",
              "thresholds": "dict"}
 
 
 def candidates(name: str, aliases: Mapping[str, str]) -> list[str]:
-    """``name`` as written, without ``module.`` prefixes, then with its components aliased."""
+    """``name`` as written, without ``module.`` prefixes, without inner ``module`` components
+    (Distiller wraps only a VGG's ``features`` in ``DataParallel``: ``features.module.0.weight``),
+    then with its components aliased."""
     out = [name]
     bare = name
     while bare.startswith(PREFIX):
         bare = bare[len(PREFIX):]
     if bare != name:
         out.append(bare)
+    inner = ".".join(part for part in bare.split(".") if part != INNER)
+    if inner and inner not in out:   # DataParallel around a submodule: features.module.0
+        out.append(inner)
+        bare = inner
     parts = [aliases.get(part, part) for part in bare.split(".")]
     aliased = ".".join(parts)
     if aliased not in out:
@@ -47,6 +56,7 @@ def candidates(name: str, aliases: Mapping[str, str]) -> list[str]:
 
 def _pattern(pattern: str, aliases: Mapping[str, str]) -> str:
     bare = re.sub(r"^(\^?)(module(\\\.|\.))+", r"\1", pattern)
+    bare = re.sub(r"(?<=\.)module(\\\.|\.)", "", bare)   # features.module.0, features\.module\.0
     for old, new in aliases.items():
         bare = re.sub(rf"(?<![A-Za-z0-9_]){re.escape(old)}(?![A-Za-z0-9_])", new, bare)
     return bare
@@ -70,10 +80,12 @@ class _Resolver:
         message = f"no {what} {name!r} in the model"
         if bare != name:
             message += f" (also tried {bare!r})"
-        family = arch_hint(bare)
+        family = arch_hint(bare, [*self.modules, *self.params])
         if family:
-            message += (f"; the name is from Distiller's {family} models, which this helper's model "
-                        "does not have (write the schedule for this model's modules)")
+            message += f"; the name is from Distiller's {family} models, and this model has no such module"
+            if family in ARCH_NETS:
+                message += f" (Distiller's CIFAR models are registered nets: --net={ARCH_NETS[family]} ...)"
+            message += "; or write the schedule for this model's modules"
         elif self.file_arch:
             message += f"; the schedule was written for arch {self.file_arch}"
         return where.error(f"{message}; close names: {', '.join(close)}")

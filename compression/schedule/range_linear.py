@@ -11,6 +11,7 @@ first match wins) set a module's bits, ``null`` leaving it in floating point.
 """
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -26,6 +27,8 @@ from compression.schedule.policy import Instance
 from compression.sparsity.masks import maskable_layers
 
 from compression.schedule.range_linear_fields import PTQ, QAT
+from compression.schedule.yaml_bounds import check_size, compose
+from compression.schedule.yaml_nodes import plain
 def modes(params: dict) -> dict[str, str]:
     mode = params.get("mode", "SYMMETRIC")
     return dict(mode) if isinstance(mode, dict) else {"activations": mode, "weights": mode}
@@ -94,11 +97,34 @@ def apply_range_linear(model: nn.Module, instance: Instance, batches=None) -> di
     return info
 
 
-def load_stats(path: str) -> dict:
-    with open(path) as f:
-        stats = yaml.safe_load(f)
+def stats_path(instance: Instance) -> str:
+    """``model_activation_stats`` as written (from the working directory, as Distiller reads
+    it), else relative to the schedule file's folder."""
+    path = instance.params["model_activation_stats"]
+    beside = os.path.join(os.path.dirname(instance.where.file), path)
+    return path if os.path.isfile(path) or os.path.isabs(path) or not os.path.isfile(beside) \
+        else beside
+
+
+def load_stats(instance: Instance) -> dict:
+    """Distiller's activation statistics YAML, read within the schedule files' bounds (size,
+    nesting, aliases: a hostile file cannot exhaust the machine); errors name the key."""
+    where, path = instance.at("model_activation_stats"), stats_path(instance)
+    if not os.path.isfile(path):
+        raise where.error(f"no such statistics file {path!r} (relative paths: from the working "
+                          "directory or the schedule's folder)")
+    too_large = check_size(path)
+    try:
+        if too_large:
+            raise ValueError(too_large)
+        with open(path, encoding="utf-8") as handle:
+            node = compose(handle.read())
+        stats = plain(node) if node is not None else None
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise where.error(f"cannot read the statistics file {path!r} ({exc})") from None
     if not isinstance(stats, dict):
-        raise ValueError(f"{path}: expected Distiller's activation statistics (module: {{output: ...}})")
+        raise where.error(f"{path}: expected Distiller's activation statistics "
+                          "(module: {inputs: ..., output: {min, max, avg_min, avg_max, ...}})")
     return stats
 
 
@@ -118,7 +144,7 @@ def set_ptq_ranges(model: nn.Module, instance: Instance, batches) -> dict:
     p = instance.params
     prefix = "avg_" if p["clip_acts"] == "AVG" else ""
     quantizers = range_quantizers_of(model)
-    stats = load_stats(p["model_activation_stats"]) if p.get("model_activation_stats") else {}
+    stats = load_stats(instance) if p.get("model_activation_stats") else {}
     ranges, missing = {}, []
     for name, q in quantizers.items():
         entry = _stats_for(stats, name)

@@ -50,11 +50,15 @@ REFUSED: dict[str, dict[str, str]] = {
     "extensions": {},
 }
 
-# Distiller model families whose module names a schedule may use: name fragment -> family
+# Distiller model families whose module names a schedule may use: name fragment -> family (and
+# the registered net with those names, where there is one). A hint applies only when the model
+# has no module name with the fragment: a --net=vgg16_cifar model has ``features.``.
 ARCH_HINTS = {"pre_relu": "preact_resnet", "pre_bn": "preact_resnet", "final_relu": "preact_resnet",
               "final_bn": "preact_resnet", "features.": "vgg / alexnet", "classifier.": "vgg / alexnet",
               "model.": "mobilenet", "encoder": "word language model", "decoder": "word language model",
               "rnn.": "word language model"}
+# families with registered nets under Distiller's module names (nets/models/distiller_cifar.py)
+ARCH_NETS = {"preact_resnet": "preact_resnet20_cifar", "vgg / alexnet": "vgg16_cifar"}
 
 
 def refusal(section: str, cls: str) -> str | None:
@@ -63,9 +67,10 @@ def refusal(section: str, cls: str) -> str | None:
     return None if reason is None else f"Distiller's {cls} is not supported: {reason}"
 
 
-def arch_hint(name: str) -> str | None:
-    """The Distiller model family ``name`` comes from, when a fragment of it says so."""
+def arch_hint(name: str, model_names: list[str] | tuple[str, ...] = ()) -> str | None:
+    """The Distiller model family ``name`` comes from, when a fragment of it says so and none of
+    ``model_names`` (the model's own names) has that fragment."""
     for fragment, family in ARCH_HINTS.items():
-        if fragment in name:
+        if fragment in name and not any(fragment in own for own in model_names):
             return family
     return None

@@ -28,11 +28,21 @@ from compression.schedule.pruners import PRUNERS
 from compression.schedule.splicing import SplicingPruner, use_splice_masks
 from compression.schedule.regularizers import REGULARIZERS, threshold
 from compression.schedule.schema import RANKINGS
+from compression.schedule.shared_masks import SharedMasks
 from compression.schedule.structured import RankedPruner
 from training.trainer import Callback, StepState, Trainer
 from utils.model_io import unwrap
 
 RANKED = {name for base in RANKINGS for name in (base, f"{base}_AGP")}
+
+
+def ranked_filters(pruner) -> dict:
+    """Channel root -> a layer writing it, for every channel whose filters a structured pruner
+    ranks (a residual stream's channels are one root: ranked together or not at all)."""
+    if not isinstance(pruner, RankedPruner):
+        return {}
+    return {root: name for cluster, _ in pruner.clusters if cluster.kind != "channels"
+            for name, roots in cluster.positions.items() for root in roots}
 
 
 class CompressionScheduler(Callback):
@@ -71,13 +81,19 @@ class CompressionScheduler(Callback):
                 if isinstance(pruner, SplicingPruner):
                     pruner.stats = self.stats   # Distiller caches them on the parameter
                 self.pruners.append((i, p, pruner))
-        owner: dict[str, str] = {}
+        owners: dict[str, list[str]] = {}
+        ranked: dict = {}                   # channel root -> (pruner, layer): one ranks it
         for _, entry, pruner in self.pruners:
             for name in pruner.mask_layers():
-                if owner.setdefault(name, entry.instance.name) != entry.instance.name:
+                if entry.instance.name not in owners.setdefault(name, []):
+                    owners[name].append(entry.instance.name)
+            for root, name in ranked_filters(pruner).items():
+                other, layer = ranked.setdefault(root, (entry.instance.name, name))
+                if other != entry.instance.name:
                     raise entry.instance.where.error(
-                        f"{name} is also masked by pruner {owner[name]} (its weight, or the input "
-                        "channels / filters a structured pruner removes); one pruner per layer")
+                        f"{name} is also masked by pruner {other} (its filters share channels "
+                        f"with {layer}'s: one structured pruner ranks the filters of a stream)")
+        self.shared = SharedMasks({n: o for n, o in owners.items() if len(o) > 1})
 
     def structured_layers(self) -> set[str]:
         """The layers the structured pruners mask (thinning rebuilds them)."""
@@ -123,7 +139,10 @@ class CompressionScheduler(Callback):
                     k.split(":")[0] == str(index) for k in self.fired):
                 self.fired.add(key)   # the first event waits for mini-batch 1 (policy.py:197-208)
                 continue
+            keep_before = dict(self.keep)
             pruner.apply(self.model, epoch, self.keep)
+            self.shared.after(entry.instance.name, pruner.mask_layers(), masks_of(self.model),
+                              self.keep, keep_before)
             self.fired.add(key)
             ran = True
         if ran and self.broadcast is not None:
@@ -211,10 +230,12 @@ class CompressionScheduler(Callback):
 
     def state_dict(self) -> dict:
         return {"fired": sorted(self.fired), "keep": {n: k.tolist() for n, k in self.keep.items()},
-                "stats": {n: list(v) for n, v in self.stats.items()}}
+                "stats": {n: list(v) for n, v in self.stats.items()},
+                "shared": self.shared.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.fired = set(state.get("fired", []))
         self.keep = {n: torch.tensor(k, dtype=torch.long) for n, k in state.get("keep", {}).items()}
         self.stats.clear()   # in place: the splicing pruners share this dict
         self.stats.update({n: (float(v[0]), float(v[1])) for n, v in state.get("stats", {}).items()})
+        self.shared.load_state_dict(state.get("shared", {}))

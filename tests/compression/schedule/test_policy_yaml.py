@@ -187,7 +187,14 @@ def test_examples_validate_against_resnet20(path):
     assert policy.summary()["policies"]
 
 
-def test_a_layer_masked_by_two_pruners_is_refused(tmp_path):
+def test_a_layer_two_pruners_mask_keeps_both_masks(tmp_path):
+    """f removes half the filters of layer1.0.conv1, so half the input channels of
+    layer1.0.conv2, which AGP g masks at 10 % then 75 % (Distiller's schedule_agp_3 pattern):
+    the layer's mask is the product of both, whichever fires last."""
+    import torch
+
+    from compression.sparsity.masks import masks_of
+
     path = write(tmp_path, """pruners:
   f:
     class: L1RankedStructureParameterPruner
@@ -195,7 +202,7 @@ def test_a_layer_masked_by_two_pruners_is_refused(tmp_path):
   g:
     class: AutomatedGradualPruner
     initial_sparsity: 0.1
-    final_sparsity: 0.5
+    final_sparsity: 0.75
     weights: [layer1.0.conv2.weight]
 policies:
   - pruner: {instance_name: f}
@@ -203,5 +210,20 @@ policies:
   - pruner: {instance_name: g}
     epochs: [0, 1]
 """)
-    message = error_of(path, model=resnet20())
-    assert message.startswith(f"{path}:5:3: pruners.g: layer1.0.conv2 is also masked by pruner f")
+    torch.manual_seed(0)
+    model = resnet20()
+    policy = load_policy(path)
+    resolve_names(policy, model)
+    scheduler = CompressionScheduler(policy, model, (1, 8, 8), 1)
+    scheduler.set_segment(model, 0)
+    scheduler.fire(0)                   # f, then g at 10 %: alone, g's mask would undo f's
+    mask = masks_of(model)["layer1.0.conv2"].mask
+    kept = scheduler.keep["layer1.0.conv2"]
+    removed = sorted(set(range(16)) - set(kept.tolist()))
+    assert len(removed) == 8 and bool((mask[:, removed] == 0).all())       # f's columns
+    assert int((mask == 0).sum()) == mask.numel() // 2
+    scheduler.fire(1)                   # g at 75 % of the masked weight: f's zeros count in it
+    mask = masks_of(model)["layer1.0.conv2"].mask
+    assert bool((mask[:, removed] == 0).all())
+    assert int((mask == 0).sum()) == round(0.75 * mask.numel())
+    assert int((mask[:, kept] == 0).sum()) == round(0.25 * mask.numel())   # g's own zeros

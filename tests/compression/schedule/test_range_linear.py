@@ -111,3 +111,35 @@ def write_stats(path, model, low=0.0, high=3.0):
              for n, m in model.named_modules() if isinstance(m, torch.nn.ReLU)}
     path.write_text(yaml.safe_dump(stats))
     return str(path)
+
+
+def test_stats_file_beside_the_schedule_and_hostile_or_missing_files(tmp_path, monkeypatch):
+    """``model_activation_stats`` is read from the working directory as Distiller reads it,
+    else beside the schedule; a missing file, a YAML alias bomb or a file that is not
+    statistics stops with one line naming the key."""
+    from compression.schedule.range_linear import load_stats
+
+    folder = tmp_path / "schedules"
+    (folder / "stats").mkdir(parents=True)
+    (folder / "stats" / "s.yaml").write_text("module.relu:\n  output: {min: 0.0, max: 2.5}\n")
+    schedule = folder / "ptq.yaml"
+
+    def instance(stats: str):
+        schedule.write_text("quantizers:\n  q:\n    class: PostTrainLinearQuantizer\n"
+                            f"    bits_activations: 8\n    bits_parameters: 8\n"
+                            f"    model_activation_stats: {stats}\n")
+        return load_policy(str(schedule)).instances["quantizers"]["q"]
+
+    monkeypatch.chdir(tmp_path)                                  # not the schedule's folder
+    assert load_stats(instance("stats/s.yaml")) == {"module.relu": {"output": {"min": 0.0, "max": 2.5}}}
+    with pytest.raises(PolicyError, match=r"ptq.yaml:6:\d+: quantizers.q.model_activation_stats: "
+                                          r"no such statistics file 'stats/missing.yaml'"):
+        load_stats(instance("stats/missing.yaml"))
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    (folder / "stats" / "bomb.yaml").write_text(bomb)
+    with pytest.raises(PolicyError, match="cannot read the statistics file"):
+        load_stats(instance("stats/bomb.yaml"))
+    (folder / "stats" / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(PolicyError, match="expected Distiller's activation statistics"):
+        load_stats(instance("stats/list.yaml"))
