@@ -31,7 +31,6 @@ REFUSED: dict[str, dict[str, str]] = {
         "L1RankedStructureParameterPruner_AGP_Blocks": "block pruning is not implemented",
     },
     "regularizers": {
-        "GroupVarianceRegularizer": "use GroupLassoRegularizer (the same groups) or L1Regularizer",
         "DropFilter": "use L1Regularizer or GroupLassoRegularizer",
     },
     "quantizers": {

@@ -10,6 +10,8 @@
   weight: ``Filters``/``3D`` (output channels), ``Channels`` (input channels), ``Rows``/``Cols``
   of a 2-D weight, ``4D`` (the whole tensor). With ``threshold_criteria`` (``Max`` or
   ``Mean_Abs`` of a group's |w|) a group at or below ``strength`` is set to zero.
+- ``GroupVarianceRegularizer``: ``strength / var(||w_c||_2)`` over the input channels of a conv
+  weight (``Channels``, the only grouping Distiller's code accepts); the same thresholds.
 """
 from __future__ import annotations
 
@@ -53,7 +55,19 @@ def _group_lasso(model: nn.Module, params: dict) -> torch.Tensor:
     return total
 
 
-REGULARIZERS = {"L1Regularizer": _l1, "GroupLassoRegularizer": _group_lasso}
+def _group_variance(model: nn.Module, params: dict) -> torch.Tensor:
+    """Distiller's ``strength / var(channels_l2)``: the L2 norms of the input channels spread
+    apart, so the weak ones can be thresholded (group_regularizer.py:190-202, EPSILON 1e-8)."""
+    total = 0.0
+    for w, (strength, _) in params["reg_regims"].items():
+        weight = parameter(model, w)
+        norms = (weight.transpose(0, 1).flatten(1).pow(2).sum(dim=1) + 1e-8).sqrt()
+        total = total + strength / norms.var()
+    return total
+
+
+REGULARIZERS = {"L1Regularizer": _l1, "GroupLassoRegularizer": _group_lasso,
+                "GroupVarianceRegularizer": _group_variance}
 
 
 @torch.no_grad()
@@ -84,7 +98,8 @@ def _group_threshold(model: nn.Module, params: dict) -> None:
             weight.zero_()
 
 
-THRESHOLDS = {"L1Regularizer": _l1_threshold, "GroupLassoRegularizer": _group_threshold}
+THRESHOLDS = {"L1Regularizer": _l1_threshold, "GroupLassoRegularizer": _group_threshold,
+              "GroupVarianceRegularizer": _group_threshold}      # Distiller's: inherited
 
 
 def threshold(model: nn.Module, cls: str, params: dict) -> None:

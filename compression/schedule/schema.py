@@ -133,6 +133,10 @@ CLASSES: dict[str, dict[str, dict[str, Field]]] = {
         "GroupLassoRegularizer": {"reg_regims": Field("lasso_regims"),
                                   "threshold_criteria": Field("opt_str", None,
                                                               _choice(*THRESHOLD_CRITERIA))},
+        # Distiller's group variance (Torfi et al. 2018): input channels only, as its code
+        "GroupVarianceRegularizer": {"reg_regims": Field("variance_regims"),
+                                     "threshold_criteria": Field("opt_str", None,
+                                                                 _choice(*THRESHOLD_CRITERIA))},
     },
     "quantizers": {
         "DorefaQuantizer": dict(_QUANT),

@@ -65,7 +65,7 @@ def convert(file: str, node: yaml.Node, path: str, spec: Field, section: str,
              key_where: dict, key: str) -> Any:
     where = Where.of(file, node, path)
     kind = spec.kind
-    if kind in ("l1_regims", "struct_regims", "lasso_regims", "levels"):
+    if kind in ("l1_regims", "struct_regims", "lasso_regims", "variance_regims", "levels"):
         out = {}
         for name, (knode, vnode) in mapping(file, node, path).items():
             sub = f"{path}.{name}"
@@ -79,8 +79,8 @@ def convert(file: str, node: yaml.Node, path: str, spec: Field, section: str,
                     bound = "in [0, 1)" if key == "levels" else ">= 0"
                     raise Where.of(file, vnode, sub).error(f"{what} must be {bound}, got {value!r}")
             else:
-                problem = check_struct_entry(value, LASSO_STRUCTURES if kind == "lasso_regims"
-                                             else STRUCTURES)
+                problem = check_struct_entry(value, {"lasso_regims": LASSO_STRUCTURES,
+                                                     "variance_regims": ("Channels",)}.get(kind, STRUCTURES))
                 if problem is None and section == "pruners" and not 0 <= value[0] < 1:
                     problem = f"fraction must be in [0, 1), got {value[0]!r}"
                 if problem is None and value[0] < 0:

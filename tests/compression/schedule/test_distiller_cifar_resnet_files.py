@@ -24,6 +24,7 @@ RUNS = {
     "resnet20_filters.schedule_agp_4.yaml": "resnet20_cifar",
     "resnet20_slimming_published.yaml": "resnet20_cifar",
     "resnet20.network_surgery.yaml": "resnet20_cifar",
+    "gss_channels-removal_training.yaml": "resnet20_cifar",
     "resnet56_cifar_activation_apoz.yaml": "resnet56_cifar",
     "resnet56_cifar_activation_apoz_v2.yaml": "resnet56_cifar",
     "resnet56_cifar_baseline_training.yaml": "resnet56_cifar",
@@ -46,7 +47,6 @@ RUNS = {
 # refused at load, for the method (the class's meaning cannot be honoured)
 REFUSED = {
     "resnet20_cifar_randomlevel_training.yaml": "RandomLevelStructureParameterPruner is not supported",
-    "gss_channels-removal_training.yaml": "GroupVarianceRegularizer is not supported",
 }
 _MODELS: dict = {}
 
@@ -149,3 +149,18 @@ policies:
     assert "also tried 'features.99.weight'" in str(missing.value)
     with pytest.raises(PolicyError, match=r"vgg / alexnet models.*--net=vgg16_cifar"):
         resolve_names(policy_for("module.features.module.0.weight"), model_of("resnet20_cifar"))
+
+
+def test_group_variance_is_distillers_strength_over_the_variance_of_channel_norms():
+    """``GroupVarianceRegularizer`` (Distiller's group_regularizer.py:190-202): ``strength /
+    var(channels_l2)`` with ``channels_l2`` the L2 norm of each input channel (+1e-8)."""
+    from compression.schedule.regularizers import REGULARIZERS
+
+    conv = torch.nn.Conv2d(4, 6, 3)
+    weight = conv.weight.detach()
+    # Distiller's _channels_l2: kernels' sums of squares, a (filters, channels) matrix, transposed
+    sums = weight.reshape(-1, 9).pow(2).sum(dim=1).view(6, 4).t().sum(dim=1)
+    expected = 0.1 / (sums + 1e-8).sqrt().var()
+    model = torch.nn.Sequential(conv)
+    loss = REGULARIZERS["GroupVarianceRegularizer"](model, {"reg_regims": {"0.weight": [0.1, "Channels"]}})
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
