@@ -288,3 +288,51 @@ def test_a_cifar10_row_runs_its_full_model_then_the_row(tmp_path):
     # the full model exists now: a second dry run only compresses
     again = _reproduce(row, "--dry-run", cwd=tmp_path)
     assert again.returncode == 0 and len(_commands(again.stdout)) == 1
+
+
+def _write_ilsvrc_folders(root: Path) -> None:
+    """Two classes of three small JPEGs each in train/ and val/ (the folder layout)."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for k, wnid in enumerate(("n01440764", "n01443537")):
+            folder = root / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40, 30), (80 * k, 20 * i, 200)).save(folder / f"{i}.JPEG")
+
+
+FAST_STARTS = {"cifar10-resnet20-cpr-0.44-dst", "ilsvrc12-mobilenetv1-ws-agp-0.5"}
+
+
+@pytest.mark.parametrize("row_id", [
+    pytest.param(r["row_id"], marks=() if r["row_id"] in FAST_STARTS else pytest.mark.slow)
+    for r in ROWS])
+def test_every_row_starts_on_tiny_native_data(tmp_path, row_id):
+    """Each step of the row built as its entry script builds it (helper, learner, runner) on
+    tiny files in the native format, the run's preflight passed (the data give a batch, no
+    resume file is foreign) and its network run on a batch of the data."""
+    import torch
+
+    from learners.launch import build
+    from utils.multi_gpu_wrapper import SingleProcess
+
+    _write_cifar_bin(tmp_path / "cifar", n=4)
+    _write_ilsvrc_folders(tmp_path / "ilsvrc")
+    res = _reproduce(row_id, "--dry-run", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    for argv in _commands(res.stdout):
+        entry = str(Path(argv[1]).relative_to(REPO))
+        data = tmp_path / ("cifar" if "cifar10" in entry else "ilsvrc")
+        flag_argv = [a for a in argv[2:] if not re.fullmatch(r"-n=\d+", a)] + [
+            f"--data_dir_local={data}", "--batch_size=2", "--batch_size_eval=2",
+            "--cifar_records_per_file=0" if "cifar10" in entry else "--nb_threads=0"]
+        values = _parse(entry, flag_argv)
+        runner, learner = build(resolve_helper(_helper_name(entry)), values, SingleProcess())
+        runner.preflight(learner)
+        helper = runner.helper
+        inputs, labels = next(iter(torch.utils.data.DataLoader(helper.build_dataset_eval(),
+                                                               batch_size=2)))
+        with torch.no_grad():
+            outputs = helper.build_model().eval()(inputs)
+        assert tuple(outputs.shape) == (2, helper.num_classes) and labels.max() < helper.num_classes
