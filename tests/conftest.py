@@ -23,6 +23,10 @@ from utils.multi_gpu_wrapper import horovod_available
 # -- paths -------------------------------------------------------------------------------------
 REPO = Path(__file__).resolve().parents[1]
 
+# In-process runs keep the thread count a test sets (or torch's): results that do not depend on
+# what else the machine runs (utils.cpu_share, tested on its own in tests/utils/test_cpu_share.py)
+os.environ["PF_CPU_SHARE"] = "0"
+
 
 # -- digits runs: flag values ------------------------------------------------------------------
 def tiny_digits_argv(root: Path) -> list[str]:

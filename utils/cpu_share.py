@@ -120,12 +120,15 @@ _share: CpuShare | None = None
 def configure(cpu_threads: int = 0, interval_s: float = 3.0) -> None:
     """``cpu_threads`` > 0: that many intra-op threads, fixed. 0: follow the free cores, at
     most the thread count torch has (its default, or what the caller set) and
-    ``OMP_NUM_THREADS`` when it is set (``scripts/run_local.sh -n=N`` sets 1 per process)."""
+    ``OMP_NUM_THREADS`` when it is set (``scripts/run_local.sh -n=N`` sets 1 per process);
+    with ``PF_CPU_SHARE=0`` in the environment, 0 keeps the process's thread count as it is
+    (runs that repeat bit for bit whatever the machine's load: the test suite sets it)."""
     global _share
     ceiling = _share.max_threads if _share is not None else torch.get_num_threads()
-    if cpu_threads > 0:
+    if cpu_threads > 0 or os.environ.get("PF_CPU_SHARE", "1").strip() == "0":
         _share = None
-        torch.set_num_threads(cpu_threads)
+        if cpu_threads > 0:
+            torch.set_num_threads(cpu_threads)
         return
     _share = CpuShare(min(ceiling, _env_threads() or ceiling), interval_s)
 

@@ -68,6 +68,7 @@ def test_max_threads_caps_and_own_time_is_not_counted_as_others(monkeypatch, res
 
 def test_configure_fixed_auto_and_the_omp_ceiling(monkeypatch, restore_threads):
     FakeProc(monkeypatch)
+    monkeypatch.delenv("PF_CPU_SHARE", raising=False)          # the suite sets it to 0
     torch.set_num_threads(3)
     cpu_share.configure(2)
     assert cpu_share._share is None and torch.get_num_threads() == 2
@@ -82,6 +83,12 @@ def test_configure_fixed_auto_and_the_omp_ceiling(monkeypatch, restore_threads):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")                # run_local.sh -n=N
     cpu_share.configure(0)
     assert cpu_share._share.max_threads == 1
+    monkeypatch.setenv("PF_CPU_SHARE", "0")                   # keep the process's count
+    torch.set_num_threads(3)
+    cpu_share.configure(0)
+    assert cpu_share._share is None and torch.get_num_threads() == 3
+    cpu_share.configure(2)                                    # a fixed count still applies
+    assert torch.get_num_threads() == 2
 
 
 def test_without_proc_the_threads_stay(monkeypatch, restore_threads):
