@@ -33,8 +33,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compression.sparsity.masks import maskable_layers, parametrize_weights
-from compression.quantization.quantizers import (BitsModule, optional_bits, parametrizations_of,
-                                                 register_weight_quantizer)
+from compression.quantization.quantizers import (BitsModule, bake_parametrizations, optional_bits,
+                                                 parametrizations_of, register_weight_quantizer)
 from utils.model_io import register_spec_transform
 
 METHODS = ("dorefa", "pact")
@@ -272,12 +272,7 @@ def pact_alpha_l2(model: nn.Module) -> torch.Tensor:
 def bake_weights(model: nn.Module) -> nn.Module:
     """In place: replace every DoReFa-parametrized tensor by its quantized values (a plain
     parameter; the tensor's whole parametrization chain is baked); activation modules stay."""
-    for key in dorefa_weight_quantizers_of(model):
-        name, _, tensor = key.rpartition(".")
-        module = model.get_submodule(name)
-        if parametrize.is_parametrized(module, tensor):
-            parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
-    return model
+    return bake_parametrizations(model, DorefaWeightQuantizer)
 
 
 def clipped_quant_entry(model: nn.Module) -> dict:

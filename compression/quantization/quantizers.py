@@ -240,6 +240,17 @@ def parametrizations_of(model: nn.Module, kind: type) -> dict[str, nn.Module]:
     return found
 
 
+def bake_parametrizations(model: nn.Module, kind: type) -> nn.Module:
+    """In place: every tensor parametrized by a ``kind`` becomes its computed values (a plain
+    parameter: the tensor's whole parametrization chain is baked)."""
+    for key in parametrizations_of(model, kind):
+        name, _, tensor = key.rpartition(".")
+        module = model.get_submodule(name)
+        if parametrize.is_parametrized(module, tensor):
+            parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
+    return model
+
+
 def quantizers_of(model: nn.Module) -> dict[str, nn.Module]:
     """Layer name -> its weight quantizer (uniform or codebook), for every quantized layer."""
     found = {}

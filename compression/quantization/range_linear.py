@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compression.quantization.dorefa_pact import RELUS, _replace_relus
-from compression.quantization.quantizers import parametrizations_of
+from compression.quantization.quantizers import bake_parametrizations, parametrizations_of
 from compression.sparsity.masks import maskable_layers, parametrize_weights
 from utils.model_io import register_spec_transform
 
@@ -230,12 +230,7 @@ def weight_quantizers_of(model: nn.Module) -> dict[str, RangeLinearWeight]:
 
 def bake_range_weights(model: nn.Module) -> nn.Module:
     """In place: every range-quantized weight / bias becomes its fake-quantized values."""
-    for key in weight_quantizers_of(model):
-        name, _, tensor = key.rpartition(".")
-        module = model.get_submodule(name)
-        if parametrize.is_parametrized(module, tensor):
-            parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
-    return model
+    return bake_parametrizations(model, RangeLinearWeight)
 
 
 def range_linear_entry(model: nn.Module) -> dict:
