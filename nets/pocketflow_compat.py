@@ -62,11 +62,13 @@ def sync_flags(cfg: Any) -> None:
     """``FLAGS.<option>`` equal to ``cfg.<option>`` for every option of the helper's config,
     flags defined where missing and FLAGS marked parsed (its other flags keep their values):
     a helper built in Python (``pocketflow_torch.compress``) reads what an entry script would
-    have parsed. In an entry script nothing changes: cfg came from FLAGS."""
+    have parsed. In an entry script nothing changes: cfg came from FLAGS. The flags defined here
+    give way to a port's module that defines the same name later (PocketFlow's dataset modules
+    define ``batch_size``...), instead of failing its import."""
     from utils.config import define_flags
 
     fv = _flags()
-    define_flags(type(cfg), fv)
+    define_flags(type(cfg), fv, allow_override=True)
     for field in dataclasses.fields(cfg):
         if field.name in fv and fv[field.name].value != getattr(cfg, field.name):
             fv[field.name].value = getattr(cfg, field.name)

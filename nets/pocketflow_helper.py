@@ -182,7 +182,7 @@ class PocketFlowAdapter(AbstractModelHelper):
             port.cfg, port.seed = self.cfg, seed
             port.__init__()
         self.port, self._data, self._evaluating = port, {}, False
-        self._input_shape = self._classes = None
+        self._input_shape = self._classes = self._module_spec = None
 
     # -- identity ------------------------------------------------------------------------
     @property
@@ -214,7 +214,9 @@ class PocketFlowAdapter(AbstractModelHelper):
     def net_spec(self) -> dict:
         if hasattr(self.port, "net_spec"):
             return self.port.net_spec()
-        return module_spec(self.port.build_model())
+        if self._module_spec is None:     # the module's class: one build, not one per call
+            self._module_spec = module_spec(self.port.build_model())
+        return dict(self._module_spec)
 
     def build_model(self) -> nn.Module:
         model = (build_from_spec(self.port.net_spec()) if hasattr(self.port, "net_spec")

@@ -106,8 +106,9 @@ def flag_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.
             yield flag_name(f, prefix), f, tp
 
 
-def define_flags(cls: type, flag_values: Any, prefix: str = "") -> None:
-    """Define one absl flag per option of dataclass ``cls`` on ``flag_values``.
+def define_flags(cls: type, flag_values: Any, prefix: str = "", allow_override: bool = False) -> None:
+    """Define one absl flag per option of dataclass ``cls`` on ``flag_values`` (``allow_override``:
+    a module defining the same name later replaces the flag instead of failing).
 
     A flag that already exists (shared by two configs, e.g. ``batch_size``) is left alone, so
     the first definition's default wins; configs that share a name must agree on its meaning.
@@ -130,9 +131,11 @@ def define_flags(cls: type, flag_values: Any, prefix: str = "") -> None:
             continue
         choices = f.metadata.get("choices")
         if choices is not None:
-            absl_flags.DEFINE_enum(name, default, choices, help_text, flag_values=flag_values)
+            absl_flags.DEFINE_enum(name, default, choices, help_text, flag_values=flag_values,
+                                   allow_override=allow_override)
             continue
-        definers[_base_type(tp)](name, default, help_text, flag_values=flag_values)
+        definers[_base_type(tp)](name, default, help_text, flag_values=flag_values,
+                                 allow_override=allow_override)
 
 
 def from_flag_dict(cls: type[T], values: Mapping[str, Any], prefix: str = "", **overrides: Any) -> T:

@@ -161,12 +161,11 @@ def test_a_port_that_cannot_work_here_is_refused_by_name():
 
 @pytest.fixture
 def lr_flags():
-    """PocketFlow's learning-rate flags on absl's FLAGS, as a port's modules define them."""
+    """PocketFlow's learning-rate flags on absl's FLAGS, as a port's modules define them (the
+    ported tutorial's modules: absl refuses a second definition from another module)."""
+    import examples.pocketflow_fmnist.convnet_at_fmnist  # noqa: F401  (defines the flags)
+
     fv = flags.FLAGS
-    for name, default in (("lrn_rate_init", 0.1), ("batch_size_norm", 128.0),
-                          ("nb_smpls_train", 1000), ("nb_epochs_rat", 1.0)):
-        if name not in fv:
-            flags.DEFINE_float(name, default, name)
     saved = {name: fv[name].value for name in ("lrn_rate_init", "batch_size_norm",
                                                "nb_smpls_train", "nb_epochs_rat")}
     if not fv.is_parsed():
