@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from utils.config import check, option
 
-PROTOCOLS = ("auto", "uniform", "list")
+PROTOCOLS = ("auto", "uniform", "list", "netadapt")
 BUDGETS = ("flops", "latency")
 # the search's reward: held-out accuracy (loss as a tie-break), or AMC's
 # -max(noise_tolerance, error) * log(FLOPs)
@@ -43,6 +43,8 @@ class StrategyOptions:
                                "twice the calibration batches after rerank_ft_steps of "
                                "fine-tuning; the best is kept (0: the search's best as is)")
     rerank_ft_steps: int = option(50, "Adam steps of a re-scored strategy")
+    netadapt_steps: int = option(8, "netadapt: iterations to the budget, each asking for an "
+                                    "equal share of the saving (more: finer, slower)")
     latency_batch: int = option(1, "latency budget: batch size timed")
     latency_threads: int = option(0, "latency budget: torch threads (0: as set)")
     latency_tolerance: float = option(0.05, "latency budget: measured ratio within this "
@@ -62,7 +64,7 @@ class StrategyOptions:
         check(0 <= self.min_preserve_ratio <= 1, "min_preserve_ratio",
               f"must be in [0, 1], got {self.min_preserve_ratio}")
         for name in ("nb_rlouts", "nb_rlouts_min", "rl_nb_batches", "nb_iters_feval",
-                     "latency_batch"):
+                     "latency_batch", "netadapt_steps"):
             check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         for name in ("rl_ft_steps", "nb_rerank", "rerank_ft_steps", "latency_threads"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
@@ -72,5 +74,5 @@ class StrategyOptions:
 
     @property
     def protocol(self) -> str:
-        """``auto`` (the DDPG search), ``uniform`` or ``list``."""
+        """``auto`` (the DDPG search), ``uniform``, ``list`` or ``netadapt``."""
         raise NotImplementedError

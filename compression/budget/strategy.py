@@ -33,6 +33,7 @@ from compression.budget.allocation import (CostModel, allocate_channels, amc_min
                                            count_at)
 from compression.budget.counts import round_to_multiple
 from compression.budget.flops import ChannelFlops
+from compression.budget.netadapt import adapt
 from compression.budget.latency import (ChannelLatency, measured_ratio, settle_budget,
                                         thin_to_counts)
 from compression.budget.options import BUDGETS, PROTOCOLS, StrategyOptions
@@ -141,8 +142,10 @@ class _Plan:
                                  self.multiple)
 
     def budgeted(self) -> dict[str, int]:
-        """Counts of the uniform or searched strategy that meet the budget."""
+        """Counts of the uniform, searched or adapted strategy that meet the budget."""
         self.record["budget_target"] = self.preserve
+        if self.opts.protocol == "netadapt":
+            return self.hooks.on_primary(self.adapted)
         prefs = [1.0] * len(self.chosen)
         if self.opts.protocol == "auto":
             prefs = self.searched()
@@ -184,6 +187,29 @@ class _Plan:
         index = max(range(len(unique)), key=lambda i: (scored[i]["accuracy"], -scored[i]["loss"]))
         self.record["rerank"] = {"candidates": scored, "chosen": index}
         return unique[index]
+
+    def adapted(self) -> dict[str, int]:
+        """The NetAdapt allocation (``compression.budget.netadapt``), scored as a search's
+        roll-outs are; under a latency budget settled on measurements (primary process)."""
+        if self.hooks.scorer is None:
+            raise ValueError("the netadapt protocol needs StrategyHooks.scorer")
+        opts, latency = self.opts, self.opts.budget_type == "latency"
+        counts, found = adapt(
+            self.chosen, self.flops.groups, self.cost_model(),
+            lambda counts: at_group_counts(counts, self.flops, self.multiple),
+            self.hooks.scorer(opts.rl_nb_batches, opts.rl_ft_steps), self.preserve,
+            steps=opts.netadapt_steps, min_ratio=self.min_ratio, multiple=self.multiple,
+            measure=self.measure if latency else None, tolerance=opts.latency_tolerance)
+        self.record["search"] = found
+        if latency:
+            trials = found.get("measured") or [{"measured": self.measure(counts)}]
+            measured = trials[-1]["measured"]
+            self.record["latency"] = {
+                "measured_ratio": measured, "batch": opts.latency_batch,
+                "within_tolerance": measured <= self.preserve * (1 + opts.latency_tolerance),
+                "table_ratio": self.cost_model().ratio(counts),
+                "unpruned_ms": self.cost_model().total}
+        return counts
 
     def settled(self, prefs: list[float]) -> dict[str, int]:
         """Counts whose measured latency ratio is within tolerance of the budget."""

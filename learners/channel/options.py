@@ -27,7 +27,9 @@ class SearchStrategy(StrategyOptions):
     prune_option: str = option("auto", "per-layer kept channels: auto (DDPG search under the "
                                        "budget preserve_ratio), uniform (the same fraction "
                                        "everywhere, matched to the budget), list "
-                                       "(prune_list_file)", choices=("auto", "uniform", "list"))
+                                       "(prune_list_file), netadapt (greedy: each step shrinks "
+                                       "the unit that loses least accuracy)",
+                               choices=("auto", "uniform", "list", "netadapt"))
 
     @property
     def protocol(self) -> str:
@@ -41,8 +43,10 @@ class RatioStrategy(StrategyOptions):
     prune_ratio_prtl: str = option("uniform", "per-layer kept channels: optimal (DDPG search "
                                               "under the budget preserve_ratio), uniform (the "
                                               "same fraction everywhere, matched to the budget), "
-                                              "list (prune_list_file)",
-                                   choices=("optimal", "uniform", "list"))
+                                              "list (prune_list_file), netadapt (greedy: each "
+                                              "step shrinks the residual group or layer that "
+                                              "loses least accuracy for the same saving)",
+                                   choices=("optimal", "uniform", "list", "netadapt"))
     preserve_ratio: float = option(0.0, "fraction of the unpruned model's FLOPs (or, with "
                                         "budget_type=latency, of its measured CPU latency) kept "
                                         "by the uniform and optimal protocols; 0: uniform "

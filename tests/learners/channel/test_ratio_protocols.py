@@ -174,7 +174,7 @@ def test_budget_the_skip_rules_make_impossible_is_refused(prefix, tmp_path, tiny
 
 
 def test_unknown_protocol_lists_the_valid_ones(tmp_path, tiny_pretrained):
-    with pytest.raises(IllegalFlagValueError, match="one of <optimal|uniform|list>"):
+    with pytest.raises(IllegalFlagValueError, match="one of <optimal|uniform|list|netadapt>"):
         values_for("cpr", tmp_path, tiny_pretrained, "--cpr_prune_ratio_prtl=auto")
 
 
@@ -207,6 +207,35 @@ def test_a_latency_budget_with_prune_residual_times_the_residual_architecture(
     assert {kept[name][0] for name in ("layer2.1.conv1", "layer2.2.conv1", "layer3.0.conv1",
                                        "layer3.0.shortcut.0")} == {stage2}
     assert all(block.conv2.out_channels == stage2 for block in model.layer2)
+
+
+def test_netadapt_meets_a_measured_latency_budget_by_residual_groups(
+        tmp_path, tiny_pretrained, monkeypatch):
+    """``prune_ratio_prtl=netadapt``: each step shrinks one unit (a residual group or a layer
+    outside the groups), the best-scoring of one proposal per unit; the budget is held on the
+    (deterministic stand-in) measurement of the final architecture."""
+    import compression.budget.strategy as strategy_module
+
+    flops_timing(monkeypatch)
+    monkeypatch.setattr(strategy_module, "measured_ratio", half_fixed_ratio)
+    result = compress("cpr", tmp_path, tiny_pretrained, prune_ratio_prtl="netadapt",
+                      budget_type="latency", preserve_ratio=0.8, netadapt_steps=2,
+                      rl_nb_batches=1, nb_iters_feval=1, channel_multiple=-1,
+                      export_format="none")
+    saved, model = _saved(result)
+    search, latency = saved["search"], saved["strategy"]["latency"]
+    assert search["method"] == "netadapt" and search["iterations"]
+    units = 3 + 9                                   # three stream groups, nine inner convs
+    assert all(1 <= it["proposals"] <= units for it in search["iterations"])
+    assert latency["measured_ratio"] <= 0.8 * 1.05 and latency["within_tolerance"]
+    assert latency["measured_ratio"] == search["measured"][-1]["measured"]
+    flops_ratio = result.report["flops"]["compressed"] / result.report["flops"]["full"]
+    assert 0.5 + 0.5 * flops_ratio <= latency["measured_ratio"] + 1e-9
+    kept = saved["strategy"]["kept"]
+    stage2 = {kept[name][0] for name in ("layer2.1.conv1", "layer2.2.conv1", "layer3.0.conv1")}
+    assert len(stage2) == 1
+    for name, (count, _) in kept.items():
+        assert model.get_submodule(name).weight.shape[1] == count, name
 
 
 def test_thin_to_counts_thins_residual_streams_as_groups():
