@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 # In-process runs keep the thread count a test sets (or torch's): results that do not depend on
 # what else the machine runs (utils.cpu_share, tested on its own in tests/utils/test_cpu_share.py)
 os.environ["PF_CPU_SHARE"] = "0"
+# ... and every structural pass without timing it (compression.surgery.passes: tested on its own
+# in tests/compression/surgery/test_passes.py): architectures that do not depend on timings
+os.environ["PF_PASS_TIMING"] = "0"
 
 
 # -- digits runs: flag values ------------------------------------------------------------------

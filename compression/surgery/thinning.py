@@ -14,7 +14,7 @@ model computes exactly what the thinned one computes, which is how thinning is t
 from __future__ import annotations
 
 import copy
-from typing import Collection, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -134,14 +134,17 @@ def _shrunk(module: nn.Module, change: dict) -> nn.Module:
 def thin(model: nn.Module, layers: Sequence[PrunableLayer],
          keep: Mapping[str, torch.Tensor], spec: dict | None = None,
          keep_shared: bool = False, eliminate: bool = True,
-         stats: dict | None = None, coupled: Collection[int] = ()) -> tuple[nn.Module, dict | None]:
+         stats: dict | None = None, coupled: Collection[int] = (),
+         timer: Callable | None = None) -> tuple[nn.Module, dict | None]:
     """A physically smaller copy of ``model`` keeping, for each layer in ``keep``, only the
     listed input channels (and removing every channel no reader keeps; with ``keep_shared``
     only those one reader alone reads, and the ``coupled`` ones: channel ids of residual
     groups, whose readers keep the same channels); also returns ``spec`` with the thinning
     recorded (if given). With ``eliminate`` (and a graph that knows the input shape) no layer of the result
     computes a channel nothing reads afterwards (``compression.surgery.dead_channels``); ``stats``
-    (a dict) receives what that pass did, or would have done (``dead_channels.report``)."""
+    (a dict) receives what that pass did, or would have done (``dead_channels.report``).
+    ``timer(name, before, after) -> {"kept", ..}`` (``compression.surgery.passes.PassTimer``)
+    decides whether the pass is kept (its record goes to ``stats["timing"]``)."""
     graph = graph_of(layers)
     plan = graph.plan(keep, keep_shared, coupled)
     thinned = copy.deepcopy(model)
@@ -153,6 +156,12 @@ def thin(model: nn.Module, layers: Sequence[PrunableLayer],
     changed, before, not_worth = list(plan), thinned, {}
     if eliminate and graph.input_shape is not None:
         thinned, extra = dead_channels.eliminate(thinned, graph.input_shape, not_worth)
+        if extra and timer is not None:
+            timing = timer("dead_channels", before, thinned)
+            if stats is not None:
+                stats["timing"] = timing
+            if not timing["kept"]:
+                thinned, extra = before, []
         changed += [name for name in extra if name not in plan]
     if stats is not None and graph.input_shape is not None:
         stats.update(dead_channels.report(before, thinned, graph.input_shape, not_worth))

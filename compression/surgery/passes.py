@@ -1,0 +1,61 @@
+"""Structural passes kept only where they make the model faster, measured.
+
+A pass of the thinning (today: dead-channel elimination, ``compression.surgery.dead_channels``)
+changes the architecture to save FLOPs, but a scatter that places the live channels back, or a
+narrower layer between SIMD blocks, can cost more time than the channels save: on ResNet-20 /
+digits the dead-channel pass once made the default model 8 % slower at batch 64. So the
+learners offer each pass's result to ``PassTimer``: both models are timed side by side
+(``utils.model_stats.measure_latencies``: alternating rounds, eval mode, batch 1 and 64, the
+process's threads) and the pass is kept only when its result is not slower at any batch size.
+The report's ``passes`` section lists every decision with both latencies.
+
+``PF_PASS_TIMING=0`` keeps every pass without timing (bit-for-bit repeatable architectures,
+e.g. in a test suite; the decision otherwise depends on the machine's timings).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+from torch import nn
+
+from utils.model_stats import measure_latencies
+
+log = logging.getLogger("pocketflow")
+PASS_TIMING_ENV = "PF_PASS_TIMING"
+
+
+def timing_enabled() -> bool:
+    """Whether passes are timed (``PF_PASS_TIMING`` is not ``0``)."""
+    return os.environ.get(PASS_TIMING_ENV, "1").strip() != "0"
+
+
+@dataclass
+class PassTimer:
+    """``timer(name, before, after) -> record``: ``{"pass", "latency_ms": {"before",
+    "after"}, "kept"}``; ``kept`` is true when ``after`` is at most as slow as ``before`` at
+    every batch size."""
+
+    input_shape: Sequence[int]
+    batch_sizes: Sequence[int] = (1, 64)
+    threads: int | None = None
+    repeats: int = 15
+    rounds: int = 3
+
+    def __call__(self, name: str, before: nn.Module, after: nn.Module) -> dict:
+        ms = measure_latencies({"before": before, "after": after}, self.input_shape,
+                               self.batch_sizes, self.threads, repeats=self.repeats,
+                               rounds=self.rounds)
+        kept = all(ms["after"][key] <= ms["before"][key] for key in ms["before"])
+        log.info("pass %s: %s -> %s ms (%s)", name,
+                 " / ".join(f"{v:.3f}" for v in ms["before"].values()),
+                 " / ".join(f"{v:.3f}" for v in ms["after"].values()),
+                 "kept" if kept else "undone: slower")
+        return {"pass": name, "latency_ms": ms, "kept": kept}
+
+
+def pass_timer(input_shape: Sequence[int]) -> PassTimer | None:
+    """The timer the learners use, or None when ``PF_PASS_TIMING=0``."""
+    return PassTimer(tuple(input_shape)) if timing_enabled() else None
