@@ -1,7 +1,8 @@
-"""Do thinned models run as fast as their FLOPs say? chn-pruned-rmt on ResNet-20 / digits at
-about 45 % of the FLOPs, with three width rules, and a floor run (about 3 % of the FLOPs: the
-time that does not shrink with the channels): thinned / full latency side by side, in eager
-torch, onnxruntime and ExecuTorch (.pte), at batch 64 and 1.
+"""Is the compressed model fast where users deploy it? chn-pruned-rmt on ResNet-20 / digits:
+the README job's model (its defaults), the same with PocketFlow's per-layer selection, the
+hand-found allocation and the NetAdapt search under a latency budget, and width-rule and floor
+runs: thinned / full latency side by side, in eager torch, onnxruntime and ExecuTorch (.pte),
+at batch 64 and 1, with issue 40's ``goals``.
 
 Each run is one ``learners.launch.run`` from the same pre-trained model (trained by the first
 run if ``--model`` is missing) with ``--export_format=both``; the full model is exported the
@@ -13,10 +14,13 @@ malloc tuned (``utils.malloc``, as the entry scripts do). Eager torch is timed i
 ``PF_MALLOC_TUNING=0`` (glibc's defaults: the activations' pages mapped and faulted in again on
 every pass, the setting of the ratios this project reported before).
 
-Runs (``--runs``): ``per_layer_x8`` (each layer's own channels, counts multiples of 8: the
-issue's case), ``residual_x8`` (``--cpr_prune_residual``: whole residual channels), and
-``residual_block`` (also ``--cpr_channel_multiple=-1``: counts up to this CPU's SIMD block
-exact, larger ones whole blocks), at ``--ratio``; ``floor`` (residual, ratio 0.9);
+Runs (``--runs``): ``readme`` (no flag: the README job), ``readme_per_layer``
+(``--cpr_prune_residual=false``), ``netadapt`` (``--cpr_prune_ratio_prtl=netadapt`` under a
+latency budget of ``--netadapt_budget`` at batch 64, SIMD-block widths), ``per_layer_x8``
+(each layer's own channels, counts multiples of 8: issue 26's case), ``residual_x8``
+(``--cpr_prune_residual``: whole residual channels), and ``residual_block`` (also
+``--cpr_channel_multiple=-1``: counts up to this CPU's SIMD block exact, larger ones whole
+blocks), at ``--ratio``; ``floor`` (residual, ratio 0.9);
 ``residual_alloc`` (residual, ``--cpr_prune_ratio_prtl=list``: the stage widths
 ``--alloc_widths``, by default the allocation ``benchmarks/latency_vs_width.py --search``
 timed fastest at about 44 % of the FLOPs, written as each reader's kept fraction).
@@ -24,8 +28,8 @@ timed fastest at about 44 % of the FLOPs, written as each reader's kept fraction
 Eager forms (``--eager_forms``, both models alike, tuned malloc): ``folded`` (BatchNorm folded
 into its conv, ``compression.surgery.inference.fold_batchnorm``) and ``channels_last``.
 
-Prints a table, then, as the LAST line, one JSON object:
-{"threads", "rounds", "full_ms": {runtime: {"bs64", "bs1"}}, "full_ms_eager_untuned_malloc",
+Prints a table, the goals, then, as the LAST line, one JSON object:
+{"goals", "threads", "rounds", "full_ms": {runtime: {"bs64", "bs1"}}, "full_ms_eager_untuned_malloc",
  "full_ms_eager_forms": {form: {..}}, "runs": {run: {"flags", "flops_ratio",
  "accuracy_before_ft", "accuracy", "widths", "ms": {runtime: {..}},
  "ratio": {runtime: {"bs64", "bs1"}}, "ratio_eager_untuned_malloc": {..},
@@ -57,11 +61,13 @@ from utils.model_stats import count_flops
 
 flags.DEFINE_string("model", "./models_eval/model.ckpt",
                     "pre-trained digits ResNet-20 artifact (trained by the first run if missing)")
-flags.DEFINE_list("runs", ["per_layer_x8", "residual_x8", "residual_block", "floor"],
-                  "per_layer_x8, residual_x8, residual_block, residual_alloc, floor")
+flags.DEFINE_list("runs", ["readme", "readme_per_layer", "residual_alloc", "netadapt"],
+                  "readme, readme_per_layer, netadapt, per_layer_x8, residual_x8, "
+                  "residual_block, residual_alloc, floor")
 flags.DEFINE_list("alloc_widths", ["6", "16", "64"],
                   "residual_alloc: the kept widths of the three stages (full: 16, 32, 64)")
 flags.DEFINE_float("ratio", 0.3, "--cpr_prune_ratio of the three width-rule runs")
+flags.DEFINE_float("netadapt_budget", 0.55, "netadapt: the latency budget at batch 64")
 flags.DEFINE_float("ft_epochs_rat", 0.3, "--nb_epochs_rat of the fine-tuning")
 flags.DEFINE_integer("rounds", 9, "timing rounds (every file in each, the first rotated)")
 flags.DEFINE_integer("repeats", 180, "timed calls per file and batch size over all rounds")
@@ -97,12 +103,38 @@ def configs(alloc_list: str = "") -> dict:
     r = FLAGS.ratio
     return {"residual_alloc": ["--cpr_prune_residual", "--cpr_prune_ratio_prtl=list",
                                f"--cpr_prune_list_file={alloc_list}"],
-            "per_layer_x8": [f"--cpr_prune_ratio={r}", "--cpr_channel_multiple=8"],
+            "per_layer_x8": ["--cpr_prune_residual=false", f"--cpr_prune_ratio={r}",
+                             "--cpr_channel_multiple=8"],
             "residual_x8": ["--cpr_prune_residual", f"--cpr_prune_ratio={r}",
                             "--cpr_channel_multiple=8"],
             "residual_block": ["--cpr_prune_residual", f"--cpr_prune_ratio={r}",
                                "--cpr_channel_multiple=-1"],
-            "floor": ["--cpr_prune_residual", "--cpr_prune_ratio=0.9"]}
+            "floor": ["--cpr_prune_residual", "--cpr_prune_ratio=0.9"],
+            "readme": [], "readme_per_layer": ["--cpr_prune_residual=false"],
+            "netadapt": ["--cpr_prune_ratio_prtl=netadapt", "--cpr_budget_type=latency",
+                         f"--cpr_preserve_ratio={FLAGS.netadapt_budget}",
+                         "--cpr_latency_batch=64", "--cpr_channel_multiple=-1"]}
+
+
+GOALS = {"bs64": 0.60, "bs1": 0.75}    # issue 40: the README job's model, every runtime
+
+
+def goals(runs: dict) -> dict:
+    """Issue 40's goals over the runs there are: the README job's model (``readme``) at most
+    ``GOALS`` of the full model's latency in every runtime and within half a point of its
+    accuracy; ``netadapt``'s eager batch-64 ratio within 0.02 of the hand-found allocation's
+    (``residual_alloc``), measured in the same rounds."""
+    out = {}
+    if "readme" in runs:
+        r = runs["readme"]
+        out["readme_fast_everywhere"] = all(r["ratio"][rt][b] <= limit for rt in r["ratio"]
+                                            for b, limit in GOALS.items())
+        out["readme_within_half_a_point"] = r["accuracy"] >= r["accuracy_full"] - 0.005
+    if "netadapt" in runs and "residual_alloc" in runs:
+        out["netadapt_within_0.02_of_hand_allocation"] = (
+            runs["netadapt"]["ratio"]["eager"]["bs64"]
+            <= runs["residual_alloc"]["ratio"]["eager"]["bs64"] + 0.02)
+    return out
 
 
 def widths(model: torch.nn.Module) -> list[int]:
@@ -119,7 +151,7 @@ def one_run(name: str, outdir: str) -> dict:
     thinned, _ = load_model(values["cpr_save_path_eval"])
     files = {"eager": values["cpr_save_path_eval"]}
     files.update({entry["runtime"]: entry["path"] for entry in report["deploy"].values()})
-    return {"flags": extra, "files": files,
+    return {"flags": extra, "files": files, "accuracy_full": report["accuracy"]["full"],
             "flops_ratio": round(report["flops"]["compressed"] / report["flops"]["full"], 4),
             "accuracy_before_ft": report["accuracy"]["compressed_before_finetune"],
             "accuracy": report["accuracy"]["compressed"], "widths": widths(thinned)}
@@ -244,7 +276,9 @@ def main(argv: list) -> None:
         cells += "".join(f"{m['bs64']:>{max(12, len(e) + 4)}.3f}{m['bs1']:>7.3f}"
                          for e, m in zip(extra, more))
         print(f"{name:<16}{r['flops_ratio']:>7.3f}{r['accuracy']:>8.4f}{cells}  {r['widths']}")
-    print(json.dumps({"threads": FLAGS.threads, "rounds": FLAGS.rounds, "full_ms": full_ms,
+    print("goals:", json.dumps(goals(runs)))
+    print(json.dumps({"goals": goals(runs), "threads": FLAGS.threads, "rounds": FLAGS.rounds,
+                      "full_ms": full_ms,
                       "full_ms_eager_untuned_malloc": untuned,
                       "full_ms_eager_forms": {form: {f"bs{b}": v for b, v in
                                                      median_ms(rs, "full/eager").items()}

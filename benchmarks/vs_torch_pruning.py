@@ -7,8 +7,9 @@ pre-trained ``--model``, trained with ``full-prec`` first when missing; zoo nets
 ``tests/zoo/nets.py`` on digits 8x8, trained here with the Python API's ``full-prec``) and each
 FLOPs target of ``--flops_kept``:
 
-1. this project: every learner of ``--learners`` (``chn-pruned-rmt-residual``: chn-pruned-rmt
-   with ``prune_residual``, residual streams pruned as groups, as Torch-Pruning does) through
+1. this project: every learner of ``--learners`` (``chn-pruned-rmt``: its defaults, residual
+   streams pruned as groups, as Torch-Pruning does; ``chn-pruned-rmt-per-layer``: each reader
+   of a stream keeps its own channels, PocketFlow's selection) through
    ``pocketflow_torch.compress`` under a FLOPs budget (``preserve_ratio``, which counts the FLOPs
    before dead-channel elimination; learners without one: their ``prune_ratio``), searched
    until the thinned model's FLOPs (``utils.model_stats.count_flops``, i.e.
@@ -66,9 +67,10 @@ ZOO_PICK = ("inception", "se", "grouped")   # concat, SE + depthwise + residual,
 flags.DEFINE_list("nets", ["resnet20", *ZOO_PICK],
                   "resnet20 (digits 16x16, --model) and zoo nets of tests/zoo/nets.py (digits 8x8)")
 flags.DEFINE_list("flops_kept", ["0.30", "0.25", "0.15", "0.105"], "FLOPs targets (kept fraction)")
-flags.DEFINE_list("learners", ["chn-pruned-rmt", "chn-pruned-rmt-residual"],
-                  "this project's channel learners: chn-pruned-rmt, chn-pruned-rmt-residual "
-                  "(--cpr_prune_residual), dis-chn-pruned, channel (uniform), chn-pruned-gpu")
+flags.DEFINE_list("learners", ["chn-pruned-rmt", "chn-pruned-rmt-per-layer"],
+                  "this project's channel learners: chn-pruned-rmt (its defaults: residual "
+                  "streams as groups), chn-pruned-rmt-per-layer (--cpr_prune_residual=false), "
+                  "dis-chn-pruned, channel (uniform), chn-pruned-gpu")
 flags.DEFINE_string("model", "./models_eval/model.ckpt",
                     "pre-trained digits ResNet-20 artifact (trained with full-prec if missing)")
 flags.DEFINE_float("ft_epochs", 10.0, "epochs of the common fine-tuning (may be fractional)")
@@ -89,8 +91,8 @@ TP_METHODS = ("tp-l2", "tp-taylor")
 # a variant of this project: (learner, FLOPs option, FLOPs grow with it?, other options)
 VARIANTS = {
     "chn-pruned-rmt": ("chn-pruned-rmt", "preserve_ratio", True, {}),
-    "chn-pruned-rmt-residual": ("chn-pruned-rmt", "preserve_ratio", True,
-                                {"prune_residual": True}),
+    "chn-pruned-rmt-per-layer": ("chn-pruned-rmt", "preserve_ratio", True,
+                                 {"prune_residual": False}),
     "dis-chn-pruned": ("dis-chn-pruned", "preserve_ratio", True,
                        {"nb_iters_block": 50, "nb_iters_layer": 30}),
     "channel": ("channel", "preserve_ratio", True, {"prune_option": "uniform"}),

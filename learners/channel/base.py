@@ -24,6 +24,7 @@ from compression.budget.simd import cpu_channel_block, note_block_widths
 from compression.graph.layers import PrunableLayer, analyse
 from compression.selection.residual_groups import coupled_keep, residual_groups, why_no_groups
 from learners.channel.search_env import ChannelEnv
+from compression.surgery.passes import pass_timer
 from compression.surgery.thinning import in_channels, kept_channels, mask_inputs, thin
 from learners.run import composition
 from learners.base import Learner, Result
@@ -178,7 +179,8 @@ class ChannelLearnerBase(Learner):
                      record["criterion"], ", ".join(record["readers"]))
         if not records:
             why = why_no_groups(layers, chosen)
-            log.warning("prune_residual: no residual group found: %s", why)
+            log.info("prune_residual: no residual group found (every layer keeps its own "
+                     "channels): %s", why)
         sections.setdefault("graph", {})["residual_groups"] = len(records) if records else why
         sections["residual_groups"] = records
         return keep
@@ -245,7 +247,8 @@ class ChannelLearnerBase(Learner):
                                                       sections)
                 dead: dict = {}
                 thinned, spec = thin(pruned, layers, keep, full_spec, stats=dead,
-                                     eliminate=self.cfg.eliminate_dead)
+                                     eliminate=self.cfg.eliminate_dead,
+                                     timer=pass_timer(ctx.helper.input_shape))
                 save_model(self.cfg.save_path_ws, thinned, spec, {"learner": self.learner_name})
                 payload = {"spec": spec, "state": thinned.state_dict(), "stats": stats,
                            "dead_channels": dead}
@@ -254,6 +257,8 @@ class ChannelLearnerBase(Learner):
             model.load_state_dict(payload["state"])
         sections["selection"] = payload["stats"]
         sections["dead_channels"] = payload["dead_channels"]
+        if "timing" in payload["dead_channels"]:
+            sections["passes"] = [payload["dead_channels"]["timing"]]
         sections.setdefault("graph", {})["unknown_ops"] = payload["dead_channels"].get(
             "unknown_ops", [])
         return model.to(ctx.device), payload["spec"]

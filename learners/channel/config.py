@@ -55,6 +55,13 @@ class CprConfig(SelectionOptions, RatioChannelOptions):
     (``SelectionOptions``: ``--cpr_selection``, ``--cpr_ista_lrn_rate``...), passed as they are."""
 
     nb_smpls: int = option(5000, "training samples used for channel selection")
+    # on by default here (docs/speed.md#the-default-model): a stream pruned per reader leaves
+    # gathers and scatters that cost more at batch 1 than the channels they save
+    prune_residual: bool = option(True, "prune residual streams as groups: all readers of a "
+                                        "stream keep the same channels, chosen once over all "
+                                        "of them, so whole residual channels leave every "
+                                        "member, shortcut and reader; false: each reader "
+                                        "keeps its own (PocketFlow's per-layer selection)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -114,8 +121,8 @@ class DcpConfig(RatioChannelOptions):
                                "split into nb_stages + 1 blocks")
     lrn_rate_adam: float = option(1e-3, "Adam rate of the block and layer fine-tuning")
     nb_iters_block: int = option(-1, "Adam steps per block on final + discrimination loss "
-                                     "(-1: PocketFlow's CIFAR-10 schedule in epochs, 10000 steps "
-                                     "of 128 of 50000 images = 25.6 epochs of this training set)")
+                                     "(-1: 2 epochs of this training set; PocketFlow's CIFAR-10 "
+                                     "value, 10000, is 25.6 epochs: docs/learners.md)")
     nb_iters_layer: int = option(-1, "Adam steps per layer on reconstruction + discrimination "
                                      "loss, pruned channels held at zero (-1: PocketFlow's 500 "
                                      "CIFAR-10 steps in epochs = 1.28 epochs of this training set)")

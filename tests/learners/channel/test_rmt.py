@@ -29,9 +29,25 @@ def cpr_values(tmp_path, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def pruned_run(tmp_path_factory):
+    """PocketFlow's per-layer selection (each reader of a stream keeps its own channels)."""
     tmp_path = tmp_path_factory.mktemp("cpr")
-    values = cpr_values(tmp_path)
+    values = cpr_values(tmp_path, "--cpr_prune_residual=false")
     return tmp_path, values, run(resnet_at_digits.ModelHelper, values)
+
+
+def test_the_default_prunes_residual_streams_whole(tmp_path):
+    """By default every residual stream loses half its channels in every member, shortcut and
+    reader: ResNet-20 at half width (8, 16, 32), no gathers, no scatters."""
+    values = cpr_values(tmp_path, "--export_format=none", "--report_latency=false")
+    report = run(resnet_at_digits.ModelHelper, values)
+    model, _ = load_model(values["cpr_save_path_eval"])
+    widths = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [8] * 7 + [16] * 7 + [32] * 7
+    assert model.fc.in_features == 32
+    assert not any(hasattr(m, "in_index") or hasattr(m, "out_index") for m in model.modules())
+    assert [g["kept"] for g in report["residual_groups"]] == [8, 16, 32]
+    assert report["dead_channels"]["unread_channels"] == 0
+    assert abs(report["flops"]["compressed"] / report["flops"]["full"] - 0.25) < 0.01
 
 
 def test_report_and_thinned_artifact(pruned_run):
@@ -140,7 +156,7 @@ def test_without_dead_channel_elimination_the_report_counts_what_is_left(tmp_pat
     from tests.conftest import compress_digits
     from utils.model_stats import count_flops
 
-    result = compress_digits(tmp_path, tiny_pretrained, "chn-pruned-rmt", eliminate_dead=False,
+    result = compress_digits(tmp_path, tiny_pretrained, "chn-pruned-rmt", eliminate_dead=False, prune_residual=False,
                              nb_smpls=128, export_format="none")
     dead = result.report["dead_channels"]
     assert dead["removed"] == {} and dead["flops_before"] == dead["flops_after"]
