@@ -22,8 +22,8 @@ Prints a table, then, as the LAST line, one JSON object:
  "dcp_short_le_5x_cpr_within_half_a_point"}} (the first two hold the same value; the first is
 the old name). Runs: ``dcp`` (the fixed ``--dcp_nb_iters_block/layer``), ``dcp_short``
 (``--dcp_short_iters_block`` block steps: DCP's time is its block training, see
-``docs/learners.md``), ``dcp_auto`` (the learner's defaults: PocketFlow's step counts
-as epochs of this data), ``dcp_k`` (those, adding ``--dcp_channels_per_pass`` channels per
+``docs/learners.md``), ``dcp_auto`` (the learner's step defaults: 2 epochs of this data per
+block, PocketFlow's 1.28 per layer; with ``--dcp_nb_batches=20``, all its defaults), ``dcp_k`` (those, adding ``--dcp_channels_per_pass`` channels per
 gradient pass), ``cpr``, ``l1``.
 
     python benchmarks/channel_methods.py [--ratio=0.5] [--dcp_nb_iters_block=200]
@@ -59,7 +59,6 @@ def configs() -> dict:
                 f"--dcp_nb_iters_block={FLAGS.dcp_nb_iters_block}",
                 f"--dcp_nb_iters_layer={FLAGS.dcp_nb_iters_layer}",
                 f"--dcp_nb_batches={FLAGS.dcp_nb_batches}"],
-        # the learner's own defaults (PocketFlow's steps as epochs of this data), one channel a pass
         "dcp_short": ["--learner=dis-chn-pruned", f"--dcp_prune_ratio={FLAGS.ratio}",
                       f"--dcp_nb_iters_block={FLAGS.dcp_short_iters_block}",
                       f"--dcp_nb_iters_layer={FLAGS.dcp_nb_iters_layer}",
