@@ -57,11 +57,22 @@ def format_report(report: dict) -> str:
         ratio = comp / full if isinstance(full, (int, float)) and isinstance(comp, (int, float)) \
             and full else None
         lines.append(f"{name:<28}{_fmt(full):>16}{_fmt(comp):>16}{_fmt(ratio):>10}")
+    for record in report.get("passes") or []:
+        lines.extend(format_pass(record))
     if len(report.get("chain") or []) > 1:
         lines.extend(format_chain(report["chain"]))
     for phase, seconds in report["wall_s"].items():
         lines.append(f"{'wall_s ' + phase:<28}{_fmt(seconds):>16}")
     return "\n".join(lines)
+
+
+def format_pass(record: dict) -> list[str]:
+    """Printed rows of a structural pass's timing (``compression.surgery.passes``)."""
+    ms = record["latency_ms"]
+    verdict = "kept" if record["kept"] else "undone (slower)"
+    return [f"{'pass ' + record['pass'] + ' ' + batch:<28}{_fmt(ms['before'][batch]):>16}"
+            f"{_fmt(ms['after'][batch]):>16}{_fmt(ms['after'][batch] / ms['before'][batch]):>10}"
+            f"  {verdict}" for batch in ms["before"]]
 
 
 def format_chain(chain: list[dict]) -> list[str]:

@@ -111,3 +111,18 @@ def test_the_report_gives_each_pass_and_the_model_follows_it(factor, tmp_path, t
     assert (sum(is_scatter(m) for m in model.modules()) > 0) is (factor < 1)
     assert bool(dead["removed"]) is (factor < 1)
     assert dead["flops_after"] == result.report["flops"]["compressed"]
+
+
+def test_the_printed_report_shows_each_pass():
+    from utils.report import format_report
+
+    sides = {"full": None, "compressed": None}
+    report = {"learner": "chn-pruned-rmt", "model": "m", "dataset": "d",
+              "accuracy": {"full": 0.9, "compressed": 0.9}, "flops": sides, "params": sides,
+              "bytes_on_disk": sides, "latency_ms": sides, "wall_s": {},
+              "passes": [{"pass": "dead_channels", "kept": False,
+                          "latency_ms": {"before": {"bs1": 1.0, "bs64": 8.0},
+                                         "after": {"bs1": 1.1, "bs64": 8.4}}}]}
+    rows = [line.split() for line in format_report(report).splitlines() if "pass" in line]
+    assert rows == [["pass", "dead_channels", "bs1", "1", "1.1", "1.1", "undone", "(slower)"],
+                    ["pass", "dead_channels", "bs64", "8", "8.4", "1.05", "undone", "(slower)"]]
