@@ -138,8 +138,12 @@ def rebuild(path: str, spec: Any, state_dict: dict, base: nn.Module | None = Non
 
 
 def load_model(path: str, map_location: Any = "cpu",
-               base: nn.Module | None = None) -> tuple[nn.Module, dict]:
+               base: nn.Module | None = None, inference: bool = False) -> tuple[nn.Module, dict]:
     """Rebuild the model of an artifact; returns ``(model, file dict)``.
+
+    ``inference=True``: the eager serving form, in eval mode with every BatchNorm that follows
+    a conv or linear layer folded into it (``compression.surgery.inference.fold_batchnorm``:
+    the same outputs, a pass fewer per layer; not for further training).
 
     A training checkpoint is accepted too when it records the architecture spec. ``base``: an
     instance of the original model's class, for an artifact of a net that is not registered.
@@ -160,7 +164,21 @@ def load_model(path: str, map_location: Any = "cpu",
         raise CheckpointError(f"{path} holds a {obj['kind']!r}, not a model{hint}")
     if spec is None or state_dict is None:
         raise CheckpointError(f"{path} does not record an architecture spec and weights")
-    return rebuild(path, spec, state_dict, base), obj
+    model = rebuild(path, spec, state_dict, base)
+    if inference:
+        model = _serving_form(model, path)
+    return model, obj
+
+
+def _serving_form(model: nn.Module, path: str) -> nn.Module:
+    """``model`` in eval mode without gradients, its BatchNorms folded where the net traces."""
+    from compression.surgery.inference import fold_batchnorm
+    model = model.eval().requires_grad_(False)
+    try:
+        return fold_batchnorm(model).requires_grad_(False)
+    except Exception as error:     # noqa: BLE001  (a net fx cannot trace: serve it unfolded)
+        log.warning("%s: BatchNorm not folded (the net does not trace: %s)", path, error)
+        return model
 
 
 def load_weights_from(model: nn.Module, path: str) -> dict:

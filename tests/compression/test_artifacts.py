@@ -285,3 +285,24 @@ def test_the_front_lists_every_name():
                                       "path_of", "file_of", "runtime_for", "register_file"}
     for name in artifacts.__all__:
         assert getattr(artifacts, name) is not None
+
+
+def test_load_model_inference_form_folds_batchnorm(tmp_path):
+    """``inference=True``: eval mode, no gradients, every BN after a conv folded (the same
+    outputs)."""
+    torch.manual_seed(0)
+    model = create_net("resnet20", num_classes=10, in_channels=1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = str(tmp_path / "m.ckpt")
+    save_model(path, model, SPEC)
+    plain, _ = artifacts.load_model(path)
+    served, _ = artifacts.load_model(path, inference=True)
+    assert not served.training and not any(p.requires_grad for p in served.parameters())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in served.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in plain.modules()) == 21
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(served(x), plain.eval()(x), atol=1e-5)
