@@ -74,15 +74,22 @@ def test_every_channel_learner_on_every_zoo_net(name, learner, zoo_full):
     assert report["accuracy"]["compressed"] >= 0.1 * report["accuracy"]["full"]
 
 
+SEARCHES = {"optimal": dict(nb_rlouts=3, nb_rlouts_min=2, rl_nb_batches=1, nb_rerank=1,
+                            rerank_ft_steps=2, nb_iters_feval=1, ddpg_batch_size=8),
+            "netadapt": dict(netadapt_steps=2, rl_nb_batches=1, nb_iters_feval=1)}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("protocol", list(SEARCHES))
 @pytest.mark.parametrize("budget", ["flops", "latency"])
 @pytest.mark.parametrize("name", list(ZOO))
-def test_the_search_with_residual_groups_on_every_zoo_net(name, budget, zoo_full, monkeypatch):
-    """chn-pruned-rmt's DDPG search with ``prune_residual`` under a FLOPs or a latency budget
-    on nets with concatenations, SE gates, grouped convs, dense blocks, 1-D convs and splits:
-    the budget holds, every group's readers keep the group's count, the thinned model is exact
-    in ONNX. Latency is a deterministic stand-in (half fixed, half the FLOPs of what is timed):
-    these nets are too small for timings to rank strategies."""
+def test_the_search_with_residual_groups_on_every_zoo_net(name, budget, protocol, zoo_full,
+                                                          monkeypatch):
+    """chn-pruned-rmt's DDPG search and NetAdapt allocation with ``prune_residual`` under a
+    FLOPs or a latency budget on nets with concatenations, SE gates, grouped convs, dense
+    blocks, 1-D convs and splits: the budget holds, every group's readers keep the group's
+    count, the thinned model is exact in ONNX. Latency is a deterministic stand-in (half fixed,
+    half the FLOPs of what is timed): these nets are too small for timings to rank strategies."""
     import compression.budget.strategy as strategy_module
 
     flops_timing(monkeypatch)
@@ -92,17 +99,20 @@ def test_the_search_with_residual_groups_on_every_zoo_net(name, budget, zoo_full
     latency = {"budget_type": "latency", "preserve_ratio": 0.8, "min_preserve_ratio": 0.25,
                "channel_multiple": 1} if budget == "latency" else {"preserve_ratio": 0.6}
     result = pf.compress(helper_cls(), learner="chn-pruned-rmt", report_latency=False,
-                         out_dir=str(root / name / f"search_{budget}"), full_model=artifact,
-                         prune_residual=True, prune_ratio_prtl="optimal", nb_rlouts=3,
-                         nb_rlouts_min=2, rl_nb_batches=1, nb_rerank=1, rerank_ft_steps=2,
-                         nb_iters_feval=1, ddpg_batch_size=8, **latency)
+                         out_dir=str(root / name / f"search_{budget}_{protocol}"),
+                         full_model=artifact, prune_residual=True, prune_ratio_prtl=protocol,
+                         **SEARCHES[protocol], **latency)
     report = result.report
     model, _ = load_model(result.artifact)
     assert report["flops"]["compressed"] == count_flops(model, INPUT_SHAPE)
     if budget == "flops":
-        assert report["search"]["flops_ratio"] <= 0.6 + 1e-9
+        assert report["strategy"]["flops_ratio"] <= 0.6 + 1e-9
+    elif protocol == "netadapt":    # measured on the architecture the steps reached
+        assert report["strategy"]["latency"]["measured_ratio"] <= 0.8 * 1.05
     else:     # the strategy's architecture is an estimate where readers share a concatenation
         assert report["strategy"]["latency"]["within_tolerance"]
+    if protocol == "netadapt":
+        assert report["search"]["method"] == "netadapt" and report["search"]["iterations"]
     kept = report["strategy"]["kept"]
     for group in report.get("residual_groups", []):
         assert {kept[reader][0] for reader in group["readers"]} == {group["kept"]}

@@ -9,7 +9,7 @@ import torch
 
 from compression.graph.layers import analyse, choose_layers
 from compression.surgery import dead_channels
-from compression.surgery.passes import PassTimer, pass_timer, timing_enabled
+from compression.surgery.passes import PassTimer, pass_timer, timing_enabled, verdict
 from compression.surgery.picks import is_scatter
 from compression.surgery.thinning import mask_inputs, thin
 from tests.zoo.modern import FunctionalNet
@@ -81,8 +81,17 @@ def test_the_real_timer_times_both_models_side_by_side():
     assert record["pass"] == "x" and set(record["latency_ms"]) == {"before", "after"}
     for side in record["latency_ms"].values():
         assert set(side) == {"bs1", "bs4"} and all(v > 0 for v in side.values())
-    assert record["kept"] == all(record["latency_ms"]["after"][k] <= record["latency_ms"]["before"][k]
-                                 for k in ("bs1", "bs4"))
+    assert record["kept"] == verdict(record["latency_ms"]["before"], record["latency_ms"]["after"],
+                                     0.02)
+
+
+@pytest.mark.parametrize("after, kept", [
+    ({"bs1": 1.005, "bs64": 6.8}, True),       # within 2 % at batch 1, 6.5 % faster at 64
+    ({"bs1": 1.03, "bs64": 6.8}, False),       # 3 % slower at batch 1
+    ({"bs1": 1.0, "bs64": 7.28}, False),       # faster nowhere
+    ({"bs1": 0.9, "bs64": 7.0}, True)])
+def test_the_verdict(after, kept):
+    assert verdict({"bs1": 1.0, "bs64": 7.28}, after, 0.02) is kept
 
 
 def test_the_environment_switch(monkeypatch):
