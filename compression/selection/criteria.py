@@ -202,9 +202,9 @@ def select_channels(full: nn.Module, pruned: nn.Module, layers: Sequence[Prunabl
 
 def refit_layers(full: nn.Module, pruned: nn.Module, keep: Mapping[str, torch.Tensor],
                  batches: Sequence[torch.Tensor], cfg: SelectionOptions,
-                 seed: int = 0) -> list[dict]:
+                 seed: int = 0, quiet: bool = False) -> list[dict]:
     """Least-squares weights for the given kept input channels of each layer in ``keep``, in
-    its order (inputs from ``pruned``, targets from ``full``)."""
+    its order (inputs from ``pruned``, targets from ``full``); ``quiet``: no log line."""
     gen = torch.Generator().manual_seed(seed)
     stats = []
     for name, kept in keep.items():
@@ -213,6 +213,7 @@ def refit_layers(full: nn.Module, pruned: nn.Module, keep: Mapping[str, torch.Te
         in_channels = layer_weight(pruned.get_submodule(name)).shape[1]
         stats.append({"layer": name, "in_channels": in_channels, "kept": len(kept),
                       "mode": "group", "rel_error": error, "seconds": time.perf_counter() - start})
-        log.info("refit  %-22s group  keep %3d/%-3d rel.err %.4f", name, len(kept), in_channels,
-                 error)
+        if not quiet:
+            log.info("refit  %-22s group  keep %3d/%-3d rel.err %.4f", name, len(kept),
+                     in_channels, error)
     return stats

@@ -198,6 +198,8 @@ class ChannelLearnerBase(Learner):
         coupled = self.coupled_keep(full, layers, chosen, counts, batches,
                                     None if rollout else sections)
         mask_inputs(pruned, coupled)
+        if coupled:     # the layers selected next read refitted groups, not merely masked ones
+            self.refit_coupled(full, pruned, coupled, batches, quiet=True)
         select = self.select_rollout if rollout else self.select_final
         keep, stats = select(full, pruned, [layer for layer in chosen if layer.name not in coupled],
                              counts, batches)
@@ -206,12 +208,13 @@ class ChannelLearnerBase(Learner):
         return pruned, keep, stats
 
     def refit_coupled(self, full: nn.Module, pruned: nn.Module, coupled: dict[str, torch.Tensor],
-                      batches: list[torch.Tensor]) -> list[dict]:
-        """After selection, least-squares weights for the kept inputs of the readers of residual
-        groups (inputs from the pruned network, targets from the full one), in execution
-        order."""
+                      batches: list[torch.Tensor], quiet: bool = False) -> list[dict]:
+        """Least-squares weights for the kept inputs of the readers of residual groups (inputs
+        from the pruned network, targets from the full one), in execution order: once before
+        the other layers' selection (so that they are fitted to the inputs the groups will
+        give, not to masked ones; ``quiet``) and again after it."""
         return refit_layers(full, pruned, coupled, batches, self.cfg.selection_options(),
-                            self.ctx.seed)
+                            self.ctx.seed, quiet=quiet)
 
     @property
     @abstractmethod
