@@ -24,7 +24,8 @@ the old name). Runs: ``dcp`` (the fixed ``--dcp_nb_iters_block/layer``), ``dcp_s
 (``--dcp_short_iters_block`` block steps: DCP's time is its block training, see
 ``docs/learners.md``), ``dcp_auto`` (the learner's step defaults: 2 epochs of this data per
 block, PocketFlow's 1.28 per layer; with ``--dcp_nb_batches=20``, all its defaults), ``dcp_k`` (those, adding ``--dcp_channels_per_pass`` channels per
-gradient pass), ``cpr``, ``l1``.
+gradient pass), ``cpr`` (chn-pruned-rmt's defaults: residual groups), ``cpr_per_layer``
+(``--cpr_prune_residual=false``), ``l1``.
 
     python benchmarks/channel_methods.py [--ratio=0.5] [--dcp_nb_iters_block=200]
 """
@@ -69,6 +70,8 @@ def configs() -> dict:
                   f"--dcp_nb_batches={FLAGS.dcp_nb_batches}",
                   f"--dcp_channels_per_pass={FLAGS.dcp_channels_per_pass}"],
         "cpr": ["--learner=chn-pruned-rmt", f"--cpr_prune_ratio={FLAGS.ratio}"],
+        "cpr_per_layer": ["--learner=chn-pruned-rmt", f"--cpr_prune_ratio={FLAGS.ratio}",
+                          "--cpr_prune_residual=false"],
         "l1": ["--learner=chn-pruned-rmt", f"--cpr_prune_ratio={FLAGS.ratio}",
                "--cpr_selection=l1"],
     }
@@ -117,10 +120,10 @@ def main(argv: list[str]) -> None:
         row["selection_vs_cpr"] = row["selection_s"] / cpr_s if cpr_s else None
         row["greedy_vs_cpr"] = (row["greedy_s"] / cpr_s
                                 if cpr_s and row["greedy_s"] is not None else None)
-    print(f"{'method':<10}{'FLOPs':>7}{'before FT':>11}{'after FT':>10}{'select s':>10}{'vs cpr':>8}"
+    print(f"{'method':<14}{'FLOPs':>7}{'before FT':>11}{'after FT':>10}{'select s':>10}{'vs cpr':>8}"
           f"{'greedy s':>10}{'vs cpr':>8}{'FT s':>8}{'extra steps':>13}")
     for name, row in rows.items():
-        print(f"{name:<10}{row['flops_ratio']:>7.4f}{row['before_ft']:>11.4f}"
+        print(f"{name:<14}{row['flops_ratio']:>7.4f}{row['before_ft']:>11.4f}"
               f"{row['after_ft']:>10.4f}{row['selection_s']:>10.1f}"
               f"{fmt(row['selection_vs_cpr'], '.2f'):>8}{fmt(row['greedy_s'], '.1f'):>10}"
               f"{fmt(row['greedy_vs_cpr'], '.2f'):>8}{row['finetune_s']:>8.1f}"
