@@ -23,9 +23,10 @@ Prints a table, then, as the LAST line, one JSON object:
 the old name). Runs: ``dcp`` (the fixed ``--dcp_nb_iters_block/layer``), ``dcp_short``
 (``--dcp_short_iters_block`` block steps: DCP's time is its block training, see
 ``docs/learners.md``), ``dcp_auto`` (the learner's step defaults: 2 epochs of this data per
-block, PocketFlow's 1.28 per layer; with ``--dcp_nb_batches=20``, all its defaults), ``dcp_k`` (those, adding ``--dcp_channels_per_pass`` channels per
-gradient pass), ``cpr`` (chn-pruned-rmt's defaults: residual groups), ``cpr_per_layer``
-(``--cpr_prune_residual=false``), ``l1``.
+block, PocketFlow's 1.28 per layer; with ``--dcp_nb_batches=20``, all its defaults),
+``dcp_k`` (those, adding ``--dcp_channels_per_pass`` channels per gradient pass), ``cpr``
+(chn-pruned-rmt's defaults: residual groups), ``cpr_per_layer`` (``--cpr_prune_residual=false``),
+``l1``.
 
     python benchmarks/channel_methods.py [--ratio=0.5] [--dcp_nb_iters_block=200]
 """

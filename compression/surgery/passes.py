@@ -11,8 +11,9 @@ slower at none by more than ``tolerance`` (2 %: the spread of side-by-side round
 machine; a strict comparison undid a pass 6.5 % faster at batch 64 for 0.5 % at batch 1).
 The report's ``passes`` section lists every decision with both latencies.
 
-``PF_PASS_TIMING=0`` keeps every pass without timing (bit-for-bit repeatable architectures,
-e.g. in a test suite; the decision otherwise depends on the machine's timings).
+``--report_latency=false`` or ``PF_PASS_TIMING=0`` keeps every pass without timing (the latter:
+bit-for-bit repeatable architectures, e.g. in a test suite; the decision otherwise depends on
+the machine's timings).
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def verdict(before: dict, after: dict, tolerance: float) -> bool:
             and all(after[key] <= before[key] * (1.0 + tolerance) for key in before))
 
 
-def pass_timer(input_shape: Sequence[int]) -> PassTimer | None:
-    """The timer the learners use, or None when ``PF_PASS_TIMING=0``."""
-    return PassTimer(tuple(input_shape)) if timing_enabled() else None
+def pass_timer(input_shape: Sequence[int], measure: bool = True) -> PassTimer | None:
+    """The timer the learners use; None (every pass kept untimed) when ``PF_PASS_TIMING=0`` or
+    not ``measure`` (the run's ``--report_latency=false``: no latency is measured at all)."""
+    return PassTimer(tuple(input_shape)) if measure and timing_enabled() else None

@@ -251,7 +251,8 @@ class ChannelLearnerBase(Learner):
                 dead: dict = {}
                 thinned, spec = thin(pruned, layers, keep, full_spec, stats=dead,
                                      eliminate=self.cfg.eliminate_dead,
-                                     timer=pass_timer(ctx.helper.input_shape))
+                                     timer=pass_timer(ctx.helper.input_shape,
+                                                      ctx.cfg.report_latency))
                 save_model(self.cfg.save_path_ws, thinned, spec, {"learner": self.learner_name})
                 payload = {"spec": spec, "state": thinned.state_dict(), "stats": stats,
                            "dead_channels": dead}

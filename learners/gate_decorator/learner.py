@@ -189,7 +189,8 @@ class GateDecoratorLearner(Learner):
             sections["dead_channels"] = {}
             model, spec = thin(gated, analyse(full, ctx.helper.input_shape), keep, full_spec,
                                stats=sections["dead_channels"],
-                               timer=pass_timer(ctx.helper.input_shape))
+                               timer=pass_timer(ctx.helper.input_shape,
+                                                  ctx.cfg.report_latency))
             if "timing" in sections["dead_channels"]:
                 sections["passes"] = [sections["dead_channels"]["timing"]]
             sections["graph"] = {"unknown_ops": sections["dead_channels"].get("unknown_ops", [])}

@@ -200,7 +200,8 @@ class ScheduleLearner(Learner):
             _bake_masks(model, layers, keep, scheduler.structured_layers())
             dead: dict = {}
             thinned, spec = thin(model, layers, keep, spec, stats=dead,
-                                 timer=pass_timer(self.ctx.helper.input_shape))
+                                 timer=pass_timer(self.ctx.helper.input_shape,
+                                                  self.ctx.cfg.report_latency))
             sections["thinning"] = {"epoch": start, **self._parity(model, thinned), **found}
             sections["dead_channels"] = dead
             if "timing" in dead:

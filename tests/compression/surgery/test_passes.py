@@ -99,6 +99,7 @@ def test_the_environment_switch(monkeypatch):
     assert not timing_enabled() and pass_timer(INPUT_SHAPE) is None
     monkeypatch.setenv("PF_PASS_TIMING", "1")
     assert timing_enabled() and isinstance(pass_timer(INPUT_SHAPE), PassTimer)
+    assert pass_timer(INPUT_SHAPE, measure=False) is None     # --report_latency=false
 
 
 @pytest.mark.parametrize("factor", [0.9, 1.1])
@@ -110,7 +111,7 @@ def test_the_report_gives_each_pass_and_the_model_follows_it(factor, tmp_path, t
     from compression.artifacts import load_model
     from tests.conftest import compress_digits
 
-    monkeypatch.setattr(channel_base, "pass_timer", lambda shape: Verdict(factor))
+    monkeypatch.setattr(channel_base, "pass_timer", lambda shape, measure: Verdict(factor))
     result = compress_digits(tmp_path, tiny_pretrained, "chn-pruned-rmt", nb_smpls=64,
                              prune_residual=False, export_format="none")
     passes = result.report["passes"]

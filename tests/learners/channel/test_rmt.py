@@ -156,8 +156,8 @@ def test_without_dead_channel_elimination_the_report_counts_what_is_left(tmp_pat
     from tests.conftest import compress_digits
     from utils.model_stats import count_flops
 
-    result = compress_digits(tmp_path, tiny_pretrained, "chn-pruned-rmt", eliminate_dead=False, prune_residual=False,
-                             nb_smpls=128, export_format="none")
+    result = compress_digits(tmp_path, tiny_pretrained, "chn-pruned-rmt", eliminate_dead=False,
+                             prune_residual=False, nb_smpls=128, export_format="none")
     dead = result.report["dead_channels"]
     assert dead["removed"] == {} and dead["flops_before"] == dead["flops_after"]
     assert dead["unread_channels"] > 0          # residual members computing for nobody
