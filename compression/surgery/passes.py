@@ -70,3 +70,9 @@ def pass_timer(input_shape: Sequence[int], measure: bool = True) -> PassTimer | 
     """The timer the learners use; None (every pass kept untimed) when ``PF_PASS_TIMING=0`` or
     not ``measure`` (the run's ``--report_latency=false``: no latency is measured at all)."""
     return PassTimer(tuple(input_shape)) if measure and timing_enabled() else None
+
+
+def passes_section(stats: dict) -> dict:
+    """The report's ``passes`` section from a thinning's ``stats`` (``thin(..., stats=)``),
+    moving the timing record out of them; empty when no pass was timed."""
+    return {"passes": [stats.pop("timing")]} if "timing" in stats else {}

@@ -24,7 +24,7 @@ from compression.budget.simd import cpu_channel_block, note_block_widths
 from compression.graph.layers import PrunableLayer, analyse
 from compression.selection.residual_groups import coupled_keep, residual_groups, why_no_groups
 from learners.channel.search_env import ChannelEnv
-from compression.surgery.passes import pass_timer
+from compression.surgery.passes import pass_timer, passes_section
 from compression.surgery.thinning import in_channels, kept_channels, mask_inputs, thin
 from learners.run import composition
 from learners.base import Learner, Result
@@ -260,9 +260,8 @@ class ChannelLearnerBase(Learner):
             model = build_model(payload["spec"], base=ctx.base)
             model.load_state_dict(payload["state"])
         sections["selection"] = payload["stats"]
+        sections.update(passes_section(payload["dead_channels"]))
         sections["dead_channels"] = payload["dead_channels"]
-        if "timing" in payload["dead_channels"]:
-            sections["passes"] = [payload["dead_channels"]["timing"]]
         sections.setdefault("graph", {})["unknown_ops"] = payload["dead_channels"].get(
             "unknown_ops", [])
         return model.to(ctx.device), payload["spec"]

@@ -25,7 +25,7 @@ from compression.selection.gates import (GlobalGatePruner, attach_gates, gate_l1
                                          gates_of, melt_gates)
 from compression.graph.layers import analyse
 from compression.budget.simd import note_block_widths
-from compression.surgery.passes import pass_timer
+from compression.surgery.passes import pass_timer, passes_section
 from compression.surgery.thinning import in_channels, kept_channels, thin
 from learners.run import composition
 from learners.base import Learner, Result
@@ -191,8 +191,7 @@ class GateDecoratorLearner(Learner):
                                stats=sections["dead_channels"],
                                timer=pass_timer(ctx.helper.input_shape,
                                                   ctx.cfg.report_latency))
-            if "timing" in sections["dead_channels"]:
-                sections["passes"] = [sections["dead_channels"]["timing"]]
+            sections.update(passes_section(sections["dead_channels"]))
             sections["graph"] = {"unknown_ops": sections["dead_channels"].get("unknown_ops", [])}
             model = model.to(ctx.device)
             before = ctx.accuracy(model)

@@ -34,7 +34,7 @@ from compression.quantization.range_linear import bake_range_weights, range_line
 from compression.schedule.scheduler import CompressionScheduler
 from compression.schedule.zero_structures import merge_keep, zero_keep
 from compression.budget.simd import note_block_widths
-from compression.surgery.passes import pass_timer
+from compression.surgery.passes import pass_timer, passes_section
 from compression.surgery.thinning import in_channels, kept_channels, thin
 from learners.run import composition
 from learners.base import Learner, Result
@@ -203,9 +203,8 @@ class ScheduleLearner(Learner):
                                  timer=pass_timer(self.ctx.helper.input_shape,
                                                   self.ctx.cfg.report_latency))
             sections["thinning"] = {"epoch": start, **self._parity(model, thinned), **found}
+            sections.update(passes_section(dead))
             sections["dead_channels"] = dead
-            if "timing" in dead:
-                sections["passes"] = [dead["timing"]]
             sections["graph"] = {"unknown_ops": dead.get("unknown_ops", [])}
             model = thinned.to(self.ctx.device)
             self._before = self.ctx.accuracy(model)

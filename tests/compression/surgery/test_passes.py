@@ -116,6 +116,7 @@ def test_the_report_gives_each_pass_and_the_model_follows_it(factor, tmp_path, t
                              prune_residual=False, export_format="none")
     passes = result.report["passes"]
     assert [p["pass"] for p in passes] == ["dead_channels"] and passes[0]["kept"] is (factor < 1)
+    assert "timing" not in result.report["dead_channels"]        # one place in the report
     model, _ = load_model(result.artifact)
     dead = result.report["dead_channels"]
     assert (sum(is_scatter(m) for m in model.modules()) > 0) is (factor < 1)
