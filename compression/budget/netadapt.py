@@ -85,7 +85,8 @@ def adapt(chosen: Sequence[PrunableLayer], groups: Sequence, cost: CostModel,
             target_budget = current * budget / measured
         goal = max(target_budget, current - delta)
         proposals = [p for unit in units
-                     if (p := _proposal(counts, unit, width, floor, multiple, predicted, goal))]
+                     if (p := _proposal(counts, current, unit, width, floor, multiple, predicted,
+                                        goal))]
         if not proposals:
             raise BudgetError(
                 f"a {cost.unit_name} budget of {budget:.3f} cannot be met: every unit is at its "
@@ -110,13 +111,14 @@ def adapt(chosen: Sequence[PrunableLayer], groups: Sequence, cost: CostModel,
     return harmonise(counts), record
 
 
-def _proposal(counts: Mapping[str, int], unit: list[str], width: Mapping[str, int],
+def _proposal(counts: Mapping[str, int], before: float, unit: list[str], width: Mapping[str, int],
               floor: Mapping[str, int], multiple: int, predicted: Callable[[Counts], float],
               goal: float) -> tuple[list[str], Counts, float] | None:
     """The largest smaller count of ``unit`` predicted at or below ``goal``; else the unit's
-    floor when that saves anything and nothing else can (None when it cannot shrink)."""
+    floor when that saves anything and nothing else can (None when it cannot shrink);
+    ``before``: the prediction for ``counts``, which every unit of an iteration shares."""
     name = unit[0]
-    count, before = counts[name], predicted(dict(counts))
+    count = counts[name]
     candidate, ratio = dict(counts), before
     while True:
         smaller = step_down(count, width[name], multiple)
