@@ -12,7 +12,8 @@ chosen layer alone reads shrinks in proportion to that layer's count (exact for 
 alone reads one producer; for a layer reading a concatenation, the split of its kept channels
 among the producers is only known after selection, so each is assumed to keep its share), and
 a channel several layers share counts as kept (it survives when any of them keeps it, so
-there the figure is an upper bound). ``flops_of(keep)`` takes the kept
+there the figure is an upper bound). A reader of a grouped conv's outputs counts the whole
+groups its selection will keep (``ChannelFlops.at_blocks``). ``flops_of(keep)`` takes the kept
 indices and equals ``count_flops(thin(model, layers, keep))`` exactly (tested).
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from compression.graph.layers import PrunableLayer, graph_of
+from compression.selection.blocks import block_count
 from compression.selection.residual_groups import group_count
 from utils.model_stats import probe_forward
 
@@ -59,6 +61,7 @@ class ChannelFlops:
         """``module -> (input channels, output channels)`` of every conv / linear module when
         each layer in ``kept`` keeps that many input channels (others: all)."""
         g = self.graph
+        kept = self.at_blocks(kept)
         fractions = self._fractions(kept)
         kept = {**kept, **self.group_counts(kept)}
         shapes = {}
@@ -72,6 +75,12 @@ class ChannelFlops:
             else:
                 shapes[name] = (cost.in_channels, cost.out_channels)
         return shapes
+
+    def at_blocks(self, kept: Mapping[str, int]) -> dict[str, int]:
+        """``kept`` with the count of every reader of whole blocks (the groups of a grouped
+        conv: ``PrunableLayer.blocks``) at what its selection keeps (``block_count``)."""
+        return {name: block_count(count, self.layers[name].blocks) if name in self.layers
+                else count for name, count in kept.items()}
 
     def group_counts(self, kept: Mapping[str, int]) -> dict[str, int]:
         """reader -> its group's count (``group_count``), for the readers of the residual groups

@@ -87,7 +87,10 @@ def at_group_counts(counts: dict[str, int], flops: ChannelFlops,
     """``counts`` with every reader of a residual group of ``flops`` at the group's count
     (``ChannelFlops.group_counts``: what the learner keeps), rounded to ``multiple``
     (``round_to_multiple``): readers the allocation stepped up apart would otherwise give the
-    stream a count between multiples. A group's readers read nothing but its channels."""
+    stream a count between multiples. A group's readers read nothing but its channels.
+    Readers of whole blocks (a grouped conv's groups) get the count their selection keeps
+    (``ChannelFlops.at_blocks``)."""
+    counts = flops.at_blocks(counts)
     grouped = {name: round_to_multiple(count, flops.layers[name].in_channels, multiple)
                for name, count in flops.group_counts(counts).items()}
     return {**counts, **grouped}

@@ -27,3 +27,16 @@ def whole_blocks(keep: torch.Tensor, blocks: Sequence[Sequence[int]], nb_keep: i
             continue                      # closer to the count without it; a smaller may fit
         chosen.extend(blocks[b])
     return torch.tensor(sorted(chosen), dtype=torch.long, device=torch.as_tensor(keep).device)
+
+
+def block_count(nb_keep: int, blocks: Sequence[Sequence[int]]) -> int:
+    """How many columns ``whole_blocks`` keeps for a request of ``nb_keep`` (``nb_keep`` when
+    ``blocks`` is empty; exact for blocks of one width, a grouped conv's): what a FLOPs budget
+    must count, since a reader of a grouped conv that asks for 3 of its 16 columns in groups of
+    4 keeps a whole group of 4."""
+    chosen = 0
+    for block in blocks or ():
+        if chosen and chosen + len(block) / 2 > nb_keep:
+            continue
+        chosen += len(block)
+    return chosen if blocks else nb_keep

@@ -9,8 +9,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from compression.artifacts import build_model
 from compression.budget.flops import ChannelFlops
 from compression.budget.latency import _Template
+from compression.budget.strategy import at_group_counts
 from compression.graph.layers import analyse
-from compression.selection.blocks import whole_blocks
+from compression.selection.blocks import block_count, whole_blocks
 from compression.selection.criteria import SelectionOptions, select_channels
 from compression.surgery.dead_channels import unread_outputs
 from compression.surgery.thinning import mask_inputs, thin
@@ -114,3 +115,26 @@ def test_latency_table_builds_whole_groups():
     module, shape = template.build(8, 12)
     assert (module.in_channels, module.out_channels, module.groups) == (8, 12, 2)
     assert tuple(module(torch.zeros(1, *shape)).shape) == (1, 12, 8, 8)
+
+
+def test_block_count_is_what_whole_blocks_keeps():
+    blocks = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
+    for count in range(1, 17):
+        kept = whole_blocks(torch.arange(count), blocks, count)
+        assert block_count(count, blocks) == len(kept), count
+    assert [block_count(c, blocks) for c in (1, 3, 5, 6, 7, 10, 16)] == [4, 4, 4, 8, 8, 12, 16]
+    assert block_count(3, []) == 3
+
+
+def test_a_flops_budget_counts_the_whole_groups_a_reader_keeps():
+    """A count between whole groups (7 of 18 columns in groups of 6) is kept as 6: the budget's
+    figure is the thinned model's FLOPs, not the count's (it was 26 % under for the zoo's
+    grouped net at a 0.105 budget: 0.126 real)."""
+    model = _model()
+    layers = analyse(model, SHAPE)
+    flops = ChannelFlops(model, layers, SHAPE)
+    assert flops.at_blocks({"expand": 7, "other": 5}) == {"expand": 6, "other": 5}
+    keep = {"expand": torch.arange(6)}
+    thinned, _ = thin(model, layers, keep)
+    assert flops.flops({"expand": 7}) == flops.flops({"expand": 6}) == _flop_counter(thinned)
+    assert at_group_counts({"expand": 8}, flops) == {"expand": 6}   # what a strategy hands on
