@@ -16,7 +16,9 @@ FLOPs target of ``--flops_kept``:
    ``torch.utils.flop_counter``) are within ``--flops_tol`` of the target (relative), else the
    closest one tried. The model taken is the learner's thinned model right after selection
    (``save_path_ws``, ``pf.load_model``): the learner's own fine-tuning is cut to its minimum
-   (one step) and its result not used, so every method gets the same fine-tuning below;
+   (one step) and its result not used, so every method gets the same fine-tuning below,
+   after which the runner's delivery pass is applied as a run would (``fold_gathers``: gathers
+   folded where the timer finds that faster; ``gathers_folded`` in the JSON rows);
 2. Torch-Pruning: deep copies of the same pre-trained model, ``MetaPruner`` with
    ``GroupMagnitudeImportance(p=2)`` and ``GroupTaylorImportance()`` (gradients summed over
    ``--taylor_batches`` training batches), one ``pruning_ratio`` for every group (local pruning),
@@ -60,6 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_common  # noqa: E402,F401  (tunes malloc before anything allocates)
 import pocketflow_torch as pf  # noqa: E402
+from compression.surgery.passes import PassTimer, fold_gathers  # noqa: E402
 from datasets.digits import load_digits_splits  # noqa: E402
 from utils.model_stats import count_flops, count_params, measure_latencies  # noqa: E402
 
@@ -309,6 +312,10 @@ def measure_net(tp, name: str, root: str) -> list[dict]:
             r["acc_before_ft"] = accuracy(r["model"], data)
             r["model"] = finetune(r["model"], data)
             r["acc_after_ft"] = accuracy(r["model"], data)
+            if r["method"] not in TP_METHODS:   # what the runner delivers after fine-tuning
+                r["model"], _, record = fold_gathers(r["model"], None, data["shape"], PassTimer(
+                    data["shape"], threads=FLAGS.threads))
+                r["fold_gathers"] = record and record["kept"]
         ms = measure_latencies({"full": full, **{r["method"]: r["model"] for r in results}},
                                data["shape"], (1, BATCH), nb_threads=FLAGS.threads,
                                repeats=FLAGS.repeats)
@@ -319,6 +326,7 @@ def measure_net(tp, name: str, root: str) -> list[dict]:
                          "acc_before_ft": round(r["acc_before_ft"], 4),
                          "acc_after_ft": round(r["acc_after_ft"], 4),
                          "params": count_params(r["model"]),
+                         "gathers_folded": r.get("fold_gathers"),
                          "ms_bs1": round(ms[r["method"]]["bs1"], 4),
                          "ms_bs64": round(ms[r["method"]]["bs64"], 4),
                          "full_ms_bs1": round(ms["full"]["bs1"], 4),

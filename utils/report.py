@@ -70,9 +70,14 @@ def format_pass(record: dict) -> list[str]:
     """Printed rows of a structural pass's timing (``compression.surgery.passes``)."""
     ms = record["latency_ms"]
     verdict = "kept" if record["kept"] else "undone (slower)"
-    return [f"{'pass ' + record['pass'] + ' ' + batch:<28}{_fmt(ms['before'][batch]):>16}"
+    rows = [f"{'pass ' + record['pass'] + ' ' + batch:<28}{_fmt(ms['before'][batch]):>16}"
             f"{_fmt(ms['after'][batch]):>16}{_fmt(ms['after'][batch] / ms['before'][batch]):>10}"
             f"  {verdict}" for batch in ms["before"]]
+    if "flops" in record:       # a pass that trades FLOPs for time (fold_gathers)
+        flops = record["flops"]
+        rows.append(f"{'pass ' + record['pass'] + ' flops':<28}{flops['before']:>16,}"
+                    f"{flops['after']:>16,}{_fmt(flops['after'] / flops['before']):>10}")
+    return rows
 
 
 def format_chain(chain: list[dict]) -> list[str]:

@@ -81,6 +81,17 @@ def _take(tensor: torch.Tensor | None, dim: int, index: torch.Tensor | None) -> 
     return tensor.detach().index_select(dim, index.to(tensor.device)).clone()
 
 
+def _sized(tensor: torch.Tensor | None, dim: int, size: int) -> torch.Tensor | None:
+    """``tensor`` cut or zero-padded to ``size`` along ``dim`` (a placeholder's shape)."""
+    if tensor is None:
+        return None
+    if size <= tensor.shape[dim]:
+        return _take(tensor, dim, torch.arange(size))
+    shape = list(tensor.shape)
+    shape[dim] = size - tensor.shape[dim]
+    return torch.cat([tensor.detach(), tensor.detach().new_zeros(shape)], dim)
+
+
 def _set(module: nn.Module, key: str, value: torch.Tensor | None) -> None:
     if value is None:
         return
@@ -137,8 +148,16 @@ class ReaderPruner(LayerPruner):
         return shape
 
     def resize(self, module: nn.Module, shape: dict) -> nn.Module:
-        return self.shrink(module, torch.arange(shape[self.in_attr]),
-                           torch.arange(shape[self.out_attr]))
+        """Placeholders at the recorded widths, narrower or (a folded gather reading its whole
+        input again: ``compression.surgery.thinning.gathers_folded``) wider than ``module``."""
+        new = _copy(module)
+        c_in, c_out = shape[self.in_attr], shape[self.out_attr]
+        in_dim, out_dim = (0, 1) if self.transposed else (1, 0)
+        _set(new, "weight", _sized(_sized(module.weight, in_dim, c_in), out_dim, c_out))
+        _set(new, "bias", _sized(module.bias, 0, c_out))
+        setattr(new, self.in_attr, c_in)
+        setattr(new, self.out_attr, c_out)
+        return new
 
 
 class ChannelwisePruner(LayerPruner):

@@ -13,7 +13,9 @@ Modules:
 - ``picks``: ``Gather*`` / ``Scatter*`` modules that pick channels around a layer, and their
   one-hot matrix form for deployment;
 - ``thinning``: ``thin``, ``mask_inputs`` (the same selection as zeros), ``gathers_as_matrices``,
-  ``kept_channels``;
+  ``gathers_folded`` (gathers as zero weight columns), ``kept_channels``;
+- ``passes``: the structural passes kept only where a side-by-side timing finds them faster
+  (dead-channel elimination, ``fold_gathers``) and the report's ``passes`` section;
 - ``liveness``: which channels of each tensor a later op reads (the trace, backwards);
 - ``dead_channels``: writers compute only the channels read later; ``report`` measures what
   is left (liveness where it is exact, else the probe);
@@ -28,7 +30,8 @@ _EXPORTS = {
     "gather_class": "picks", "is_gather": "picks", "is_scatter": "picks",
     "as_matrix_modules": "picks",
     "thin": "thinning", "mask_inputs": "thinning", "gathers_as_matrices": "thinning",
-    "kept_channels": "thinning", "in_channels": "thinning",
+    "kept_channels": "thinning", "in_channels": "thinning", "gathers_folded": "thinning",
+    "PassTimer": "passes", "pass_timer": "passes", "fold_gathers": "passes",
     "eliminate": "dead_channels", "unread_outputs": "dead_channels",
     "liveness_of": "dead_channels", "Liveness": "liveness",
     "unread_channels": "unread", "wasted_flops": "unread",

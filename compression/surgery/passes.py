@@ -1,15 +1,20 @@
 """Structural passes kept only where they make the model faster, measured.
 
-A pass of the thinning (today: dead-channel elimination, ``compression.surgery.dead_channels``)
-changes the architecture to save FLOPs, but a scatter that places the live channels back, or a
-narrower layer between SIMD blocks, can cost more time than the channels save: on ResNet-20 /
-digits the dead-channel pass once made the default model 8 % slower at batch 64. So the
-learners offer each pass's result to ``PassTimer``: both models are timed side by side
+Two passes are timed: dead-channel elimination (``compression.surgery.dead_channels``, during
+the thinning) and ``fold_gathers`` (on the delivered model: every layer that picks its kept
+channels out of a wider tensor with ``index_select`` reads the whole tensor instead, zero
+weight columns where it picked none). A pass changes the architecture, and a change that saves
+FLOPs (a scatter that places the live channels back, a narrower layer between SIMD blocks, a
+gather) can cost more time than the channels save: on ResNet-20 / digits the dead-channel pass
+once made the default model 8 % slower at batch 64. So each pass's result goes to
+``PassTimer``: both models are timed side by side
 (``utils.model_stats.measure_latencies``: alternating rounds, eval mode, batch 1 and 64, the
 process's threads) and the pass is kept only when its result is faster at some batch size and
 slower at none by more than ``tolerance`` (2 %: the spread of side-by-side rounds on a quiet
 machine; a strict comparison undid a pass 6.5 % faster at batch 64 for 0.5 % at batch 1).
-The report's ``passes`` section lists every decision with both latencies.
+The report's ``passes`` section lists every decision with both latencies (and, for
+``fold_gathers``, the FLOPs before and after: folding computes the zero columns, so a kept fold
+raises the FLOPs the report counts while lowering the time).
 
 ``--report_latency=false`` or ``PF_PASS_TIMING=0`` keeps every pass without timing (the latter:
 bit-for-bit repeatable architectures, e.g. in a test suite; the decision otherwise depends on
@@ -70,6 +75,47 @@ def pass_timer(input_shape: Sequence[int], measure: bool = True) -> PassTimer | 
     """The timer the learners use; None (every pass kept untimed) when ``PF_PASS_TIMING=0`` or
     not ``measure`` (the run's ``--report_latency=false``: no latency is measured at all)."""
     return PassTimer(tuple(input_shape)) if measure and timing_enabled() else None
+
+
+def fold_gathers(model: nn.Module, spec: dict | None, input_shape: Sequence[int],
+                 timer: PassTimer | None) -> tuple[nn.Module, dict | None, dict | None]:
+    """``(model, spec, record)``: the delivered ``model`` with its gathers folded
+    (``compression.surgery.thinning.gathers_folded``) when ``timer`` finds that faster, else
+    as it is; ``record``: the timer's (with ``flops`` before / after and the ``layers``), None
+    when there was nothing to fold or no timer."""
+    from compression.surgery.thinning import gathers_folded
+    from utils.model_stats import count_flops
+    if timer is None:
+        return model, spec, None
+    folded, folded_spec, names = gathers_folded(model, input_shape, spec)
+    if not names:
+        return model, spec, None
+    record = timer("fold_gathers", model, folded)
+    record.update(layers=names, flops={"before": count_flops(model, input_shape),
+                                       "after": count_flops(folded, input_shape)})
+    if record["kept"]:
+        return folded, folded_spec, record
+    return model, spec, record
+
+
+def fold_delivered(result, input_shape: Sequence[int], measure: bool, mgw) -> None:
+    """``fold_gathers`` on a run's delivered result (``learners.base.Result``, in place; a
+    float result with a spec only), its record appended to the result's ``passes`` section;
+    ``measure``: the run's ``--report_latency``. The primary process of ``mgw`` times, every
+    process folds alike."""
+    from compression.surgery.thinning import gathers_folded
+    timer = pass_timer(input_shape, measure)
+    if timer is None or result.spec is None or result.deploy_kind != "fp32":
+        return
+    record = None
+    if mgw.is_primary():
+        record = fold_gathers(result.model, result.spec, input_shape, timer)[2]
+    record = mgw.broadcast_object(record)
+    if record is None:
+        return
+    result.sections.setdefault("passes", []).append(record)
+    if record["kept"]:
+        result.model, result.spec, _ = gathers_folded(result.model, input_shape, result.spec)
 
 
 def passes_section(stats: dict) -> dict:

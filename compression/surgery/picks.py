@@ -177,7 +177,7 @@ class _OneHot(nn.Module):
         return torch.einsum("oc,nc...->no...", self.matrix.reshape(self.matrix.shape[:2]), x)
 
 
-def _widths(model: nn.Module, modules: dict[str, nn.Module], input_shape) -> dict[str, int]:
+def input_widths(model: nn.Module, modules: dict[str, nn.Module], input_shape) -> dict[str, int]:
     """Input width of each module in one eval-mode forward pass."""
     widths: dict[str, int] = {}
 
@@ -212,7 +212,7 @@ def as_matrix_modules(model: nn.Module, input_shape, fold) -> nn.Module:
     the plain module followed by a one-hot 1x1 product into the wider tensor."""
     model = copy.deepcopy(model)
     gathers = {n: m for n, m in model.named_modules() if is_gather(m)}
-    widths = _widths(model, gathers, input_shape) if gathers else {}
+    widths = input_widths(model, gathers, input_shape) if gathers else {}
     for name, module in gathers.items():
         width, picked = widths[name], len(module.in_index)
         folded = module.weight.numel() // picked * width

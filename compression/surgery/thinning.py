@@ -19,7 +19,7 @@ from typing import Callable, Collection, Mapping, Sequence
 import torch
 from torch import nn
 
-from compression.surgery.picks import (as_matrix_modules,
+from compression.surgery.picks import (as_matrix_modules, input_widths, is_gather,
                                        is_scatter, set_gather,
                                        set_scatter, set_submodule)
 from compression.surgery import dead_channels
@@ -43,6 +43,43 @@ def gathers_as_matrices(model: nn.Module, input_shape: Sequence[int]) -> nn.Modu
     and each scatter (``compression.surgery.dead_channels``) a one-hot 1x1 product after the module
     (``compression.surgery.picks.as_matrix_modules``)."""
     return as_matrix_modules(model, input_shape, _folded)
+
+
+def gathers_folded(model: nn.Module, input_shape: Sequence[int],
+                   spec: dict | None = None) -> tuple[nn.Module, dict | None, list[str]]:
+    """``(copy, spec, names)``: ``model`` with every gather (``index_select`` of the input
+    channels a thinned layer kept) read as the plain layer over its whole input, zero weight
+    columns where it picked none (same outputs; more FLOPs, no copy of the input), the
+    ``spec`` with the new shapes recorded, and the layers folded. Conv (groups 1) and linear
+    gathers only; on CPUs a narrow gather in front of a cheap layer can cost more than the
+    columns it saves (``compression.surgery.passes.fold_gathers``)."""
+    model = copy.deepcopy(model)
+    gathers = {name: module for name, module in model.named_modules() if is_gather(module)
+               and (isinstance(module, nn.Linear) or (
+                   isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+                   and module.groups == 1))}
+    if not gathers:
+        return model, spec, []
+    widths = input_widths(model, gathers, input_shape)
+    for name, module in gathers.items():
+        if name == "":
+            model = _folded(module, widths[name])
+        else:
+            set_submodule(model, name, _folded(module, widths[name]))
+    return model, _recorded(spec, model, list(gathers)), list(gathers)
+
+
+def _recorded(spec: dict | None, model: nn.Module, names: Sequence[str],
+              params: Collection[str] = ()) -> dict | None:
+    """``spec`` with the shapes of modules (and parameters) ``names`` of ``model`` recorded as
+    one more ``thin`` transform."""
+    if spec is None:
+        return None
+    shapes = {name: _param_shape(model, name) if name in params
+              else _shape_of(model.get_submodule(name)) for name in names}
+    new_spec = copy.deepcopy(spec)
+    new_spec.setdefault("transforms", []).append({"type": "thin", "modules": shapes})
+    return new_spec
 
 
 @torch.no_grad()
@@ -165,13 +202,7 @@ def thin(model: nn.Module, layers: Sequence[PrunableLayer],
         changed += [name for name in extra if name not in plan]
     if stats is not None and graph.input_shape is not None:
         stats.update(dead_channels.report(before, thinned, graph.input_shape, not_worth))
-    if spec is None:
-        return thinned, None
-    shapes = {name: _param_shape(thinned, name) if name in graph.params
-              else _shape_of(thinned.get_submodule(name)) for name in changed}
-    new_spec = copy.deepcopy(spec)
-    new_spec.setdefault("transforms", []).append({"type": "thin", "modules": shapes})
-    return thinned, new_spec
+    return thinned, _recorded(spec, thinned, changed, graph.params)
 
 
 @torch.no_grad()

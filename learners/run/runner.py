@@ -1,12 +1,11 @@
 """The runner: everything around a learner's ``compress``.
 
 ``Runner(helper, cfg, mgw).run(learner)``: the starting model (the pre-trained full model,
-trained first with ``full-prec`` when missing, or with ``--enbl_warm_start`` another learner's
-result, checked to fit: ``learners.run.composition``), the original's accuracy, the learner's
-``compress``, then the artifact, the report's figures of both sides, sparse copies, deployment
-files checked in their runtimes, and ``report.json``. ``evaluate(learner)`` is
-``--exec_mode=eval``. A run's output folders are locked and its resume files checked before
-anything is written (``learners.launch``, ``preflight``).
+trained first with ``full-prec`` when missing, or ``--enbl_warm_start``'s result, checked to
+fit: ``learners.run.composition``), the original's accuracy, ``compress``, the delivery pass
+(``compression.surgery.passes.fold_delivered``), the artifact, both sides' figures, sparse and
+deployment files (checked in their runtimes), report.json. ``evaluate``: ``--exec_mode=eval``.
+Output folders are locked and resume files checked before anything is written (``preflight``).
 """
 from __future__ import annotations
 
@@ -27,8 +26,9 @@ from learners.run.report import Report
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, formatted, settings
 from utils.data_loading import check_one_batch
-from compression.artifacts import (IncompleteResult, check_complete, load_model, load_weights_from,
-                                   mark_complete)
+from compression.artifacts import (IncompleteResult, check_complete, load_model,
+                                   load_weights_from, mark_complete)
+from compression.surgery.passes import fold_delivered
 from utils.model_stats import count_flops, count_params, measure_latencies, measure_latency
 from utils.multi_gpu_wrapper import MultiGpuWrapper, SingleProcess
 from deployment.verify import parity_failure, parity_section
@@ -72,8 +72,7 @@ class Runner:
         return cls(own_cfg, ctx)
 
     def output_dirs(self, learner: Learner) -> list[str]:
-        """The folders the learner writes to (its checkpoint's, its artifact's, those of its own
-        ``*save_path*`` options): the run holds a lock on each (``utils.run_lock``)."""
+        """The folders the learner writes to, each locked by the run (``utils.run_lock``)."""
         paths = [learner.ctx.checkpoint, learner.ctx.outputs.artifact]
         if learner.cfg is not None:
             paths += [value for name, value in vars(learner.cfg).items()
@@ -244,6 +243,7 @@ class Runner:
             report.accuracy.compressed = result.accuracy
             report.accuracy.compressed_before_finetune = result.before_finetune
         report.accuracy.extra.update(result.accuracy_extra)
+        fold_delivered(result, self.helper.input_shape, self.cfg.report_latency, self.mgw)
         for name, value in result.sections.items():
             report.add(name, value)
         size = None
