@@ -84,7 +84,9 @@ flags.DEFINE_float("zoo_epochs", 30.0, "full-prec training epochs of a zoo net (
 flags.DEFINE_float("flops_tol", 0.01, "relative FLOPs tolerance of the bisections")
 flags.DEFINE_integer("max_bisect", 8, "most runs of a project learner's bisection")
 flags.DEFINE_integer("taylor_batches", 4, "training batches whose gradients Taylor importance sums")
-flags.DEFINE_integer("repeats", 30, "timed calls per model and batch size")
+flags.DEFINE_integer("repeats", 70, "timed calls per model and batch size (over the rounds)")
+flags.DEFINE_integer("rounds", 7, "alternating timing rounds (the median is kept): the zoo "
+                     "models run in 0.2-2 ms, where one round can be off by 50 %")
 flags.DEFINE_integer("seed", 0, "seed of the pre-training, the learners and the fine-tuning")
 flags.DEFINE_integer("threads", 2, "torch intra-op threads (training and latency)")
 FLAGS = flags.FLAGS
@@ -191,7 +193,8 @@ def project_prune(learner: str, name: str, full: nn.Module, artifact: str, data:
 
     def prune(knob: float) -> tuple:
         out_dir = os.path.join(root, name, f"{learner}_{target}_{next(runs)}")
-        common = {option: round(knob, 6), "report_latency": False, "export_format": "none",
+        # report_latency: a run as users start it, its dead-channel pass timed (passes.py)
+        common = {option: round(knob, 6), "report_latency": True, "export_format": "none",
                   "seed": FLAGS.seed, **extra}
         if name == "resnet20":    # the helper's data; its fine-tuning cut to one step
             pf.compress(resnet_helper(1e-6), learner=real, full_model=artifact,
@@ -318,7 +321,7 @@ def measure_net(tp, name: str, root: str) -> list[dict]:
                 r["fold_gathers"] = record and record["kept"]
         ms = measure_latencies({"full": full, **{r["method"]: r["model"] for r in results}},
                                data["shape"], (1, BATCH), nb_threads=FLAGS.threads,
-                               repeats=FLAGS.repeats)
+                               repeats=FLAGS.repeats, rounds=FLAGS.rounds)
         for r in results:
             rows.append({"net": name, "flops_target": target,
                          "flops_kept": round(r["flops_kept"], 4), "method": r["method"],
@@ -394,7 +397,7 @@ def main(argv: list) -> None:
             rows.extend(measure_net(tp, name, root))
     print_table(rows)
     settings = {k: getattr(FLAGS, k) for k in ("nets", "flops_kept", "learners", "ft_epochs",
-                                               "ft_lr", "ft_wd", "seed", "threads")}
+                                               "ft_lr", "ft_wd", "seed", "threads", "rounds")}
     settings.update(torch=torch.__version__, torch_pruning=getattr(tp, "__version__", None))
     print(json.dumps({"settings": settings, "rows": rows, "goals": goals(rows)}))
 
