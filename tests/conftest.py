@@ -247,6 +247,18 @@ def distiller_resnet20():
     return model.eval()
 
 
+def rebuilt_output(spec: dict, base, model, x):
+    """The output on ``x`` of ``model`` rebuilt from ``spec`` over ``base`` (an unthinned
+    instance of its net) with ``model``'s weights: what a saved artifact computes."""
+    import torch
+    from compression.artifacts import build_model
+
+    rebuilt = build_model(spec, base=base)
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        return rebuilt.eval()(x)
+
+
 def half_fixed_ratio(full, candidate, shape, *args, **kwargs) -> float:
     """A deterministic stand-in for ``measured_ratio``: half the latency fixed, half
     proportional to the FLOPs of what is timed."""

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compression.artifacts import build_model
 from compression.surgery.passes import fold_gathers
 from compression.surgery.picks import is_gather, is_scatter
 from compression.surgery.thinning import gathers_folded, thin
 from tests.compression.surgery.test_passes import Verdict, masked_at_half
+from tests.conftest import rebuilt_output
 from tests.zoo.modern import FunctionalNet
 from tests.zoo.nets import INPUT_SHAPE
 from utils.model_io import module_spec
@@ -41,9 +41,7 @@ def test_folded_gathers_compute_the_same_and_rebuild_from_the_spec():
     x = torch.randn(5, *INPUT_SHAPE)
     with torch.no_grad():
         assert torch.allclose(folded(x), model(x), atol=1e-5)
-        rebuilt = build_model(folded_spec, base=FunctionalNet())
-        rebuilt.load_state_dict(folded.state_dict())
-        assert torch.equal(rebuilt.eval()(x), folded(x))
+        assert torch.equal(rebuilt_output(folded_spec, FunctionalNet(), folded, x), folded(x))
     assert count_flops(folded, INPUT_SHAPE) > count_flops(model, INPUT_SHAPE)
     assert spec["transforms"] == folded_spec["transforms"][:-1]      # the input spec untouched
 
