@@ -107,15 +107,15 @@ def fold_delivered(result, input_shape: Sequence[int], measure: bool, mgw) -> No
     timer = pass_timer(input_shape, measure)
     if timer is None or result.spec is None or result.deploy_kind != "fp32":
         return
-    record = None
-    if mgw.is_primary():
-        record = fold_gathers(result.model, result.spec, input_shape, timer)[2]
-    record = mgw.broadcast_object(record)
+    mine = fold_gathers(result.model, result.spec, input_shape, timer) if mgw.is_primary() \
+        else None
+    record = mgw.broadcast_object(mine and mine[2])
     if record is None:
         return
     result.sections.setdefault("passes", []).append(record)
-    if record["kept"]:
-        result.model, result.spec, _ = gathers_folded(result.model, input_shape, result.spec)
+    if record["kept"]:       # the primary has the model it timed; the others fold alike
+        result.model, result.spec = (mine or gathers_folded(result.model, input_shape,
+                                                            result.spec))[:2]
 
 
 def passes_section(stats: dict) -> dict:
