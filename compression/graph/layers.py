@@ -42,7 +42,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from torch import nn
+from torch import fx, nn
 
 from compression.graph.channel_graph import ChannelGraph
 from compression.graph.ops import GraphError, shaped_graph, trace  # noqa: F401
@@ -68,6 +68,7 @@ class PrunableLayer:
     # path that nothing else reads (a pre-activation BN), nearest first
     blocks: list[list[int]] = field(default_factory=list)  # input columns kept or dropped
     # together (the channels of one group of a grouped conv); empty: each on its own
+    writes_output: bool = False                 # its outputs are the network's (a classifier)
     graph: "ChannelGraph | None" = field(default=None, repr=False, compare=False)
 
     @property
@@ -83,7 +84,8 @@ def is_depthwise(module: nn.Module) -> bool:
 def analyse(model: nn.Module, input_shape: Sequence[int]) -> list[PrunableLayer]:
     """Every conv / linear layer whose input channels a learner may prune, in execution
     order, with its mode; all share the model's ``ChannelGraph`` (``layer.graph``)."""
-    graph, _ = build_graph(model, input_shape)
+    graph, graph_module = build_graph(model, input_shape)
+    heads = _heads(graph_module, set(graph.readers))
     modules = dict(model.named_modules())
     new = sorted(set(graph.unhandled.items()) - _LOGGED)
     if new:
@@ -125,8 +127,20 @@ def analyse(model: nn.Module, input_shape: Sequence[int]) -> list[PrunableLayer]
             name, graph.kinds[name], len(ids), "chain" if chain else "gather", producer,
             followers, is_first=bool(set(graph.readers[name]) & graph.input_ids),
             private=[] if name in graph.gathered else graph.private[name],
-            blocks=_blocks(graph, ids), graph=graph))
+            blocks=_blocks(graph, ids), graph=graph,
+            writes_output=name in heads))
     return layers
+
+
+def _heads(graph_module: fx.GraphModule, readers: set[str]) -> set[str]:
+    """The readers after which no reader runs on any path (the layers writing the network's
+    output: a classifier, also through ``log_softmax`` or a scale; each head of several)."""
+    below: dict[fx.Node, bool] = {}      # node -> a reader runs after it
+    for node in reversed(graph_module.graph.nodes):
+        below[node] = any(below[user] or (user.op == "call_module" and user.target in readers)
+                          for user in node.users)
+    return {node.target for node in graph_module.graph.nodes
+            if node.op == "call_module" and node.target in readers and not below[node]}
 
 
 def _blocks(graph: ChannelGraph, ids: Sequence[int]) -> list[list[int]]:

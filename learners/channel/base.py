@@ -11,12 +11,13 @@ import copy
 import logging
 import os
 from abc import abstractmethod
+from typing import Collection
 
 import torch
 from torch import nn
 
 from compression.budget.flops import ChannelFlops
-from compression.selection.criteria import refit_layers
+from compression.selection.criteria import refit_layers, trained_outputs
 from compression.selection.progress import SelectionProgress
 from compression.graph.layers import choose_layers
 from compression.budget.counts import counts_for_ratios
@@ -198,23 +199,26 @@ class ChannelLearnerBase(Learner):
         coupled = self.coupled_keep(full, layers, chosen, counts, batches,
                                     None if rollout else sections)
         mask_inputs(pruned, coupled)
+        trained = trained_outputs(chosen, self.cfg.selection_options())
         if coupled:     # the layers selected next read refitted groups, not merely masked ones
-            self.refit_coupled(full, pruned, coupled, batches, quiet=True)
+            self.refit_coupled(full, pruned, coupled, batches, trained, quiet=True)
         select = self.select_rollout if rollout else self.select_final
         keep, stats = select(full, pruned, [layer for layer in chosen if layer.name not in coupled],
                              counts, batches)
-        stats += self.refit_coupled(full, pruned, coupled, batches)
+        stats += self.refit_coupled(full, pruned, coupled, batches, trained)
         keep.update(coupled)
         return pruned, keep, stats
 
     def refit_coupled(self, full: nn.Module, pruned: nn.Module, coupled: dict[str, torch.Tensor],
-                      batches: list[torch.Tensor], quiet: bool = False) -> list[dict]:
+                      batches: list[torch.Tensor], trained: Collection[str] = (),
+                      quiet: bool = False) -> list[dict]:
         """Least-squares weights for the kept inputs of the readers of residual groups (inputs
         from the pruned network, targets from the full one), in execution order: once before
         the other layers' selection (so that they are fitted to the inputs the groups will
-        give, not to masked ones; ``quiet``) and again after it."""
+        give, not to masked ones; ``quiet``) and again after it. ``trained``: readers that
+        keep their trained weights (``trained_outputs``)."""
         return refit_layers(full, pruned, coupled, batches, self.cfg.selection_options(),
-                            self.ctx.seed, quiet=quiet)
+                            self.ctx.seed, quiet=quiet, trained=trained)
 
     @property
     @abstractmethod
