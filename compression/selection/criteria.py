@@ -96,7 +96,7 @@ class SelectionOptions:
     refit_output: bool = option(False, "refit the layer that writes the network's output (the "
                                        "classifier) too; false: it keeps its trained weights on "
                                        "the inputs it keeps, which fine-tunes better "
-                                       "(docs/learners.md#refit)")
+                                       "(docs/learners.md#refit-of-the-output-layer)")
     prox_lrn_rate: float = option(1e-2, "group-prox selection: initial proximal step on the "
                                         "layer's normalised problem")
     prox_nb_iters: int = option(1000, "group-prox selection: proximal iterations per layer")
@@ -173,7 +173,8 @@ def trained_outputs(layers: Sequence[PrunableLayer], cfg: SelectionOptions) -> s
     fed by a heavily pruned trunk matches the full model's logits with weights several times
     larger than the trained ones (norm 14-66 vs 4-7 on the benchmarks' nets at 10-15 % of the
     FLOPs), fitted to features that fine-tuning then changes; the trained weights anchor
-    fine-tuning to the representation the trunk is retrained towards (docs/learners.md#refit)."""
+    fine-tuning to the representation the trunk is retrained towards
+    (docs/learners.md#refit-of-the-output-layer)."""
     return set() if cfg.refit_output else {layer.name for layer in layers if layer.writes_output}
 
 
