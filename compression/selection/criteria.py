@@ -210,7 +210,7 @@ def select_channels(full: nn.Module, pruned: nn.Module, layers: Sequence[Prunabl
                         else trained[:, keep], keep)
         keep_all[layer.name] = keep.cpu()
         record = {"layer": layer.name, "in_channels": layer.in_channels, "kept": len(keep),
-                  "mode": layer.mode, "rel_error_unpruned": error_before,
+                  "mode": layer.mode, "refit": trained is None, "rel_error_unpruned": error_before,
                   "rel_error": reconstruction_error(patches, targets, layer_weight(module), keep),
                   "seconds": time.perf_counter() - start}
         stats.append(record)
@@ -235,7 +235,8 @@ def refit_layers(full: nn.Module, pruned: nn.Module, keep: Mapping[str, torch.Te
                            refit=name not in trained)
         in_channels = layer_weight(pruned.get_submodule(name)).shape[1]
         stats.append({"layer": name, "in_channels": in_channels, "kept": len(kept),
-                      "mode": "group", "rel_error": error, "seconds": time.perf_counter() - start})
+                      "mode": "group", "refit": name not in trained, "rel_error": error,
+                      "seconds": time.perf_counter() - start})
         if not quiet:
             log.info("%-6s %-22s group  keep %3d/%-3d rel.err %.4f",
                      "keep" if name in trained else "refit", name, len(kept), in_channels, error)

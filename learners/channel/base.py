@@ -295,6 +295,7 @@ class ChannelLearnerBase(Learner):
 
 def log_layer(record: dict) -> None:
     """One log line per selected layer."""
-    log.info("select %-22s %-6s keep %3d/%-3d rel.err %.4f (unpruned %.4f) %.2f s",
+    log.info("select %-22s %-6s keep %3d/%-3d rel.err %.4f (unpruned %.4f) %.2f s%s",
              record["layer"], record["mode"], record["kept"], record["in_channels"],
-             record["rel_error"], record["rel_error_unpruned"], record["seconds"])
+             record["rel_error"], record["rel_error_unpruned"], record["seconds"],
+             "" if record.get("refit", True) else " (trained weights kept)")

@@ -83,6 +83,7 @@ def test_the_classifier_keeps_its_trained_weights_and_the_others_are_refit(net):
              and not torch.allclose(layer_weight(pruned.get_submodule(name))[:, keep[name]],
                                     trained[name][:, keep[name]])]
     assert refit, "no other layer was refit"
+    assert {name for name, record in stats.items() if not record["refit"]} == {"fc"}
 
     # refit_output: the same channels, refit weights that reconstruct the logits better
     refitted, keep_refit, stats_refit = _select(model, refit_output=True)
@@ -90,6 +91,7 @@ def test_the_classifier_keeps_its_trained_weights_and_the_others_are_refit(net):
     assert not torch.allclose(layer_weight(refitted.get_submodule("fc"))[:, columns],
                               trained["fc"][:, columns])
     assert stats_refit["fc"]["rel_error"] < stats["fc"]["rel_error"]
+    assert all(record["refit"] for record in stats_refit.values())
 
 
 def test_residual_group_readers_keep_trained_weights_when_told():
@@ -105,6 +107,7 @@ def test_residual_group_readers_keep_trained_weights_when_told():
         stats = refit_layers(model, pruned, keep, batches, SelectionOptions(), quiet=True,
                              trained=trained)
         results[trained] = (layer_weight(pruned.fc), stats[0]["rel_error"])
+        assert stats[0]["refit"] == (not trained)
     kept_trained, error_trained = results[("fc",)]
     kept_refit, error_refit = results[()]
     assert torch.equal(kept_trained[:, keep["fc"]], layer_weight(model.fc)[:, keep["fc"]])
