@@ -8,8 +8,10 @@ pre-trained ``--model``, trained with ``full-prec`` first when missing; zoo nets
 FLOPs target of ``--flops_kept``:
 
 1. this project: every learner of ``--learners`` (``chn-pruned-rmt``: its defaults, residual
-   streams pruned as groups, as Torch-Pruning does; ``chn-pruned-rmt-per-layer``: each reader
-   of a stream keeps its own channels, PocketFlow's selection) through
+   streams pruned as groups, as Torch-Pruning does; ``chn-pruned-rmt-trained-head``: the same
+   with ``refit_output=False``, the classifier keeping its trained weights;
+   ``chn-pruned-rmt-per-layer``: each reader of a stream keeps its own channels, PocketFlow's
+   selection) through
    ``pocketflow_torch.compress`` under a FLOPs budget (``preserve_ratio``, which counts the FLOPs
    before dead-channel elimination; learners without one: their ``prune_ratio``), searched
    until the thinned model's FLOPs (``utils.model_stats.count_flops``, i.e.
@@ -73,10 +75,12 @@ ZOO_PICK = ("inception", "se", "grouped")   # concat, SE + depthwise + residual,
 flags.DEFINE_list("nets", ["resnet20", *ZOO_PICK],
                   "resnet20 (digits 16x16, --model) and zoo nets of tests/zoo/nets.py (digits 8x8)")
 flags.DEFINE_list("flops_kept", ["0.30", "0.25", "0.15", "0.105"], "FLOPs targets (kept fraction)")
-flags.DEFINE_list("learners", ["chn-pruned-rmt", "chn-pruned-rmt-per-layer"],
+flags.DEFINE_list("learners", ["chn-pruned-rmt", "chn-pruned-rmt-trained-head",
+                               "chn-pruned-rmt-per-layer"],
                   "this project's channel learners: chn-pruned-rmt (its defaults: residual "
-                  "streams as groups), chn-pruned-rmt-per-layer (--cpr_prune_residual=false), "
-                  "dis-chn-pruned, channel (uniform), chn-pruned-gpu")
+                  "streams as groups), chn-pruned-rmt-trained-head (--cpr_refit_output=false), "
+                  "chn-pruned-rmt-per-layer (--cpr_prune_residual=false), dis-chn-pruned, "
+                  "channel (uniform), chn-pruned-gpu")
 flags.DEFINE_string("model", "./models_eval/model.ckpt",
                     "pre-trained digits ResNet-20 artifact (trained with full-prec if missing)")
 flags.DEFINE_float("ft_epochs", 10.0, "epochs of the common fine-tuning (may be fractional)")
@@ -106,6 +110,8 @@ TP_METHODS = ("tp-l2", "tp-taylor")
 # a variant of this project: (learner, FLOPs option, FLOPs grow with it?, other options)
 VARIANTS = {
     "chn-pruned-rmt": ("chn-pruned-rmt", "preserve_ratio", True, {}),
+    "chn-pruned-rmt-trained-head": ("chn-pruned-rmt", "preserve_ratio", True,
+                                    {"refit_output": False}),
     "chn-pruned-rmt-per-layer": ("chn-pruned-rmt", "preserve_ratio", True,
                                  {"prune_residual": False}),
     "dis-chn-pruned": ("dis-chn-pruned", "preserve_ratio", True,
@@ -385,14 +391,14 @@ def goals(rows: list[dict]) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'net':10} {'target':>6} {'kept':>6} {'method':15} {'acc full':>8} {'before FT':>9} "
+    print(f"{'net':10} {'target':>6} {'kept':>6} {'method':27} {'acc full':>8} {'before FT':>9} "
           f"{'after FT':>8} {'params':>8} {'bs1 ms':>7} {'bs64 ms':>8}  knob")
     for r in rows:
         if "error" in r:
-            print(f"{r['net']:10} {r['flops_target']:6.3f} {'-':>6} {r['method']:15} "
+            print(f"{r['net']:10} {r['flops_target']:6.3f} {'-':>6} {r['method']:27} "
                   f"refused: {r['error']}")
             continue
-        print(f"{r['net']:10} {r['flops_target']:6.3f} {r['flops_kept']:6.4f} {r['method']:15} "
+        print(f"{r['net']:10} {r['flops_target']:6.3f} {r['flops_kept']:6.4f} {r['method']:27} "
               f"{r['acc_full']:8.4f} {r['acc_before_ft']:9.4f} {r['acc_after_ft']:8.4f} "
               f"{r['params']:8d} {r['ms_bs1']:7.3f} {r['ms_bs64']:8.3f}  {r['knob']}")
 

@@ -93,10 +93,12 @@ class SelectionOptions:
                                choices=["closed", "adam"])
     lstsq_lrn_rate: float = option(1e-3, "Adam learning rate of the refit (solver adam)")
     lstsq_nb_iters: int = option(100, "Adam iterations of the refit (solver adam)")
-    refit_output: bool = option(False, "refit the layer that writes the network's output (the "
-                                       "classifier) too; false: it keeps its trained weights on "
-                                       "the inputs it keeps, which fine-tunes better "
-                                       "(docs/learners.md#refit-of-the-output-layer)")
+    refit_output: bool = option(True, "refit the layer that writes the network's output (the "
+                                      "classifier) too, as PocketFlow does; false: in the final "
+                                      "selection it keeps its trained weights on the inputs it "
+                                      "keeps: a worse start, which a long fine-tuning at <= 15 % "
+                                      "of the FLOPs recovers better from "
+                                      "(docs/learners.md#refit-of-the-output-layer)")
     prox_lrn_rate: float = option(1e-2, "group-prox selection: initial proximal step on the "
                                         "layer's normalised problem")
     prox_nb_iters: int = option(1000, "group-prox selection: proximal iterations per layer")
@@ -169,12 +171,12 @@ def refit_kept(full: nn.Module, pruned: nn.Module, name: str, keep: torch.Tensor
 
 def trained_outputs(layers: Sequence[PrunableLayer], cfg: SelectionOptions) -> set[str]:
     """The layers of ``layers`` that keep their trained weights instead of a refit: those
-    writing the network's output, unless ``cfg.refit_output``. Least squares on a classifier
-    fed by a heavily pruned trunk matches the full model's logits with weights several times
-    larger than the trained ones (norm 14-66 vs 4-7 on the benchmarks' nets at 10-15 % of the
-    FLOPs), fitted to features that fine-tuning then changes; the trained weights anchor
-    fine-tuning to the representation the trunk is retrained towards
-    (docs/learners.md#refit-of-the-output-layer)."""
+    writing the network's output when ``cfg.refit_output`` is false. Least squares on a
+    classifier fed by a heavily pruned trunk matches the full model's logits with weights several
+    times larger than the trained ones (norm 14-66 vs 4-7 on the benchmarks' nets at 10-15 % of
+    the FLOPs): the far better start before fine-tuning, from which a long fine-tuning at a high
+    rate recovers less (docs/learners.md#refit-of-the-output-layer). Only a final selection
+    asks: a search's roll-outs score the model before fine-tuning."""
     return set() if cfg.refit_output else {layer.name for layer in layers if layer.writes_output}
 
 
@@ -182,10 +184,12 @@ def select_channels(full: nn.Module, pruned: nn.Module, layers: Sequence[Prunabl
                     counts: Mapping[str, int], batches: Sequence[torch.Tensor],
                     cfg: SelectionOptions, seed: int = 0,
                     on_layer: Callable[[dict], None] | None = None,
-                    progress: SelectionProgress | None = None) -> tuple[dict, list[dict]]:
+                    progress: SelectionProgress | None = None,
+                    trained: Collection[str] = ()) -> tuple[dict, list[dict]]:
     """Prune ``pruned`` (a copy of ``full``) in place, layer by layer, to ``counts[name]``
     input channels each; returns ``(keep: name -> kept input indices, per-layer stats)``.
-    ``progress``: saved after every layer, and resumed from (``compression.selection.progress``)."""
+    ``progress``: saved after every layer, and resumed from (``compression.selection.progress``);
+    ``trained``: layers whose kept channels keep their trained weights (``trained_outputs``)."""
     full.eval()
     pruned.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -203,14 +207,15 @@ def select_channels(full: nn.Module, pruned: nn.Module, layers: Sequence[Prunabl
         error_before = reconstruction_error(patches, targets, weight,
                                             torch.arange(weight.shape[1], device=weight.device))
         normal_eqs = normal_equations(patches, targets)
-        trained = weight.clone() if layer.name in trained_outputs([layer], cfg) else None
+        kept_as_trained = weight.clone() if layer.name in trained else None
         keep, weight = _pick(normal_eqs, weight, nb_keep, cfg, gen, seed)
         keep = whole_blocks(keep, layer.blocks, nb_keep)
-        set_kept_weight(module, _refit(normal_eqs, weight, keep, cfg) if trained is None
-                        else trained[:, keep], keep)
+        set_kept_weight(module, _refit(normal_eqs, weight, keep, cfg) if kept_as_trained is None
+                        else kept_as_trained[:, keep], keep)
         keep_all[layer.name] = keep.cpu()
         record = {"layer": layer.name, "in_channels": layer.in_channels, "kept": len(keep),
-                  "mode": layer.mode, "refit": trained is None, "rel_error_unpruned": error_before,
+                  "mode": layer.mode, "refit": layer.name not in trained,
+                  "rel_error_unpruned": error_before,
                   "rel_error": reconstruction_error(patches, targets, layer_weight(module), keep),
                   "seconds": time.perf_counter() - start}
         stats.append(record)

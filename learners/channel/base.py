@@ -199,7 +199,7 @@ class ChannelLearnerBase(Learner):
         coupled = self.coupled_keep(full, layers, chosen, counts, batches,
                                     None if rollout else sections)
         mask_inputs(pruned, coupled)
-        trained = trained_outputs(chosen, self.cfg.selection_options())
+        trained = set() if rollout else trained_outputs(chosen, self.cfg.selection_options())
         if coupled:     # the layers selected next read refitted groups, not merely masked ones
             self.refit_coupled(full, pruned, coupled, batches, trained, quiet=True)
         select = self.select_rollout if rollout else self.select_final

@@ -1,5 +1,6 @@
-"""The layer that writes the network's output keeps its trained weights unless ``refit_output``
-(``compression.selection.criteria.trained_outputs``), on nets of several shapes."""
+"""With ``refit_output=False`` the layer that writes the network's output keeps its trained
+weights (``compression.selection.criteria.trained_outputs``), on nets of several shapes; by
+default it is refit like every other layer."""
 from __future__ import annotations
 
 import copy
@@ -51,8 +52,8 @@ def test_the_layers_writing_the_output_are_marked(net, expected):
     model = {"two_heads": TwoHeads, "softmax_out": SoftmaxOut}.get(net, ZOO.get(net))()
     layers = analyse(model, (1, 8, 8))
     assert {layer.name for layer in layers if layer.writes_output} == expected
-    assert trained_outputs(layers, SelectionOptions()) == expected
-    assert trained_outputs(layers, SelectionOptions(refit_output=True)) == set()
+    assert trained_outputs(layers, SelectionOptions(refit_output=False)) == expected
+    assert trained_outputs(layers, SelectionOptions()) == set()      # the default refits
 
 
 def _select(model: nn.Module, refit_output: bool) -> tuple[nn.Module, dict, dict]:
@@ -61,8 +62,9 @@ def _select(model: nn.Module, refit_output: bool) -> tuple[nn.Module, dict, dict
     counts = {layer.name: max(1, layer.in_channels // 2) for layer in layers}
     batches = [torch.randn(16, 1, 8, 8) for _ in range(2)]
     pruned = copy.deepcopy(model)
-    keep, stats = select_channels(model, pruned, layers, counts, batches,
-                                  SelectionOptions(refit_output=refit_output), seed=0)
+    cfg = SelectionOptions(refit_output=refit_output)
+    keep, stats = select_channels(model, pruned, layers, counts, batches, cfg, seed=0,
+                                  trained=trained_outputs(layers, cfg))
     return pruned, keep, {s["layer"]: s for s in stats}
 
 
