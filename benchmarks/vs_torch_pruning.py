@@ -37,7 +37,7 @@ Prints a table and, as the LAST line, one JSON object: {"settings": {..}, "rows"
 "flops_target", "flops_kept", "method", "knob", "acc_full", "acc_before_ft", "acc_after_ft",
 "acc_after_ft_seeds", "params", "gathers_folded", "ms_bs1", "ms_bs64"}], "goals":
 {"ahead_after_ft_on_3_of_4_nets": bool|null, "ahead_nets": [..], "no_slower": bool,
-"worst_latency_ratio": float}}.
+"worst_latency_ratio": float, "worst_latency_ratio_by_method": {method: float}}}.
 ``ahead_after_ft_on_3_of_4_nets``: on at least 3/4 of the nets (3 of the 4 defaults), this
 project's best accuracy after fine-tuning is >= both Torch-Pruning methods' at every target
 <= 0.15 (null when no target is <= 0.15). ``no_slower``: every project result's latency is at
@@ -378,16 +378,19 @@ def goals(rows: list[dict]) -> dict:
                        default=-1.0)
         if low and all(best(t, False) >= best(t, True) for t in low):
             ahead.append(net)
-    worst = 0.0
+    by_method: dict[str, float] = {}
     for net, target in {(r["net"], r["flops_target"]) for r in rows}:
         same = [r for r in rows if r["net"] == net and r["flops_target"] == target]
         for p in (r for r in same if r["method"] not in TP_METHODS):
             for t in (r for r in same if r["method"] in TP_METHODS):
-                worst = max(worst, p["ms_bs1"] / t["ms_bs1"], p["ms_bs64"] / t["ms_bs64"])
+                by_method[p["method"]] = max(by_method.get(p["method"], 0.0),
+                                             p["ms_bs1"] / t["ms_bs1"], p["ms_bs64"] / t["ms_bs64"])
+    worst = max(by_method.values(), default=0.0)
     need = math.ceil(0.75 * len(nets))
     return {"ahead_after_ft_on_3_of_4_nets": len(ahead) >= need if judged else None,
             "ahead_nets": ahead, "nets_needed": need, "no_slower": worst <= 1.05,
-            "worst_latency_ratio": round(worst, 3)}
+            "worst_latency_ratio": round(worst, 3),
+            "worst_latency_ratio_by_method": {m: round(v, 3) for m, v in by_method.items()}}
 
 
 def print_table(rows: list[dict]) -> None:
