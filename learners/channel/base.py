@@ -138,9 +138,12 @@ class ChannelLearnerBase(Learner):
         ``batches``; return ``(keep: layer -> kept input indices, per-layer stats)``."""
 
     def select_final(self, full: nn.Module, pruned: nn.Module, chosen: list[PrunableLayer],
-                     counts: dict[str, int], batches: list[torch.Tensor]) -> tuple[dict, list]:
+                     counts: dict[str, int], batches: list[torch.Tensor],
+                     trained: Collection[str] = ()) -> tuple[dict, list]:
         """The selection of the final model (``select`` unless a learner adds steps that a
-        search's roll-outs must skip, e.g. fine-tuning between groups of layers)."""
+        search's roll-outs must skip, e.g. fine-tuning between groups of layers). ``trained``:
+        layers that keep their trained weights (``trained_outputs``: non-empty only for a
+        learner whose options set ``refit_output`` false, which must then honour it)."""
         return self.select(full, pruned, chosen, counts, batches)
 
     def selection_progress(self) -> SelectionProgress:
@@ -202,9 +205,9 @@ class ChannelLearnerBase(Learner):
         trained = set() if rollout else trained_outputs(chosen, self.cfg.selection_options())
         if coupled:     # the layers selected next read refitted groups, not merely masked ones
             self.refit_coupled(full, pruned, coupled, batches, trained, quiet=True)
-        select = self.select_rollout if rollout else self.select_final
-        keep, stats = select(full, pruned, [layer for layer in chosen if layer.name not in coupled],
-                             counts, batches)
+        rest = [layer for layer in chosen if layer.name not in coupled]
+        keep, stats = (self.select_rollout(full, pruned, rest, counts, batches) if rollout
+                       else self.select_final(full, pruned, rest, counts, batches, trained))
         stats += self.refit_coupled(full, pruned, coupled, batches, trained)
         keep.update(coupled)
         return pruned, keep, stats

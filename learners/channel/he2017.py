@@ -45,14 +45,14 @@ class ChannelPrunedLearner(ChannelLearnerBase):
         return select_channels(full, pruned, chosen, counts, batches, self.cfg.selection_options(),
                                self.ctx.seed)
 
-    def select_final(self, full, pruned, chosen, counts, batches):
+    def select_final(self, full, pruned, chosen, counts, batches, trained=()):
         size = self.cfg.list_group
         groups = [chosen[i:i + size] for i in range(0, len(chosen), size)]
         keep, stats = {}, []
         for index, group in enumerate(groups):
             group_keep, group_stats = select_channels(full, pruned, group, counts, batches,
                                                       self.cfg.selection_options(), self.ctx.seed,
-                                                      on_layer=log_layer)
+                                                      on_layer=log_layer, trained=trained)
             keep.update(group_keep)
             stats += group_stats
             if index < len(groups) - 1:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from compression.selection.criteria import select_channels, trained_outputs
+from compression.selection.criteria import select_channels
 from learners.channel.base import ChannelLearnerBase
 from learners.registry import register_learner
 from learners.channel.base import log_layer
@@ -27,13 +27,13 @@ class ChannelPrunedRmtLearner(ChannelLearnerBase):
         return select_channels(full, pruned, chosen, counts, batches, self.cfg, self.ctx.seed,
                                on_layer=log_layer)
 
-    def select_final(self, full, pruned, chosen, counts, batches):
+    def select_final(self, full, pruned, chosen, counts, batches, trained=()):
         """The selection, saved after every layer and resumed with ``--resume``; with
         ``--cpr_refit_output=false`` the classifier keeps its trained weights (roll-outs, which
         score the model before fine-tuning, refit it)."""
         return select_channels(full, pruned, chosen, counts, batches, self.cfg, self.ctx.seed,
                                on_layer=log_layer, progress=self.selection_progress(),
-                               trained=trained_outputs(chosen, self.cfg))
+                               trained=trained)
 
     # coupled residual pruning: LASSO over all readers of a group (L1 where the selection is)
     @property

@@ -218,13 +218,13 @@ def test_layers_after_a_group_are_selected_on_refitted_group_readers(tmp_path, t
     seen = {}
     original = rmt.ChannelPrunedRmtLearner.select_final
 
-    def spy(self, full, pruned, chosen, counts, batches):
+    def spy(self, full, pruned, chosen, counts, batches, *rest):
         reader = pruned.get_submodule("layer1.0.conv1").weight.detach().clone()
         masked = full.get_submodule("layer1.0.conv1").weight.detach().clone()
         kept = (reader.abs().sum((0, 2, 3)) > 0)
         masked[:, ~kept] = 0
         seen["differs"] = float((reader - masked).abs().max())
-        return original(self, full, pruned, chosen, counts, batches)
+        return original(self, full, pruned, chosen, counts, batches, *rest)
 
     monkeypatch.setattr(rmt.ChannelPrunedRmtLearner, "select_final", spy)
     result = compress_digits(tmp_path, tiny_pretrained, "chn-pruned-rmt", prune_ratio=0.5,
